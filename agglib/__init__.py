@@ -1,0 +1,16 @@
+"""agglib — 3D structure of TiO2–WO3 hetero-aggregates from 2D HAADF-STEM images.
+
+The method of Fuchs et al., "Using convolutional neural networks for stereological
+characterization of 3D hetero-aggregates based on synthetic STEM data".
+"""
+
+from agglib import config
+from agglib.core.seeding import seed_all
+from agglib.descriptors import describe
+from agglib.model import (Aggregate, AggregationError, ModelParams, RadiusDistribution,
+                          generate_aggregate, generate_aggregates)
+
+__version__ = "0.1.0"
+
+__all__ = ["config", "seed_all", "describe", "Aggregate", "AggregationError", "ModelParams",
+           "RadiusDistribution", "generate_aggregate", "generate_aggregates", "__version__"]

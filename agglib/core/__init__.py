@@ -1,0 +1,1 @@
+"""Helpers shared by the domain modules: validation, seeding, parallel maps, progress bars."""

@@ -1,0 +1,139 @@
+"""Model parameters θ = (θ_Df, θ_ρ, θ_0, θ_1) and the particle-radius law.
+
+The paper's Table 2 grid (``DF_GRID`` …) lives here too, so that the dataset
+builder, the notebooks and the tests share one definition of it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from agglib.core.validation import check_range
+
+#: Fractal prefactor k_f of Eq. (5) and Eq. (8) of the paper [-].
+FRACTAL_PREFACTOR = 1.3
+
+#: Two particles are in contact when their centre distance is at most this factor
+#: times the sum of their radii (paper Eq. 2).
+CONTACT_FACTOR = 1.01
+
+#: The paper's parameter grid (Table 2).
+DF_GRID = tuple(round(1.5 + 0.1 * k, 1) for k in range(11))
+RHO_GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
+THETA_GRID = (1, 2, 3, 4, 5, 6)
+
+#: Range of aggregate sizes N (paper §2.1.2: uniform on {20, ..., 80}).
+N_PARTICLES_RANGE = (20, 80)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Parameters θ of the two-stage hetero-aggregate model (paper §2.1.1).
+
+    Parameters
+    ----------
+    df : float
+        Target fractal dimension θ_Df [-], 1 < df < 3.
+    rho : float
+        Intended mixing ratio θ_ρ [-], the expected fraction of WO3 (label 0)
+        particles, 0 <= rho <= 1.
+    theta0 : float
+        Size of primary WO3 clusters θ_0 [particles], >= 1. An integer for the
+        paper's model; the continuous-size extension (paper §4) takes its mean.
+    theta1 : float
+        Size of primary TiO2 clusters θ_1 [particles], >= 1.
+
+    Raises
+    ------
+    ValueError
+        If a value lies outside its range; the message names the parameter,
+        the value and the accepted range.
+    """
+
+    df: float
+    rho: float
+    theta0: float
+    theta1: float
+
+    def __post_init__(self):
+        check_range("df", self.df, low=1.0, high=3.0, low_inclusive=False, high_inclusive=False)
+        check_range("rho", self.rho, low=0.0, high=1.0)
+        check_range("theta0", self.theta0, low=1.0)
+        check_range("theta1", self.theta1, low=1.0)
+        # store plain Python floats so that equality and JSON round trips are exact
+        for name in ("df", "rho", "theta0", "theta1"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @property
+    def p_tio2_cluster(self) -> float:
+        """Probability that a primary cluster is TiO2 (label 1), paper §2.1.1.
+
+        P(L = 1) = (1 − θ_ρ) θ_0 / ((1 − θ_ρ) θ_0 + θ_ρ θ_1), so that the expected
+        fraction of WO3 particles equals θ_ρ.
+        """
+        num = (1.0 - self.rho) * self.theta0
+        return num / (num + self.rho * self.theta1)
+
+    @property
+    def has_integer_cluster_sizes(self) -> bool:
+        return float(self.theta0).is_integer() and float(self.theta1).is_integer()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelParams":
+        return cls(**{k: d[k] for k in ("df", "rho", "theta0", "theta1")})
+
+    def as_array(self) -> np.ndarray:
+        """θ as a float64 array (df, rho, theta0, theta1)."""
+        return np.array([self.df, self.rho, self.theta0, self.theta1], dtype=np.float64)
+
+    def __str__(self) -> str:
+        return (f"θ(Df={self.df:g}, ρ={self.rho:g}, θ0={self.theta0:g}, "
+                f"θ1={self.theta1:g})")
+
+
+@dataclass(frozen=True)
+class RadiusDistribution:
+    """Log-normal law of particle radii.
+
+    The paper (§2.1.1) gives "log-normally distributed with parameters μ = 12 nm
+    and σ = 3 nm". Parameters of a log-normal law are dimensionless when they
+    are those of log R, so a value in nm can only mean the *mean and standard
+    deviation of the radius itself*: E[R] = 12 nm, SD[R] = 3 nm. This gives
+    log R ~ Normal(μ_ln, σ_ln) with σ_ln² = ln(1 + (3/12)²) and
+    μ_ln = ln 12 − σ_ln²/2, i.e. a geometric mean of 11.642 nm and a geometric
+    standard deviation of 1.2792.
+
+    Parameters
+    ----------
+    mean_nm : float
+        Mean radius [nm].
+    sd_nm : float
+        Standard deviation of the radius [nm].
+    """
+
+    mean_nm: float = 12.0
+    sd_nm: float = 3.0
+
+    def __post_init__(self):
+        check_range("mean_nm", self.mean_nm, low=0.0, low_inclusive=False)
+        check_range("sd_nm", self.sd_nm, low=0.0)
+
+    @property
+    def sigma_ln(self) -> float:
+        """Standard deviation of log R [-]."""
+        return math.sqrt(math.log1p((self.sd_nm / self.mean_nm) ** 2))
+
+    @property
+    def mu_ln(self) -> float:
+        """Mean of log R [log nm]."""
+        return math.log(self.mean_nm) - 0.5 * self.sigma_ln ** 2
+
+    def sample(self, rng: np.random.Generator, size) -> np.ndarray:
+        """Draw radii [nm]."""
+        return np.exp(rng.normal(self.mu_ln, self.sigma_ln, size))
