@@ -30,7 +30,7 @@ def _load() -> dict:
     user = _user_file()
     if user.is_file():
         extra = yaml.safe_load(user.read_text()) or {}
-        unknown = set(extra) - set(values)
+        unknown = extra.keys() - values.keys()
         if unknown:
             raise KeyError(f"unknown agglib config keys {sorted(unknown)} in {user}; "
                            f"known keys: {sorted(values)}")

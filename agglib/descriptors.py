@@ -42,11 +42,15 @@ def radius_of_gyration(positions: np.ndarray, radii: np.ndarray) -> float:
 
 def fractal_dimension(positions: np.ndarray, radii: np.ndarray,
                       kf: float = FRACTAL_PREFACTOR) -> float:
-    """Empirical D_f of Eq. (5): log(N/k_f) / log(R_g/a), a = mean radius. NaN for N < 2."""
+    """Empirical D_f of Eq. (5): log(N/k_f) / log(R_g/a), a = mean radius [-].
+
+    NaN where Eq. (5) is undefined, i.e. R_g <= a (a single particle or a dimer).
+    """
     n = len(radii)
-    if n < 2:
+    ratio = radius_of_gyration(positions, radii) / np.mean(radii) if n else 0.0
+    if n < 2 or ratio <= 1.0:
         return float("nan")
-    return float(np.log(n / kf) / np.log(radius_of_gyration(positions, radii) / np.mean(radii)))
+    return float(np.log(n / kf) / np.log(ratio))
 
 
 def mean_cluster_size(labels: np.ndarray, pairs: np.ndarray, material: int) -> float:

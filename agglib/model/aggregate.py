@@ -24,7 +24,7 @@ class Aggregate:
     ----------
     positions : ndarray, shape (N, 3), float64
         Particle centres [nm], relative to the aggregate's centre of mass
-        (equal masses).
+        (masses ∝ r³, Eq. 4).
     radii : ndarray, shape (N,), float64
         Particle radii [nm].
     labels : ndarray, shape (N,), int64

@@ -70,6 +70,7 @@ def _random_rotation(rng):
 
 @njit(cache=True)
 def _centroid(pos, n):
+    """Centre of mass of the first ``n`` particles with equal masses [nm]."""
     c = np.zeros(3)
     for i in range(n):
         c += pos[i]
@@ -77,8 +78,23 @@ def _centroid(pos, n):
 
 
 @njit(cache=True)
-def _rg2_equal_mass(pos, n, centre, a, self_term):
-    """R_g² with equal masses and mean radius ``a`` [nm²]."""
+def _mass_centre(pos, rad, n):
+    """Centre of mass with masses ∝ r³ (paper Eq. 4) [nm]."""
+    c = np.zeros(3)
+    m = 0.0
+    for i in range(n):
+        w = rad[i] ** 3
+        c += w * pos[i]
+        m += w
+    return c / m
+
+
+@njit(cache=True)
+def _rg2(pos, n, centre, a, self_term):
+    """R_g² with the radii replaced by their mean ``a`` (equal masses) [nm²].
+
+    mean |x_i − c|² plus ``self_term``·a², the solid sphere's own share.
+    """
     s = 0.0
     for i in range(n):
         d = pos[i] - centre
@@ -87,11 +103,22 @@ def _rg2_equal_mass(pos, n, centre, a, self_term):
 
 
 @njit(cache=True)
-def placement_distance_sq(n_a, n_c, a, rg2_a, rg2_c, df, kf):
-    """d² of Eq. (8): squared distance between the centres of mass [nm²]."""
-    n = n_a + n_c
-    return (a * a * n * n / (n_a * n_c) * (n / kf) ** (2.0 / df)
-            - n / n_c * rg2_a - n / n_a * rg2_c)
+def placement_distance_sq(m_a, m_c, rg2_a, rg2_c, rg2_target):
+    """Squared distance d² between the centres of mass of A and C [nm²].
+
+    From the parallel-axis theorem, M R_g² = M_A R_A² + M_C R_C² + (M_A M_C / M) d²
+    with M = M_A + M_C; setting R_g² to ``rg2_target`` = a² (N/k_f)^(2/D_f) of
+    Eq. (5) gives d. With masses equal to particle counts (radii replaced by
+    their mean) this is the paper's Eq. (8).
+    """
+    m = m_a + m_c
+    return m / (m_a * m_c) * (m * rg2_target - m_a * rg2_a - m_c * rg2_c)
+
+
+@njit(cache=True)
+def target_rg2(n, a, df, kf):
+    """R_g² that Eq. (5) requires of N particles of mean radius a [nm²]."""
+    return a * a * (n / kf) ** (2.0 / df)
 
 
 @njit(cache=True)
@@ -212,8 +239,8 @@ def grow_primary_cluster(rng, n, df, kf, mu_ln, sigma_ln, self_term, max_draws):
     for k in range(2, n):
         a = np.mean(rad[:k + 1])
         centre = _centroid(pos, k)
-        rg2_a = _rg2_equal_mass(pos, k, centre, a, self_term)
-        d2 = placement_distance_sq(k, 1, a, rg2_a, self_term * a * a, df, kf)
+        d2 = placement_distance_sq(k, 1, _rg2(pos, k, centre, a, self_term),
+                                   self_term * a * a, target_rg2(k + 1, a, df, kf))
         if d2 <= 0.0:
             return False, pos, rad
         one[0] = rad[k]
@@ -318,10 +345,10 @@ def build_aggregate(rng, target_n, df, kf, p_tio2, theta0, theta1, continuous,
             else:
                 a = (np.sum(rad[:n_cur]) + np.sum(crad)) / (n_cur + size)
                 centre_a = _centroid(pos, n_cur)
-                rg2_a = _rg2_equal_mass(pos, n_cur, centre_a, a, self_term)
                 centre_c = _centroid(cpos, size)
-                rg2_c = _rg2_equal_mass(cpos, size, centre_c, a, self_term)
-                d2 = placement_distance_sq(n_cur, size, a, rg2_a, rg2_c, df, kf)
+                d2 = placement_distance_sq(n_cur, size, _rg2(pos, n_cur, centre_a, a, self_term),
+                                           _rg2(cpos, size, centre_c, a, self_term),
+                                           target_rg2(n_cur + size, a, df, kf))
                 if d2 <= 0.0:
                     failed = True
                     break
@@ -343,7 +370,7 @@ def build_aggregate(rng, target_n, df, kf, p_tio2, theta0, theta1, continuous,
                 cid[n_cur + j] = k
             n_cur += size
         if not failed and all_pairs_valid(pos, rad):
-            centre = _centroid(pos, target_n)
+            centre = _mass_centre(pos, rad, target_n)
             for i in range(target_n):
                 pos[i] -= centre
             return STATUS_OK, pos, rad, lab, cid, cluster_restarts, aggregate_restarts
