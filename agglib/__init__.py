@@ -8,9 +8,11 @@ from agglib import config
 from agglib.core.seeding import seed_all
 from agglib.descriptors import describe
 from agglib.model import (Aggregate, AggregationError, ModelParams, RadiusDistribution,
-                          generate_aggregate, generate_aggregates)
+                          draw_grid_params, generate_aggregate, generate_aggregates)
+from agglib.profiles import Profile, load_profile
 
 __version__ = "0.1.0"
 
 __all__ = ["config", "seed_all", "describe", "Aggregate", "AggregationError", "ModelParams",
-           "RadiusDistribution", "generate_aggregate", "generate_aggregates", "__version__"]
+           "RadiusDistribution", "generate_aggregate", "generate_aggregates", "draw_grid_params", "Profile",
+           "load_profile", "__version__"]

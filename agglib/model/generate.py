@@ -107,41 +107,53 @@ def generate_aggregate(params: ModelParams, n_particles: int | None = None, seed
     return Aggregate(pos, rad, lab, cid, params, info)
 
 
-def _generate_one(seed, params, n_particles, cluster_sizes, radii, kf, settings):
+def _generate_one(task, n_particles, cluster_sizes, radii, kf, settings):
+    params, seed = task
     with config.set(**settings):
         return generate_aggregate(params, n_particles, seed, cluster_sizes=cluster_sizes,
                                   radii=radii, kf=kf)
 
 
-def generate_aggregates(params: ModelParams, count: int, seed=None, *,
+def generate_aggregates(params, count: int | None = None, seed=None, *,
                         n_particles: int | None = None, cluster_sizes: str = "fixed",
                         radii: RadiusDistribution = RadiusDistribution(),
                         kf: float = FRACTAL_PREFACTOR, workers: int | None = None,
                         show_progress_bars: bool | None = None) -> list[Aggregate]:
-    """Draw ``count`` independent aggregates from the same θ.
+    """Draw ``count`` independent aggregates.
 
     Aggregate k uses the k-th child of ``SeedSequence(seed)``, so the result is
     identical for any number of ``workers``.
 
     Parameters
     ----------
-    params, n_particles, cluster_sizes, radii, kf
-        As in :func:`generate_aggregate`.
-    count : int
-        Number of aggregates, >= 0.
+    params : ModelParams or sequence of ModelParams
+        One θ for all aggregates, or one θ per aggregate.
+    count : int, optional
+        Number of aggregates, >= 0 (default: ``len(params)`` for a sequence).
     seed : int or SeedSequence, optional
         Root seed.
+    n_particles, cluster_sizes, radii, kf
+        As in :func:`generate_aggregate`.
     workers : int, optional
         Worker processes (default ``config['workers']``; all cores if unset).
     show_progress_bars : bool, optional
         Default ``config['progress_bars']``.
     """
-    _check_params(params, cluster_sizes)
-    check_range("count", count, low=0, integer=True)
-    seeds = spawn_seeds(seed, int(count))
+    if isinstance(params, ModelParams):
+        if count is None:
+            raise ValueError("count is required when a single ModelParams is given")
+        check_range("count", count, low=0, integer=True)
+        params = [params] * int(count)
+    else:
+        params = list(params)
+        if count is not None and count != len(params):
+            raise ValueError(f"count={count} does not match the {len(params)} parameter sets")
+    for p in set(params):
+        _check_params(p, cluster_sizes)
+    tasks = list(zip(params, spawn_seeds(seed, len(params))))
     settings = {k: config.get(k) for k in ("max_draws", "max_rotations", "max_restarts")}
-    func = partial(_generate_one, params=params, n_particles=n_particles,
-                   cluster_sizes=cluster_sizes, radii=radii, kf=kf, settings=settings)
-    workers = workers if count >= 64 else 1  # process start-up outweighs small jobs
-    return ordered_map(func, seeds, workers=workers, desc="aggregates",
+    func = partial(_generate_one, n_particles=n_particles, cluster_sizes=cluster_sizes,
+                   radii=radii, kf=kf, settings=settings)
+    workers = workers if len(tasks) >= 64 else 1  # process start-up outweighs small jobs
+    return ordered_map(func, tasks, workers=workers, desc="aggregates",
                        show_progress_bars=show_progress_bars)

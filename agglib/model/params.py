@@ -137,3 +137,13 @@ class RadiusDistribution:
     def sample(self, rng: np.random.Generator, size) -> np.ndarray:
         """Draw radii [nm]."""
         return np.exp(rng.normal(self.mu_ln, self.sigma_ln, size))
+
+
+def draw_grid_params(count: int, seed=None, *, df_values=DF_GRID, rho_values=RHO_GRID,
+                     theta_values=THETA_GRID) -> list[ModelParams]:
+    """``count`` parameter vectors drawn uniformly and independently from the grid (Table 2)."""
+    check_range("count", count, low=0, integer=True)
+    rng = np.random.default_rng(seed)
+    return [ModelParams(float(rng.choice(df_values)), float(rng.choice(rho_values)),
+                        int(rng.choice(theta_values)), int(rng.choice(theta_values)))
+            for _ in range(int(count))]

@@ -1,0 +1,33 @@
+# Two set-up-and-go targets (see README): `make book` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROFILE ?= quick
+
+.PHONY: book test venv bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[book,dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (agglib)" >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make book: execute every notebook with papermill at $(PROFILE), build the HTML book into _build/html
+book: $(STAMP)
+	$(BIN)/python book/make_book.py --profile $(PROFILE)
+
+## make test: the whole test suite (unit, property-based, every notebook at the tiny profile, the book)
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## make bench: the benchmarks (installs the anchors they compare against)
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/bench_model.py
+
+clean:
+	rm -rf _build

@@ -1,0 +1,16 @@
+"""Plotly figures of aggregates and descriptors.
+
+Importing this package registers the ``"agglib"`` plotly renderer and makes it the
+default: each figure carries plotly's JSON (drawn by JupyterLab) and an HTML
+``<div>`` that uses the one copy of plotly.js the book ships in ``_static/``, so
+figures appear in the built book offline without inlining plotly.js per page.
+"""
+
+from agglib.visualize.aggregates import aggregate_explorer, plot_aggregate, plot_aggregate_gallery
+from agglib.visualize.descriptors import plot_batch_means, plot_descriptor_vs_theta
+from agglib.visualize.plotly_book import register_book_renderer
+
+register_book_renderer()
+
+__all__ = ["plot_aggregate", "plot_aggregate_gallery", "aggregate_explorer",
+           "plot_descriptor_vs_theta", "plot_batch_means", "register_book_renderer"]

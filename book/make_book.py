@@ -1,0 +1,107 @@
+"""Execute every notebook with papermill, then build the HTML book with jupyter-book 1.x.
+
+    python book/make_book.py [--profile quick] [--out .] [--only 01,02]
+
+The sources are staged in ``<out>/_build/site`` (config, ``book/`` pages, executed
+notebooks, ``_static/plotly.min.js``); the HTML lands in ``<out>/_build/html``. The build
+runs with warnings as errors (``-W -n --keep-going``); a notebook error stops it.
+The time per notebook is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stage_sources(site: Path) -> None:
+    if site.exists():
+        shutil.rmtree(site)
+    (site / "notebooks").mkdir(parents=True)
+    shutil.copy(ROOT / "_config.yml", site)
+    shutil.copy(ROOT / "_toc.yml", site)
+    shutil.copytree(ROOT / "book", site / "book", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    static = site / "_static"
+    static.mkdir()
+    from agglib.visualize.plotly_book import plotly_js_path
+
+    shutil.copy(plotly_js_path(), static / "plotly.min.js")
+
+
+def execute_notebooks(site: Path, profile: str, only: list[str] | None, timeout: int,
+                      overrides: dict) -> dict[str, float]:
+    import papermill
+
+    times = {}
+    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        if only and nb.name[:2] not in only:
+            continue
+        t0 = time.perf_counter()
+        print(f"[book] executing {nb.name} (profile={profile})", flush=True)
+        params = {"profile": profile}
+        if overrides:
+            params["overrides"] = overrides
+        papermill.execute_notebook(str(nb), str(site / "notebooks" / nb.name), parameters=params,
+                                   kernel_name="python3", cwd=str(ROOT / "notebooks"),
+                                   progress_bar=False, execution_timeout=timeout)
+        times[nb.name] = time.perf_counter() - t0
+    return times
+
+
+def restrict_toc(site: Path, only: list[str]) -> None:
+    """Drop notebooks that were not executed from the staged table of contents."""
+    import yaml
+
+    toc = yaml.safe_load((site / "_toc.yml").read_text())
+    for part in toc.get("parts", []):
+        part["chapters"] = [c for c in part["chapters"] if not c["file"].startswith("notebooks/")
+                            or c["file"].split("/")[1][:2] in only]
+    toc["parts"] = [p for p in toc["parts"] if p["chapters"]]
+    (site / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=None, help="run-size profile (default: agglib config)")
+    ap.add_argument("--out", default=str(ROOT), help="directory that receives _build/")
+    ap.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,02")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds per notebook cell")
+    ap.add_argument("--overrides", default="{}", help="JSON dict of profile-field overrides")
+    args = ap.parse_args(argv)
+
+    import agglib
+
+    profile = args.profile or agglib.config.get("profile")
+    only = args.only.split(",") if args.only else None
+    out = Path(args.out).resolve()
+    site = out / "_build" / "site"
+    t0 = time.perf_counter()
+    stage_sources(site)
+    if only:
+        restrict_toc(site, only)
+    times = execute_notebooks(site, profile, only, args.timeout, json.loads(args.overrides))
+    t_build = time.perf_counter()
+    cmd = ["jupyter-book", "build", str(site), "--path-output", str(out), "-W", "-n", "--keep-going"]
+    jb = Path(sys.executable).with_name("jupyter-book")
+    if jb.exists():
+        cmd[0] = str(jb)
+    rc = subprocess.call(cmd)
+    times["jupyter-book build"] = time.perf_counter() - t_build
+    print("\n[book] wall time per step:")
+    for name, t in times.items():
+        print(f"  {name:<40s} {t:8.1f} s")
+    print(f"  {'total':<40s} {time.perf_counter() - t0:8.1f} s")
+    if rc == 0:
+        print(f"[book] HTML in {out / '_build' / 'html' / 'index.html'}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

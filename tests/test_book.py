@@ -1,0 +1,30 @@
+"""The book builds (strict, offline) and its pages carry visible plotly figures."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_book_builds_with_figures(tmp_path):
+    cmd = [sys.executable, str(ROOT / "book" / "make_book.py"), "--profile", "tiny",
+           "--out", str(tmp_path), "--only", "01"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    html_dir = tmp_path / "_build" / "html"
+    assert (html_dir / "index.html").is_file()
+    js = html_dir / "_static" / "plotly.min.js"
+    assert js.is_file() and js.stat().st_size > 1_000_000, "plotly.js not shipped once in _static"
+    page = (html_dir / "notebooks" / "01_aggregate_generation.html").read_text()
+    assert "plotly.min.js" in page, "page does not load the shipped plotly.js"
+    assert page.count("Plotly.newPlot") >= 4, "plotly figures missing from the built page"
+    assert "cdn.plot.ly" not in page and "cdn.jsdelivr" not in page.split("plotly.min.js")[0][-200:]
+    # plotly.js is not inlined into the page
+    assert len(page) < 3_000_000
+    # the interactive-widgets cell is removed from the static page
+    assert "aggregate_explorer" not in page
+    assert "Fig. 4a" in page and "Fig. 5" in page

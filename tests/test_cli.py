@@ -1,0 +1,33 @@
+import subprocess
+import sys
+
+import agglib
+from agglib.cli import main
+
+
+def test_generate_and_describe(tmp_path, capsys):
+    out = tmp_path / "aggs"
+    assert main(["generate", "--df", "1.8", "--rho", "0.5", "--theta0", "2", "--theta1", "3",
+                 "--count", "3", "--seed", "5", "--n-particles", "25", "--out", str(out)]) == 0
+    files = sorted(out.glob("*.npz"))
+    assert len(files) == 3
+    same = agglib.generate_aggregates(agglib.ModelParams(1.8, 0.5, 2, 3), 3, seed=5, n_particles=25)
+    assert agglib.Aggregate.load(files[1]) == same[1]
+    capsys.readouterr()
+    assert main(["describe", *map(str, files)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("file,n_particles,df,rho")
+    assert len(lines) == 4 and lines[1].split(",")[1] == "25"
+
+
+def test_bad_value_is_a_clear_error(tmp_path, capsys):
+    rc = main(["generate", "--df", "3.5", "--rho", "0.5", "--theta0", "2", "--theta1", "3",
+               "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "df=3.5" in err and "accepted range (1, 3)" in err
+
+
+def test_console_script_is_installed():
+    res = subprocess.run([sys.executable, "-m", "agglib.cli", "profiles"], capture_output=True, text=True)
+    assert res.returncode == 0 and "tiny" in res.stdout and "paper" in res.stdout
