@@ -26,5 +26,5 @@ def test_book_builds_with_figures(tmp_path):
     # plotly.js is not inlined into the page
     assert len(page) < 3_000_000
     # the interactive-widgets cell is removed from the static page
-    assert "aggregate_explorer" not in page
+    assert "if widgets:" not in page
     assert "Fig. 4a" in page and "Fig. 5" in page

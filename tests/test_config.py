@@ -36,3 +36,15 @@ def test_user_file_overrides_defaults(tmp_path, monkeypatch):
     finally:
         monkeypatch.delenv("AGGLIB_CONFIG")
         agglib.config.reset()
+
+
+def test_profiles_load_and_override():
+    p = agglib.load_profile("tiny", fig4_aggregates=7)
+    assert p.fig4_aggregates == 7 and p.name == "tiny"
+    assert agglib.load_profile("paper").fig4_aggregates == 19440
+    with pytest.raises(ValueError, match=r"profile='huge' is unknown; accepted: \['paper', 'quick', 'tiny'\]"):
+        agglib.load_profile("huge")
+    with pytest.raises(ValueError, match="unknown profile fields"):
+        agglib.load_profile("tiny", epochs=3)
+    with pytest.raises(ValueError, match=r"tiny.batch_size=0 is out of range"):
+        agglib.load_profile("tiny", batch_size=0)
