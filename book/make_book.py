@@ -51,21 +51,25 @@ def execute_notebooks(site: Path, profile: str, only: list[str] | None, timeout:
         papermill.execute_notebook(str(nb), str(site / "notebooks" / nb.name), parameters=params,
                                    kernel_name="python3", cwd=str(ROOT / "notebooks"),
                                    progress_bar=False, execution_timeout=timeout)
-        drop_plotly_json(site / "notebooks" / nb.name)
+        prepare_for_book(site / "notebooks" / nb.name)
         times[nb.name] = time.perf_counter() - t0
     return times
 
 
-def drop_plotly_json(path: Path) -> None:
-    """Keep only the HTML of plotly outputs in the staged notebook.
+def prepare_for_book(path: Path) -> None:
+    """Tidy a staged, executed notebook for the static book.
 
-    JupyterLab draws ``application/vnd.plotly.v1+json``; the static book draws the HTML
-    (which uses the shipped plotly.js) and would warn about the JSON it cannot render.
+    Keeps only the HTML of plotly outputs (JupyterLab draws ``application/vnd.plotly.v1+json``;
+    the book draws the HTML, which uses the shipped plotly.js, and would warn about the JSON)
+    and hides papermill's injected-parameters cell.
     """
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
         for out in cell.get("outputs", []):
             data = out.get("data", {})
             if "application/vnd.plotly.v1+json" in data and "text/html" in data:
