@@ -12,10 +12,8 @@ import agglib
 
 def _cmd_generate(args) -> int:
     params = agglib.ModelParams(args.df, args.rho, args.theta0, args.theta1)
-    if args.workers is not None:
-        agglib.config.set(workers=args.workers)
     aggs = agglib.generate_aggregates(params, args.count, seed=args.seed, n_particles=args.n_particles,
-                                      cluster_sizes=args.cluster_sizes)
+                                      cluster_sizes=args.cluster_sizes, workers=args.workers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     width = len(str(max(args.count - 1, 0)))

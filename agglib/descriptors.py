@@ -47,10 +47,15 @@ def fractal_dimension(positions: np.ndarray, radii: np.ndarray,
     NaN where Eq. (5) is undefined, i.e. R_g <= a (a single particle or a dimer).
     """
     n = len(radii)
-    ratio = radius_of_gyration(positions, radii) / np.mean(radii) if n else 0.0
-    if n < 2 or ratio <= 1.0:
+    rg = radius_of_gyration(positions, radii) if n else 0.0
+    return _df_from_rg(n, rg, float(np.mean(radii)) if n else 1.0, kf)
+
+
+def _df_from_rg(n: int, rg: float, a: float, kf: float) -> float:
+    """Eq. (5) from N, R_g and the mean radius a; NaN where R_g <= a."""
+    if n < 2 or rg <= a:
         return float("nan")
-    return float(np.log(n / kf) / np.log(ratio))
+    return float(np.log(n / kf) / np.log(rg / a))
 
 
 def mean_cluster_size(labels: np.ndarray, pairs: np.ndarray, material: int) -> float:
@@ -96,11 +101,12 @@ def describe(aggregate: Aggregate, kf: float = FRACTAL_PREFACTOR) -> dict:
         raise ValueError("describe() needs an aggregate with at least one particle; got N=0")
     pairs = contact_pairs(pos, rad)
     hetero = int(np.sum(lab[pairs[:, 0]] != lab[pairs[:, 1]])) if len(pairs) else 0
+    rg = radius_of_gyration(pos, rad)
     return {
         "n_particles": n,
-        "df": fractal_dimension(pos, rad, kf),
+        "df": _df_from_rg(n, rg, float(np.mean(rad)), kf),
         "rho": float(np.mean(lab == WO3)),
-        "rg": radius_of_gyration(pos, rad),
+        "rg": rg,
         "s_tio2": mean_cluster_size(lab, pairs, TIO2),
         "s_wo3": mean_cluster_size(lab, pairs, WO3),
         "z_hetero": 2.0 * hetero / n,
