@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from agglib.core.files import atomic_open
 
 from agglib.model.params import ModelParams
 
@@ -104,11 +105,9 @@ class Aggregate:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"params": None if self.params is None else self.params.to_dict(),
                 "info": self.info}
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             np.savez(fh, positions=self.positions, radii=self.radii, labels=self.labels,
                      cluster_ids=self.cluster_ids, meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
         return path
 
     @classmethod

@@ -54,7 +54,7 @@ def _random_unit_vector(rng):
 
 
 @njit(cache=True)
-def _random_rotation(rng):
+def random_rotation(rng):
     """Uniformly distributed rotation matrix (from a random unit quaternion)."""
     q = np.empty(4)
     for k in range(4):
@@ -354,7 +354,7 @@ def build_aggregate(rng, target_n, df, kf, p_tio2, theta0, theta1, continuous,
                     break
                 placed = False
                 for _ in range(max_rotations):
-                    rot = _random_rotation(rng)
+                    rot = random_rotation(rng)
                     rel = (cpos - centre_c) @ rot.T
                     placed, offset = place_on_sphere(rng, pos, rad, n_cur, centre_a, rel, crad,
                                                      size, np.sqrt(d2), max_draws)
