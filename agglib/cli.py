@@ -32,6 +32,39 @@ def _cmd_describe(args) -> int:
     return 0
 
 
+def _cmd_render(args) -> int:
+    import numpy as np
+
+    from agglib.core.files import atomic_open
+    from agglib.core.seeding import spawn_seeds
+
+    settings = agglib.StemSettings(image_size_px=args.image_size, pixel_size_nm=args.pixel_size,
+                                   dose_e_per_A2=args.dose, scan_noise_nm=args.scan_noise,
+                                   semiangle_mrad=args.semiangle, noise=not args.no_noise)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = spawn_seeds(args.seed, len(args.paths))
+    for path, seed in zip(args.paths, seeds):
+        image = agglib.render_stem(agglib.Aggregate.load(path), seed=seed, settings=settings)
+        with atomic_open(out / (Path(path).stem + ".npy")) as fh:
+            np.save(fh, image)
+    print(f"wrote {len(args.paths)} images ({settings.image_size_px}² px, "
+          f"{settings.pixel_size_nm:g} nm/px, {settings.dose_e_per_A2:g} e/Å²) to {out}/")
+    return 0
+
+
+def _cmd_haadf_table(args) -> int:
+    from agglib.stem.multislice import MultisliceSettings
+    from agglib.stem.reference import build_reference_table
+
+    settings = MultisliceSettings(thickness_nm=args.thickness, positions=args.positions,
+                                  zone_axis_positions=args.zone_axis_positions, phonons=args.phonons,
+                                  box_A=args.box)
+    table = build_reference_table(args.out, phases=args.phases, settings=settings, workers=args.workers)
+    print(f"HAADF table with {len(table.phases)} phases written to {args.out or 'the shipped path'}")
+    return 0
+
+
 def _cmd_profiles(args) -> int:
     from agglib.profiles import available_profiles, load_profile
 
@@ -65,6 +98,33 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("describe", help="descriptors of saved aggregates, as CSV on stdout")
     d.add_argument("paths", nargs="+")
     d.set_defaults(func=_cmd_describe)
+
+    r = sub.add_parser("render", help="virtual HAADF-STEM images of saved aggregates (.npy, counts)")
+    r.add_argument("paths", nargs="+", help="aggregate .npz files")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--seed", type=int, default=None)
+    defaults = agglib.StemSettings()
+    r.add_argument("--image-size", type=int, default=defaults.image_size_px, help="image side [px]")
+    r.add_argument("--pixel-size", type=float, default=defaults.pixel_size_nm, help="pixel size [nm]")
+    r.add_argument("--dose", type=float, default=defaults.dose_e_per_A2, help="dose [e/Å²]")
+    r.add_argument("--scan-noise", type=float, default=defaults.scan_noise_nm,
+                   help="per-line beam displacement SD [nm]")
+    r.add_argument("--semiangle", type=float, default=defaults.semiangle_mrad,
+                   help="probe semi-convergence angle [mrad]")
+    r.add_argument("--no-noise", action="store_true", help="expected counts, no scan/shot noise")
+    r.set_defaults(func=_cmd_render)
+
+    h = sub.add_parser("haadf-table", help="(re)compute the HAADF reference table with abTEM "
+                                           "(resumable; needs agglib[multislice])")
+    h.add_argument("--out", default=None, help="table JSON (default: data/haadf_reference.json)")
+    h.add_argument("--phases", nargs="+", default=None, help="phase names (default: all four)")
+    h.add_argument("--thickness", type=float, default=60.0, help="largest thickness [nm]")
+    h.add_argument("--positions", type=int, default=4, help="probe positions off zone axes")
+    h.add_argument("--zone-axis-positions", type=int, default=25, help="probe positions on zone axes")
+    h.add_argument("--phonons", type=int, default=1, help="frozen-phonon configurations")
+    h.add_argument("--box", type=float, default=20.0, help="lateral crystal block size [Å]")
+    h.add_argument("--workers", type=int, default=2, help="curves computed in parallel")
+    h.set_defaults(func=_cmd_haadf_table)
 
     p = sub.add_parser("profiles", help="list the run-size profiles")
     p.set_defaults(func=_cmd_profiles)

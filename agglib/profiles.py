@@ -27,6 +27,8 @@ class Profile:
         Aggregates drawn over the grid for the Df/ρ densities (paper's Fig. 4: 19,440).
     fig5_batches : int
         Batches per θ specification for the cluster-size figure (Fig. 5).
+    fov_aggregates : int
+        Grid aggregates drawn to measure the share inside the STEM field of view (notebook 02).
     """
 
     name: str
@@ -34,6 +36,7 @@ class Profile:
     batch_size: int
     fig4_aggregates: int
     fig5_batches: int
+    fov_aggregates: int
 
     def __post_init__(self):
         for f in fields(self):

@@ -31,3 +31,19 @@ def test_bad_value_is_a_clear_error(tmp_path, capsys):
 def test_console_script_is_installed():
     res = subprocess.run([sys.executable, "-m", "agglib.cli", "profiles"], capture_output=True, text=True)
     assert res.returncode == 0 and "tiny" in res.stdout and "paper" in res.stdout
+
+
+def test_render_writes_one_image_per_aggregate(tmp_path, capsys):
+    import numpy as np
+
+    aggs = agglib.generate_aggregates(agglib.ModelParams(2.0, 0.5, 1, 1), 2, seed=3, n_particles=20)
+    paths = [str(a.save(tmp_path / f"a{k}.npz")) for k, a in enumerate(aggs)]
+    args = ["render", *paths, "--out", str(tmp_path / "img"), "--seed", "4", "--image-size", "128",
+            "--pixel-size", "3"]
+    assert main(args) == 0
+    first = [np.load(tmp_path / "img" / f"a{k}.npy") for k in range(2)]
+    assert first[0].shape == (128, 128) and first[0].dtype == np.float32 and first[0].max() > 0
+    assert main(args) == 0                                   # same seed, same images
+    assert all(np.array_equal(f, np.load(tmp_path / "img" / f"a{k}.npy")) for k, f in enumerate(first))
+    assert main([*args[:-2], "--pixel-size", "-2"]) == 2
+    assert "pixel_size_nm=-2" in capsys.readouterr().err

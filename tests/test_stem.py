@@ -8,9 +8,8 @@ import pytest
 
 import agglib
 from agglib.model.aggregate import TIO2, WO3, Aggregate
-from agglib.model.kernels import random_rotation
 from agglib.stem import (DEFAULT_PIXEL_SIZE_NM, ExtrapolationWarning, HaadfTable, StemSettings,
-                         load_reference_table, projected_extent_nm, render_stem)
+                         load_reference_table, projected_extents, render_stem)
 from agglib.stem.kernels import shift_rows
 
 T = np.arange(0.0, 61.0)
@@ -228,8 +227,7 @@ def test_bad_aggregates_are_refused():
 def test_default_field_of_view_holds_95_percent_of_grid_aggregates():
     params = agglib.draw_grid_params(400, seed=21)
     aggs = agglib.generate_aggregates(params, seed=22, workers=1)
-    rng = np.random.default_rng(23)
-    extents = np.array([projected_extent_nm(a, random_rotation(rng)) for a in aggs])
+    extents = projected_extents(aggs, seed=23)
     fov = StemSettings().field_of_view_nm
     assert StemSettings().pixel_size_nm == DEFAULT_PIXEL_SIZE_NM
     assert np.mean(extents <= fov) >= 0.95
@@ -241,3 +239,15 @@ def test_render_with_shipped_table_warns_only_beyond_its_range():
         warnings.simplefilter("error", ExtrapolationWarning)
         img = render_stem(agg, seed=0)
     assert img.shape == (512, 512) and img.max() > 0
+
+
+def test_many_images_do_not_depend_on_worker_count():
+    from agglib.stem import render_stem_many
+
+    aggs = agglib.generate_aggregates(agglib.ModelParams(2.0, 0.5, 1, 2), 6, seed=1, n_particles=20)
+    s = StemSettings(image_size_px=96, pixel_size_nm=4.0)
+    one = render_stem_many(aggs, seed=3, settings=s, table=SYNTH, workers=1)
+    two = render_stem_many(aggs, seed=3, settings=s, table=SYNTH, workers=2)
+    assert one.shape == (6, 96, 96) and np.array_equal(one, two)
+    assert np.array_equal(one[4], render_stem(aggs[4], seed=np.random.SeedSequence(3).spawn(6)[4],
+                                              settings=s, table=SYNTH))

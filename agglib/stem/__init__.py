@@ -2,9 +2,9 @@
 
 from agglib.stem.reference import (ExtrapolationWarning, HaadfTable, default_table_path,
                                    load_reference_table)
-from agglib.stem.render import (DEFAULT_PIXEL_SIZE_NM, RenderResult, StemSettings,
-                                projected_extent_nm, render_stem)
+from agglib.stem.render import (DEFAULT_PIXEL_SIZE_NM, RenderResult, StemSettings, render_stem_many,
+                                projected_extent_nm, projected_extents, render_stem)
 
 __all__ = ["HaadfTable", "ExtrapolationWarning", "load_reference_table", "default_table_path",
-           "StemSettings", "RenderResult", "render_stem", "projected_extent_nm",
+           "StemSettings", "RenderResult", "render_stem", "render_stem_many", "projected_extent_nm", "projected_extents",
            "DEFAULT_PIXEL_SIZE_NM"]

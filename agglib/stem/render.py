@@ -25,18 +25,21 @@ workers: every random number comes from the ``seed`` given.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 import math
 
 import numpy as np
 
-from agglib.core.seeding import as_generator
+from agglib.core.parallel import ordered_map
+from agglib.core.seeding import as_generator, spawn_seeds
 from agglib.core.validation import check_range
 from agglib.model.aggregate import MATERIAL_NAMES, Aggregate
 from agglib.model.kernels import random_rotation
 from agglib.stem.kernels import render_particles, shift_rows
 from agglib.stem.reference import MATERIALS, HaadfTable, load_reference_table
 
-__all__ = ["StemSettings", "RenderResult", "render_stem", "projected_extent_nm",
+__all__ = ["StemSettings", "RenderResult", "render_stem", "render_stem_many", "projected_extent_nm",
+           "projected_extents",
            "DEFAULT_PIXEL_SIZE_NM"]
 
 #: Default pixel size [nm]: with it ≥ 95 % of aggregates of the paper's grid, in random
@@ -169,6 +172,12 @@ def projected_extent_nm(aggregate: Aggregate, rotation: np.ndarray | None = None
     return float(max(span_x, span_y))
 
 
+def projected_extents(aggregates, seed=None) -> np.ndarray:
+    """:func:`projected_extent_nm` of each aggregate in a uniformly random orientation [nm]."""
+    rng = as_generator(seed)
+    return np.array([projected_extent_nm(a, random_rotation(rng)) for a in aggregates])
+
+
 _CURVE_CACHE: dict = {}
 
 
@@ -272,3 +281,28 @@ def render_stem(aggregate: Aggregate, seed=None, settings: StemSettings | None =
         rotation=rot, curve_names=[names[k] for k in curve], sigma_nm=sigma_nm,
         centre_px=np.stack([cx, cy], axis=1), in_field=in_field, settings=settings)
 
+
+
+def _render_item(item, settings, table):
+    aggregate, seed = item
+    return render_stem(aggregate, seed=seed, settings=settings, table=table)
+
+
+def render_stem_many(aggregates, seed=None, settings: StemSettings | None = None,
+                     table: HaadfTable | None = None, workers: int | None = None,
+                     show_progress_bars: bool | None = None) -> np.ndarray:
+    """Images of many aggregates, (n, H, W) float32 [counts], in processes.
+
+    Image k uses the k-th child of ``SeedSequence(seed)``: the result does not depend on
+    ``workers``.
+    """
+    aggregates = list(aggregates)
+    settings = settings or StemSettings()
+    seeds = spawn_seeds(seed, len(aggregates))
+    func = partial(_render_item, settings=settings, table=table)
+    images = ordered_map(func, list(zip(aggregates, seeds)), workers=workers, desc="STEM images",
+                         show_progress_bars=show_progress_bars)
+    out = np.empty((len(images), settings.image_size_px, settings.image_size_px), dtype=np.float32)
+    for k, image in enumerate(images):
+        out[k] = image
+    return out
