@@ -29,6 +29,20 @@ class Profile:
         Batches per θ specification for the cluster-size figure (Fig. 5).
     fov_aggregates : int
         Grid aggregates drawn to measure the share inside the STEM field of view (notebook 02).
+    df_values, rho_values, theta0_values, theta1_values : tuple
+        The dataset's parameter grid (paper §2.3: Df 1.5…2.5, ρ 0.1…0.9, θ0, θ1 1…6).
+    df_per_triple : int
+        Distinct θ_Df drawn at random for each triple (θ_ρ, θ0, θ1) (paper: 2).
+    samples_per_config : int
+        Samples (aggregate + image) per parameter configuration (paper: 50).
+    eval_per_config : int
+        Of those, how many go to the evaluation set E (paper: 20; the rest form T).
+    image_size_px : int
+        Side of the dataset's images [px] (paper: 512).
+    pixel_size_nm : float
+        Pixel size of the dataset's images [nm]; image_size_px × pixel_size_nm is the field of view.
+    shard_size : int
+        Samples per unit of work of the dataset build (each shard is written once).
     """
 
     name: str
@@ -37,14 +51,53 @@ class Profile:
     fig4_aggregates: int
     fig5_batches: int
     fov_aggregates: int
+    df_values: tuple
+    rho_values: tuple
+    theta0_values: tuple
+    theta1_values: tuple
+    df_per_triple: int
+    samples_per_config: int
+    eval_per_config: int
+    image_size_px: int
+    pixel_size_nm: float
+    shard_size: int
 
     def __post_init__(self):
         for f in fields(self):
+            value = getattr(self, f.name)
             if f.type == "int":
-                check_range(f"{self.name}.{f.name}", getattr(self, f.name), low=1, integer=True)
+                check_range(f"{self.name}.{f.name}", value, low=1, integer=True)
+            elif f.type == "tuple":
+                if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or len(value) == 0:
+                    raise ValueError(f"{self.name}.{f.name}={value!r} must be a non-empty list of numbers")
+                object.__setattr__(self, f.name, tuple(float(v) for v in value))
+        check_range(f"{self.name}.pixel_size_nm", self.pixel_size_nm, low=0.0, high=100.0,
+                    low_inclusive=False, unit="nm")
+        check_range(f"{self.name}.df_per_triple", self.df_per_triple, low=1, high=len(self.df_values),
+                    integer=True)
+        check_range(f"{self.name}.eval_per_config", self.eval_per_config, low=1,
+                    high=self.samples_per_config - 1, integer=True)
+        if len(set(self.df_values)) != len(self.df_values):
+            raise ValueError(f"{self.name}.df_values has repeated values: {self.df_values}")
+
+    @property
+    def n_configs(self) -> int:
+        """Parameter configurations: triples × θ_Df values per triple."""
+        return (len(self.rho_values) * len(self.theta0_values) * len(self.theta1_values)
+                * self.df_per_triple)
+
+    @property
+    def n_samples(self) -> int:
+        return self.n_configs * self.samples_per_config
+
+    def dataset_fields(self) -> dict:
+        """The fields that define a dataset (a store built with other values is refused)."""
+        keys = ("df_values", "rho_values", "theta0_values", "theta1_values", "df_per_triple",
+                "samples_per_config", "eval_per_config", "image_size_px", "pixel_size_nm")
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.to_dict().items() if k in keys}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
 def available_profiles() -> list[str]:

@@ -1,0 +1,179 @@
+"""The Zarr store of a dataset: layout, identity checks, reading.
+
+Layout (Zarr v3, one directory)::
+
+    images            (n, H, W) uint32   detector counts, Blosc-zstd, one chunk per image
+    theta             (n, 4)    float64  θ = (θ_Df, θ_ρ, θ0, θ1) per sample
+    config_id         (n,)      int32    index into ``configs``
+    configs           (C, 4)    float64  the parameter configurations
+    split             (n,)      uint8    0 = T (training), 1 = E (evaluation)
+    sample_seed       (n,)      uint64   seed of each sample's aggregate and image
+    descriptors       (n, D)    float64  agglib.describe() of each aggregate (names in attrs)
+    particles/offsets (n + 1,)  int64    particles of sample i: rows offsets[i]:offsets[i+1]
+    particles/positions (P, 3) float64  [nm]; particles/radii (P,) [nm]; particles/labels (P,) uint8
+
+``attrs["identity"]`` holds what defines the data (format, agglib version, profile fields,
+seed, STEM settings, HAADF table hash); a build with other values is refused rather than mixed.
+``attrs["complete"]`` is set once every shard is in and the particles are consolidated.
+Nothing in the store depends on the number of workers or shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DatasetStore", "open_store", "FORMAT", "StoreMismatchError"]
+
+FORMAT = "agglib-dataset/1"
+
+
+class StoreMismatchError(ValueError):
+    """An existing store was built with a different profile, seed or settings."""
+
+
+def _zarr():
+    import zarr
+
+    return zarr
+
+
+def image_compressor():
+    zarr = _zarr()
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+def describe_identity(identity: dict) -> str:
+    prof = identity.get("profile", {})
+    return f"profile {identity.get('profile_name')!r} ({prof.get('image_size_px')} px), seed {identity.get('seed')}"
+
+
+def check_identity(existing: dict, wanted: dict, path) -> None:
+    """Raise :class:`StoreMismatchError` when a store's identity differs from the wanted one."""
+    if existing == wanted:
+        return
+    diffs = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
+    raise StoreMismatchError(
+        f"{path} holds a dataset built with {describe_identity(existing)}, not "
+        f"{describe_identity(wanted)} (differs in: {', '.join(diffs)}); refusing to mix them — "
+        "choose another path or delete the store")
+
+
+@dataclass
+class DatasetStore:
+    """Read access to a finished dataset store.
+
+    Parameters
+    ----------
+    path : path-like
+        The store directory.
+    """
+
+    path: Path
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        zarr = _zarr()
+        if not (self.path / "zarr.json").is_file():
+            raise FileNotFoundError(f"no dataset store at {self.path}")
+        self.root = zarr.open_group(str(self.path), mode="r")
+        attrs = dict(self.root.attrs)
+        if attrs.get("identity", {}).get("format") != FORMAT:
+            raise ValueError(f"{self.path} is not an agglib dataset store")
+        if not attrs.get("complete"):
+            raise ValueError(f"the dataset at {self.path} is incomplete (a build was interrupted); "
+                             "run the same `agglib dataset build` command again to finish it")
+        self.identity = attrs["identity"]
+        self.descriptor_names = list(attrs["descriptor_names"])
+        self._cache = {}
+
+    def _array(self, name):
+        if name not in self._cache:
+            self._cache[name] = self.root[name][...]
+        return self._cache[name]
+
+    def __len__(self) -> int:
+        return int(self.root["theta"].shape[0])
+
+    @property
+    def images(self):
+        """The image array (lazy: index it to read) [counts]."""
+        return self.root["images"]
+
+    @property
+    def theta(self) -> np.ndarray:
+        return self._array("theta")
+
+    @property
+    def config_id(self) -> np.ndarray:
+        return self._array("config_id")
+
+    @property
+    def configs(self) -> np.ndarray:
+        return self._array("configs")
+
+    @property
+    def split(self) -> np.ndarray:
+        return self._array("split")
+
+    @property
+    def sample_seed(self) -> np.ndarray:
+        return self._array("sample_seed")
+
+    @property
+    def descriptors(self):
+        """Descriptors as a pandas DataFrame (columns ``descriptor_names``)."""
+        import pandas as pd
+
+        return pd.DataFrame(self._array("descriptors"), columns=self.descriptor_names)
+
+    @property
+    def profile(self) -> dict:
+        return dict(self.identity["profile"])
+
+    @property
+    def pixel_size_nm(self) -> float:
+        return float(self.identity["stem_settings"]["pixel_size_nm"])
+
+    def indices(self, split: str | int | None = None) -> np.ndarray:
+        """Sample indices of the split ``"T"``/``"train"``/0 or ``"E"``/``"eval"``/1 (all if None)."""
+        from agglib.dataset.plan import EVAL, TRAIN
+
+        if split is None:
+            return np.arange(len(self))
+        code = {"T": TRAIN, "train": TRAIN, 0: TRAIN, "E": EVAL, "eval": EVAL, 1: EVAL}.get(split)
+        if code is None:
+            raise ValueError(f"split={split!r}; accepted: 'T'/'train'/0 or 'E'/'eval'/1")
+        return np.flatnonzero(self.split == code)
+
+    def aggregate(self, i: int):
+        """The 3D aggregate of sample ``i`` (an :class:`agglib.Aggregate`)."""
+        from agglib.model.aggregate import Aggregate
+        from agglib.model.params import ModelParams
+
+        off = self._array("particles/offsets")
+        a, b = int(off[i]), int(off[i + 1])
+        p = self.root["particles"]
+        return Aggregate(p["positions"][a:b], p["radii"][a:b], p["labels"][a:b].astype(np.int64),
+                         params=ModelParams(*self.theta[i]), info={"sample": int(i)})
+
+    def size_on_disk(self) -> int:
+        """Bytes used by the store's files."""
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def summary(self) -> dict:
+        n_t = int(np.sum(self.split == 0))
+        return {"path": str(self.path), "samples": len(self), "T": n_t, "E": len(self) - n_t,
+                "configurations": int(self.configs.shape[0]), "image_size_px": int(self.images.shape[1]),
+                "pixel_size_nm": self.pixel_size_nm, "MB": round(self.size_on_disk() / 1e6, 1)}
+
+    def __repr__(self) -> str:
+        return f"DatasetStore({json.dumps(self.summary())})"
+
+
+def open_store(path) -> DatasetStore:
+    """A finished dataset store, for reading."""
+    return DatasetStore(path)

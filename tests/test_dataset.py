@@ -1,0 +1,179 @@
+"""Dataset plan, Zarr store, Dask build (deterministic, resumable) and the PyTorch datasets."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import agglib
+from agglib.dataset import (EVAL, TRAIN, StoreMismatchError, build_dataset, generate_sample, make_plan,
+                            open_store)
+
+
+def tree_bytes(path: Path) -> dict:
+    """Every file of a store, relative path -> bytes."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ds") / "tiny.zarr"
+    return build_dataset(path, "tiny", seed=3, workers=1, show_progress_bars=False)
+
+
+# ------------------------------------------------------------------ plan
+
+def check_plan_invariants(profile, plan):
+    assert plan.n_samples == profile.n_samples
+    per_config = np.bincount(plan.config_id)
+    assert np.all(per_config == profile.samples_per_config)
+    n_eval = np.bincount(plan.config_id[plan.split == EVAL], minlength=len(plan.configs))
+    n_train = np.bincount(plan.config_id[plan.split == TRAIN], minlength=len(plan.configs))
+    assert np.all(n_eval == profile.eval_per_config)
+    assert np.all(n_train == profile.samples_per_config - profile.eval_per_config)
+    # Each triple (θ_ρ, θ0, θ1) has df_per_triple distinct θ_Df from the grid.
+    triples = {}
+    for df, rho, t0, t1 in plan.configs:
+        triples.setdefault((rho, t0, t1), []).append(df)
+    assert len(triples) == len(profile.rho_values) * len(profile.theta0_values) * len(profile.theta1_values)
+    assert all(len(set(v)) == profile.df_per_triple and set(v) <= set(profile.df_values) for v in triples.values())
+    assert len(np.unique(plan.sample_seed)) == plan.n_samples
+
+
+def test_paper_plan_is_the_papers_set_g():
+    profile = agglib.load_profile("paper")
+    plan = make_plan(profile, seed=0)
+    check_plan_invariants(profile, plan)
+    assert plan.n_samples == 32400
+    assert np.sum(plan.split == TRAIN) == 19440 and np.sum(plan.split == EVAL) == 12960
+    counts_t = np.bincount(plan.config_id[plan.split == TRAIN])
+    counts_e = np.bincount(plan.config_id[plan.split == EVAL])
+    assert counts_t.min() >= 20 and counts_e.min() >= 20
+
+
+@pytest.mark.parametrize("name", ["tiny", "quick"])
+def test_profile_plans_keep_the_invariants(name):
+    profile = agglib.load_profile(name)
+    check_plan_invariants(profile, make_plan(profile, seed=5))
+
+
+def test_plan_depends_only_on_the_seed():
+    p = agglib.load_profile("tiny")
+    a, b, c = make_plan(p, 1), make_plan(p, 1), make_plan(p, 2)
+    assert np.array_equal(a.sample_seed, b.sample_seed) and np.array_equal(a.split, b.split)
+    assert not np.array_equal(a.sample_seed, c.sample_seed)
+    with pytest.raises(ValueError, match="seed=-1"):
+        make_plan(p, -1)
+
+
+def test_profile_fields_are_checked():
+    with pytest.raises(ValueError, match="eval_per_config=8"):
+        agglib.load_profile("tiny", eval_per_config=8)
+    with pytest.raises(ValueError, match="df_per_triple=12"):
+        agglib.load_profile("tiny", df_per_triple=12)
+    with pytest.raises(ValueError, match="pixel_size_nm=0"):
+        agglib.load_profile("tiny", pixel_size_nm=0.0)
+
+
+# ------------------------------------------------------------------ store
+
+def test_tiny_store_holds_everything(tiny_store):
+    profile = agglib.load_profile("tiny")
+    s = tiny_store
+    assert len(s) == profile.n_samples
+    assert s.images.shape == (profile.n_samples, 64, 64) and s.images.dtype == np.uint32
+    check_plan_invariants(profile, make_plan(profile, 3))
+    assert np.array_equal(s.split, make_plan(profile, 3).split)
+    assert s.descriptors.shape == (profile.n_samples, 8)
+    assert not s.descriptors[["n_particles", "df", "rho", "rg", "z_total"]].isna().any().any()
+    ident = s.identity
+    assert ident["seed"] == 3 and ident["profile_name"] == "tiny" and len(ident["haadf_table_sha256"]) == 64
+    assert s.summary()["MB"] > 0
+
+
+def test_stored_sample_equals_a_fresh_draw_from_its_seed(tiny_store):
+    i = 37
+    agg, image, desc = generate_sample(tiny_store.theta[i], tiny_store.sample_seed[i],
+                                       agglib.StemSettings(**tiny_store.identity["stem_settings"]))
+    stored = tiny_store.aggregate(i)
+    np.testing.assert_array_equal(stored.positions, agg.positions)
+    np.testing.assert_array_equal(stored.radii, agg.radii)
+    np.testing.assert_array_equal(stored.labels, agg.labels)
+    np.testing.assert_array_equal(tiny_store.images[i], image.astype(np.uint32))
+    np.testing.assert_array_equal(tiny_store.descriptors.iloc[i].to_numpy(), desc)
+
+
+def test_one_and_two_workers_and_other_shards_give_identical_stores(tiny_store, tmp_path):
+    two = build_dataset(tmp_path / "two.zarr", "tiny", seed=3, workers=2, shard_size=5,
+                        show_progress_bars=False)
+    assert tree_bytes(two.path) == tree_bytes(tiny_store.path)
+
+
+def test_other_profile_or_seed_is_refused(tiny_store, tmp_path):
+    path = tmp_path / "x.zarr"
+    build_dataset(path, "tiny", seed=3, workers=1, show_progress_bars=False)
+    with pytest.raises(StoreMismatchError, match="seed 3.*not.*seed 4"):
+        build_dataset(path, "tiny", seed=4, workers=1, show_progress_bars=False)
+    with pytest.raises(StoreMismatchError, match="refusing to mix"):
+        build_dataset(path, "tiny", seed=3, workers=1, show_progress_bars=False, samples_per_config=10)
+
+
+def test_killed_build_resumes_to_the_uninterrupted_result(tiny_store, tmp_path):
+    """kill -9 the whole build (its process group) after some shards, then run it again."""
+    path = tmp_path / "killed.zarr"
+    script = textwrap.dedent(f"""
+        import agglib
+        from agglib.dataset import build_dataset
+        if __name__ == "__main__":
+            build_dataset({str(path)!r}, "tiny", seed=3, workers=2, shard_size=2,
+                          show_progress_bars=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = path / "build" / "done" / "c"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if done_dir.is_dir() and len(list(done_dir.iterdir())) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list(done_dir.iterdir())) if done_dir.is_dir() else 0
+    assert 3 <= finished < 64, f"kill came too late to test resuming ({finished} shards done)"
+    with pytest.raises(ValueError, match="incomplete"):
+        open_store(path)
+    resumed = build_dataset(path, "tiny", seed=3, workers=1, show_progress_bars=False)
+    assert tree_bytes(resumed.path) == tree_bytes(tiny_store.path)
+
+
+# ------------------------------------------------------------------ PyTorch
+
+def test_torch_dataset_reads_lazily_with_several_workers(tiny_store):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from agglib.dataset.pytorch import ConfigurationBatchDataset, StemImageDataset
+
+    ds = StemImageDataset(tiny_store.path, split="E")
+    assert len(ds) == 64
+    item = ds[5]
+    assert item["image"].shape == (1, 64, 64) and item["image"].dtype == torch.float32
+    assert np.array_equal(item["image"][0].numpy(), tiny_store.images[item["index"]].astype(np.float32))
+    serial = [b["index"] for b in DataLoader(ds, batch_size=8, num_workers=0)]
+    parallel = [b["index"] for b in DataLoader(ds, batch_size=8, num_workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel))
+
+    groups = ConfigurationBatchDataset(tiny_store.path, split="E", nu=4, seed=0)
+    assert len(groups) == 16                      # 16 configurations × one group of 4
+    g = groups[3]
+    assert g["images"].shape == (4, 1, 64, 64)
+    assert len(set(tiny_store.config_id[g["indices"].numpy()])) == 1
+    assert np.all(tiny_store.split[g["indices"].numpy()] == EVAL)
+    with pytest.raises(ValueError, match="nu=5 is out of range"):
+        ConfigurationBatchDataset(tiny_store.path, split="E", nu=5)
