@@ -65,6 +65,37 @@ def _cmd_haadf_table(args) -> int:
     return 0
 
 
+def _parse_sets(items) -> dict:
+    """``["key=value", ...]`` -> dict, values parsed as YAML (numbers, lists)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r} must look like field=value, e.g. samples_per_config=40")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _cmd_dataset_build(args) -> int:
+    from agglib.dataset import build_dataset
+
+    build_dataset(args.out, args.profile, seed=args.seed, workers=args.workers, scheduler=args.scheduler,
+                  shard_size=args.shard_size, **_parse_sets(args.set))
+    return 0
+
+
+def _cmd_dataset_info(args) -> int:
+    import json
+
+    from agglib.dataset import open_store
+
+    store = open_store(args.path)
+    print(json.dumps({**store.summary(), "identity": store.identity}, indent=1))
+    return 0
+
+
 def _cmd_profiles(args) -> int:
     from agglib.profiles import available_profiles, load_profile
 
@@ -126,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--workers", type=int, default=2, help="curves computed in parallel")
     h.set_defaults(func=_cmd_haadf_table)
 
+    ds = sub.add_parser("dataset", help="build or inspect a dataset store (Zarr)")
+    ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
+    b = ds_sub.add_parser("build", help="build (or resume) the dataset of a profile with Dask")
+    b.add_argument("--profile", default=None, help="tiny, quick or paper (default: config 'profile')")
+    b.add_argument("--out", required=True, help="store directory, e.g. data/quick.zarr")
+    b.add_argument("--seed", type=int, default=0, help="root seed (same seed, same store)")
+    b.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
+    b.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, tcp://host:8786")
+    b.add_argument("--shard-size", type=int, default=None, help="samples per task")
+    b.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a profile field, e.g. --set samples_per_config=40 (repeatable)")
+    b.set_defaults(func=_cmd_dataset_build)
+    i = ds_sub.add_parser("info", help="summary and provenance of a store")
+    i.add_argument("path")
+    i.set_defaults(func=_cmd_dataset_info)
+
     p = sub.add_parser("profiles", help="list the run-size profiles")
     p.set_defaults(func=_cmd_profiles)
     return ap
@@ -135,7 +182,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, agglib.AggregationError) as err:
+    except (ValueError, FileNotFoundError, agglib.AggregationError) as err:
         print(f"agglib: error: {err}", file=sys.stderr)
         return 2
 

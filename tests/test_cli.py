@@ -47,3 +47,20 @@ def test_render_writes_one_image_per_aggregate(tmp_path, capsys):
     assert all(np.array_equal(f, np.load(tmp_path / "img" / f"a{k}.npy")) for k, f in enumerate(first))
     assert main([*args[:-2], "--pixel-size", "-2"]) == 2
     assert "pixel_size_nm=-2" in capsys.readouterr().err
+
+
+def test_dataset_build_with_overrides_and_info(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "d.zarr"
+    assert main(["dataset", "build", "--profile", "tiny", "--out", str(out), "--seed", "2", "--workers", "1",
+                 "--set", "samples_per_config=4", "--set", "eval_per_config=2",
+                 "--set", "rho_values=[0.5]"]) == 0
+    assert "dataset tiny: 32 samples (T 16, E 16" in capsys.readouterr().out
+    assert main(["dataset", "info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["samples"] == 32 and info["identity"]["profile"]["rho_values"] == [0.5]
+    assert main(["dataset", "build", "--profile", "tiny", "--out", str(out), "--workers", "1"]) == 2
+    assert "refusing to mix" in capsys.readouterr().err
+    assert main(["dataset", "build", "--profile", "tiny", "--out", str(out), "--set", "bogus=1"]) == 2
+    assert "unknown profile fields ['bogus']" in capsys.readouterr().err

@@ -26,9 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DatasetStore", "open_store", "FORMAT", "StoreMismatchError"]
+__all__ = ["DatasetStore", "open_store", "FORMAT", "StoreMismatchError", "default_store_path"]
 
 FORMAT = "agglib-dataset/1"
+
+
+def default_store_path(profile_name: str, seed: int) -> Path:
+    """Where notebooks keep a profile's dataset: ``data/datasets/<profile>-seed<seed>.zarr``
+    in the repository (or under ``$AGGLIB_DATA_DIR``)."""
+    import os
+
+    base = os.environ.get("AGGLIB_DATA_DIR")
+    base = Path(base) if base else Path(__file__).resolve().parents[2] / "data"
+    return base / "datasets" / f"{profile_name}-seed{int(seed)}.zarr"
 
 
 class StoreMismatchError(ValueError):
