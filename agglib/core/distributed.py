@@ -1,0 +1,59 @@
+"""Device choice and DistributedDataParallel set-up (``torchrun`` or ``torch.multiprocessing``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["pick_device", "DistEnv", "init_distributed", "cleanup_distributed"]
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else CPU; otherwise the device named."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but no CUDA device is available; use 'cpu' or 'auto'")
+    return dev
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Rank information of this process (world size 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls) -> "DistEnv":
+        """Read ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` as set by ``torchrun``."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(env: DistEnv, device: torch.device) -> None:
+    """Join the process group: NCCL on CUDA, gloo on CPU (no-op for a single process)."""
+    if not env.distributed or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(env.local_rank)
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

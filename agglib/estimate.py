@@ -1,0 +1,149 @@
+"""Estimators of θ from images of one sample (paper Eqs. 13–15).
+
+* θ̂_Df = mean over the ν images of CNN^Df (Eq. 13);
+* θ̂_ρ = mean of ρ̂(I), where ρ̂(I) = round(CNN^ρ_reg(I)) if CNN^ρ_class(I) > 0.5 (the aggregate
+  looks homogeneous) and CNN^ρ_reg(I) otherwise (Eq. 14);
+* θ̂0, θ̂1 = the multi-image networks' outputs on groups of ν images, rounded to integers
+  (Eq. 15). With more than ν images, the outputs of ⌊M/ν⌋ disjoint groups are averaged before
+  rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agglib.nets import build_network
+from agglib.preprocess import Preprocess
+
+__all__ = ["TrainedNetwork", "load_estimator", "ParameterEstimator", "NETWORK_NAMES"]
+
+NETWORK_NAMES = ("df", "rho_reg", "rho_class", "theta0", "theta1")
+
+
+@dataclass
+class TrainedNetwork:
+    """A trained network with its preprocessing and metadata (from a checkpoint)."""
+
+    model: torch.nn.Module
+    metadata: dict
+    preprocess: Preprocess
+
+    @property
+    def target(self) -> str:
+        return self.metadata["target"]
+
+    @property
+    def nu(self) -> int:
+        return int(self.metadata["nu"])
+
+    @property
+    def pixel_size_nm(self) -> float:
+        return float(self.metadata["pixel_size_nm"])
+
+    @property
+    def image_size_px(self) -> int:
+        return int(self.metadata["image_size_px"])
+
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim == 2:
+            images = images[None]
+        size = self.image_size_px
+        if images.ndim != 3 or images.shape[1:] != (size, size):
+            raise ValueError(f"images of shape {images.shape[1:] if images.ndim == 3 else images.shape} "
+                             f"given; this network takes ({size}, {size}) px images at "
+                             f"{self.pixel_size_nm} nm/px (resample them first)")
+        if not np.all(np.isfinite(images)):
+            raise ValueError("images contain NaN or infinite values")
+        return images
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Network outputs for images [counts], (M, H, W) → (M,) for single-image networks and
+        (⌊M/ν⌋,) — one per consecutive group of ν images — for multi-image networks."""
+        images = self._check_images(images)
+        x = self.preprocess(torch.from_numpy(images))[:, None]       # (M, 1, H, W)
+        device = next(self.model.parameters()).device
+        if self.nu > 1:
+            groups = x.shape[0] // self.nu
+            if groups == 0:
+                raise ValueError(f"{x.shape[0]} images given; the {self.target} network needs at least "
+                                 f"nu={self.nu} images of one sample")
+            x = x[: groups * self.nu].reshape(groups, self.nu, *x.shape[1:])
+        out = [self.model(x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
+        return torch.cat(out).numpy()
+
+
+def load_estimator(path, device: str | torch.device = "cpu") -> TrainedNetwork:
+    """A network from a checkpoint written by :func:`agglib.train.train_network` (needs nothing else)."""
+    from agglib.train import CHECKPOINT_FORMAT
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location=device, weights_only=False)
+    meta = state.get("metadata", {})
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an agglib estimator checkpoint")
+    model = build_network(meta["arch"], meta["input_size"], nu=meta["nu"], activation=meta["activation"])
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return TrainedNetwork(model, meta, Preprocess(**meta["preprocess"]))
+
+
+@dataclass
+class ParameterEstimator:
+    """The five networks that together estimate θ = (θ_Df, θ_ρ, θ0, θ1) from images of one sample."""
+
+    df: TrainedNetwork
+    rho_reg: TrainedNetwork
+    rho_class: TrainedNetwork
+    theta0: TrainedNetwork
+    theta1: TrainedNetwork
+
+    @classmethod
+    def load(cls, directory, device: str = "cpu", checkpoint: str = "best.pt") -> "ParameterEstimator":
+        """Load ``<directory>/<name>/<checkpoint>`` for the five networks."""
+        directory = Path(directory)
+        nets = {name: load_estimator(directory / name / checkpoint, device) for name in NETWORK_NAMES}
+        sizes = {(n.image_size_px, n.pixel_size_nm) for n in nets.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"the networks in {directory} were trained on different images: {sizes}")
+        return cls(**nets)
+
+    @property
+    def pixel_size_nm(self) -> float:
+        return self.df.pixel_size_nm
+
+    @property
+    def image_size_px(self) -> int:
+        return self.df.image_size_px
+
+    @property
+    def nu(self) -> int:
+        return self.theta0.nu
+
+    def per_image(self, images: np.ndarray) -> dict:
+        """Per-image D̂_f(I) and ρ̂(I) (Eq. 14's case distinction) [arrays of length M]."""
+        df = self.df.predict(images)
+        reg = self.rho_reg.predict(images)
+        homogeneous = self.rho_class.predict(images) > 0.5
+        rho = np.where(homogeneous, np.round(reg), reg)
+        return {"df": df, "rho": rho, "rho_without_classifier": reg, "homogeneous": homogeneous}
+
+    def estimate(self, images: np.ndarray) -> dict:
+        """θ̂ from M ≥ ν images [counts] of aggregates of one sample."""
+        images = np.asarray(images)
+        per = self.per_image(images)
+        t0 = self.theta0.predict(images)
+        t1 = self.theta1.predict(images)
+        return {"df": float(np.mean(per["df"])), "rho": float(np.mean(per["rho"])),
+                "theta0": int(np.rint(max(float(np.mean(t0)), 0.0))),
+                "theta1": int(np.rint(max(float(np.mean(t1)), 0.0))),
+                "theta0_raw": float(np.mean(t0)), "theta1_raw": float(np.mean(t1)),
+                "rho_without_classifier": float(np.mean(per["rho_without_classifier"])),
+                "n_images": int(images.shape[0] if images.ndim == 3 else 1)}

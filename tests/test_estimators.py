@@ -1,0 +1,181 @@
+"""Networks, preprocessing, training (checkpoints, resume, DDP) and the estimators."""
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from agglib.dataset import build_dataset
+from agglib.estimate import ParameterEstimator, load_estimator
+from agglib.nets import build_network, count_parameters, paper_parameter_table
+from agglib.preprocess import Augment, Preprocess, inverse_intensity, scale_and_quantize, shift_image
+from agglib.train import TrainConfig, train_network
+
+# Table 3 of the paper: weights + biases of the convolutional and dense layers.
+TABLE3 = [80, 1168, 4640, 18496, 36928, 73856, 147584, 295168, 590080, 8257760, 25200]
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("est") / "tiny.zarr"
+    return build_dataset(path, "tiny", seed=11, workers=1, show_progress_bars=False)
+
+
+# ------------------------------------------------------------------ networks
+
+def test_paper_network_matches_table3_layer_by_layer():
+    rows = paper_parameter_table(b=1)
+    assert [r["weights"] for r in rows[:11]] == TABLE3
+    assert rows[11]["weights"] == 112 * 44 + 44 and rows[12]["weights"] == 45
+    # Batch norm: γ and β per channel (Table 3's third column counts 7 per channel; see nets.py).
+    assert [r["batch_norm"] for r in rows[:9]] == [2 * c for c in (8, 16, 32, 64, 64, 128, 128, 256, 256)]
+
+
+@pytest.mark.parametrize("b", [1, 12])
+def test_paper_parameter_count_grows_by_4928_per_image(b):
+    net = build_network("paper", 512, nu=b)
+    assert net.features.flatten_size == 36864
+    # Table 3's formula is b·4,928 + 9,457,713; the b-dependent part matches exactly, the constant
+    # differs only by the batch-norm bookkeeping (our 1,904 γ/β vs the paper's 7 values per channel).
+    assert count_parameters(net) == 4928 * b + 9452953
+    assert count_parameters(net) - 4928 * b - sum(TABLE3) - 45 - 44 == 2 * 952
+
+
+def test_multi_image_network_applies_one_f_to_each_image():
+    torch.manual_seed(0)
+    net = build_network("compact", 64, nu=3, activation="relu").eval()
+    x = torch.randn(2, 3, 1, 64, 64)
+    out = net(x)
+    assert out.shape == (2,)
+    z = torch.cat([net.features(x[:, k]) for k in range(3)], dim=1)
+    torch.testing.assert_close(out, torch.relu(net.head(z)))
+    with pytest.raises(ValueError, match="nu=3"):
+        net(torch.randn(2, 4, 1, 64, 64))
+
+
+def test_output_activations():
+    net = build_network("compact", 64, activation="scaled_sigmoid").eval()
+    y = net(torch.randn(8, 1, 64, 64) * 100)
+    assert torch.all((y > 1.3) & (y < 2.7))
+    with pytest.raises(ValueError, match="input_size=100 is too small"):
+        build_network("paper", 100)
+
+
+# ------------------------------------------------------------------ preprocessing
+
+def test_scaling_range_and_256_levels():
+    x = torch.rand(3, 40, 40) * 1000 + 7
+    y = scale_and_quantize(x)
+    assert y.min() == -0.5 and y.max() == 0.5
+    levels = torch.unique(torch.round((y + 0.5) * 255))
+    assert torch.all(levels == torch.round(levels)) and levels.numel() <= 256
+    assert torch.allclose((y + 0.5) * 255, torch.round((y + 0.5) * 255), atol=1e-4)
+    assert torch.all(scale_and_quantize(torch.full((5, 5), 3.0)) == -0.5)
+
+
+def test_inverse_intensity_transform():
+    p = torch.tensor([0.0, 0.0005, 0.001, 0.002, 0.05, 0.2])
+    out = inverse_intensity(p, threshold=0.001)
+    torch.testing.assert_close(out, torch.tensor([0.0, 0.0005, 0.001, 500.0, 20.0, 5.0]))
+    # After the transform dim matter (TiO2) is brighter than bright matter (WO3).
+    pre = Preprocess(inverse=True, electrons_per_pixel=1000.0)
+    img = torch.zeros(8, 8)
+    img[1, 1], img[5, 5] = 20.0, 150.0      # 0.02 (TiO2-like) and 0.15 (WO3-like) of the beam
+    y = pre(img)
+    assert y[1, 1] > y[5, 5] > y[0, 0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_augmentation_keeps_the_multiset_of_pixel_values(seed):
+    x = scale_and_quantize(torch.rand(1, 32, 32))
+    g = torch.Generator().manual_seed(seed)
+    y = Augment(max_shift_px=0, generator=g)(x)
+    assert torch.equal(torch.sort(x.flatten()).values, torch.sort(y.flatten()).values)
+    shifted = shift_image(x, 2, -3)
+    assert torch.equal(shifted[..., 2:, :-3], x[..., :-2, 3:])
+    assert torch.all(shifted[..., :2, :] == x.min())
+
+
+# ------------------------------------------------------------------ training
+
+def test_tiny_training_decreases_the_loss_and_checkpoints_round_trip(tiny_store, tmp_path):
+    torch.set_num_threads(2)
+    cfg = TrainConfig(target="df", epochs=6, lr=3e-3, batch=8, seed=0, max_shift_px=2)
+    result = train_network(tiny_store.path, cfg, tmp_path / "df", show_progress_bars=False)
+    losses = [h["train_loss"] for h in result["history"]]
+    assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]
+    assert (tmp_path / "df" / "best.pt").is_file() and (tmp_path / "df" / "last.pt").is_file()
+    net = load_estimator(tmp_path / "df" / "last.pt")
+    meta = net.metadata
+    for key in ("arch", "preprocess", "image_size_px", "pixel_size_nm", "profile", "dataset_sha256", "agglib"):
+        assert key in meta
+    images = np.stack([tiny_store.images[i] for i in range(5)]).astype(np.float32)
+    pred = net.predict(images)
+    assert pred.shape == (5,) and np.all((pred > 1.3) & (pred < 2.7))
+    with pytest.raises(ValueError, match="resample them first"):
+        net.predict(np.zeros((2, 32, 32)))
+    # Resume: asking for 8 epochs continues at epoch 6.
+    more = train_network(tiny_store.path, cfg.__class__(**{**cfg.__dict__, "epochs": 8}), tmp_path / "df",
+                         show_progress_bars=False)
+    assert [h["epoch"] for h in more["history"]] == list(range(8))
+    assert json.loads((tmp_path / "df" / "history.json").read_text())[-1]["epoch"] == 7
+
+
+def test_all_five_networks_make_a_parameter_estimator(tiny_store, tmp_path):
+    for target in ("df", "rho_reg", "rho_class", "theta0", "theta1"):
+        cfg = TrainConfig(target=target, epochs=1, nu=4, batch=4, seed=1)
+        train_network(tiny_store.path, cfg, tmp_path / target, show_progress_bars=False)
+    est = ParameterEstimator.load(tmp_path)
+    images = np.stack([tiny_store.images[i] for i in np.flatnonzero(tiny_store.config_id == 0)])
+    theta = est.estimate(images)
+    assert set(theta) >= {"df", "rho", "theta0", "theta1"}
+    assert isinstance(theta["theta0"], int) and 0.0 <= theta["rho"] <= 1.0
+    with pytest.raises(ValueError, match="at least nu=4"):
+        est.estimate(images[:2])
+
+
+def test_checkpoint_of_another_run_is_refused(tiny_store, tmp_path):
+    train_network(tiny_store.path, TrainConfig(target="df", epochs=1, batch=8), tmp_path / "x",
+                  show_progress_bars=False)
+    with pytest.raises(ValueError, match="belongs to another run"):
+        train_network(tiny_store.path, TrainConfig(target="rho_reg", epochs=2, batch=8), tmp_path / "x",
+                      show_progress_bars=False)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, out_dir):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.manual_seed(0)                                        # same initial weights on every rank
+    model = DistributedDataParallel(build_network("compact", 32))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(100 + rank)                               # different data on every rank
+    x, y = torch.randn(4, 1, 32, 32), torch.randn(4)
+    loss = ((model(x) - y) ** 2).mean()
+    loss.backward()
+    opt.step()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.save(flat, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_step_keeps_replicas_identical(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    torch.manual_seed(0)
+    initial = torch.cat([p.detach().flatten() for p in build_network("compact", 32).parameters()])
+    assert torch.equal(a, b)                # gradients were averaged across the ranks
+    assert not torch.equal(a, initial)      # and a step was taken
