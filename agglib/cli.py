@@ -96,6 +96,18 @@ def _cmd_dataset_info(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from agglib.train import TrainConfig, train_network
+
+    config = TrainConfig(target=args.target, arch=args.arch, epochs=args.epochs, lr=args.lr, nu=args.nu,
+                         batch=args.batch, seed=args.seed, device=args.device, num_workers=args.num_workers)
+    result = train_network(args.store, config, args.out)
+    last = result["history"][-1] if result["history"] else {}
+    print(f"{args.target}: {len(result['history'])} epochs, best validation loss {result['best_val_loss']:.4g}, "
+          f"last validation MAE {last.get('val_mae', float('nan')):.4g}; checkpoints in {args.out}/")
+    return 0
+
+
 def _cmd_profiles(args) -> int:
     from agglib.profiles import available_profiles, load_profile
 
@@ -172,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     i = ds_sub.add_parser("info", help="summary and provenance of a store")
     i.add_argument("path")
     i.set_defaults(func=_cmd_dataset_info)
+
+    t = sub.add_parser("train", help="train (or resume) one estimator network on a dataset store; "
+                                     "for several GPUs launch with torchrun --nproc_per_node=K")
+    t.add_argument("--store", required=True, help="dataset store built by `agglib dataset build`")
+    t.add_argument("--target", required=True, choices=["df", "rho_reg", "rho_class", "theta0", "theta1"])
+    t.add_argument("--out", required=True, help="checkpoint directory (resumed if it holds last.pt)")
+    t.add_argument("--arch", default="compact", choices=["compact", "paper"])
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    t.add_argument("--nu", type=int, default=12, help="images per group (theta0, theta1)")
+    t.add_argument("--batch", type=int, default=None, help="images (groups) per step; default 16 (8)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    t.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    t.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("profiles", help="list the run-size profiles")
     p.set_defaults(func=_cmd_profiles)

@@ -43,6 +43,12 @@ class Profile:
         Pixel size of the dataset's images [nm]; image_size_px × pixel_size_nm is the field of view.
     shard_size : int
         Samples per unit of work of the dataset build (each shard is written once).
+    train_arch : str
+        Feature extractor of the estimators (``compact`` or ``paper``).
+    epochs_single : int
+        Training epochs of the single-image networks (θ_Df, ρ regression and classifier).
+    epochs_multi : int
+        Training epochs of the multi-image networks (θ0, θ1).
     """
 
     name: str
@@ -61,6 +67,9 @@ class Profile:
     image_size_px: int
     pixel_size_nm: float
     shard_size: int
+    train_arch: str
+    epochs_single: int
+    epochs_multi: int
 
     def __post_init__(self):
         for f in fields(self):

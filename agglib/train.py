@@ -48,7 +48,7 @@ from agglib.dataset.store import DatasetStore
 from agglib.nets import ARCHITECTURES, build_network, count_parameters
 from agglib.preprocess import Augment, Preprocess
 
-__all__ = ["TARGETS", "TargetSpec", "TrainConfig", "train_network", "CHECKPOINT_FORMAT"]
+__all__ = ["TARGETS", "TargetSpec", "TrainConfig", "train_network", "train_for_profile", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "agglib-estimator/1"
 
@@ -404,3 +404,19 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         atomic_write_text(checkpoint_dir / "history.json", json.dumps(history, indent=1))
     return {"history": history, "best_val_loss": best, "metadata": meta}
 
+
+
+def train_for_profile(profile, target: str, store_path, run_dir, seed: int = 0,
+                      show_progress_bars: bool | None = None, **changes) -> dict:
+    """Train ``target`` with the profile's architecture, epochs and ν into ``run_dir/target``.
+
+    Resumes (or returns at once) when the run directory already holds the finished epochs.
+    ``changes`` override :class:`TrainConfig` fields.
+    """
+    multi = TARGETS[target].multi_image
+    nu = min(profile.batch_size, profile.eval_per_config,
+             profile.samples_per_config - profile.eval_per_config)
+    config = TrainConfig(target=target, arch=profile.train_arch,
+                         epochs=profile.epochs_multi if multi else profile.epochs_single,
+                         nu=nu, seed=seed, **changes)
+    return train_network(store_path, config, Path(run_dir) / target, show_progress_bars=show_progress_bars)

@@ -64,3 +64,17 @@ def test_dataset_build_with_overrides_and_info(tmp_path, capsys):
     assert "refusing to mix" in capsys.readouterr().err
     assert main(["dataset", "build", "--profile", "tiny", "--out", str(out), "--set", "bogus=1"]) == 2
     assert "unknown profile fields ['bogus']" in capsys.readouterr().err
+
+
+def test_train_command_trains_and_resumes(tmp_path, capsys):
+    from agglib.dataset import build_dataset
+
+    store = build_dataset(tmp_path / "d.zarr", "tiny", seed=1, workers=1, show_progress_bars=False)
+    args = ["train", "--store", str(store.path), "--target", "rho_reg", "--out", str(tmp_path / "m"),
+            "--epochs", "1", "--batch", "8"]
+    assert main(args) == 0
+    assert "rho_reg: 1 epochs" in capsys.readouterr().out
+    assert main([*args[:-4], "--epochs", "2", "--batch", "8"]) == 0
+    assert "rho_reg: 2 epochs" in capsys.readouterr().out
+    assert main([*args[:-4], "--epochs", "0"]) == 2
+    assert "epochs=0" in capsys.readouterr().err

@@ -1,0 +1,153 @@
+"""Evaluating the estimators on the evaluation set E (paper §3.1–3.3, Figs. 9–13, Table 4).
+
+Everything returns pandas DataFrames so notebooks only plot and print.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agglib.dataset.store import DatasetStore
+from agglib.estimate import TrainedNetwork
+from agglib.train import TARGETS, sample_labels
+
+__all__ = ["PAPER_RESULTS", "predict_split", "batch_groups", "batch_estimates", "batch_size_study",
+           "integer_accuracy", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir",
+           "results_table"]
+
+#: The paper's headline numbers (§3.1–3.3), on its E with ν = 12.
+PAPER_RESULTS = {
+    "θ̂_Df MAE": 0.041,
+    "θ̂_ρ MAE": 0.017,
+    "θ̂_ρ MAE without classifier": 0.027,
+    "per-image ρ̂ MAE": 0.053,
+    "θ̂0 exact": 0.48,
+    "θ̂0 within ±1": 0.92,
+    "θ̂1 exact": 0.32,
+    "θ̂1 within ±1": 0.82,
+}
+
+
+def default_run_dir(profile: str, seed: int) -> Path:
+    """Where notebooks keep trained networks: ``data/runs/<profile>-seed<seed>/`` (or under
+    ``$AGGLIB_DATA_DIR``)."""
+    import os
+
+    base = os.environ.get("AGGLIB_DATA_DIR")
+    base = Path(base) if base else Path(__file__).resolve().parents[1] / "data"
+    return base / "runs" / f"{profile}-seed{int(seed)}"
+
+
+def mae(a, b) -> float:
+    """Mean absolute error."""
+    return float(np.mean(np.abs(np.asarray(a, float) - np.asarray(b, float))))
+
+
+def r2(truth, pred) -> float:
+    """Coefficient of determination 1 − SS_res / SS_tot."""
+    truth, pred = np.asarray(truth, float), np.asarray(pred, float)
+    ss_tot = np.sum((truth - truth.mean()) ** 2)
+    return float(1.0 - np.sum((truth - pred) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
+
+
+def _images(store: DatasetStore, indices) -> np.ndarray:
+    return np.stack([store.images[int(i)] for i in indices]).astype(np.float32)
+
+
+def predict_split(net: TrainedNetwork, store: DatasetStore, split: str = "E", chunk: int = 256) -> pd.DataFrame:
+    """Per-image outputs of a single-image network on a split, with labels and θ."""
+    if net.nu != 1:
+        raise ValueError(f"{net.target} is a multi-image network; use batch_estimates")
+    idx = store.indices(split)
+    pred = np.concatenate([net.predict(_images(store, idx[k:k + chunk])) for k in range(0, idx.size, chunk)])
+    labels = sample_labels(store, TARGETS[net.target])[idx]
+    theta = store.theta[idx]
+    return pd.DataFrame({"index": idx, "config_id": store.config_id[idx], "label": labels, "prediction": pred,
+                         "theta_df": theta[:, 0], "theta_rho": theta[:, 1], "theta0": theta[:, 2],
+                         "theta1": theta[:, 3]})
+
+
+def batch_groups(store: DatasetStore, nu: int, split: str = "E", seed: int = 0, repeats: int = 1) -> list:
+    """Disjoint groups of ν samples of one configuration: ⌊m/ν⌋ per configuration and repeat."""
+    rng = np.random.default_rng(seed)
+    idx = store.indices(split)
+    ids = store.config_id[idx]
+    groups = []
+    for _ in range(repeats):
+        for c in np.unique(ids):
+            members = rng.permutation(idx[ids == c])
+            groups += [members[g * nu:(g + 1) * nu] for g in range(members.size // nu)]
+    return groups
+
+
+def batch_estimates(per_image: pd.DataFrame | None, store: DatasetStore, nu: int, *, column: str = "prediction",
+                    multi_net: TrainedNetwork | None = None, split: str = "E", seed: int = 0,
+                    repeats: int = 1) -> pd.DataFrame:
+    """One estimate per group of ν images of one configuration.
+
+    With ``per_image`` (from :func:`predict_split`): the mean of ``column`` over the group
+    (Eqs. 13, 14). With ``multi_net``: the network's output on the group (Eq. 15), raw and
+    rounded.
+    """
+    rows = []
+    lookup = per_image.set_index("index") if per_image is not None else None
+    for k, members in enumerate(batch_groups(store, nu, split, seed, repeats)):
+        theta = store.theta[members[0]]
+        row = {"group": k, "config_id": int(store.config_id[members[0]]), "theta_df": theta[0],
+               "theta_rho": theta[1], "theta0": theta[2], "theta1": theta[3]}
+        if lookup is not None:
+            row["estimate"] = float(lookup.loc[members, column].mean())
+        if multi_net is not None:
+            raw = float(multi_net.predict(_images(store, members))[0])
+            row["raw"] = raw
+            row["estimate"] = int(np.rint(max(raw, 0.0)))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def batch_size_study(per_image: pd.DataFrame, truth_column: str, nus, *, column: str = "prediction",
+                     store: DatasetStore, split: str = "E", seed: int = 0, repeats: int = 5) -> pd.DataFrame:
+    """MAE of the batch-mean estimator against the preset θ for each ν (the paper's Fig. 9)."""
+    rows = []
+    max_nu = int(np.bincount(store.config_id[store.indices(split)]).max())
+    for nu in nus:
+        if nu > max_nu:
+            continue
+        est = batch_estimates(per_image, store, nu, column=column, split=split, seed=seed + nu, repeats=repeats)
+        rows.append({"nu": nu, "MAE": mae(est["estimate"], est[truth_column]), "groups": len(est)})
+    return pd.DataFrame(rows)
+
+
+def integer_accuracy(truth, estimate) -> dict:
+    """Shares of exact and within-±1 integer estimates."""
+    d = np.abs(np.asarray(truth) - np.asarray(estimate))
+    return {"exact": float(np.mean(d == 0)), "within ±1": float(np.mean(d <= 1))}
+
+
+def confusion_table(truth, estimate, labels) -> pd.DataFrame:
+    """Counts of (truth, estimate) pairs; rows = truth, columns = estimate."""
+    truth, estimate = np.asarray(truth), np.asarray(estimate)
+    table = pd.DataFrame(0, index=pd.Index(labels, name="truth"), columns=pd.Index(labels, name="estimate"))
+    for t, e in zip(truth, estimate):
+        if t in table.index and e in table.columns:
+            table.loc[t, e] += 1
+    return table
+
+
+def trivial_mae(store: DatasetStore, truth_eval, target: str) -> float:
+    """MAE of the trivial predictor: the mean of the training labels."""
+    labels = sample_labels(store, TARGETS[target])
+    train_mean = float(np.nanmean(labels[store.indices("T")]))
+    return mae(np.full(len(truth_eval), train_mean), truth_eval)
+
+
+def results_table(ours: dict, profile: str, command: str) -> pd.DataFrame:
+    """Our numbers beside the paper's (keys of :data:`PAPER_RESULTS`)."""
+    rows = []
+    for key, value in ours.items():
+        rows.append({"quantity": key, "paper (E, ν = 12)": PAPER_RESULTS.get(key, np.nan), "agglib": value,
+                     "profile": profile, "command": command})
+    return pd.DataFrame(rows).set_index("quantity")
