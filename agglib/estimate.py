@@ -19,7 +19,8 @@ import torch
 from agglib.nets import build_network
 from agglib.preprocess import Preprocess
 
-__all__ = ["TrainedNetwork", "load_estimator", "ParameterEstimator", "NETWORK_NAMES"]
+__all__ = ["TrainedNetwork", "load_estimator", "ParameterEstimator", "NETWORK_NAMES", "export_estimators",
+           "shipped_models_dir"]
 
 NETWORK_NAMES = ("df", "rho_reg", "rho_class", "theta0", "theta1")
 
@@ -147,3 +148,36 @@ class ParameterEstimator:
                 "theta0_raw": float(np.mean(t0)), "theta1_raw": float(np.mean(t1)),
                 "rho_without_classifier": float(np.mean(per["rho_without_classifier"])),
                 "n_images": int(images.shape[0] if images.ndim == 3 else 1)}
+
+
+def shipped_models_dir() -> Path:
+    """The trained compact estimators shipped with the repository (quick profile)."""
+    return Path(__file__).resolve().parents[1] / "data" / "models" / "compact-quick"
+
+
+def export_estimators(run_dir, out_dir) -> Path:
+    """Copy the five ``best.pt`` of a run to ``out_dir`` without optimizer state (small files).
+
+    The result loads with :meth:`ParameterEstimator.load` and needs nothing else.
+    """
+    import json
+
+    from agglib.train import save_checkpoint
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    summary = {}
+    for name in NETWORK_NAMES:
+        state = torch.load(run_dir / name / "best.pt", map_location="cpu", weights_only=False)
+        slim = {"metadata": state["metadata"], "model": state["model"], "history": state["history"],
+                "epoch": state["epoch"]}
+        save_checkpoint(out_dir / name / "best.pt", slim)
+        best = min(state["history"], key=lambda h: h["val_loss"])
+        summary[name] = {"epoch": best["epoch"], "val_loss": best["val_loss"], "val_mae": best["val_mae"],
+                         "arch": state["metadata"]["arch"], "parameters": state["metadata"]["parameters"]}
+    meta = state["metadata"]
+    summary["_dataset"] = {"profile": meta["profile"], "seed": meta["dataset_seed"],
+                           "image_size_px": meta["image_size_px"], "pixel_size_nm": meta["pixel_size_nm"],
+                           "dataset_sha256": meta["dataset_sha256"], "agglib": meta["agglib"]}
+    from agglib.core.files import atomic_write_text
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
+    return out_dir

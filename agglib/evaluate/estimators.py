@@ -37,7 +37,7 @@ def default_run_dir(profile: str, seed: int) -> Path:
     import os
 
     base = os.environ.get("AGGLIB_DATA_DIR")
-    base = Path(base) if base else Path(__file__).resolve().parents[1] / "data"
+    base = Path(base) if base else Path(__file__).resolve().parents[2] / "data"
     return base / "runs" / f"{profile}-seed{int(seed)}"
 
 
