@@ -8,7 +8,7 @@
 Feature extractors:
 
 ``paper``
-    Table 3: 2×2 average pooling, then unpadded 3×3 convolutions + batch norm + ReLU with
+    Table 3: 2×2 average pooling (only for inputs larger than 256 px), then unpadded 3×3 convolutions + batch norm + ReLU with
     8, 16, 32 | 64, 64 | 128, 128 | 256, 256 channels (| = 2×2 max pooling, also after the last
     block), flatten, dense 224 + ReLU, dense 112 + ReLU. At 512² input the flatten has 36,864
     values and the network 9,457,881 trainable parameters for b = 1 (see :func:`paper_parameter_table`).
@@ -54,9 +54,11 @@ class PaperFeatures(nn.Module):
 
     CHANNELS = ((8, 16, 32), (64, 64), (128, 128), (256, 256))
 
-    def __init__(self, input_size: int = 512):
+    def __init__(self, input_size: int = 512, avg_pool: bool | None = None):
         super().__init__()
-        layers: list[nn.Module] = [nn.AvgPool2d(2)]
+        # The paper pools its 512² images to 256² first; smaller inputs skip that step.
+        self.avg_pool = input_size > 256 if avg_pool is None else bool(avg_pool)
+        layers: list[nn.Module] = [nn.AvgPool2d(2)] if self.avg_pool else []
         cin = 1
         for block in self.CHANNELS:
             for cout in block:
@@ -66,12 +68,14 @@ class PaperFeatures(nn.Module):
         self.conv = nn.Sequential(*layers)
         try:
             with torch.no_grad():
+                self.conv.eval()
                 n_flat = self.conv(torch.zeros(1, 1, input_size, input_size)).numel()
+                self.conv.train()
         except RuntimeError:
             n_flat = 0
         if n_flat == 0:
             raise ValueError(f"input_size={input_size} is too small for the paper network; "
-                             "accepted range [156, inf) px")
+                             f"accepted range [{156 if self.avg_pool else 78}, inf) px")
         self.flatten_size = n_flat
         self.dense = nn.Sequential(nn.Flatten(), nn.Linear(n_flat, 224), nn.ReLU(inplace=True),
                                    nn.Linear(224, FEATURE_DIM), nn.ReLU(inplace=True))

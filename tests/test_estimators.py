@@ -60,8 +60,11 @@ def test_output_activations():
     net = build_network("compact", 64, activation="scaled_sigmoid").eval()
     y = net(torch.randn(8, 1, 64, 64) * 100)
     assert torch.all((y > 1.3) & (y < 2.7))
-    with pytest.raises(ValueError, match="input_size=100 is too small"):
-        build_network("paper", 100)
+    with pytest.raises(ValueError, match=r"input_size=60 is too small.*\[78, inf\)"):
+        build_network("paper", 60)
+    assert build_network("paper", 128).features.flatten_size == 4096     # no average pooling below 257 px
+
+
 
 
 # ------------------------------------------------------------------ preprocessing
