@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--store", required=True, help="dataset store built by `agglib dataset build`")
     t.add_argument("--target", required=True, choices=["df", "rho_reg", "rho_class", "theta0", "theta1"])
     t.add_argument("--out", required=True, help="checkpoint directory (resumed if it holds last.pt)")
-    t.add_argument("--arch", default="compact", choices=["compact", "paper"])
+    t.add_argument("--arch", default="compact", choices=["compact", "paper", "resnet18", "inception"])
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
     t.add_argument("--nu", type=int, default=12, help="images per group (theta0, theta1)")

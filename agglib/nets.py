@@ -17,6 +17,9 @@ Feature extractors:
     channels, each followed by 2×2 max pooling), then global average *and* max pooling (so the
     extent of the aggregate survives), dense 112 + ReLU. ~58 k parameters; about 10× faster
     than ``paper`` per image (see the book's estimator chapter).
+``resnet18``, ``inception``
+    Alternatives for the architecture comparison (paper Table 6), written here because
+    torchvision does not import beside this torch build.
 """
 
 from __future__ import annotations
@@ -116,7 +119,80 @@ class CompactFeatures(nn.Module):
         return self.dense(pooled)
 
 
-ARCHITECTURES = {"paper": PaperFeatures, "compact": CompactFeatures}
+class _BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                                  nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(cout))
+        self.skip = nn.Identity() if stride == 1 and cin == cout else \
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.body(x) + self.skip(x))
+
+
+class ResNet18Features(nn.Module):
+    """ResNet-18 (He et al. 2016) for one-channel images, global average pooling, dense 112."""
+
+    def __init__(self, input_size: int = 128):
+        super().__init__()
+        if input_size < 32:
+            raise ValueError(f"input_size={input_size} is too small for ResNet-18; accepted range [32, inf) px")
+        layers: list[nn.Module] = [nn.Conv2d(1, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                                   nn.MaxPool2d(3, 2, 1)]
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.conv = nn.Sequential(*layers)
+        self.dense = nn.Sequential(nn.Linear(512, FEATURE_DIM), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        return self.dense(self.conv(x).mean(dim=(-2, -1)))
+
+
+class _InceptionModule(nn.Module):
+    """Four parallel branches (1×1; 1×1→3×3; 1×1→3×3→3×3; 3×3 max pool→1×1), concatenated."""
+
+    def __init__(self, cin, c1, c3, c5, cp):
+        super().__init__()
+
+        def cbr(i, o, k):
+            return [nn.Conv2d(i, o, k, padding=k // 2, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+
+        self.b1 = nn.Sequential(*cbr(cin, c1, 1))
+        self.b3 = nn.Sequential(*cbr(cin, c3 // 2, 1), *cbr(c3 // 2, c3, 3))
+        self.b5 = nn.Sequential(*cbr(cin, c5 // 2, 1), *cbr(c5 // 2, c5, 3), *cbr(c5, c5, 3))
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), *cbr(cin, cp, 1))
+
+    def forward(self, x):
+        return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], dim=1)
+
+
+class InceptionFeatures(nn.Module):
+    """An Inception-style f (Szegedy et al. 2015): a strided stem and four inception modules
+    with max pooling between them, global average pooling, dense 112."""
+
+    def __init__(self, input_size: int = 128):
+        super().__init__()
+        if input_size < 32:
+            raise ValueError(f"input_size={input_size} is too small for the Inception network; "
+                             "accepted range [32, inf) px")
+        stem = [nn.Conv2d(1, 32, 5, 2, 2, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        self.conv = nn.Sequential(*stem, _InceptionModule(32, 16, 32, 8, 8), nn.MaxPool2d(2),
+                                  _InceptionModule(64, 32, 64, 16, 16), nn.MaxPool2d(2),
+                                  _InceptionModule(128, 48, 96, 24, 24), nn.MaxPool2d(2),
+                                  _InceptionModule(192, 64, 128, 32, 32))
+        self.dense = nn.Sequential(nn.Linear(256, FEATURE_DIM), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        return self.dense(self.conv(x).mean(dim=(-2, -1)))
+
+
+ARCHITECTURES = {"paper": PaperFeatures, "compact": CompactFeatures, "resnet18": ResNet18Features,
+                 "inception": InceptionFeatures}
 
 
 class Head(nn.Module):

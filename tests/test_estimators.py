@@ -182,3 +182,13 @@ def test_two_process_gloo_ddp_step_keeps_replicas_identical(tmp_path):
     initial = torch.cat([p.detach().flatten() for p in build_network("compact", 32).parameters()])
     assert torch.equal(a, b)                # gradients were averaged across the ranks
     assert not torch.equal(a, initial)      # and a step was taken
+
+
+@pytest.mark.parametrize("arch", ["paper", "compact", "resnet18", "inception"])
+def test_every_architecture_keeps_the_f_g_split(arch):
+    net = build_network(arch, 128, nu=2, activation="relu").eval()
+    x = torch.randn(3, 2, 1, 128, 128)
+    with torch.no_grad():
+        assert net.features(x[:, 0]).shape == (3, 112)
+        assert net(x).shape == (3,)
+    assert net.head.net[0].in_features == 2 * 112
