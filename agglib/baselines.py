@@ -16,7 +16,8 @@ from scipy.optimize import curve_fit
 from agglib.core.validation import check_range
 
 __all__ = ["box_counts", "box_counting_dimension", "foreground_mask", "fit_power_law", "apply_power_law",
-           "threshold_areas", "threshold_mixing_ratio", "fit_thresholds", "mean_projected_area_nm2"]
+           "threshold_areas", "threshold_mixing_ratio", "fit_thresholds", "mean_projected_area_nm2",
+           "image_fractions", "box_counting_per_image"]
 
 
 def box_counts(mask: np.ndarray, sizes) -> np.ndarray:
@@ -130,3 +131,19 @@ def fit_thresholds(fractions, rho_true, pixel_size_nm: float, candidates=None) -
             if err < best["mae"]:
                 best = {"mae": float(err), "t_low": float(cand[i]), "t_high": float(cand[j])}
     return best
+
+
+def image_fractions(store, indices) -> list:
+    """Images of a dataset store as HAADF fractions (counts / electrons per pixel)."""
+    s = store.identity["stem_settings"]
+    electrons = s["dose_e_per_A2"] * (s["pixel_size_nm"] * 10.0) ** 2
+    return [np.asarray(store.images[int(i)], dtype=np.float64) / electrons for i in indices]
+
+
+def box_counting_per_image(store, indices, threshold: float = 0.001) -> np.ndarray:
+    """Box-counting dimension of the foreground (HAADF fraction > threshold) of each image."""
+    out = []
+    for f in image_fractions(store, indices):
+        mask = f > threshold
+        out.append(box_counting_dimension(mask) if mask.any() else np.nan)
+    return np.array(out)

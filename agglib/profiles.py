@@ -49,6 +49,14 @@ class Profile:
         Training epochs of the single-image networks (θ_Df, ρ regression and classifier).
     epochs_multi : int
         Training epochs of the multi-image networks (θ0, θ1).
+    shadow_configs : int
+        Configurations of E compared through digital shadows (paper: 50).
+    shadow_aggregates : int
+        Aggregates drawn from θ and from θ̂ per configuration (paper: 800).
+    baseline_images : int
+        Training images used to fit the baselines' power law and thresholds.
+    arch_train_images : int
+        Training images (the same budget for each) in the architecture comparison (Table 6).
     """
 
     name: str
@@ -70,6 +78,10 @@ class Profile:
     train_arch: str
     epochs_single: int
     epochs_multi: int
+    shadow_configs: int
+    shadow_aggregates: int
+    baseline_images: int
+    arch_train_images: int
 
     def __post_init__(self):
         for f in fields(self):

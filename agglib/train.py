@@ -48,7 +48,8 @@ from agglib.dataset.store import DatasetStore
 from agglib.nets import ARCHITECTURES, build_network, count_parameters
 from agglib.preprocess import Augment, Preprocess
 
-__all__ = ["TARGETS", "TargetSpec", "TrainConfig", "train_network", "train_for_profile", "CHECKPOINT_FORMAT"]
+__all__ = ["TARGETS", "TargetSpec", "TrainConfig", "train_network", "train_for_profile", "train_estimator",
+           "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "agglib-estimator/1"
 
@@ -420,3 +421,12 @@ def train_for_profile(profile, target: str, store_path, run_dir, seed: int = 0,
                          epochs=profile.epochs_multi if multi else profile.epochs_single,
                          nu=nu, seed=seed, **changes)
     return train_network(store_path, config, Path(run_dir) / target, show_progress_bars=show_progress_bars)
+
+
+def train_estimator(profile, store_path, run_dir, seed: int = 0, show_progress_bars: bool | None = None):
+    """Train (or finish training) the five networks of a profile; the :class:`ParameterEstimator`."""
+    from agglib.estimate import NETWORK_NAMES, ParameterEstimator
+
+    for target in NETWORK_NAMES:
+        train_for_profile(profile, target, store_path, run_dir, seed=seed, show_progress_bars=show_progress_bars)
+    return ParameterEstimator.load(run_dir)

@@ -87,7 +87,7 @@ def test_tiny_store_holds_everything(tiny_store):
     profile = agglib.load_profile("tiny")
     s = tiny_store
     assert len(s) == profile.n_samples
-    assert s.images.shape == (profile.n_samples, 64, 64) and s.images.dtype == np.uint32
+    assert s.images.shape == (profile.n_samples, 96, 96) and s.images.dtype == np.uint32
     check_plan_invariants(profile, make_plan(profile, 3))
     assert np.array_equal(s.split, make_plan(profile, 3).split)
     assert s.descriptors.shape == (profile.n_samples, 8)
@@ -163,7 +163,7 @@ def test_torch_dataset_reads_lazily_with_several_workers(tiny_store):
     ds = StemImageDataset(tiny_store.path, split="E")
     assert len(ds) == 64
     item = ds[5]
-    assert item["image"].shape == (1, 64, 64) and item["image"].dtype == torch.float32
+    assert item["image"].shape == (1, 96, 96) and item["image"].dtype == torch.float32
     assert np.array_equal(item["image"][0].numpy(), tiny_store.images[item["index"]].astype(np.float32))
     serial = [b["index"] for b in DataLoader(ds, batch_size=8, num_workers=0)]
     parallel = [b["index"] for b in DataLoader(ds, batch_size=8, num_workers=2)]
@@ -172,7 +172,7 @@ def test_torch_dataset_reads_lazily_with_several_workers(tiny_store):
     groups = ConfigurationBatchDataset(tiny_store.path, split="E", nu=4, seed=0)
     assert len(groups) == 16                      # 16 configurations × one group of 4
     g = groups[3]
-    assert g["images"].shape == (4, 1, 64, 64)
+    assert g["images"].shape == (4, 1, 96, 96)
     assert len(set(tiny_store.config_id[g["indices"].numpy()])) == 1
     assert np.all(tiny_store.split[g["indices"].numpy()] == EVAL)
     with pytest.raises(ValueError, match="nu=5 is out of range"):

@@ -17,7 +17,7 @@ from agglib.descriptors import describe_many
 from agglib.evaluate.estimators import batch_groups, mae, r2
 from agglib.model.params import ModelParams
 
-__all__ = ["SHADOW_DESCRIPTORS", "shadow_params", "shadow_comparison", "shadow_table",
+__all__ = ["SHADOW_DESCRIPTORS", "shadow_params", "shadow_comparison", "shadow_table", "error_by_particle_count",
            "PAPER_SHADOW_RESULTS"]
 
 SHADOW_DESCRIPTORS = ("s_tio2", "z_hetero", "z_total")
@@ -92,3 +92,27 @@ def shadow_table(pairs: pd.DataFrame) -> pd.DataFrame:
                     "paper MAE": PAPER_SHADOW_RESULTS[d]["MAE"], "paper R²": PAPER_SHADOW_RESULTS[d]["R²"],
                     "pairs": int(ok.sum())})
     return pd.DataFrame(out).set_index("descriptor")
+
+
+def error_by_particle_count(aggregates: pd.DataFrame, edges=(20, 35, 50, 65, 81)) -> pd.DataFrame:
+    """MAE between descriptor means from θ and θ̂, per range of the particle number N (Fig. 16).
+
+    Within each configuration, aggregates are grouped by N into the ranges [edges[k], edges[k+1]);
+    the means of the θ-group and the θ̂-group are compared, and the absolute differences are
+    averaged over configurations.
+    """
+    rows = []
+    labels = [f"{lo}–{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])]
+    binned = aggregates.assign(n_range=pd.cut(aggregates["n_particles"], list(edges), right=False, labels=labels))
+    means = binned.groupby(["config_id", "n_range", "source"], observed=True)[list(SHADOW_DESCRIPTORS)].mean()
+    for label in labels:
+        row = {"N": label}
+        for d in SHADOW_DESCRIPTORS:
+            try:
+                sub = means.xs(label, level="n_range")[d].unstack("source").dropna()
+            except KeyError:
+                row[d] = np.nan
+                continue
+            row[d] = mae(sub["θ"], sub["θ̂"]) if len(sub) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("N")

@@ -9,8 +9,9 @@ figures appear in the built book offline without inlining plotly.js per page.
 from agglib.visualize.aggregates import aggregate_explorer, plot_aggregate, plot_aggregate_gallery
 from agglib.visualize.dataset import plot_grid_coverage, plot_image_grid, plot_split_counts
 from agglib.visualize.evaluation import (plot_batch_size_study, plot_confusion, plot_error_by_preset,
-                                         plot_prediction_vs_truth, plot_training_history)
-from agglib.visualize.descriptors import plot_batch_means, plot_descriptor_vs_theta
+                                         plot_prediction_vs_truth, plot_shadow_histograms, plot_shadow_means,
+                                         plot_training_history)
+from agglib.visualize.descriptors import plot_batch_means, plot_descriptor_distributions, plot_descriptor_vs_theta
 from agglib.visualize.plotly_book import register_book_renderer
 from agglib.visualize.stem import (plot_aggregate_and_image, plot_field_of_view, plot_haadf_curves,
                                    plot_image_slider, plot_render_maps, plot_stem_image)
@@ -18,8 +19,8 @@ from agglib.visualize.stem import (plot_aggregate_and_image, plot_field_of_view,
 register_book_renderer()
 
 __all__ = ["plot_aggregate", "plot_aggregate_gallery", "aggregate_explorer",
-           "plot_descriptor_vs_theta", "plot_batch_means", "register_book_renderer",
+           "plot_descriptor_vs_theta", "plot_batch_means", "plot_descriptor_distributions", "register_book_renderer",
            "plot_stem_image", "plot_aggregate_and_image", "plot_render_maps", "plot_haadf_curves",
            "plot_image_slider", "plot_field_of_view", "plot_grid_coverage", "plot_split_counts",
            "plot_image_grid", "plot_training_history", "plot_prediction_vs_truth", "plot_error_by_preset",
-           "plot_batch_size_study", "plot_confusion"]
+           "plot_batch_size_study", "plot_confusion", "plot_shadow_histograms", "plot_shadow_means"]

@@ -62,3 +62,20 @@ def plot_batch_means(groups: dict, descriptor: str, title: str | None = None) ->
     fig.update_layout(title=title, yaxis_title=f"batch mean of {axis_label(descriptor)}",
                       xaxis_title="model parameters θ", showlegend=False, height=450)
     return fig
+
+
+def plot_descriptor_distributions(samples: dict, descriptor: str, bins: int = 20,
+                                  title: str | None = None) -> go.Figure:
+    """Overlaid histograms of one descriptor for several groups, ``{label: values}``."""
+    values = np.concatenate([np.asarray(v, float) for v in samples.values()])
+    values = values[np.isfinite(values)]
+    edges = np.linspace(values.min(), values.max() + 1e-9, bins + 1)
+    fig = go.Figure()
+    for label, v in samples.items():
+        v = np.asarray(v, float)
+        counts, _ = np.histogram(v[np.isfinite(v)], bins=edges)
+        fig.add_trace(go.Bar(x=0.5 * (edges[1:] + edges[:-1]), y=counts, name=label, opacity=0.6,
+                             width=float(edges[1] - edges[0])))
+    fig.update_layout(barmode="overlay", title=title, xaxis_title=axis_label(descriptor),
+                      yaxis_title="aggregates", height=380)
+    return fig

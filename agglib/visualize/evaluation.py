@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 __all__ = ["plot_training_history", "plot_prediction_vs_truth", "plot_error_by_preset",
-           "plot_batch_size_study", "plot_confusion"]
+           "plot_batch_size_study", "plot_confusion", "plot_shadow_histograms", "plot_shadow_means"]
 
 
 def plot_training_history(history: list, title: str | None = None) -> go.Figure:
@@ -68,4 +68,48 @@ def plot_confusion(table: pd.DataFrame, title: str | None = None) -> go.Figure:
                                hovertemplate="truth %{y}, estimate %{x}: %{z}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="estimate", yaxis_title="truth", height=420,
                       yaxis_autorange="reversed")
+    return fig
+
+
+def plot_shadow_histograms(aggregates, config_id: int, descriptors=("s_tio2", "z_hetero", "z_total"),
+                           bins: int = 20, title: str | None = None) -> go.Figure:
+    """Histograms of descriptors of aggregates drawn from θ and from θ̂ (the paper's Fig. 14)."""
+    from plotly.subplots import make_subplots
+
+    from agglib.visualize.descriptors import axis_label
+
+    d = aggregates[aggregates["config_id"] == config_id]
+    fig = make_subplots(rows=1, cols=len(descriptors), subplot_titles=[axis_label(x) for x in descriptors])
+    colours = {"θ": "#1f77b4", "θ̂": "#d62728"}
+    for col, name in enumerate(descriptors, start=1):
+        values = d[name].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        edges = np.linspace(values.min(), values.max() + 1e-9, bins + 1) if values.size else np.linspace(0, 1, bins + 1)
+        for source in ("θ", "θ̂"):
+            v = d.loc[d["source"] == source, name].to_numpy(dtype=float)
+            counts, _ = np.histogram(v[np.isfinite(v)], bins=edges)
+            fig.add_trace(go.Bar(x=0.5 * (edges[1:] + edges[:-1]), y=counts, name=f"from {source}",
+                                 marker_color=colours[source], opacity=0.6, showlegend=col == 1,
+                                 width=float(edges[1] - edges[0])), row=1, col=col)
+        fig.update_yaxes(title_text="aggregates", row=1, col=col)
+    fig.update_layout(barmode="overlay", height=380, title=title)
+    return fig
+
+
+def plot_shadow_means(pairs, descriptors=("s_tio2", "z_hetero", "z_total"), title: str | None = None) -> go.Figure:
+    """Descriptor means of the shadows against those of the truth, one point per configuration."""
+    from plotly.subplots import make_subplots
+
+    from agglib.visualize.descriptors import axis_label
+
+    fig = make_subplots(rows=1, cols=len(descriptors), subplot_titles=[axis_label(x) for x in descriptors])
+    for col, name in enumerate(descriptors, start=1):
+        t, s = pairs[f"{name}_true"], pairs[f"{name}_shadow"]
+        lo, hi = float(np.nanmin([t.min(), s.min()])), float(np.nanmax([t.max(), s.max()]))
+        fig.add_trace(go.Scatter(x=t, y=s, mode="markers", showlegend=False, marker=dict(size=6)), row=1, col=col)
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", showlegend=False,
+                                 line=dict(color="black", dash="dash")), row=1, col=col)
+        fig.update_xaxes(title_text="mean from θ", row=1, col=col)
+        fig.update_yaxes(title_text="mean from θ̂", row=1, col=col)
+    fig.update_layout(height=380, title=title or "Descriptor means: digital shadows against the truth")
     return fig
