@@ -108,6 +108,35 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_fit(args) -> int:
+    from agglib.estimate import ParameterEstimator, shipped_models_dir
+    from agglib.fit import SUPPORTED_SUFFIXES, characterise, draw_shadows, export_shadows
+
+    files = []
+    for p in map(Path, args.paths):
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in SUPPORTED_SUFFIXES)
+        else:
+            files.append(p)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--out {out} exists; choose another folder or pass --overwrite")
+    estimator = ParameterEstimator.load(args.models or shipped_models_dir())
+    result = characterise(files, estimator, pixel_size_nm=args.pixel_size, dose_e_per_A2=args.dose,
+                          n_bootstrap=args.bootstrap, seed=args.seed)
+    print(f"θ̂ from {result.n_images} images (95 % bootstrap intervals over the images):")
+    for k, label in (("df", "θ_Df"), ("rho", "θ_ρ"), ("theta0", "θ0"), ("theta1", "θ1")):
+        lo, hi = result.intervals[k]
+        print(f"  {label:<5} {result.estimate[k]:>7.3f}   [{lo:.3f}, {hi:.3f}]")
+    for w in result.warnings:
+        print(f"warning: {w}")
+    aggregates, _ = draw_shadows(result, args.shadows, seed=args.seed)
+    export_shadows(result, aggregates, out, overwrite=args.overwrite)
+    print(f"{len(aggregates)} digital shadows written to {out}/ (summary.json, particles.csv, "
+          "particles.parquet, shadows.ply)")
+    return 0
+
+
 def _cmd_profiles(args) -> int:
     from agglib.profiles import available_profiles, load_profile
 
@@ -200,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     t.set_defaults(func=_cmd_train)
 
+    f = sub.add_parser("fit", help="estimate θ from measured images of one sample; export digital shadows")
+    f.add_argument("paths", nargs="+", help="image files or folders (TIFF, DM3/DM4, EMD, SER, MRC, ...)")
+    f.add_argument("--pixel-size", type=float, default=None,
+                   help="pixel size [nm] for files without one (overrides the files' own)")
+    f.add_argument("--dose", type=float, default=None, help="electron dose of the images [e/Å²] "
+                                                            "(default: the training dose)")
+    f.add_argument("--models", default=None, help="folder of the five networks (default: the shipped ones)")
+    f.add_argument("--out", required=True, help="output folder for the shadows and summary.json")
+    f.add_argument("--shadows", type=int, default=200, help="digital shadows to draw")
+    f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the images")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    f.set_defaults(func=_cmd_fit)
+
     p = sub.add_parser("profiles", help="list the run-size profiles")
     p.set_defaults(func=_cmd_profiles)
     return ap
@@ -209,7 +252,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, agglib.AggregationError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, agglib.AggregationError) as err:
         print(f"agglib: error: {err}", file=sys.stderr)
         return 2
 

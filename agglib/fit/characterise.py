@@ -1,0 +1,246 @@
+"""Estimate θ from measured images of one sample, with bootstrap intervals, and export shadows.
+
+Steps of :func:`characterise`:
+
+1. each image is resampled to the estimator's pixel size (Gaussian pre-filter when shrinking;
+   counts are scaled with the pixel area so they stay electrons per pixel) and cropped to the
+   estimator's field of view around the aggregate (the intensity-weighted centre of the pixels
+   above the image median); an image whose field of view is smaller is refused;
+2. counts are put on the training dose (× training dose / measured dose);
+3. the five networks give per-image D̂_f and ρ̂ and per-image features for the multi-image
+   networks; θ̂ follows Eqs. 13–15;
+4. a bootstrap over the images (resampling them with replacement) gives 95 % intervals;
+5. digital shadows — aggregates drawn from θ̂ — give the 3D descriptors with intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+
+import agglib
+from agglib.core.seeding import as_generator, spawn_seeds
+from agglib.core.validation import check_range
+from agglib.estimate import ParameterEstimator, TrainedNetwork
+from agglib.fit.io import ImageInputError, MeasuredImage, read_image
+
+__all__ = ["prepare_image", "characterise", "FitResult", "MIN_STABLE_IMAGES", "export_shadows",
+           "draw_shadows", "shadow_summary"]
+
+#: The paper recommends batches of ν ≥ 10 images for stable estimates.
+MIN_STABLE_IMAGES = 10
+#: Images may be upsampled by at most this factor to reach the estimator's pixel size.
+MAX_UPSAMPLING = 2.0
+
+
+def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int, dose_scale: float = 1.0) -> np.ndarray:
+    """Resample to ``pixel_size_nm`` and crop ``size_px`` × ``size_px`` around the aggregate."""
+    zoom = image.pixel_size_nm / pixel_size_nm
+    if zoom > MAX_UPSAMPLING:
+        raise ImageInputError(
+            f"{image.path}: pixel size {image.pixel_size_nm:g} nm is too coarse for an estimator made for "
+            f"{pixel_size_nm:g} nm/px (accepted: up to {MAX_UPSAMPLING * pixel_size_nm:g} nm/px); use a "
+            "checkpoint trained for this pixel size")
+    data = image.data
+    if zoom < 1.0:
+        data = ndimage.gaussian_filter(data, sigma=0.5 / zoom)
+    resampled = ndimage.zoom(data, zoom, order=1) / (zoom * zoom) if zoom != 1.0 else data.copy()
+    if min(resampled.shape) < size_px:
+        raise ImageInputError(
+            f"{image.path}: field of view {image.field_of_view_nm:.0f} nm is smaller than the estimator's "
+            f"{size_px * pixel_size_nm:.0f} nm ({size_px} px at {pixel_size_nm} nm/px); accepted: images "
+            f"at least {size_px * pixel_size_nm:.0f} nm wide")
+    weights = np.clip(resampled - np.median(resampled), 0.0, None)
+    if weights.sum() > 0:
+        yy, xx = np.indices(resampled.shape)
+        cy, cx = (weights * yy).sum() / weights.sum(), (weights * xx).sum() / weights.sum()
+    else:
+        cy, cx = (np.array(resampled.shape) - 1) / 2
+    y0 = int(np.clip(round(cy - size_px / 2), 0, resampled.shape[0] - size_px))
+    x0 = int(np.clip(round(cx - size_px / 2), 0, resampled.shape[1] - size_px))
+    return (resampled[y0:y0 + size_px, x0:x0 + size_px] * dose_scale).astype(np.float32)
+
+
+def _features(net: TrainedNetwork, images: np.ndarray) -> torch.Tensor:
+    x = net.preprocess(torch.from_numpy(images))[:, None]
+    with torch.no_grad():
+        return net.model.features(x)
+
+
+def _multi_output(net: TrainedNetwork, feats: torch.Tensor, order: np.ndarray) -> float:
+    """Mean network output over the consecutive groups of ν images of ``order``."""
+    nu = net.nu
+    groups = order.size // nu
+    z = feats[torch.from_numpy(order[: groups * nu])].reshape(groups, -1)
+    with torch.no_grad():
+        return float(net.model.activation(net.model.head(z)).mean())
+
+
+@dataclass
+class FitResult:
+    """θ̂ of a sample with bootstrap intervals."""
+
+    estimate: dict
+    intervals: dict
+    n_images: int
+    bootstrap: pd.DataFrame
+    per_image: pd.DataFrame
+    warnings: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    def table(self) -> pd.DataFrame:
+        rows = {k: {"estimate": self.estimate[k], "2.5 %": self.intervals[k][0], "97.5 %": self.intervals[k][1]}
+                for k in ("df", "rho", "theta0", "theta1")}
+        return pd.DataFrame(rows).T
+
+    def to_dict(self) -> dict:
+        return {"estimate": self.estimate, "interval_95": {k: list(v) for k, v in self.intervals.items()},
+                "n_images": self.n_images, "warnings": self.warnings, "settings": self.settings,
+                "per_image": self.per_image.to_dict(orient="list")}
+
+
+def characterise(paths_or_images, estimator: ParameterEstimator | None = None, pixel_size_nm: float | None = None,
+                 dose_e_per_A2: float | None = None, n_bootstrap: int = 200, seed=None) -> FitResult:
+    """θ̂ and 95 % bootstrap intervals from the images of one sample.
+
+    Parameters
+    ----------
+    paths_or_images : sequence of path-like or MeasuredImage
+        One aggregate per image.
+    estimator : ParameterEstimator, optional
+        Default: the compact estimators shipped in ``data/models/compact-quick``.
+    pixel_size_nm : float, optional
+        Pixel size [nm] for files without one (or to override theirs).
+    dose_e_per_A2 : float, optional
+        Electron dose of the images [e/Å²] (default: the training dose, 149 e/Å²); images must be
+        in detector counts (electrons).
+    n_bootstrap : int
+        Bootstrap resamples of the images.
+    seed : int, optional
+    """
+    from agglib.estimate import shipped_models_dir
+
+    check_range("n_bootstrap", n_bootstrap, low=10, integer=True)
+    estimator = estimator or ParameterEstimator.load(shipped_models_dir())
+    train_dose = float(estimator.df.metadata["stem_settings"]["dose_e_per_A2"])
+    dose = train_dose if dose_e_per_A2 is None else float(dose_e_per_A2)
+    check_range("dose_e_per_A2", dose, low=0.0, low_inclusive=False, unit="e/Å²")
+    items = [p if isinstance(p, MeasuredImage) else read_image(p, pixel_size_nm) for p in paths_or_images]
+    if not items:
+        raise ImageInputError("no images given")
+    images = np.stack([prepare_image(m, estimator.pixel_size_nm, estimator.image_size_px, train_dose / dose)
+                       for m in items])
+    m = images.shape[0]
+    nu = estimator.nu
+    if m < nu:
+        raise ImageInputError(f"{m} images given; the estimators of θ0 and θ1 need at least ν = {nu} images "
+                              "of one sample")
+    warnings = []
+    if m < MIN_STABLE_IMAGES:
+        warnings.append(f"only {m} images: estimates from fewer than {MIN_STABLE_IMAGES} images are unstable "
+                        "(the paper uses ν ≥ 10); treat the intervals with care")
+    per = estimator.per_image(images)
+    f0, f1 = _features(estimator.theta0, images), _features(estimator.theta1, images)
+    order = np.arange(m)
+    raw0, raw1 = _multi_output(estimator.theta0, f0, order), _multi_output(estimator.theta1, f1, order)
+    estimate = {"df": float(per["df"].mean()), "rho": float(per["rho"].mean()),
+                "theta0": int(np.rint(max(raw0, 0.0))), "theta1": int(np.rint(max(raw1, 0.0))),
+                "theta0_raw": raw0, "theta1_raw": raw1}
+    rng = as_generator(seed)
+    boot = []
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, m, m)
+        r0, r1 = _multi_output(estimator.theta0, f0, idx), _multi_output(estimator.theta1, f1, idx)
+        boot.append({"df": per["df"][idx].mean(), "rho": per["rho"][idx].mean(), "theta0_raw": r0,
+                     "theta1_raw": r1, "theta0": int(np.rint(max(r0, 0.0))), "theta1": int(np.rint(max(r1, 0.0)))})
+    boot = pd.DataFrame(boot)
+    intervals = {k: (float(np.percentile(boot[k], 2.5)), float(np.percentile(boot[k], 97.5)))
+                 for k in ("df", "rho", "theta0", "theta1", "theta0_raw", "theta1_raw")}
+    per_image = pd.DataFrame({"path": [it.path for it in items], "pixel_size_nm": [it.pixel_size_nm for it in items],
+                              "pixel_size_source": [it.pixel_size_source for it in items],
+                              "df": per["df"], "rho": per["rho"], "homogeneous": per["homogeneous"]})
+    settings = {"estimator_pixel_size_nm": estimator.pixel_size_nm, "estimator_image_size_px": estimator.image_size_px,
+                "dose_e_per_A2": dose, "training_dose_e_per_A2": train_dose, "n_bootstrap": n_bootstrap, "nu": nu,
+                "agglib": agglib.__version__}
+    return FitResult(estimate, intervals, m, boot, per_image, warnings, settings)
+
+
+def draw_shadows(result: FitResult, count: int, seed=None, workers: int | None = None):
+    """Digital shadows: ``count`` aggregates, split over bootstrap draws of θ̂ so that their
+    descriptor intervals carry the estimate's uncertainty. Returns (aggregates, per-draw θ)."""
+    from agglib.evaluate.shadows import shadow_params
+
+    check_range("count", count, low=1, integer=True)
+    n_draws = int(min(20, count, len(result.bootstrap)))
+    rng = as_generator(seed)
+    rows = result.bootstrap.iloc[rng.choice(len(result.bootstrap), n_draws, replace=False)]
+    params = [shadow_params(r) for r in rows.to_dict(orient="records")]
+    per_draw = [count // n_draws + (k < count % n_draws) for k in range(n_draws)]
+    theta = [p for p, c in zip(params, per_draw) for _ in range(c)]
+    seeds = spawn_seeds(rng.integers(2**63), 1)[0]
+    aggs = agglib.generate_aggregates(theta, seed=seeds, workers=workers, show_progress_bars=False)
+    return aggs, params
+
+
+def shadow_summary(aggregates) -> pd.DataFrame:
+    """Mean and 95 % range of each descriptor over the shadows."""
+    from agglib.descriptors import describe_many
+
+    d = pd.DataFrame(describe_many(aggregates))
+    cols = ["s_tio2", "s_wo3", "z_hetero", "z_total", "df", "rho", "rg", "n_particles"]
+    return pd.DataFrame({"mean": d[cols].mean(), "2.5 %": d[cols].quantile(0.025),
+                         "97.5 %": d[cols].quantile(0.975)})
+
+
+def _ply(aggregates) -> str:
+    lines = []
+    for k, a in enumerate(aggregates):
+        for (x, y, z), r, lab in zip(a.positions, a.radii, a.labels):
+            colour = (31, 119, 180) if lab == 0 else (255, 127, 14)
+            lines.append(f"{x:.4f} {y + 0.0:.4f} {z:.4f} {r:.4f} {k} {colour[0]} {colour[1]} {colour[2]}")
+    header = ["ply", "format ascii 1.0", "comment agglib digital shadows: one vertex per particle; "
+              "radius [nm], aggregate index; WO3 blue, TiO2 orange", f"element vertex {len(lines)}",
+              "property float x", "property float y", "property float z", "property float radius",
+              "property int aggregate", "property uchar red", "property uchar green", "property uchar blue",
+              "end_header"]
+    return "\n".join(header + lines) + "\n"
+
+
+def export_shadows(result: FitResult, aggregates, out_dir, overwrite: bool = False) -> Path:
+    """Write summary.json, particles.csv, particles.parquet and shadows.ply into ``out_dir``.
+
+    Everything is written to a temporary folder next to ``out_dir`` and renamed at the end: an
+    interrupted export leaves nothing half-written.
+    """
+    from agglib.model.aggregate import MATERIAL_NAMES
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; choose another output folder or pass overwrite")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        rows = [{"aggregate": k, "x_nm": x, "y_nm": y, "z_nm": z, "r_nm": r, "material": MATERIAL_NAMES[int(l)]}
+                for k, a in enumerate(aggregates) for (x, y, z), r, l in zip(a.positions, a.radii, a.labels)]
+        particles = pd.DataFrame(rows)
+        particles.to_csv(tmp / "particles.csv", index=False)
+        particles.to_parquet(tmp / "particles.parquet", index=False)
+        (tmp / "shadows.ply").write_text(_ply(aggregates))
+        summary = {**result.to_dict(), "shadows": {"count": len(aggregates),
+                                                   "descriptors": shadow_summary(aggregates).to_dict(orient="index")}}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir
