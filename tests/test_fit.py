@@ -1,0 +1,134 @@
+"""Characterising measured images: reading, bad input, intervals, shadows export, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+import agglib
+from agglib.cli import main
+from agglib.dataset import build_dataset
+from agglib.estimate import ParameterEstimator
+from agglib.fit import ImageInputError, characterise, draw_shadows, export_shadows, read_image
+from agglib.train import TrainConfig, train_network
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Five networks trained for one epoch on the tiny dataset (96 px at 4.53 nm/px)."""
+    base = tmp_path_factory.mktemp("fit")
+    store = build_dataset(base / "tiny.zarr", "tiny", seed=5, workers=1, show_progress_bars=False)
+    for target in ("df", "rho_reg", "rho_class", "theta0", "theta1"):
+        train_network(store.path, TrainConfig(target=target, epochs=1, nu=4, batch=4), base / "models" / target,
+                      show_progress_bars=False)
+    return base / "models"
+
+
+def write_measured(folder, count=6, pixel_nm=4.0, size=120, seed=0, theta=(1.9, 0.5, 2, 2), **tiff_kw):
+    """Simulated 'measured' images at another pixel size, as TIFF with ImageJ nm calibration."""
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = agglib.StemSettings(image_size_px=size, pixel_size_nm=pixel_nm)
+    aggs = agglib.generate_aggregates(agglib.ModelParams(*theta), count, seed=seed, n_particles=30)
+    paths = []
+    for k, agg in enumerate(aggs):
+        img = agglib.render_stem(agg, seed=seed * 100 + k, settings=settings)
+        p = folder / f"img{k:02d}.tif"
+        tifffile.imwrite(p, img, imagej=True, resolution=(1 / pixel_nm, 1 / pixel_nm),
+                         metadata={"unit": "nm"}, **tiff_kw)
+        paths.append(p)
+    return paths
+
+
+def test_tiff_pixel_size_from_imagej_and_centimetre_units(tmp_path):
+    p = write_measured(tmp_path, count=1, pixel_nm=2.5)[0]
+    img = read_image(p)
+    assert img.pixel_size_nm == pytest.approx(2.5) and img.pixel_size_source == "file metadata"
+    cm = tmp_path / "cm.tif"
+    tifffile.imwrite(cm, np.random.rand(50, 50).astype(np.float32), resolution=(1e7 / 3.0, 1e7 / 3.0),
+                     resolutionunit="CENTIMETER")
+    assert read_image(cm).pixel_size_nm == pytest.approx(3.0)
+    assert read_image(cm, pixel_size_nm=1.5).pixel_size_nm == 1.5
+
+
+@pytest.mark.parametrize("case, match", [
+    ("rgb", "RGB"),
+    ("stack", "stack"),
+    ("nan", "NaN or infinite"),
+    ("constant", "all pixels equal"),
+    ("unknown", "unknown file type '.xyz'"),
+    ("no_pixel", "no pixel size; give it with --pixel-size"),
+])
+def test_bad_images_are_refused_clearly(tmp_path, case, match):
+    p = tmp_path / "bad.tif"
+    if case == "rgb":
+        tifffile.imwrite(p, (np.random.rand(40, 40, 3) * 255).astype(np.uint8), photometric="rgb")
+    elif case == "stack":
+        tifffile.imwrite(p, np.random.rand(3, 40, 40).astype(np.float32), photometric="minisblack",
+                         resolution=(1, 1))
+    elif case == "nan":
+        a = np.random.rand(40, 40).astype(np.float32)
+        a[3, 3] = np.nan
+        tifffile.imwrite(p, a, imagej=True, resolution=(1, 1), metadata={"unit": "nm"})
+    elif case == "constant":
+        tifffile.imwrite(p, np.full((40, 40), 7, np.float32), imagej=True, resolution=(1, 1), metadata={"unit": "nm"})
+    elif case == "unknown":
+        p = tmp_path / "bad.xyz"
+        p.write_text("x")
+    elif case == "no_pixel":
+        tifffile.imwrite(p, np.random.rand(40, 40).astype(np.float32))
+    with pytest.raises(ImageInputError, match=match):
+        read_image(p)
+
+
+def test_small_field_of_view_and_coarse_pixels_are_refused(tmp_path, tiny_models):
+    est = ParameterEstimator.load(tiny_models)
+    small = write_measured(tmp_path / "small", count=4, pixel_nm=4.0, size=60)       # 240 nm < 435 nm
+    with pytest.raises(ImageInputError, match="field of view 240 nm is smaller"):
+        characterise(small, est, n_bootstrap=10)
+    coarse = write_measured(tmp_path / "coarse", count=4, pixel_nm=12.0, size=60)     # 12 nm/px vs 4.53
+    with pytest.raises(ImageInputError, match="too coarse for an estimator made for 4.53 nm/px"):
+        characterise(coarse, est, n_bootstrap=10)
+    with pytest.raises(ImageInputError, match="at least ν = 4 images"):
+        characterise(write_measured(tmp_path / "few", count=3), est, n_bootstrap=10)
+
+
+def test_characterise_gives_intervals_and_exports_shadows(tmp_path, tiny_models):
+    est = ParameterEstimator.load(tiny_models)
+    paths = write_measured(tmp_path / "m", count=6)
+    result = characterise(paths, est, n_bootstrap=50, seed=1)
+    for k in ("df", "rho", "theta0", "theta1"):
+        lo, hi = result.intervals[k]
+        assert lo <= hi
+    assert result.n_images == 6 and any("fewer than 10" in w for w in result.warnings)
+    again = characterise(paths, est, n_bootstrap=50, seed=1)
+    assert again.intervals == result.intervals                       # seeded bootstrap
+    aggs, params = draw_shadows(result, 12, seed=2)
+    assert len(aggs) == 12 and len(params) >= 1
+    out = export_shadows(result, aggs, tmp_path / "shadows")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["particles.csv", "particles.parquet", "shadows.ply", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_images"] == 6 and "s_tio2" in summary["shadows"]["descriptors"]
+    ply = (out / "shadows.ply").read_text().splitlines()
+    n_vertices = int(next(line for line in ply if line.startswith("element vertex")).split()[-1])
+    assert n_vertices == sum(a.n_particles for a in aggs)
+    with pytest.raises(FileExistsError):
+        export_shadows(result, aggs, out)
+
+
+def test_cli_fit_writes_nothing_on_bad_input(tmp_path, tiny_models, capsys):
+    good = write_measured(tmp_path / "imgs", count=5)
+    bad = tmp_path / "imgs" / "zz_rgb.tif"
+    tifffile.imwrite(bad, (np.random.rand(40, 40, 3) * 255).astype(np.uint8), photometric="rgb")
+    out = tmp_path / "out"
+    assert main(["fit", str(tmp_path / "imgs"), "--models", str(tiny_models), "--out", str(out),
+                 "--bootstrap", "20", "--shadows", "5"]) == 2
+    assert "RGB" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    bad.unlink()
+    assert main(["fit", *map(str, good), "--models", str(tiny_models), "--out", str(out),
+                 "--bootstrap", "20", "--shadows", "5", "--pixel-size", "4.0"]) == 0
+    printed = capsys.readouterr().out
+    assert "θ_Df" in printed and "[" in printed and "digital shadows written" in printed
+    assert (out / "summary.json").is_file()
