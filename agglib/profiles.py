@@ -57,6 +57,10 @@ class Profile:
         Training images used to fit the baselines' power law and thresholds.
     arch_train_images : int
         Training images (the same budget for each) in the architecture comparison (Table 6).
+    fit_images : int
+        Simulated "measured" images of one sample in notebook 10.
+    fit_shadows : int
+        Digital shadows drawn from the estimate in notebook 10.
     """
 
     name: str
@@ -82,6 +86,8 @@ class Profile:
     shadow_aggregates: int
     baseline_images: int
     arch_train_images: int
+    fit_images: int
+    fit_shadows: int
 
     def __post_init__(self):
         for f in fields(self):

@@ -77,6 +77,30 @@ def prepare_for_book(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+RESULTS_MARKER = "<!-- agglib:results-table -->"
+
+
+def write_results_page(site: Path, profile: str, overrides: dict, seed: int = 0) -> int:
+    """Fill the results page's table from the results the notebooks recorded; returns the row count."""
+    from agglib.evaluate import PAPER_RESULTS, default_run_dir
+
+    page = site / "book" / "results.md"
+    if not page.is_file():
+        return 0
+    tag = profile if not overrides else profile + "-custom"
+    records = sorted((default_run_dir(tag, seed) / "results").glob("*.json"))
+    lines = ["| quantity | paper | agglib | profile | notebook | command |", "|---|---|---|---|---|---|"]
+    for path in records:
+        rec = json.loads(path.read_text())
+        for key, value in rec["results"].items():
+            paper = PAPER_RESULTS.get(key)
+            lines.append(f"| {key} | {'' if paper is None else f'{paper:g}'} | {value:.4g} | {rec['profile']} | "
+                         f"{rec['notebook']} | `{rec['command']}` |")
+    table = "\n".join(lines) if len(lines) > 2 else "*No results were recorded in this build.*"
+    page.write_text(page.read_text().replace(RESULTS_MARKER, table))
+    return len(lines) - 2
+
+
 def restrict_toc(site: Path, only: list[str]) -> None:
     """Drop notebooks that were not executed from the staged table of contents."""
     import yaml
@@ -109,6 +133,8 @@ def main(argv=None) -> int:
     if only:
         restrict_toc(site, only)
     times = execute_notebooks(site, profile, only, args.timeout, json.loads(args.overrides))
+    rows = write_results_page(site, profile, json.loads(args.overrides))
+    print(f"[book] results page: {rows} recorded numbers")
     t_build = time.perf_counter()
     cmd = ["jupyter-book", "build", str(site), "--path-output", str(out), "-W", "-n", "--keep-going"]
     jb = Path(sys.executable).with_name("jupyter-book")
