@@ -1,8 +1,12 @@
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 @pytest.fixture(autouse=True)
@@ -12,6 +16,28 @@ def _quiet_progress_bars():
 
     with agglib.config.set(progress_bars=False):
         yield
+
+
+@pytest.fixture(scope="session")
+def executed_notebooks(tmp_path_factory):
+    """Every numbered notebook executed once by papermill at the tiny profile (in order, as the
+    book runs them); maps name -> (output path, error or None). Shared by the notebook and book
+    tests so each notebook runs once per session."""
+    import papermill
+
+    out_dir = tmp_path_factory.mktemp("executed")
+    # Datasets and trained networks of this session go to a fresh folder, never to data/.
+    os.environ["AGGLIB_DATA_DIR"] = str(tmp_path_factory.mktemp("agglib-data"))
+    results = {}
+    for path in NOTEBOOKS:
+        out = out_dir / path.name
+        try:
+            papermill.execute_notebook(str(path), str(out), parameters={"profile": "tiny"},
+                                       kernel_name="python3", cwd=str(path.parent), progress_bar=False)
+            results[path.name] = (out, None)
+        except Exception as err:  # reported by the test of that notebook
+            results[path.name] = (out, err)
+    return out_dir, results
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,9 +10,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_book_builds_with_figures(tmp_path):
+def test_book_builds_with_figures(tmp_path, executed_notebooks):
+    executed_dir, results = executed_notebooks
+    failed = [name for name, (_, err) in results.items() if err is not None]
+    assert not failed, f"notebooks failed at the tiny profile: {failed}"
     cmd = [sys.executable, str(ROOT / "book" / "make_book.py"), "--profile", "tiny",
-           "--out", str(tmp_path)]
+           "--out", str(tmp_path), "--executed", str(executed_dir)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     html_dir = tmp_path / "_build" / "html"
