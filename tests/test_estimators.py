@@ -192,3 +192,22 @@ def test_every_architecture_keeps_the_f_g_split(arch):
         assert net.features(x[:, 0]).shape == (3, 112)
         assert net(x).shape == (3,)
     assert net.head.net[0].in_features == 2 * 112
+
+
+@pytest.mark.gpu
+def test_training_and_inference_on_cuda(tiny_store, tmp_path):
+    cfg = TrainConfig(target="df", epochs=1, batch=8, device="cuda")
+    result = train_network(tiny_store.path, cfg, tmp_path / "gpu", show_progress_bars=False)
+    assert result["history"][0]["train_loss"] > 0
+    net = load_estimator(tmp_path / "gpu" / "best.pt", device="cuda")
+    assert next(net.model.parameters()).is_cuda
+
+
+def test_auto_device_is_cpu_without_cuda_and_cuda_request_fails_clearly():
+    from agglib.core.distributed import pick_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert pick_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device is available"):
+        pick_device("cuda")
