@@ -42,10 +42,12 @@ def test_shipped_table_covers_four_phases_times_ten_orientations():
 def test_shipped_table_wo3_brighter_than_tio2_at_equal_thickness():
     table = load_reference_table()
     wo3, tio2 = table.curve_stack("WO3"), table.curve_stack("TiO2")
-    for t in (5, 10, 20, 40, 60):
-        k = int(np.searchsorted(table.thickness_nm, t))
-        assert wo3[:, k].min() > tio2[:, k].max(), f"at {t} nm"
-        assert wo3[:, k].mean() > 2.5 * tio2[:, k].mean()
+    # On average over phases and orientations, at every thickness.
+    assert np.all(wo3[:, 1:].mean(axis=0) > 2.5 * tio2[:, 1:].mean(axis=0))
+    # Every WO3 curve above every TiO2 curve from 10 nm on; below that a TiO2 zone axis can
+    # channel as much as a tilted WO3 crystal.
+    k10 = int(np.searchsorted(table.thickness_nm, 10.0))
+    assert np.all(wo3[:, k10:].min(axis=0) > tio2[:, k10:].max(axis=0))
 
 
 def test_shipped_table_rises_monotonically_with_thickness():

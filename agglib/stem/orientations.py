@@ -18,8 +18,10 @@ __all__ = ["Orientation", "table_orientations", "rotation_to_z", "channelling_ma
 
 N_TILT_STEPS = 9
 # A tilt step within this angle of a zone axis [uvw] (|u|,|v|,|w| ≤ 3) is treated as on-axis:
-# its signal depends on the probe position, so the table samples more positions there.
-ZONE_AXIS_TOLERANCE_DEG = 0.5
+# its signal depends on the probe position, so the table samples more positions there. The
+# angle is the probe's semi-convergence, 21.1 mrad = 1.2°: a zone axis inside the probe cone
+# channels part of the beam.
+ZONE_AXIS_TOLERANCE_DEG = 1.2
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def table_orientations(cell: np.ndarray, seed: int = 0) -> list[Orientation]:
     """The ten orientations of the table for a crystal with lattice vectors ``cell`` (rows, Å).
 
     ``tilt-0`` is [100], ``tilt-8`` is [010], ``tilt-1`` … ``tilt-7`` are equal steps between
-    them (a step within 0.5° of a low-index zone axis, e.g. rutile [110], is flagged
+    them (a step within 1.2° of a low-index zone axis, e.g. rutile [110], is flagged
     ``zone_axis``); ``random`` is a direction drawn with ``seed`` and redrawn while it is within 3° of a
     low-index zone axis or 2° of a low-index plane.
     """
