@@ -10,7 +10,7 @@ import agglib
 from agglib.model.aggregate import TIO2, WO3, Aggregate
 from agglib.stem import (DEFAULT_PIXEL_SIZE_NM, ExtrapolationWarning, HaadfTable, StemSettings,
                          load_reference_table, projected_extents, render_stem)
-from agglib.stem.kernels import shift_rows
+from agglib.stem.kernels import noisy_counts
 
 T = np.arange(0.0, 61.0)
 # Synthetic, deliberately non-linear curves so per-pixel sampling errors would show.
@@ -163,10 +163,13 @@ def test_shot_noise_is_poisson_for_the_dose():
 
 
 def test_scan_noise_shifts_whole_lines():
-    img = np.zeros((3, 8))
-    img[:, 4] = 1.0
-    out = shift_rows(img, np.array([0.0, 1.0, -2.0]))
+    signal = np.zeros((4, 8))
+    signal[:3, 4] = 1.0
+    out = np.zeros((4, 8), dtype=np.float32)
+    noisy_counts(signal, 1e6, np.array([0.0, 1.0, -2.0, 0.5]), 7, out)
     assert np.argmax(out[0]) == 4 and np.argmax(out[1]) == 3 and np.argmax(out[2]) == 6
+    assert np.all(out[3] == 0)                     # a line without signal stays empty
+    assert out[0, 4] == pytest.approx(1e6, rel=0.01)
     agg = small_aggregate(seed=7)
     quiet = render_stem(agg, seed=2, table=SYNTH, settings=StemSettings(image_size_px=256, pixel_size_nm=1.7,
                                                                         scan_noise_nm=0.0))

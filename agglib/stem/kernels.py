@@ -11,7 +11,11 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["render_particles", "haadf_lookup", "shift_rows"]
+__all__ = ["render_particles", "haadf_lookup", "noisy_counts"]
+
+#: Pixels closer than this to a particle's rim [px] are supersampled; deeper ones use their
+#: centre (the chord varies slowly there).
+RIM_PX = 2.0
 
 
 @njit(cache=True, inline="always")
@@ -43,7 +47,7 @@ def _gaussian_weights(sigma):
 
 @njit(cache=True)
 def render_particles(cx, cy, r_px, sigma_px, curve, channel, curves, slopes, step_nm,
-                     pixel_nm, supersample, out, thickness_out):
+                     pixel_nm, supersample, out, thickness_out, with_thickness=True):
     """Add every particle's blurred HAADF map to ``out[channel]``.
 
     Parameters
@@ -69,7 +73,9 @@ def render_particles(cx, cy, r_px, sigma_px, curve, channel, curves, slopes, ste
     out : (C, H, W) float64
         Accumulated HAADF fraction per pixel (pixel average).
     thickness_out : (C, H, W) float64
-        Accumulated projected thickness [nm] (unblurred).
+        Accumulated projected thickness [nm] (unblurred); filled only if ``with_thickness``.
+    with_thickness : bool
+        Also accumulate the thickness maps.
 
     Returns
     -------
@@ -93,26 +99,45 @@ def render_particles(cx, cy, r_px, sigma_px, curve, channel, curves, slopes, ste
         nj = int(math.ceil(cy[p] + r)) - j0
         # Patch with room for the blur kernel on every side.
         patch = np.zeros((nj + 2 * half, ni + 2 * half))
+        # Pixels whose every point is more than RIM_PX inside the rim are smooth: one sample at
+        # the centre. Pixels near or across the rim get supersample² samples.
+        inner = r - RIM_PX
+        inner2 = inner * inner if inner > 0 else -1.0
+        outer = r + 0.7072
+        outer2 = outer * outer
         for jj in range(nj):
+            yc = j0 + jj + 0.5 - cy[p]
             for ii in range(ni):
+                xc = i0 + ii + 0.5 - cx[p]
+                dc2 = xc * xc + yc * yc
+                if dc2 >= outer2:
+                    continue
                 acc = 0.0
                 tacc = 0.0
-                for sj in range(supersample):
-                    y = j0 + jj + (sj + 0.5) / supersample - cy[p]
-                    for si in range(supersample):
-                        x = i0 + ii + (si + 0.5) / supersample - cx[p]
-                        d2 = x * x + y * y
-                        if d2 < r2:
-                            t = 2.0 * math.sqrt(r2 - d2) * pixel_nm
-                            acc += haadf_lookup(curves, slopes, curve[p], t, step_nm)
-                            tacc += t
-                            if t > t_max:
-                                t_max = t
-                patch[jj + half, ii + half] = acc * inv
-                j = j0 + jj
-                i = i0 + ii
-                if 0 <= j < height and 0 <= i < width:
-                    thickness_out[channel[p], j, i] += tacc * inv
+                if dc2 < inner2:
+                    t = 2.0 * math.sqrt(r2 - dc2) * pixel_nm
+                    acc = haadf_lookup(curves, slopes, curve[p], t, step_nm)
+                    tacc = t
+                    if t > t_max:
+                        t_max = t
+                else:
+                    for sj in range(supersample):
+                        y = j0 + jj + (sj + 0.5) / supersample - cy[p]
+                        for si in range(supersample):
+                            x = i0 + ii + (si + 0.5) / supersample - cx[p]
+                            d2 = x * x + y * y
+                            if d2 < r2:
+                                t = 2.0 * math.sqrt(r2 - d2) * pixel_nm
+                                acc += haadf_lookup(curves, slopes, curve[p], t, step_nm)
+                                tacc += t
+                    acc *= inv
+                    tacc *= inv
+                patch[jj + half, ii + half] = acc
+                if with_thickness:
+                    j = j0 + jj
+                    i = i0 + ii
+                    if 0 <= j < height and 0 <= i < width:
+                        thickness_out[channel[p], j, i] += tacc
         if half > 0:
             tmp = np.zeros_like(patch)
             for jj in range(patch.shape[0]):           # blur along rows
@@ -141,15 +166,24 @@ def render_particles(cx, cy, r_px, sigma_px, curve, channel, curves, slopes, ste
 
 
 @njit(cache=True)
-def shift_rows(image, shifts_px):
-    """Shift each row by ``shifts_px[row]`` pixels along x (linear interpolation, zero fill).
+def noisy_counts(signal, scale, shifts_px, seed, out):
+    """Scan noise and shot noise in one pass: ``out[j, i] ~ Poisson(scale · signal(j, i + shift_j))``.
 
-    Models scan noise: the beam of scan line ``row`` sits ``shift`` pixels off its nominal
-    position, so the line samples the specimen at x + shift.
+    ``signal`` is the noise-free HAADF fraction per pixel, ``scale`` the electrons per pixel,
+    ``shifts_px`` the beam displacement of each scan line [px] (linear interpolation, zero
+    outside the image). Rows without signal are skipped. ``seed`` seeds numba's generator, so
+    the counts depend only on it.
     """
-    height, width = image.shape
-    out = np.zeros_like(image)
+    np.random.seed(seed)
+    height, width = signal.shape
     for j in range(height):
+        empty = True
+        for i in range(width):
+            if signal[j, i] != 0.0:
+                empty = False
+                break
+        if empty:
+            continue
         s = shifts_px[j]
         for i in range(width):
             x = i + s
@@ -157,8 +191,8 @@ def shift_rows(image, shifts_px):
             f = x - i0
             v = 0.0
             if 0 <= i0 < width:
-                v += image[j, i0] * (1.0 - f)
+                v += signal[j, i0] * (1.0 - f)
             if 0 <= i0 + 1 < width:
-                v += image[j, i0 + 1] * f
-            out[j, i] = v
-    return out
+                v += signal[j, i0 + 1] * f
+            if v > 0.0:
+                out[j, i] = np.random.poisson(v * scale)

@@ -35,7 +35,7 @@ from agglib.core.seeding import as_generator, spawn_seeds
 from agglib.core.validation import check_range
 from agglib.model.aggregate import MATERIAL_NAMES, Aggregate
 from agglib.model.kernels import random_rotation
-from agglib.stem.kernels import render_particles, shift_rows
+from agglib.stem.kernels import noisy_counts, render_particles
 from agglib.stem.reference import MATERIALS, HaadfTable, load_reference_table
 
 __all__ = ["StemSettings", "RenderResult", "render_stem", "render_stem_many", "projected_extent_nm",
@@ -252,40 +252,51 @@ def render_stem(aggregate: Aggregate, seed=None, settings: StemSettings | None =
     tan_beta = math.tan(settings.semiangle_mrad * 1e-3)
     sigma_nm = np.abs(pos[:, 2]) * tan_beta if settings.blur else np.zeros(labels.size)
 
-    maps = np.zeros((len(MATERIALS), size, size))
-    thickness = np.zeros_like(maps)
-    t_max = render_particles(cx, cy, r_px, sigma_nm / px, curve, labels, curves, slopes,
-                             table.step_nm, px, settings.supersample, maps, thickness)
+    if return_maps:                      # one map per material, and thickness maps
+        maps = np.zeros((len(MATERIALS), size, size))
+        thickness = np.zeros_like(maps)
+        channel = labels
+    else:                                # everything into one map: nothing else is needed
+        maps = np.zeros((1, size, size))
+        thickness = np.zeros((1, 1, 1))
+        channel = np.zeros_like(labels)
+    t_max = render_particles(cx, cy, r_px, sigma_nm / px, curve, channel, curves, slopes,
+                             table.step_nm, px, settings.supersample, maps, thickness, return_maps)
     if t_max > table.thickness_nm[-1]:
         table.warn_if_beyond(t_max)
-    maps *= settings.electrons_per_pixel
-    expected = maps.sum(axis=0)
-
+    electrons = settings.electrons_per_pixel
+    signal = maps[0] if maps.shape[0] == 1 else maps.sum(axis=0)      # HAADF fraction per pixel
     if settings.noise:
-        mean = expected
-        if settings.scan_noise_nm > 0:
-            shifts = rng.normal(0.0, settings.scan_noise_nm / px, size)
-            mean = shift_rows(expected, shifts)
+        shifts = rng.normal(0.0, settings.scan_noise_nm / px, size) if settings.scan_noise_nm > 0 \
+            else np.zeros(size)
         image = np.zeros((size, size), dtype=np.float32)
-        nonzero = mean > 0
-        image[nonzero] = rng.poisson(mean[nonzero])
+        noisy_counts(signal, electrons, shifts, int(rng.integers(0, 2**31 - 1)), image)
     else:
-        image = expected.astype(np.float32)
+        image = (signal * electrons).astype(np.float32)
 
     if not return_maps:
         return image
     return RenderResult(
-        image=image, expected=expected.astype(np.float32),
-        material_maps={MATERIAL_NAMES[k]: maps[k].astype(np.float32) for k in range(len(MATERIALS))},
+        image=image, expected=(signal * electrons).astype(np.float32),
+        material_maps={MATERIAL_NAMES[k]: (maps[k] * electrons).astype(np.float32) for k in range(len(MATERIALS))},
         thickness_maps={MATERIAL_NAMES[k]: thickness[k].astype(np.float32) for k in range(len(MATERIALS))},
         rotation=rot, curve_names=[names[k] for k in curve], sigma_nm=sigma_nm,
         centre_px=np.stack([cx, cy], axis=1), in_field=in_field, settings=settings)
 
 
 
-def _render_item(item, settings, table):
-    aggregate, seed = item
-    return render_stem(aggregate, seed=seed, settings=settings, table=table)
+def _render_into(item, settings, table, shm_name, shape):
+    """Worker: render one image straight into the shared output array (no pickling of images)."""
+    from multiprocessing import shared_memory
+
+    k, aggregate, seed = item
+    shm = shared_memory.SharedMemory(name=shm_name)
+    try:
+        out = np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
+        out[k] = render_stem(aggregate, seed=seed, settings=settings, table=table)
+    finally:
+        shm.close()
+    return k
 
 
 def render_stem_many(aggregates, seed=None, settings: StemSettings | None = None,
@@ -294,15 +305,28 @@ def render_stem_many(aggregates, seed=None, settings: StemSettings | None = None
     """Images of many aggregates, (n, H, W) float32 [counts], in processes.
 
     Image k uses the k-th child of ``SeedSequence(seed)``: the result does not depend on
-    ``workers``.
+    ``workers``. Worker processes write into shared memory, so images are never pickled.
     """
+    from multiprocessing import shared_memory
+
+    from agglib.core.parallel import resolve_workers
+
     aggregates = list(aggregates)
     settings = settings or StemSettings()
     seeds = spawn_seeds(seed, len(aggregates))
-    func = partial(_render_item, settings=settings, table=table)
-    images = ordered_map(func, list(zip(aggregates, seeds)), workers=workers, desc="STEM images",
-                         show_progress_bars=show_progress_bars)
-    out = np.empty((len(images), settings.image_size_px, settings.image_size_px), dtype=np.float32)
-    for k, image in enumerate(images):
-        out[k] = image
-    return out
+    shape = (len(aggregates), settings.image_size_px, settings.image_size_px)
+    items = [(k, a, s) for k, (a, s) in enumerate(zip(aggregates, seeds))]
+    if min(resolve_workers(workers), len(items)) <= 1:
+        out = np.empty(shape, dtype=np.float32)
+        for k, a, s in ordered_map(lambda it: it, items, workers=1, desc="STEM images",
+                                   show_progress_bars=show_progress_bars):
+            out[k] = render_stem(a, seed=s, settings=settings, table=table)
+        return out
+    shm = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape)) * 4))
+    try:
+        func = partial(_render_into, settings=settings, table=table, shm_name=shm.name, shape=shape)
+        ordered_map(func, items, workers=workers, desc="STEM images", show_progress_bars=show_progress_bars)
+        return np.ndarray(shape, dtype=np.float32, buffer=shm.buf).copy()
+    finally:
+        shm.close()
+        shm.unlink()
