@@ -13,7 +13,7 @@ Feature extractors:
     block), flatten, dense 224 + ReLU, dense 112 + ReLU. At 512² input the flatten has 36,864
     values and the network 9,457,881 trainable parameters for b = 1 (see :func:`paper_parameter_table`).
 ``compact``
-    For CPUs: a 3×3 stem (16 channels) and five depthwise-separable blocks (16, 32, 64, 96, 128
+    For CPUs: a stride-2 3×3 stem (16 channels) and five depthwise-separable blocks (16, 32, 64, 96, 128
     channels, each followed by 2×2 max pooling), then global average *and* max pooling (so the
     extent of the aggregate survives), dense 112 + ReLU. ~58 k parameters; about 10× faster
     than ``paper`` per image (see the book's estimator chapter).
@@ -101,10 +101,12 @@ class CompactFeatures(nn.Module):
 
     def __init__(self, input_size: int = 128):
         super().__init__()
-        if input_size < 32:
+        if input_size < 64:
             raise ValueError(f"input_size={input_size} is too small for the compact network; "
-                             "accepted range [32, inf) px")
-        layers: list[nn.Module] = [nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                             "accepted range [64, inf) px")
+        # A stride-2 stem halves the resolution at once: 4× less work in the first blocks, which
+        # dominate the cost on CPUs (depthwise convolutions at full resolution are slow there).
+        layers: list[nn.Module] = [nn.Conv2d(1, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16),
                                    nn.ReLU(inplace=True)]
         cin = 16
         for cout in self.WIDTHS:
@@ -206,6 +208,11 @@ class Head(nn.Module):
         return self.net(z).squeeze(-1)
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """NHWC memory layout: 1.5–2× faster convolutions on CPUs (and fine on GPUs)."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class Estimator(nn.Module):
     """CNN = activation(g(f(·))) for single images (``nu = 1``) or groups of ν images (Eq. 15).
 
@@ -226,11 +233,11 @@ class Estimator(nn.Module):
         if self.nu == 1:
             if x.dim() == 5:
                 x = x[:, 0]
-            return self.head(self.features(x))
+            return self.head(self.features(_channels_last(x)))
         b, nu = x.shape[:2]
         if nu != self.nu:
             raise ValueError(f"this network takes groups of nu={self.nu} images, got {nu}")
-        z = self.features(x.reshape(b * nu, *x.shape[2:])).reshape(b, nu * FEATURE_DIM)
+        z = self.features(_channels_last(x.reshape(b * nu, *x.shape[2:]))).reshape(b, nu * FEATURE_DIM)
         return self.head(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,7 +248,7 @@ def build_network(arch: str, input_size: int, nu: int = 1, activation: str = "id
     """An :class:`Estimator` with feature extractor ``arch`` (see :data:`ARCHITECTURES`)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch={arch!r}; accepted: {sorted(ARCHITECTURES)}")
-    return Estimator(ARCHITECTURES[arch](input_size), nu, activation)
+    return Estimator(ARCHITECTURES[arch](input_size), nu, activation).to(memory_format=torch.channels_last)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -161,10 +161,10 @@ def _ddp_worker(rank, world_size, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.manual_seed(0)                                        # same initial weights on every rank
-    model = DistributedDataParallel(build_network("compact", 32))
+    model = DistributedDataParallel(build_network("compact", 64))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     torch.manual_seed(100 + rank)                               # different data on every rank
-    x, y = torch.randn(4, 1, 32, 32), torch.randn(4)
+    x, y = torch.randn(4, 1, 64, 64), torch.randn(4)
     loss = ((model(x) - y) ** 2).mean()
     loss.backward()
     opt.step()
@@ -179,7 +179,7 @@ def test_two_process_gloo_ddp_step_keeps_replicas_identical(tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     torch.manual_seed(0)
-    initial = torch.cat([p.detach().flatten() for p in build_network("compact", 32).parameters()])
+    initial = torch.cat([p.detach().flatten() for p in build_network("compact", 64).parameters()])
     assert torch.equal(a, b)                # gradients were averaged across the ranks
     assert not torch.equal(a, initial)      # and a step was taken
 

@@ -45,9 +45,7 @@ def compare_architectures(store, archs, train_images: int, run_dir, seed: int = 
         cfg = TrainConfig(target="df", arch=arch, epochs=1, steps_per_epoch=steps, seed=seed)
         result = train_network(store.path, cfg, Path(run_dir) / f"table6-{arch}", show_progress_bars=False)
         net = load_estimator(Path(run_dir) / f"table6-{arch}" / "best.pt")
-        per_image = predict_split(net, store, "E")
-        if eval_images is not None:
-            per_image = per_image.iloc[:eval_images]
+        per_image = predict_split(net, store, "E", max_images=eval_images, seed=seed)
         hist = result["history"][-1]
         rows.append({"architecture": arch, "parameters": count_parameters(net.model),
                      "train images/s": hist["images_per_s"], "inference images/s": inference_rate(arch, size),

@@ -66,11 +66,15 @@ def _images(store: DatasetStore, indices) -> np.ndarray:
     return np.stack([store.images[int(i)] for i in indices]).astype(np.float32)
 
 
-def predict_split(net: TrainedNetwork, store: DatasetStore, split: str = "E", chunk: int = 256) -> pd.DataFrame:
-    """Per-image outputs of a single-image network on a split, with labels and θ."""
+def predict_split(net: TrainedNetwork, store: DatasetStore, split: str = "E", chunk: int = 256,
+                  max_images: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Per-image outputs of a single-image network on a split (or a random subset of
+    ``max_images`` of it), with labels and θ."""
     if net.nu != 1:
         raise ValueError(f"{net.target} is a multi-image network; use batch_estimates")
     idx = store.indices(split)
+    if max_images is not None and max_images < idx.size:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=max_images, replace=False))
     pred = np.concatenate([net.predict(_images(store, idx[k:k + chunk])) for k in range(0, idx.size, chunk)])
     labels = sample_labels(store, TARGETS[net.target])[idx]
     theta = store.theta[idx]
