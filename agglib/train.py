@@ -315,6 +315,11 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
     electrons = settings["dose_e_per_A2"] * (settings["pixel_size_nm"] * 10.0) ** 2
     preprocess = Preprocess(inverse=config.spec.inverse, electrons_per_pixel=electrons)
     store, train_set, val_set = make_datasets(store_path, config, preprocess)
+    if config.num_workers == 0:          # one bulk read instead of one read per image and epoch
+        budget = int(agglib.config.get("preload_mb")) * 1024**2
+        for ds in (train_set, val_set):
+            inner = ds.groups if hasattr(ds, "groups") else ds.images
+            inner.preload(budget // 2)
     model = build_network(config.arch, int(settings["image_size_px"]), nu=config.group_size,
                           activation=config.spec.activation).to(device)
     meta = checkpoint_metadata(config, store, preprocess, model)

@@ -177,3 +177,17 @@ def test_torch_dataset_reads_lazily_with_several_workers(tiny_store):
     assert np.all(tiny_store.split[g["indices"].numpy()] == EVAL)
     with pytest.raises(ValueError, match="nu=5 is out of range"):
         ConfigurationBatchDataset(tiny_store.path, split="E", nu=5)
+
+
+def test_preloading_a_split_gives_the_same_items(tiny_store):
+    from agglib.dataset.pytorch import ConfigurationBatchDataset, StemImageDataset
+
+    lazy = StemImageDataset(tiny_store.path, split="T")
+    cached = StemImageDataset(tiny_store.path, split="T")
+    assert cached.preload(max_bytes=10**9) is True
+    assert StemImageDataset(tiny_store.path, split="T").preload(max_bytes=1000) is False
+    for k in (0, 7, len(lazy) - 1):
+        assert np.array_equal(lazy[k]["image"].numpy(), cached[k]["image"].numpy())
+    groups = ConfigurationBatchDataset(tiny_store.path, split="E", nu=4)
+    before = groups[2]["images"].clone()
+    assert groups.preload() and np.array_equal(before.numpy(), groups[2]["images"].numpy())

@@ -31,11 +31,15 @@ class _LazyStore:
         self.descriptor_names = meta.descriptor_names
         self._store = meta
         self._images = None
+        self._cache = None
+        self._cache_pos = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_store"] = None
         state["_images"] = None
+        state["_cache"] = None          # worker processes read lazily instead of copying the cache
+        state["_cache_pos"] = {}
         return state
 
     @property
@@ -45,9 +49,26 @@ class _LazyStore:
         return self._store
 
     def image(self, i: int) -> np.ndarray:
+        cached = self._cache_pos.get(int(i)) if self._cache is not None else None
+        if cached is not None:
+            return self._cache[cached]
         if self._images is None:
             self._images = self.store.images
         return np.asarray(self._images[int(i)], dtype=np.float32)
+
+    def preload(self, indices, max_bytes: int) -> bool:
+        """Read the images ``indices`` into memory in one bulk read if they fit in ``max_bytes``.
+
+        One bulk read is far faster than many single-image reads; worthwhile when a split is read
+        every epoch. Returns whether the images were loaded.
+        """
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        shape = self.store.images.shape
+        if indices.size * shape[1] * shape[2] * 4 > max_bytes:
+            return False
+        self._cache = np.asarray(self.store.images.get_orthogonal_selection((indices,)), dtype=np.float32)
+        self._cache_pos = {int(i): k for k, i in enumerate(indices)}
+        return True
 
 
 class StemImageDataset(Dataset):
@@ -72,6 +93,10 @@ class StemImageDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self.indices.size)
+
+    def preload(self, max_bytes: int = 2 * 1024**3) -> bool:
+        """Read this split's images into memory if they fit in ``max_bytes``."""
+        return self._data.preload(self.indices, max_bytes)
 
     def __getitem__(self, k: int) -> dict:
         i = int(self.indices[k])
@@ -105,6 +130,10 @@ class ConfigurationBatchDataset(Dataset):
             raise ValueError(f"nu={nu} is out of range: no configuration has {nu} samples in split "
                              f"{split!r} (at most {counts.max(initial=0)}); accepted range [1, {counts.max(initial=0)}]")
         self.set_epoch(0)
+
+    def preload(self, max_bytes: int = 2 * 1024**3) -> bool:
+        """Read this split's images into memory if they fit in ``max_bytes``."""
+        return self._data.preload(self.sample_indices, max_bytes)
 
     def set_epoch(self, epoch: int) -> None:
         """Regroup the samples for ``epoch`` (deterministic in seed and epoch)."""
