@@ -135,9 +135,7 @@ def fit_thresholds(fractions, rho_true, pixel_size_nm: float, candidates=None) -
 
 def image_fractions(store, indices) -> list:
     """Images of a dataset store as HAADF fractions (counts / electrons per pixel)."""
-    s = store.identity["stem_settings"]
-    electrons = s["dose_e_per_A2"] * (s["pixel_size_nm"] * 10.0) ** 2
-    return [np.asarray(store.images[int(i)], dtype=np.float64) / electrons for i in indices]
+    return list(store.read_images(indices, dtype=np.float64) / store.stem_settings.electrons_per_pixel)
 
 
 def box_counting_per_image(store, indices, threshold: float = 0.001) -> np.ndarray:

@@ -100,6 +100,7 @@ def _cmd_train(args) -> int:
     from agglib.train import TrainConfig, train_network
 
     config = TrainConfig(target=args.target, arch=args.arch, epochs=args.epochs, lr=args.lr, nu=args.nu,
+                         schedule=args.schedule, repeats=args.repeats, init_features=args.init_features,
                          batch=args.batch, seed=args.seed, device=args.device, num_workers=args.num_workers)
     result = train_network(args.store, config, args.out)
     last = result["history"][-1] if result["history"] else {}
@@ -221,7 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="checkpoint directory (resumed if it holds last.pt)")
     t.add_argument("--arch", default="compact", choices=["compact", "paper", "resnet18", "inception"])
     t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (peak rate for onecycle)")
+    t.add_argument("--schedule", choices=["constant", "onecycle"], default="constant",
+                   help="learning-rate schedule (paper: constant)")
+    t.add_argument("--repeats", type=int, default=1,
+                   help="regroupings of each configuration per epoch (theta0, theta1)")
+    t.add_argument("--init-features", default=None,
+                   help="checkpoint whose feature extractor f initialises this network")
     t.add_argument("--nu", type=int, default=12, help="images per group (theta0, theta1)")
     t.add_argument("--batch", type=int, default=None, help="images (groups) per step; default 16 (8)")
     t.add_argument("--seed", type=int, default=0)

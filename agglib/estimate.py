@@ -90,7 +90,8 @@ def load_estimator(path, device: str | torch.device = "cpu") -> TrainedNetwork:
     meta = state.get("metadata", {})
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an agglib estimator checkpoint")
-    model = build_network(meta["arch"], meta["input_size"], nu=meta["nu"], activation=meta["activation"])
+    model = build_network(meta["arch"], meta["input_size"], nu=meta["nu"], activation=meta["activation"],
+                          outputs=int(meta.get("outputs", 1)))
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return TrainedNetwork(model, meta, Preprocess(**meta["preprocess"]))

@@ -49,6 +49,17 @@ class Profile:
         Training epochs of the single-image networks (θ_Df, ρ regression and classifier).
     epochs_multi : int
         Training epochs of the multi-image networks (θ0, θ1).
+    train_schedule : str
+        Learning-rate schedule, ``constant`` (the paper) or ``onecycle`` (see :class:`agglib.train.TrainConfig`).
+    lr_single : float
+        (Peak) Adam learning rate of the single-image networks (paper: 1e-4).
+    lr_multi : float
+        (Peak) Adam learning rate of the multi-image networks (paper: 1e-4).
+    group_repeats : int
+        Regroupings of each configuration's training images per epoch (θ0, θ1).
+    pretrain_epochs : int
+        Epochs of the ``descriptors`` networks whose f initialises θ0's and θ1's f (0: none,
+        the paper's training from scratch).
     shadow_configs : int
         Configurations of E compared through digital shadows (paper: 50).
     shadow_aggregates : int
@@ -82,6 +93,11 @@ class Profile:
     train_arch: str
     epochs_single: int
     epochs_multi: int
+    train_schedule: str
+    lr_single: float
+    lr_multi: float
+    group_repeats: int
+    pretrain_epochs: int
     shadow_configs: int
     shadow_aggregates: int
     baseline_images: int
@@ -93,7 +109,8 @@ class Profile:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int":
-                check_range(f"{self.name}.{f.name}", value, low=1, integer=True)
+                check_range(f"{self.name}.{f.name}", value, low=0 if f.name == "pretrain_epochs" else 1,
+                            integer=True)
             elif f.type == "tuple":
                 if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or len(value) == 0:
                     raise ValueError(f"{self.name}.{f.name}={value!r} must be a non-empty list of numbers")
@@ -104,6 +121,10 @@ class Profile:
                     integer=True)
         check_range(f"{self.name}.eval_per_config", self.eval_per_config, low=1,
                     high=self.samples_per_config - 1, integer=True)
+        for name in ("lr_single", "lr_multi"):
+            check_range(f"{self.name}.{name}", getattr(self, name), low=0.0, high=1.0, low_inclusive=False)
+        if self.train_schedule not in ("constant", "onecycle"):
+            raise ValueError(f"{self.name}.train_schedule={self.train_schedule!r}; accepted: 'constant', 'onecycle'")
         if len(set(self.df_values)) != len(self.df_values):
             raise ValueError(f"{self.name}.df_values has repeated values: {self.df_values}")
 

@@ -12,6 +12,10 @@ theta0     θ0 of the batch         8 groups × ν ReLU            MSE
 theta1     θ1 of the batch         8 groups × ν ReLU            MSE, inverse-intensity input
 ========== ======================= ============ =============== ==================
 
+``descriptors`` and ``descriptors_inverse`` are auxiliary single-image networks (not part of
+the estimator) predicting :data:`PRETRAIN_DESCRIPTORS` of the aggregate; they pretrain the
+feature extractors of θ0 and θ1 when a profile asks for it (``pretrain_epochs``).
+
 The classifier sees homogeneous aggregates (ρ(A) = 0 or 1, ~10 % of images) oversampled to
 balanced classes. Training images are augmented (rotations, reflections, shifts); validation
 on E is not. Each epoch writes ``last.pt`` and, when the validation loss improved, ``best.pt``
@@ -71,7 +75,23 @@ TARGETS = {
     "rho_class": TargetSpec("homogeneous", False, "sigmoid", "bce", 16, oversample=True),
     "theta0": TargetSpec("theta:2", True, "relu", "mse", 8),
     "theta1": TargetSpec("theta:3", True, "relu", "mse", 8, inverse=True),
+    "descriptors": TargetSpec("descriptors", False, "identity", "mse", 16),
+    "descriptors_inverse": TargetSpec("descriptors", False, "identity", "mse", 16, inverse=True),
 }
+
+#: Per-aggregate descriptors the ``descriptors`` networks learn from single images (standardised
+#: on T), with the transform applied first. Their f initialises θ0's (``descriptors``) and θ1's
+#: (``descriptors_inverse``, inverse-intensity input) f: cluster sizes and the mixing ratio are
+#: what θ0 and θ1 act on (paper §2.2.2, Fig. 5), and 18 images per configuration are too few for
+#: the multi-image networks to find such features from scratch on the quick profile's budget.
+PRETRAIN_DESCRIPTORS = {"rho": "identity", "s_wo3": "log1p", "s_tio2": "log1p", "df": "identity",
+                        "n_particles": "log"}
+
+#: Which pretraining network initialises each multi-image target's f.
+PRETRAINED_FROM = {"theta0": "descriptors", "theta1": "descriptors_inverse"}
+
+
+SCHEDULES = ("constant", "onecycle")
 
 
 @dataclass(frozen=True)
@@ -87,13 +107,25 @@ class TrainConfig:
     epochs : int
         Passes over T (or ``steps_per_epoch`` steps each, if given).
     lr : float
-        Adam learning rate (paper: 1e-4).
+        Adam learning rate (paper: 1e-4); the peak rate for ``schedule="onecycle"``.
+    schedule : str
+        ``"constant"`` (the paper) or ``"onecycle"``: warm-up over the first 15 % of the steps to
+        ``lr``, then cosine annealing to ``lr``/10⁴ (Smith's one-cycle policy). On the short CPU
+        budgets of the quick profile, one-cycle at 2e-3 converges where a constant 1e-4 does not.
     nu : int
         Images per group for the multi-image targets (paper: 12).
     batch : int, optional
         Images (groups) per step; default the paper's, 16 (8).
     steps_per_epoch : int, optional
         Cap on optimizer steps per epoch (to fit a time budget).
+    repeats : int
+        Multi-image targets: independent regroupings of each configuration's images per epoch
+        (more distinct groups of ν from few images per configuration).
+    val_images : int, optional
+        Validate on this many samples (groups) of E, drawn once with ``seed`` (default: all).
+    init_features : str, optional
+        A checkpoint (``best.pt`` of another network with the same architecture and input size)
+        whose feature extractor f initialises this network's f; g starts fresh.
     max_shift_px : int
         Largest augmentation shift [px].
     seed : int
@@ -108,9 +140,13 @@ class TrainConfig:
     arch: str = "compact"
     epochs: int = 10
     lr: float = 1e-4
+    schedule: str = "constant"
     nu: int = 12
     batch: int | None = None
     steps_per_epoch: int | None = None
+    repeats: int = 1
+    val_images: int | None = None
+    init_features: str | None = None
     max_shift_px: int = 4
     seed: int = 0
     device: str = "auto"
@@ -124,6 +160,11 @@ class TrainConfig:
         check_range("epochs", self.epochs, low=1, integer=True)
         check_range("lr", self.lr, low=0.0, high=1.0, low_inclusive=False)
         check_range("nu", self.nu, low=1, integer=True)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}; accepted: {list(SCHEDULES)}")
+        check_range("repeats", self.repeats, low=1, integer=True)
+        if self.val_images is not None:
+            check_range("val_images", self.val_images, low=1, integer=True)
         check_range("num_workers", self.num_workers, low=0, integer=True)
         if self.batch is not None:
             check_range("batch", self.batch, low=1, integer=True)
@@ -145,9 +186,29 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------- data
 
+def descriptor_table(store: DatasetStore) -> np.ndarray:
+    """:data:`PRETRAIN_DESCRIPTORS` of every sample, transformed, (n, 5) (not standardised)."""
+    cols = []
+    for name, transform in PRETRAIN_DESCRIPTORS.items():
+        v = np.nan_to_num(store.descriptors[name].to_numpy(dtype=np.float64), nan=0.0)  # S of an absent material: 0
+        cols.append({"identity": v, "log1p": np.log1p(v), "log": np.log(np.maximum(v, 1.0))}[transform])
+    return np.stack(cols, axis=1)
+
+
+def descriptor_scaling(store: DatasetStore) -> dict:
+    """Mean and SD over T of :func:`descriptor_table` (the standardisation of the labels)."""
+    table = descriptor_table(store)[store.indices("T")]
+    sd = table.std(axis=0)
+    return {"names": list(PRETRAIN_DESCRIPTORS), "transforms": list(PRETRAIN_DESCRIPTORS.values()),
+            "mean": table.mean(axis=0).tolist(), "sd": np.where(sd > 0, sd, 1.0).tolist()}
+
+
 def sample_labels(store: DatasetStore, spec: TargetSpec) -> np.ndarray:
-    """The label of every sample of the store for a target."""
+    """The label of every sample of the store for a target ((n,), or (n, k) for ``descriptors``)."""
     kind, _, arg = spec.label.partition(":")
+    if kind == "descriptors":
+        scale = descriptor_scaling(store)
+        return ((descriptor_table(store) - scale["mean"]) / scale["sd"]).astype(np.float32)
     if kind == "descriptor":
         return store.descriptors[arg].to_numpy(dtype=np.float32)
     if kind == "homogeneous":
@@ -156,30 +217,41 @@ def sample_labels(store: DatasetStore, spec: TargetSpec) -> np.ndarray:
     return store.theta[:, int(arg)].astype(np.float32)
 
 
-class _SingleImages(Dataset):
-    def __init__(self, path, split, labels, preprocess, augment):
-        self.images = StemImageDataset(path, split=split)
-        keep = np.isfinite(labels[self.images.indices])
-        self.images.indices = self.images.indices[keep]
+class _Labelled(Dataset):
+    """Preprocessed (and, for training, augmented) images with their labels."""
+
+    def __init__(self, labels, preprocess, augment):
         self.labels = labels
         self.preprocess, self.augment = preprocess, augment
+
+    def _prepare(self, counts):
+        x = self.preprocess(counts)
+        if self.augment is None:
+            return x
+        if x.dim() == 4:                        # a group of ν images: each augmented on its own
+            return torch.stack([self.augment(im) for im in x])
+        return self.augment(x)
+
+
+class _SingleImages(_Labelled):
+    def __init__(self, path, split, labels, preprocess, augment):
+        super().__init__(labels, preprocess, augment)
+        self.images = StemImageDataset(path, split=split)
+        keep = np.isfinite(labels[self.images.indices]).reshape(len(self.images.indices), -1).all(axis=1)
+        self.images.indices = self.images.indices[keep]
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, k):
         item = self.images[k]
-        x = self.preprocess(item["image"])
-        if self.augment is not None:
-            x = self.augment(x)
-        return x, torch.tensor(self.labels[item["index"]])
+        return self._prepare(item["image"]), torch.tensor(self.labels[item["index"]])
 
 
-class _ImageGroups(Dataset):
-    def __init__(self, path, split, nu, seed, labels, preprocess, augment):
-        self.groups = ConfigurationBatchDataset(path, split=split, nu=nu, seed=seed)
-        self.labels = labels
-        self.preprocess, self.augment = preprocess, augment
+class _ImageGroups(_Labelled):
+    def __init__(self, path, split, nu, seed, labels, preprocess, augment, repeats=1):
+        super().__init__(labels, preprocess, augment)
+        self.groups = ConfigurationBatchDataset(path, split=split, nu=nu, seed=seed, repeats=repeats)
 
     def set_epoch(self, epoch):
         self.groups.set_epoch(epoch)
@@ -189,10 +261,7 @@ class _ImageGroups(Dataset):
 
     def __getitem__(self, k):
         item = self.groups[k]
-        x = self.preprocess(item["images"])
-        if self.augment is not None:
-            x = torch.stack([self.augment(im) for im in x])
-        return x, torch.tensor(self.labels[int(item["indices"][0])])
+        return self._prepare(item["images"]), torch.tensor(self.labels[int(item["indices"][0])])
 
 
 def make_datasets(store_path, config: TrainConfig, preprocess: Preprocess):
@@ -200,7 +269,8 @@ def make_datasets(store_path, config: TrainConfig, preprocess: Preprocess):
     labels = sample_labels(store, config.spec)
     augment = Augment(config.max_shift_px)
     if config.spec.multi_image:
-        train = _ImageGroups(store_path, "T", config.nu, config.seed, labels, preprocess, augment)
+        train = _ImageGroups(store_path, "T", config.nu, config.seed, labels, preprocess, augment,
+                             repeats=config.repeats)
         val = _ImageGroups(store_path, "E", config.nu, 10_000 + config.seed, labels, preprocess, None)
     else:
         train = _SingleImages(store_path, "T", labels, preprocess, augment)
@@ -227,7 +297,8 @@ def checkpoint_metadata(config: TrainConfig, store: DatasetStore, preprocess: Pr
             "preprocess": preprocess.to_dict(), "profile": store.identity["profile_name"],
             "profile_fields": store.identity["profile"], "dataset_seed": store.identity["seed"],
             "dataset_sha256": dataset_hash(store), "train_config": asdict(config),
-            "parameters": count_parameters(model)}
+            "parameters": count_parameters(model), "outputs": model.head.outputs,
+            "label_scaling": descriptor_scaling(store) if config.spec.label == "descriptors" else None}
 
 
 def dataset_hash(store: DatasetStore) -> str:
@@ -261,12 +332,59 @@ def evaluate(model, loader, spec, device) -> dict:
             else:
                 pred = core(x)
                 total += float(loss_fn(pred, y)) * len(y)
-            abs_err += float((pred - y).abs().sum())
+            abs_err += float((pred - y).abs().reshape(len(y), -1).mean(dim=1).sum())
             n += len(y)
     out = {"val_loss": total / max(n, 1), "val_mae": abs_err / max(n, 1)}
     if spec.loss == "bce":
         out["val_accuracy"] = correct / max(n, 1)
     return out
+
+
+def _resume_mismatch(saved: dict, meta: dict) -> list[str]:
+    """What differs between a checkpoint's run and this one (the number of epochs may grow)."""
+    differ = [k for k in ("dataset_sha256", "arch", "parameters") if saved.get(k) != meta.get(k)]
+    old = {k: v for k, v in saved["train_config"].items() if k != "epochs"}
+    new = {k: v for k, v in meta["train_config"].items() if k != "epochs"}
+    differ += [f"train_config.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+               and k not in ("device", "num_workers")]
+    return differ
+
+
+def _train_indices(train_set) -> np.ndarray:
+    return train_set.groups.sample_indices if hasattr(train_set, "groups") else train_set.images.indices
+
+
+def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int, done_steps: int = 0):
+    """The learning-rate schedule of ``config`` (None for a constant rate), stepped once per step.
+
+    The one-cycle rate is a function of the step count alone: a resumed run fast-forwards it over
+    the ``done_steps`` already taken (over the new total, if the number of epochs changed).
+    """
+    if config.schedule == "constant":
+        return None
+    import warnings
+
+    for group in optimizer.param_groups:       # a resumed optimizer carries the old schedule's state
+        group["lr"] = config.lr
+        group.pop("initial_lr", None)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
+                                                    steps_per_epoch=steps_per_epoch, pct_start=0.15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # "scheduler.step() before optimizer.step()"
+        for _ in range(min(done_steps, config.epochs * steps_per_epoch - 1)):
+            scheduler.step()
+    return scheduler
+
+
+def init_features_from(model, checkpoint, arch: str, input_size: int) -> None:
+    """Copy the feature extractor f of ``checkpoint`` into ``model`` (same architecture and size)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    meta = state["metadata"]
+    if meta["arch"] != arch or int(meta["input_size"]) != input_size:
+        raise ValueError(f"init_features={str(checkpoint)!r} holds a {meta['arch']} network for "
+                         f"{meta['input_size']} px images; this run needs {arch} at {input_size} px")
+    features = {k[len("features."):]: v for k, v in state["model"].items() if k.startswith("features.")}
+    model.features.load_state_dict(features)
 
 
 class _BCELogitsModel(nn.Module):
@@ -312,31 +430,45 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
     torch.manual_seed(config.seed)
     store0 = DatasetStore(store_path)
     settings = store0.identity["stem_settings"]
-    electrons = settings["dose_e_per_A2"] * (settings["pixel_size_nm"] * 10.0) ** 2
-    preprocess = Preprocess(inverse=config.spec.inverse, electrons_per_pixel=electrons)
+    preprocess = Preprocess(inverse=config.spec.inverse,
+                            electrons_per_pixel=store0.stem_settings.electrons_per_pixel)
     store, train_set, val_set = make_datasets(store_path, config, preprocess)
     if config.num_workers == 0:          # one bulk read instead of one read per image and epoch
         budget = int(agglib.config.get("preload_mb")) * 1024**2
         for ds in (train_set, val_set):
             inner = ds.groups if hasattr(ds, "groups") else ds.images
             inner.preload(budget // 2)
+    outputs = 1 if train_set.labels.ndim == 1 else int(train_set.labels.shape[1])
     model = build_network(config.arch, int(settings["image_size_px"]), nu=config.group_size,
-                          activation=config.spec.activation).to(device)
+                          activation=config.spec.activation, outputs=outputs).to(device)
     meta = checkpoint_metadata(config, store, preprocess, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    per_rank = math.ceil(len(train_set) / env.world_size) if env.distributed else len(train_set)
+    steps_per_epoch = max(1, per_rank // config.images_per_step) if per_rank > config.images_per_step else 1
+    if config.steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
     history, start_epoch, best = [], 0, math.inf
     last = checkpoint_dir / "last.pt"
     if last.is_file():
         state = torch.load(last, map_location=device, weights_only=False)
-        if state["metadata"]["dataset_sha256"] != meta["dataset_sha256"] or \
-                state["metadata"]["train_config"]["target"] != config.target or \
-                state["metadata"]["arch"] != config.arch:
-            raise ValueError(f"{last} belongs to another run (target, architecture or dataset "
-                             "differ); use another checkpoint_dir")
+        differ = _resume_mismatch(state["metadata"], meta)
+        if differ:
+            raise ValueError(f"{last} belongs to another run ({', '.join(differ)} differ); "
+                             "use another checkpoint_dir")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch, best = state["history"], state["epoch"] + 1, state["best_val_loss"]
         torch.set_rng_state(state["torch_rng"])
+    else:
+        if config.init_features is not None:
+            init_features_from(model, config.init_features, config.arch, int(settings["image_size_px"]))
+        if config.spec.loss == "mse":
+            model.start_at(np.nanmean(train_set.labels[_train_indices(train_set)], axis=0))
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch, done_steps=start_epoch * steps_per_epoch)
+    val_subset = val_set
+    if config.val_images is not None and config.val_images < len(val_set):
+        keep = np.sort(np.random.default_rng(config.seed).choice(len(val_set), config.val_images, replace=False))
+        val_subset = torch.utils.data.Subset(val_set, keep.tolist())
     wrapped = _BCELogitsModel(model) if config.spec.loss == "bce" else model
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -368,7 +500,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
                             num_workers=config.num_workers, drop_last=len(train_set) > config.images_per_step,
                             persistent_workers=False)
         wrapped.train()
-        n_steps = len(loader) if config.steps_per_epoch is None else min(len(loader), config.steps_per_epoch)
+        n_steps = min(len(loader), steps_per_epoch)
         t0, seen, running = time.perf_counter(), 0, 0.0
         step_bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
         for step, (x, y) in enumerate(loader):
@@ -379,6 +511,8 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
             loss = loss_fn(wrapped(x), y)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             running += float(loss.detach()) * len(y)
             seen += len(y)
             step_bar.update()
@@ -389,7 +523,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
                   "images_per_s": seen * config.group_size / max(train_seconds, 1e-9),
                   "train_seconds": train_seconds}
         if env.is_main:
-            val_loader = DataLoader(val_set, batch_size=config.images_per_step * 2, shuffle=False,
+            val_loader = DataLoader(val_subset, batch_size=config.images_per_step * 2, shuffle=False,
                                     num_workers=config.num_workers)
             record.update(evaluate(model, val_loader, config.spec, device))
             history.append(record)
@@ -414,17 +548,30 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
 
 def train_for_profile(profile, target: str, store_path, run_dir, seed: int = 0,
                       show_progress_bars: bool | None = None, **changes) -> dict:
-    """Train ``target`` with the profile's architecture, epochs and ν into ``run_dir/target``.
+    """Train ``target`` with the profile's architecture, schedule, epochs and ν into ``run_dir/target``.
 
-    Resumes (or returns at once) when the run directory already holds the finished epochs.
-    ``changes`` override :class:`TrainConfig` fields.
+    Resumes (or returns at once) when the run directory already holds the finished epochs. For
+    θ0 and θ1 with ``profile.pretrain_epochs > 0`` the ``descriptors`` network named in
+    :data:`PRETRAINED_FROM` is trained first (or found) and initialises f. ``changes`` override
+    :class:`TrainConfig` fields.
     """
-    multi = TARGETS[target].multi_image
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r}; accepted: {sorted(TARGETS)}")
+    spec = TARGETS[target]
+    multi = spec.multi_image
     nu = min(profile.batch_size, profile.eval_per_config,
              profile.samples_per_config - profile.eval_per_config)
-    config = TrainConfig(target=target, arch=profile.train_arch,
-                         epochs=profile.epochs_multi if multi else profile.epochs_single,
-                         nu=nu, seed=seed, **changes)
+    settings = dict(target=target, arch=profile.train_arch, nu=nu, seed=seed, schedule=profile.train_schedule,
+                    epochs=profile.epochs_multi if multi else profile.epochs_single,
+                    lr=profile.lr_multi if multi else profile.lr_single,
+                    repeats=profile.group_repeats if multi else 1)
+    if spec.label == "descriptors":
+        settings["epochs"] = max(1, profile.pretrain_epochs)
+    if target in PRETRAINED_FROM and profile.pretrain_epochs > 0 and "init_features" not in changes:
+        source = PRETRAINED_FROM[target]
+        train_for_profile(profile, source, store_path, run_dir, seed=seed, show_progress_bars=show_progress_bars)
+        settings["init_features"] = str(Path(run_dir) / source / "best.pt")
+    config = TrainConfig(**{**settings, **changes})
     return train_network(store_path, config, Path(run_dir) / target, show_progress_bars=show_progress_bars)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import agglib
 from agglib.core.parallel import resolve_workers
 from agglib.model.params import RadiusDistribution
+from timing import items_per_second
 
 
 def agglib_rate(n, df, workers, min_seconds, seed=0):
@@ -32,15 +33,8 @@ def agglib_rate(n, df, workers, min_seconds, seed=0):
     p = agglib.ModelParams(df, 0.5, 3, 3)
     agglib.generate_aggregates(p, 8, seed=seed + 1, n_particles=n, workers=1,
                                show_progress_bars=False)  # compile / warm
-    count = 64
-    while True:
-        t = time.perf_counter()
-        agglib.generate_aggregates(p, count, seed=seed, n_particles=n, workers=workers,
-                                   show_progress_bars=False)
-        elapsed = time.perf_counter() - t
-        if elapsed >= min_seconds:
-            return count / elapsed
-        count = int(count * max(2.0, 1.2 * min_seconds / max(elapsed, 1e-3)))
+    return items_per_second(lambda count: agglib.generate_aggregates(
+        p, count, seed=seed, n_particles=n, workers=workers, show_progress_bars=False), 64, min_seconds)
 
 
 def _pyfracval_loop(cfg, seed, ok, attempts):

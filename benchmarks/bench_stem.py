@@ -18,20 +18,18 @@ import time
 import agglib
 from agglib.core.parallel import resolve_workers
 from agglib.stem import StemSettings, load_reference_table, render_stem_many
+from timing import items_per_second
 
 
 def render_rate(aggregates, workers, min_seconds, settings):
     """Images per second over at least ``min_seconds``."""
     render_stem_many(aggregates[:4], seed=1, settings=settings, workers=1, show_progress_bars=False)
-    count = len(aggregates)
-    while True:
+
+    def run(count):
         batch = (aggregates * (count // len(aggregates) + 1))[:count]
-        t = time.perf_counter()
         render_stem_many(batch, seed=0, settings=settings, workers=workers, show_progress_bars=False)
-        elapsed = time.perf_counter() - t
-        if elapsed >= min_seconds:
-            return count / elapsed
-        count = int(count * max(2.0, 1.2 * min_seconds / max(elapsed, 1e-3)))
+
+    return items_per_second(run, len(aggregates), min_seconds)
 
 
 def abtem_curve_seconds():

@@ -148,6 +148,25 @@ class DatasetStore:
     def pixel_size_nm(self) -> float:
         return float(self.identity["stem_settings"]["pixel_size_nm"])
 
+    @property
+    def stem_settings(self):
+        """The :class:`agglib.stem.StemSettings` the images were rendered with."""
+        from agglib.stem.render import StemSettings
+
+        return StemSettings(**self.identity["stem_settings"])
+
+    def read_images(self, indices, dtype=np.float32) -> np.ndarray:
+        """Images ``indices`` in one bulk read (far faster than one read per image) [counts].
+
+        Returns an array of shape (len(indices), H, W) in the order of ``indices``.
+        """
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size == 0:
+            return np.empty((0, *self.images.shape[1:]), dtype=dtype)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        block = self.images.get_orthogonal_selection((unique,))
+        return np.asarray(block, dtype=dtype)[inverse]
+
     def indices(self, split: str | int | None = None) -> np.ndarray:
         """Sample indices of the split ``"T"``/``"train"``/0 or ``"E"``/``"eval"``/1 (all if None)."""
         from agglib.dataset.plan import EVAL, TRAIN

@@ -62,10 +62,6 @@ def r2(truth, pred) -> float:
     return float(1.0 - np.sum((truth - pred) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
 
 
-def _images(store: DatasetStore, indices) -> np.ndarray:
-    return np.stack([store.images[int(i)] for i in indices]).astype(np.float32)
-
-
 def predict_split(net: TrainedNetwork, store: DatasetStore, split: str = "E", chunk: int = 256,
                   max_images: int | None = None, seed: int = 0) -> pd.DataFrame:
     """Per-image outputs of a single-image network on a split (or a random subset of
@@ -75,7 +71,7 @@ def predict_split(net: TrainedNetwork, store: DatasetStore, split: str = "E", ch
     idx = store.indices(split)
     if max_images is not None and max_images < idx.size:
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=max_images, replace=False))
-    pred = np.concatenate([net.predict(_images(store, idx[k:k + chunk])) for k in range(0, idx.size, chunk)])
+    pred = np.concatenate([net.predict(store.read_images(idx[k:k + chunk])) for k in range(0, idx.size, chunk)])
     labels = sample_labels(store, TARGETS[net.target])[idx]
     theta = store.theta[idx]
     return pd.DataFrame({"index": idx, "config_id": store.config_id[idx], "label": labels, "prediction": pred,
@@ -114,7 +110,7 @@ def batch_estimates(per_image: pd.DataFrame | None, store: DatasetStore, nu: int
         if lookup is not None:
             row["estimate"] = float(lookup.loc[members, column].mean())
         if multi_net is not None:
-            raw = float(multi_net.predict(_images(store, members))[0])
+            raw = float(multi_net.predict(store.read_images(members))[0])
             row["raw"] = raw
             row["estimate"] = int(np.rint(max(raw, 0.0)))
         rows.append(row)

@@ -61,7 +61,7 @@ def shadow_comparison(estimator, store, n_configs: int = 50, n_aggregates: int =
     show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
     for k, c in enumerate(tqdm(chosen, desc="digital shadows", disable=not show)):
         members = by_config[c]
-        images = np.stack([store.images[int(i)] for i in members]).astype(np.float32)
+        images = store.read_images(members)
         estimate = estimator.estimate(images)
         theta = ModelParams(*store.configs[c])
         theta_hat = shadow_params(estimate)

@@ -299,6 +299,11 @@ def _render_into(item, settings, table, shm_name, shape):
     return k
 
 
+def _render_item(item, settings, table):
+    _, aggregate, seed = item
+    return render_stem(aggregate, seed=seed, settings=settings, table=table)
+
+
 def render_stem_many(aggregates, seed=None, settings: StemSettings | None = None,
                      table: HaadfTable | None = None, workers: int | None = None,
                      show_progress_bars: bool | None = None) -> np.ndarray:
@@ -317,11 +322,9 @@ def render_stem_many(aggregates, seed=None, settings: StemSettings | None = None
     shape = (len(aggregates), settings.image_size_px, settings.image_size_px)
     items = [(k, a, s) for k, (a, s) in enumerate(zip(aggregates, seeds))]
     if min(resolve_workers(workers), len(items)) <= 1:
-        out = np.empty(shape, dtype=np.float32)
-        for k, a, s in ordered_map(lambda it: it, items, workers=1, desc="STEM images",
-                                   show_progress_bars=show_progress_bars):
-            out[k] = render_stem(a, seed=s, settings=settings, table=table)
-        return out
+        images = ordered_map(partial(_render_item, settings=settings, table=table), items, workers=1,
+                             desc="STEM images", show_progress_bars=show_progress_bars)
+        return np.stack(images) if images else np.empty(shape, dtype=np.float32)
     shm = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(shape)) * 4))
     try:
         func = partial(_render_into, settings=settings, table=table, shm_name=shm.name, shape=shape)
