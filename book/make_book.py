@@ -94,12 +94,14 @@ def write_results_page(site: Path, profile: str, overrides: dict, seed: int = 0)
         return 0
     tag = profile if not overrides else profile + "-custom"
     records = sorted((default_run_dir(tag, seed) / "results").glob("*.json"))
-    lines = ["| quantity | paper | agglib | profile | notebook | command |", "|---|---|---|---|---|---|"]
+    lines = ["| quantity | paper | agglib | trivial predictor | profile | notebook | command |",
+             "|---|---|---|---|---|---|---|"]
     for path in records:
         rec = json.loads(path.read_text())
         for key, value in rec["results"].items():
-            paper = PAPER_RESULTS.get(key)
-            lines.append(f"| {key} | {'' if paper is None else f'{paper:g}'} | {value:.4g} | {rec['profile']} | "
+            paper, trivial = PAPER_RESULTS.get(key), rec.get("trivial", {}).get(key)
+            lines.append(f"| {key} | {'' if paper is None else f'{paper:g}'} | {value:.4g} | "
+                         f"{'' if trivial is None else f'{trivial:.4g}'} | {rec['profile']} | "
                          f"{rec['notebook']} | `{rec['command']}` |")
     table = "\n".join(lines) if len(lines) > 2 else "*No results were recorded in this build.*"
     page.write_text(page.read_text().replace(RESULTS_MARKER, table))

@@ -1,12 +1,12 @@
 """Evaluation: the estimators on E (paper §3.1–3.3) and digital shadows (§3.4)."""
 
 from agglib.evaluate.estimators import (PAPER_RESULTS, batch_estimates, batch_groups, batch_size_study,
-                                        confusion_table, default_run_dir, integer_accuracy, mae,
-                                        predict_split, r2, results_table, trivial_mae)
+                                        confusion_table, default_run_dir, descriptor_scores,
+                                        integer_accuracy, mae, predict_split, r2, results_table, trivial_mae)
 from agglib.evaluate.shadows import (PAPER_SHADOW_RESULTS, SHADOW_DESCRIPTORS, error_by_particle_count,
                                     shadow_comparison, shadow_params, shadow_table)
 
 __all__ = ["PAPER_SHADOW_RESULTS", "SHADOW_DESCRIPTORS", "error_by_particle_count", "shadow_comparison",
            "shadow_params", "shadow_table", "PAPER_RESULTS", "predict_split", "batch_groups", "batch_estimates", "batch_size_study",
            "integer_accuracy", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir",
-           "results_table"]
+           "results_table", "descriptor_scores"]

@@ -14,7 +14,7 @@ from agglib.dataset.store import DatasetStore
 from agglib.estimate import TrainedNetwork
 from agglib.train import TARGETS, sample_labels
 
-__all__ = ["PAPER_RESULTS", "predict_split", "batch_groups", "batch_estimates", "batch_size_study",
+__all__ = ["PAPER_RESULTS", "predict_split", "descriptor_scores", "batch_groups", "batch_estimates", "batch_size_study",
            "integer_accuracy", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir",
            "results_table"]
 
@@ -24,7 +24,7 @@ PAPER_RESULTS = {
     "θ̂_ρ MAE": 0.017,
     "θ̂_ρ MAE without classifier": 0.027,
     "per-image ρ̂ MAE": 0.053,
-    "θ̂0 exact": 0.48,
+    "θ̂0 exact": 0.48,   # MAE not reported for θ̂0 and θ̂1 (Figs. 12b, 13b show the error histograms)
     "θ̂0 within ±1": 0.92,
     "θ̂1 exact": 0.32,
     "θ̂1 within ±1": 0.82,
@@ -77,6 +77,26 @@ def predict_split(net: TrainedNetwork, store: DatasetStore, split: str = "E", ch
     return pd.DataFrame({"index": idx, "config_id": store.config_id[idx], "label": labels, "prediction": pred,
                          "theta_df": theta[:, 0], "theta_rho": theta[:, 1], "theta0": theta[:, 2],
                          "theta1": theta[:, 3]})
+
+
+def descriptor_scores(net: TrainedNetwork, store: DatasetStore, split: str = "E", chunk: int = 256) -> pd.DataFrame:
+    """How well a ``descriptors`` network predicts each descriptor from one image: R² and MAE
+    (natural units: ρ, S [particles], D_f, N [particles]) on the images of ``split``."""
+    from agglib.train import descriptor_table
+
+    scale = net.metadata.get("label_scaling")
+    if not scale:
+        raise ValueError(f"the {net.target} network does not predict descriptors; use a 'descriptors' checkpoint")
+    idx = store.indices(split)
+    pred = np.concatenate([net.predict(store.read_images(idx[k:k + chunk])) for k in range(0, idx.size, chunk)])
+    pred = pred * np.asarray(scale["sd"]) + np.asarray(scale["mean"])
+    truth = descriptor_table(store)[idx]
+    inverse = {"identity": lambda v: v, "log1p": np.expm1, "log": np.exp}
+    rows = []
+    for k, (name, transform) in enumerate(zip(scale["names"], scale["transforms"])):
+        p, t = inverse[transform](pred[:, k]), inverse[transform](truth[:, k])
+        rows.append({"descriptor": name, "R²": r2(t, p), "MAE": mae(p, t), "SD of the truth": float(np.std(t))})
+    return pd.DataFrame(rows).set_index("descriptor")
 
 
 def batch_groups(store: DatasetStore, nu: int, split: str = "E", seed: int = 0, repeats: int = 1) -> list:
@@ -153,8 +173,10 @@ def trivial_mae(store: DatasetStore, truth_eval, target: str) -> float:
     return mae(np.full(len(truth_eval), train_mean), truth_eval)
 
 
-def results_table(ours: dict, profile: str, command: str, run_dir=None, notebook: str | None = None) -> pd.DataFrame:
-    """Our numbers beside the paper's (keys of :data:`PAPER_RESULTS`).
+def results_table(ours: dict, profile: str, command: str, run_dir=None, notebook: str | None = None,
+                  trivial: dict | None = None) -> pd.DataFrame:
+    """Our numbers beside the paper's (keys of :data:`PAPER_RESULTS`) and, where given, the
+    trivial predictor's (``trivial``: the same quantity for a constant estimate, the mean of T).
 
     With ``run_dir`` and ``notebook`` the numbers are also recorded in
     ``run_dir/results/<notebook>.json``, from which the book's results page is generated.
@@ -165,10 +187,12 @@ def results_table(ours: dict, profile: str, command: str, run_dir=None, notebook
         from agglib.core.files import atomic_write_text
 
         record = {"notebook": notebook, "profile": profile, "command": command,
-                  "results": {k: float(v) for k, v in ours.items()}}
+                  "results": {k: float(v) for k, v in ours.items()},
+                  "trivial": {k: float(v) for k, v in (trivial or {}).items()}}
         atomic_write_text(Path(run_dir) / "results" / f"{notebook}.json", json.dumps(record, indent=1))
     rows = []
     for key, value in ours.items():
         rows.append({"quantity": key, "paper (E, ν = 12)": PAPER_RESULTS.get(key, np.nan), "agglib": value,
-                     "profile": profile, "command": command})
+                     "trivial predictor": (trivial or {}).get(key, np.nan), "profile": profile,
+                     "command": command})
     return pd.DataFrame(rows).set_index("quantity")
