@@ -169,7 +169,12 @@ def export_estimators(run_dir, out_dir) -> Path:
     summary = {}
     for name in NETWORK_NAMES:
         state = torch.load(run_dir / name / "best.pt", map_location="cpu", weights_only=False)
-        slim = {"metadata": state["metadata"], "model": state["model"], "history": state["history"],
+        metadata = dict(state["metadata"])
+        init = metadata["train_config"].get("init_features")
+        if init:                                 # a path on the training machine: keep only its run-relative part
+            metadata["train_config"] = {**metadata["train_config"],
+                                        "init_features": "/".join(Path(init).parts[-2:])}
+        slim = {"metadata": metadata, "model": state["model"], "history": state["history"],
                 "epoch": state["epoch"]}
         save_checkpoint(out_dir / name / "best.pt", slim)
         best = min(state["history"], key=lambda h: h["val_loss"])

@@ -51,14 +51,19 @@ def main(argv=None):
     header = f"{'size':>5} {'network':>10} {'parameters':>11} | {'train img/s':>11} {'× paper':>8} | {'infer img/s':>11} {'× paper':>8}"
     print(header)
     print("-" * len(header))
+    measured = {}
     for size, archs in ((128, ("paper", "compact", "resnet18", "inception")), (512, ("paper", "compact"))):
         base = None
         for arch in archs:
             train, infer, params = rates(arch, size, args.steps if arch != "paper" or size < 512 else 3)
+            measured[arch, size] = (train, infer)
             if arch == "paper":
                 base = (train, infer)
             print(f"{size:>5} {arch:>10} {params:>11,} | {train:>11.1f} {train / base[0]:>7.1f}× | "
                   f"{infer:>11.1f} {infer / base[1]:>7.1f}×", flush=True)
+    quick, paper = measured["compact", 128], measured["paper", 512]
+    print(f"quick profile (compact, 128²) against the paper's setup (paper network, 512²): "
+          f"{quick[0] / paper[0]:.1f}× training, {quick[1] / paper[1]:.1f}× inference images/s")
 
 
 if __name__ == "__main__":

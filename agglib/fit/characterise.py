@@ -41,6 +41,27 @@ MIN_STABLE_IMAGES = 10
 MAX_UPSAMPLING = 2.0
 
 
+def _overlap_matrix(n_in: int, zoom: float) -> np.ndarray:
+    """(n_out, n_in) weights: the share of each output pixel covered by each input pixel."""
+    n_out = int(np.floor(n_in * zoom))
+    edges_out = np.arange(n_out + 1) / zoom                 # output pixel edges in input pixels
+    lo = np.maximum(edges_out[:-1, None], np.arange(n_in)[None, :])
+    hi = np.minimum(edges_out[1:, None], np.arange(1, n_in + 1)[None, :])
+    return np.clip(hi - lo, 0.0, None) * zoom
+
+
+def area_rebin(data: np.ndarray, zoom: float) -> np.ndarray:
+    """Shrink an image by ``zoom`` < 1 with each new pixel the mean over its area.
+
+    This is how the renderer forms a pixel (the mean of 4 × 4 sub-samples over its area), so
+    resampled measured images look like the training images. A Gaussian prefilter with bilinear
+    interpolation blurs them more than training images ever are, and the networks read the extra
+    blur as a lower D_f (measured: θ̂_Df 1.54 instead of 1.8 at 3.0 → 3.4 nm/px).
+    """
+    wy, wx = _overlap_matrix(data.shape[0], zoom), _overlap_matrix(data.shape[1], zoom)
+    return wy @ np.asarray(data, dtype=np.float64) @ wx.T
+
+
 def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int, dose_scale: float = 1.0) -> np.ndarray:
     """Resample to ``pixel_size_nm`` and crop ``size_px`` × ``size_px`` around the aggregate."""
     zoom = image.pixel_size_nm / pixel_size_nm
@@ -51,8 +72,11 @@ def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int, dose
             "checkpoint trained for this pixel size")
     data = image.data
     if zoom < 1.0:
-        data = ndimage.gaussian_filter(data, sigma=0.5 / zoom)
-    resampled = ndimage.zoom(data, zoom, order=1) / (zoom * zoom) if zoom != 1.0 else data.copy()
+        resampled = area_rebin(data, zoom) / (zoom * zoom)
+    elif zoom > 1.0:
+        resampled = ndimage.zoom(data, zoom, order=1) / (zoom * zoom)
+    else:
+        resampled = data.copy()
     if min(resampled.shape) < size_px:
         raise ImageInputError(
             f"{image.path}: field of view {image.field_of_view_nm:.0f} nm is smaller than the estimator's "
