@@ -15,9 +15,9 @@ Feature extractors:
 ``compact``
     For CPUs: a stride-2 3×3 stem (16 channels) and five 3×3 convolution blocks (32, 64, 96, 128,
     128 channels, 2×2 max pooling between them), then global average *and* max pooling (so the
-    extent of the aggregate survives), dense 112 + ReLU. ~367 k parameters; at 128² it trains
-    ~9× faster than ``paper`` at 128² and ~35× faster than ``paper`` at the paper's 512²
-    (see the performance page).
+    extent of the aggregate survives), dense 112 + ReLU. 371,257 parameters with g; at 128² it
+    trains 8.3× faster than ``paper`` at 128² and 46× faster than ``paper`` at the paper's 512²
+    (``benchmarks/bench_training.py``; see the performance page).
 ``resnet18``, ``inception``
     Alternatives for the architecture comparison (paper Table 6), written here because
     torchvision does not import beside this torch build.
@@ -96,10 +96,11 @@ class CompactFeatures(nn.Module):
     2×2 max pooling, so 64², 32², 16², 8², 4²); global average *and* global max pooling of the last
     map (the mean sees the aggregate's extent, the max its brightest stacks); dense 112 + ReLU.
 
-    Design notes (measured on the quick dataset, 8 epochs, one-cycle lr 2e-3; see the book): plain
-    3×3 convolutions after the stem beat depthwise-separable ones on this task (per-image ρ R² 0.77
-    vs 0.70, and faster on 2 CPU cores at this size); a 58 k-parameter depthwise-separable version
-    reached R² 0.50. The stride-2 stem keeps a 24 nm particle (7 px at 3.4 nm/px) 3–4 px wide.
+    Design notes: during development on the quick dataset, plain 3×3 convolutions after the stem
+    predicted ρ and the cluster sizes from single images better than depthwise-separable ones and
+    ran faster on 2 CPU cores at this size (exploratory runs, not kept as a benchmark; notebook 9's
+    Table 6 compares the architectures reproducibly). The stride-2 stem keeps a 24 nm particle
+    (7 px at 3.4 nm/px) 3–4 px wide.
     """
 
     WIDTHS = (32, 64, 96, 128, 128)

@@ -232,6 +232,10 @@ class _Labelled(Dataset):
             return torch.stack([self.augment(im) for im in x])
         return self.augment(x)
 
+    def preload(self, max_bytes: int) -> bool:
+        """Read the images behind this dataset into memory if they fit in ``max_bytes``."""
+        return self.source.preload(max_bytes)
+
 
 class _SingleImages(_Labelled):
     def __init__(self, path, split, labels, preprocess, augment):
@@ -239,6 +243,12 @@ class _SingleImages(_Labelled):
         self.images = StemImageDataset(path, split=split)
         keep = np.isfinite(labels[self.images.indices]).reshape(len(self.images.indices), -1).all(axis=1)
         self.images.indices = self.images.indices[keep]
+        self.source = self.images
+
+    @property
+    def sample_indices(self) -> np.ndarray:
+        """Store indices of the samples this dataset draws from."""
+        return self.images.indices
 
     def __len__(self):
         return len(self.images)
@@ -252,6 +262,12 @@ class _ImageGroups(_Labelled):
     def __init__(self, path, split, nu, seed, labels, preprocess, augment, repeats=1):
         super().__init__(labels, preprocess, augment)
         self.groups = ConfigurationBatchDataset(path, split=split, nu=nu, seed=seed, repeats=repeats)
+        self.source = self.groups
+
+    @property
+    def sample_indices(self) -> np.ndarray:
+        """Store indices of the samples this dataset draws from."""
+        return self.groups.sample_indices
 
     def set_epoch(self, epoch):
         self.groups.set_epoch(epoch)
@@ -350,10 +366,6 @@ def _resume_mismatch(saved: dict, meta: dict) -> list[str]:
     return differ
 
 
-def _train_indices(train_set) -> np.ndarray:
-    return train_set.groups.sample_indices if hasattr(train_set, "groups") else train_set.images.indices
-
-
 def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int, done_steps: int = 0):
     """The learning-rate schedule of ``config`` (None for a constant rate), stepped once per step.
 
@@ -436,15 +448,14 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
     if config.num_workers == 0:          # one bulk read instead of one read per image and epoch
         budget = int(agglib.config.get("preload_mb")) * 1024**2
         for ds in (train_set, val_set):
-            inner = ds.groups if hasattr(ds, "groups") else ds.images
-            inner.preload(budget // 2)
+            ds.preload(budget // 2)
     outputs = 1 if train_set.labels.ndim == 1 else int(train_set.labels.shape[1])
     model = build_network(config.arch, int(settings["image_size_px"]), nu=config.group_size,
                           activation=config.spec.activation, outputs=outputs).to(device)
     meta = checkpoint_metadata(config, store, preprocess, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     per_rank = math.ceil(len(train_set) / env.world_size) if env.distributed else len(train_set)
-    steps_per_epoch = max(1, per_rank // config.images_per_step) if per_rank > config.images_per_step else 1
+    steps_per_epoch = per_rank // config.images_per_step if per_rank > config.images_per_step else 1
     if config.steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
     history, start_epoch, best = [], 0, math.inf
@@ -463,7 +474,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         if config.init_features is not None:
             init_features_from(model, config.init_features, config.arch, int(settings["image_size_px"]))
         if config.spec.loss == "mse":
-            model.start_at(np.nanmean(train_set.labels[_train_indices(train_set)], axis=0))
+            model.start_at(np.nanmean(train_set.labels[train_set.sample_indices], axis=0))
     scheduler = make_scheduler(optimizer, config, steps_per_epoch, done_steps=start_epoch * steps_per_epoch)
     val_subset = val_set
     if config.val_images is not None and config.val_images < len(val_set):
@@ -488,7 +499,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
                                          shuffle=True, seed=config.seed)
             sampler.set_epoch(epoch)
         elif config.spec.oversample:
-            labels = train_set.labels[train_set.images.indices]
+            labels = train_set.labels[train_set.sample_indices]
             pos = max(float(labels.sum()), 1.0)
             neg = max(float(len(labels) - labels.sum()), 1.0)
             weights = np.where(labels > 0.5, 0.5 / pos, 0.5 / neg)

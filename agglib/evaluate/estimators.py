@@ -62,6 +62,11 @@ def r2(truth, pred) -> float:
     return float(1.0 - np.sum((truth - pred) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
 
 
+def _predict(net: TrainedNetwork, store: DatasetStore, idx: np.ndarray, chunk: int) -> np.ndarray:
+    """Outputs of a single-image network on the images ``idx``, read ``chunk`` at a time."""
+    return np.concatenate([net.predict(store.read_images(idx[k:k + chunk])) for k in range(0, idx.size, chunk)])
+
+
 def predict_split(net: TrainedNetwork, store: DatasetStore, split: str = "E", chunk: int = 256,
                   max_images: int | None = None, seed: int = 0) -> pd.DataFrame:
     """Per-image outputs of a single-image network on a split (or a random subset of
@@ -71,7 +76,7 @@ def predict_split(net: TrainedNetwork, store: DatasetStore, split: str = "E", ch
     idx = store.indices(split)
     if max_images is not None and max_images < idx.size:
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=max_images, replace=False))
-    pred = np.concatenate([net.predict(store.read_images(idx[k:k + chunk])) for k in range(0, idx.size, chunk)])
+    pred = _predict(net, store, idx, chunk)
     labels = sample_labels(store, TARGETS[net.target])[idx]
     theta = store.theta[idx]
     return pd.DataFrame({"index": idx, "config_id": store.config_id[idx], "label": labels, "prediction": pred,
@@ -88,7 +93,7 @@ def descriptor_scores(net: TrainedNetwork, store: DatasetStore, split: str = "E"
     if not scale:
         raise ValueError(f"the {net.target} network does not predict descriptors; use a 'descriptors' checkpoint")
     idx = store.indices(split)
-    pred = np.concatenate([net.predict(store.read_images(idx[k:k + chunk])) for k in range(0, idx.size, chunk)])
+    pred = _predict(net, store, idx, chunk)
     pred = pred * np.asarray(scale["sd"]) + np.asarray(scale["mean"])
     truth = descriptor_table(store)[idx]
     inverse = {"identity": lambda v: v, "log1p": np.expm1, "log": np.exp}

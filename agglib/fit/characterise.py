@@ -55,8 +55,9 @@ def area_rebin(data: np.ndarray, zoom: float) -> np.ndarray:
 
     This is how the renderer forms a pixel (the mean of 4 × 4 sub-samples over its area), so
     resampled measured images look like the training images. A Gaussian prefilter with bilinear
-    interpolation blurs them more than training images ever are, and the networks read the extra
-    blur as a lower D_f (measured: θ̂_Df 1.54 instead of 1.8 at 3.0 → 3.4 nm/px).
+    interpolation blurred them more than training images ever are, and the networks read the extra
+    blur as a lower D_f. Non-integer ratios still mix neighbouring pixels (notebook 10 shows the
+    remaining bias: set its ``measured_pixel_nm`` to 3.0).
     """
     wy, wx = _overlap_matrix(data.shape[0], zoom), _overlap_matrix(data.shape[1], zoom)
     return wy @ np.asarray(data, dtype=np.float64) @ wx.T
