@@ -60,6 +60,9 @@ class Profile:
     pretrain_epochs : int
         Epochs of the ``descriptors`` networks whose f initialises θ0's and θ1's f (0: none,
         the paper's training from scratch).
+    val_images : int
+        Images of E validated after each training epoch, to pick the best epoch (multi-image
+        networks: val_images // ν groups); 0 validates on all of E.
     shadow_configs : int
         Configurations of E compared through digital shadows (paper: 50).
     shadow_aggregates : int
@@ -98,6 +101,7 @@ class Profile:
     lr_multi: float
     group_repeats: int
     pretrain_epochs: int
+    val_images: int
     shadow_configs: int
     shadow_aggregates: int
     baseline_images: int
@@ -109,7 +113,7 @@ class Profile:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int":
-                check_range(f"{self.name}.{f.name}", value, low=0 if f.name == "pretrain_epochs" else 1,
+                check_range(f"{self.name}.{f.name}", value, low=0 if f.name in ("pretrain_epochs", "val_images") else 1,
                             integer=True)
             elif f.type == "tuple":
                 if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or len(value) == 0:

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 import agglib
 from agglib.core.distributed import DistEnv, cleanup_distributed, init_distributed, pick_device
-from agglib.core.files import atomic_write_bytes
+from agglib.core.files import atomic_write_bytes, atomic_write_text
 from agglib.core.validation import check_range
 from agglib.dataset.pytorch import ConfigurationBatchDataset, StemImageDataset
 from agglib.dataset.store import DatasetStore
@@ -445,10 +445,6 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
     preprocess = Preprocess(inverse=config.spec.inverse,
                             electrons_per_pixel=store0.stem_settings.electrons_per_pixel)
     store, train_set, val_set = make_datasets(store_path, config, preprocess)
-    if config.num_workers == 0:          # one bulk read instead of one read per image and epoch
-        budget = int(agglib.config.get("preload_mb")) * 1024**2
-        for ds in (train_set, val_set):
-            ds.preload(budget // 2)
     outputs = 1 if train_set.labels.ndim == 1 else int(train_set.labels.shape[1])
     model = build_network(config.arch, int(settings["image_size_px"]), nu=config.group_size,
                           activation=config.spec.activation, outputs=outputs).to(device)
@@ -466,15 +462,23 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         if differ:
             raise ValueError(f"{last} belongs to another run ({', '.join(differ)} differ); "
                              "use another checkpoint_dir")
+        history, start_epoch, best = state["history"], state["epoch"] + 1, state["best_val_loss"]
+        if start_epoch >= config.epochs:     # finished: nothing to read or train
+            if env.is_main and not (checkpoint_dir / "history.json").is_file():
+                atomic_write_text(checkpoint_dir / "history.json", json.dumps(history, indent=1))
+            return {"history": history, "best_val_loss": best, "metadata": meta}
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        history, start_epoch, best = state["history"], state["epoch"] + 1, state["best_val_loss"]
         torch.set_rng_state(state["torch_rng"])
     else:
         if config.init_features is not None:
             init_features_from(model, config.init_features, config.arch, int(settings["image_size_px"]))
         if config.spec.loss == "mse":
             model.start_at(np.nanmean(train_set.labels[train_set.sample_indices], axis=0))
+    if config.num_workers == 0:          # one bulk read instead of one read per image and epoch
+        budget = int(agglib.config.get("preload_mb")) * 1024**2
+        for ds in (train_set, val_set):
+            ds.preload(budget // 2)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch, done_steps=start_epoch * steps_per_epoch)
     val_subset = val_set
     if config.val_images is not None and config.val_images < len(val_set):
@@ -551,7 +555,6 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
             break
     epoch_bar.close()
     if env.is_main:
-        from agglib.core.files import atomic_write_text
         atomic_write_text(checkpoint_dir / "history.json", json.dumps(history, indent=1))
     return {"history": history, "best_val_loss": best, "metadata": meta}
 
@@ -576,6 +579,8 @@ def train_for_profile(profile, target: str, store_path, run_dir, seed: int = 0,
                     epochs=profile.epochs_multi if multi else profile.epochs_single,
                     lr=profile.lr_multi if multi else profile.lr_single,
                     repeats=profile.group_repeats if multi else 1)
+    if profile.val_images > 0:
+        settings["val_images"] = max(1, profile.val_images // nu) if multi else profile.val_images
     if spec.label == "descriptors":
         settings["epochs"] = max(1, profile.pretrain_epochs)
     if target in PRETRAINED_FROM and profile.pretrain_epochs > 0 and "init_features" not in changes:

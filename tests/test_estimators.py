@@ -154,6 +154,36 @@ def test_checkpoint_of_another_run_is_refused(tiny_store, tmp_path):
                       show_progress_bars=False)
 
 
+def test_finished_run_returns_without_reading_images(tiny_store, tmp_path, monkeypatch):
+    from agglib.dataset.pytorch import _LazyStore
+
+    cfg = TrainConfig(target="df", epochs=1, batch=8)
+    first = train_network(tiny_store.path, cfg, tmp_path / "x", show_progress_bars=False)
+    (tmp_path / "x" / "history.json").unlink()
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a finished run read images")
+
+    monkeypatch.setattr(_LazyStore, "preload", no_reads)
+    monkeypatch.setattr(_LazyStore, "image", no_reads)
+    again = train_network(tiny_store.path, cfg, tmp_path / "x", show_progress_bars=False)
+    assert again["history"] == first["history"] and again["best_val_loss"] == first["best_val_loss"]
+    assert json.loads((tmp_path / "x" / "history.json").read_text()) == first["history"]   # rewritten
+
+
+def test_profile_val_images_caps_validation_in_images(tiny_store, tmp_path):
+    prof = agglib.load_profile("tiny", val_images=8)
+    train_for_profile(prof, "df", tiny_store.path, tmp_path, show_progress_bars=False, steps_per_epoch=1)
+    train_for_profile(prof, "theta0", tiny_store.path, tmp_path, show_progress_bars=False, steps_per_epoch=1,
+                      init_features=None)
+    single = torch.load(tmp_path / "df" / "last.pt", weights_only=False)["metadata"]["train_config"]
+    multi = torch.load(tmp_path / "theta0" / "last.pt", weights_only=False)["metadata"]["train_config"]
+    assert single["val_images"] == 8 and multi["val_images"] == 8 // multi["nu"]   # groups of ν images
+    assert agglib.load_profile("tiny").val_images == 0                               # 0: all of E
+    with pytest.raises(ValueError, match="val_images"):
+        agglib.load_profile("tiny", val_images=-1)
+
+
 def test_checkpoint_with_other_training_settings_is_refused(tiny_store, tmp_path):
     train_network(tiny_store.path, TrainConfig(target="df", epochs=1, batch=8), tmp_path / "x",
                   show_progress_bars=False)

@@ -164,8 +164,10 @@ class DatasetStore:
         if indices.size == 0:
             return np.empty((0, *self.images.shape[1:]), dtype=dtype)
         unique, inverse = np.unique(indices, return_inverse=True)
-        block = self.images.get_orthogonal_selection((unique,))
-        return np.asarray(block, dtype=dtype)[inverse]
+        block = np.asarray(self.images.get_orthogonal_selection((unique,)), dtype=dtype)
+        if unique.size == indices.size and np.array_equal(unique, indices):
+            return block                     # already sorted and distinct: no reordering copy
+        return block[inverse]
 
     def indices(self, split: str | int | None = None) -> np.ndarray:
         """Sample indices of the split ``"T"``/``"train"``/0 or ``"E"``/``"eval"``/1 (all if None)."""
