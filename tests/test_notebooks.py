@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import json
+
 import nbformat
 import pytest
 
@@ -20,6 +22,10 @@ def test_notebooks_exist_and_are_stored_without_outputs():
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, \
                     f"{path.name}: stored with outputs (strip them before committing)"
+        raw = json.loads(path.read_text())
+        missing = [k for k, c in enumerate(raw["cells"]) if "id" not in c]
+        assert not missing, f"{path.name}: cells {missing} have no id (nbformat ≥ 4.5 requires one)"
+        nbformat.validate(nbformat.from_dict(raw))        # as stored, not as nbformat.read repairs it
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
