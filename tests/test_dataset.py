@@ -97,6 +97,30 @@ def test_tiny_store_holds_everything(tiny_store):
     assert s.summary()["MB"] > 0
 
 
+def test_read_images_keeps_order_and_decodes_a_store_once(tiny_store, monkeypatch):
+    from agglib.dataset import store as store_module
+    from agglib.dataset.store import DatasetStore
+
+    store_module._DECODED_IMAGES.clear()
+    s = DatasetStore(tiny_store.path)
+    truth = np.asarray(s.images[...], dtype=np.float32)
+    small = [5, 2, 2]                                    # few images: read directly, nothing kept
+    np.testing.assert_array_equal(s.read_images(small), truth[small])
+    assert not store_module._DECODED_IMAGES
+    big = s.indices("T")[::-1]                           # a large request decodes the whole store once
+    np.testing.assert_array_equal(s.read_images(big), truth[big])
+    assert store_module._DECODED_IMAGES["images"].shape == s.images.shape
+    monkeypatch.setattr(type(s.images), "get_orthogonal_selection",
+                        lambda *a, **k: pytest.fail("read from disk although decoded"))
+    other = DatasetStore(tiny_store.path)                # another object of the same store shares it
+    np.testing.assert_array_equal(other.read_images(small), truth[small])
+    with agglib.config.set(preload_mb=0):                # over the memory budget: never kept
+        store_module._DECODED_IMAGES.clear()
+        monkeypatch.undo()
+        np.testing.assert_array_equal(other.read_images(big), truth[big])
+        assert not store_module._DECODED_IMAGES
+
+
 def test_stored_sample_equals_a_fresh_draw_from_its_seed(tiny_store):
     i = 37
     agg, image, desc = generate_sample(tiny_store.theta[i], tiny_store.sample_seed[i],

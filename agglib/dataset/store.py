@@ -41,6 +41,10 @@ def default_store_path(profile_name: str, seed: int) -> Path:
     return base / "datasets" / f"{profile_name}-seed{int(seed)}.zarr"
 
 
+#: Per-process cache of one finished store's decoded images (see DatasetStore.read_images).
+_DECODED_IMAGES: dict = {}
+
+
 class StoreMismatchError(ValueError):
     """An existing store was built with a different profile, seed or settings."""
 
@@ -158,16 +162,38 @@ class DatasetStore:
     def read_images(self, indices, dtype=np.float32) -> np.ndarray:
         """Images ``indices`` in one bulk read (far faster than one read per image) [counts].
 
-        Returns an array of shape (len(indices), H, W) in the order of ``indices``.
+        Returns an array of shape (len(indices), H, W) in the order of ``indices``. A request for
+        a quarter of the store or more decodes the whole image array once per process and keeps
+        it (one store at a time, if it fits in the ``preload_mb`` setting); later reads, also
+        through other :class:`DatasetStore` objects of the same store, are then copies from memory.
         """
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size == 0:
             return np.empty((0, *self.images.shape[1:]), dtype=dtype)
+        decoded = self._decoded_images(large=indices.size * 4 >= len(self))
+        if decoded is not None:
+            return decoded[indices].astype(dtype, copy=False)
         unique, inverse = np.unique(indices, return_inverse=True)
         block = np.asarray(self.images.get_orthogonal_selection((unique,)), dtype=dtype)
         if unique.size == indices.size and np.array_equal(unique, indices):
             return block                     # already sorted and distinct: no reordering copy
         return block[inverse]
+
+    def _decoded_images(self, large: bool):
+        """The whole image array from the per-process cache (decoding it if ``large``), or None."""
+        import agglib
+
+        key = (str(self.path.resolve()), json.dumps(self.identity, sort_keys=True),
+               (self.path / "zarr.json").stat().st_mtime_ns)
+        if _DECODED_IMAGES.get("key") == key:
+            return _DECODED_IMAGES["images"]
+        images = self.images
+        nbytes = int(np.prod(images.shape)) * images.dtype.itemsize
+        if not large or nbytes > int(agglib.config.get("preload_mb")) * 1024**2:
+            return None
+        _DECODED_IMAGES.clear()                 # one store at a time
+        _DECODED_IMAGES.update(key=key, images=images[...])
+        return _DECODED_IMAGES["images"]
 
     def indices(self, split: str | int | None = None) -> np.ndarray:
         """Sample indices of the split ``"T"``/``"train"``/0 or ``"E"``/``"eval"``/1 (all if None)."""
