@@ -296,6 +296,11 @@ def make_datasets(store_path, config: TrainConfig, preprocess: Preprocess):
 
 # ---------------------------------------------------------------------------- checkpoints
 
+def _write_history(checkpoint_dir: Path, history: list) -> None:
+    """``history.json`` beside the checkpoints: one record per finished epoch."""
+    atomic_write_text(checkpoint_dir / "history.json", json.dumps(history, indent=1))
+
+
 def save_checkpoint(path: Path, payload: dict) -> Path:
     """``torch.save`` to a temporary file, then rename: never a half-written checkpoint."""
     buf = io.BytesIO()
@@ -465,7 +470,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         history, start_epoch, best = state["history"], state["epoch"] + 1, state["best_val_loss"]
         if start_epoch >= config.epochs:     # finished: nothing to read or train
             if env.is_main and not (checkpoint_dir / "history.json").is_file():
-                atomic_write_text(checkpoint_dir / "history.json", json.dumps(history, indent=1))
+                _write_history(checkpoint_dir, history)
             return {"history": history, "best_val_loss": best, "metadata": meta}
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -555,7 +560,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
             break
     epoch_bar.close()
     if env.is_main:
-        atomic_write_text(checkpoint_dir / "history.json", json.dumps(history, indent=1))
+        _write_history(checkpoint_dir, history)
     return {"history": history, "best_val_loss": best, "metadata": meta}
 
 

@@ -1,8 +1,7 @@
 """Every numbered notebook runs under papermill at the tiny profile (MONAI-style smoke runs)."""
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
