@@ -187,3 +187,111 @@ def export_estimators(run_dir, out_dir) -> Path:
     from agglib.core.files import atomic_write_text
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     return out_dir
+
+
+# ---------------------------------------------------------------------------- the new method
+
+def combine_per_image(df, rho, rho_reg=None) -> dict:
+    """The paper's combination of per-image outputs into θ̂_Df and θ̂_ρ (Eqs. 13, 14): their means.
+
+    ``rho`` is ρ̂(I) after the classifier's case distinction; ``rho_reg`` (optional) the regression
+    alone. The one place where the paper method combines images (estimate, fit and evaluate use it).
+    """
+    out = {"df": float(np.mean(df)), "rho": float(np.mean(rho))}
+    if rho_reg is not None:
+        out["rho_without_classifier"] = float(np.mean(rho_reg))
+    return out
+
+
+@dataclass
+class SampleEstimator:
+    """The new method: one image encoder and a set-level posterior over θ (any number of images).
+
+    ``estimate(images)`` gives a :class:`agglib.posterior.PosteriorEstimate`: posterior
+    probabilities over the grid cells of θ_Df, θ_ρ, θ0, θ1, from which come point estimates
+    (mean of θ_Df and θ_ρ, mode of θ0 and θ1), credible intervals and posterior draws.
+    """
+
+    encoder: "TrainedEncoder"
+    posterior: torch.nn.Module
+    grid: "ThetaGrid"
+    metadata: dict
+
+    @property
+    def pixel_size_nm(self) -> float:
+        return self.encoder.pixel_size_nm
+
+    @property
+    def image_size_px(self) -> int:
+        return self.encoder.image_size_px
+
+    @property
+    def dose_e_per_A2(self) -> float:
+        return float(self.encoder.metadata["stem_settings"]["dose_e_per_A2"])
+
+    @torch.no_grad()
+    def from_summaries(self, summaries: np.ndarray, groups) -> "PosteriorEstimate":
+        """Posteriors of several samples from per-image summaries (N, K) (the encoder's head outputs,
+        :attr:`agglib.encoder.Encoded.outputs`): ``groups`` lists the rows of each sample."""
+        from agglib.posterior import PARAMETERS, PosteriorEstimate
+
+        groups = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups]
+        if any(g.size == 0 for g in groups):
+            raise ValueError("every sample needs at least one image")
+        m = max(g.size for g in groups)
+        idx = np.zeros((len(groups), m), dtype=np.int64)
+        mask = np.zeros((len(groups), m), dtype=bool)
+        for k, g in enumerate(groups):
+            idx[k, :g.size], mask[k, :g.size] = g, True
+        z = torch.as_tensor(summaries, dtype=torch.float32)[torch.from_numpy(idx)]
+        probs = {}
+        chunks = [self.posterior(z[k:k + 512], torch.from_numpy(mask[k:k + 512])) for k in range(0, len(groups), 512)]
+        for j, p in enumerate(PARAMETERS):
+            probs[p] = torch.cat([torch.softmax(c[j], dim=1) for c in chunks]).double().numpy()
+        return PosteriorEstimate(probs, self.grid, mask.sum(axis=1))
+
+    def per_image(self, images) -> dict:
+        """Per-image predictions of the encoder's heads (D_f, ρ, S_WO3, … in natural units)."""
+        return self.encoder.encode(images).predictions
+
+    def estimate(self, images) -> "PosteriorEstimate":
+        """The posterior over θ from M ≥ 1 images [counts] of one sample (at the encoder's pixel size).
+
+        Returns
+        -------
+        PosteriorEstimate
+            ``.point()`` (θ̂: mean of θ_Df and θ_ρ, mode of θ0 and θ1), ``.interval(name, level)``,
+            ``.sample(count)`` (posterior draws of θ), ``.table()``.
+        """
+        encoded = self.encoder.encode(images)
+        return self.from_summaries(encoded.outputs, [np.arange(encoded.outputs.shape[0])])
+
+    def save(self, directory) -> Path:
+        """Write ``encoder.pt`` and ``posterior.pt`` (loadable with ``torch.load(weights_only=True)``)."""
+        from agglib.checkpoint import save_checkpoint, weights_digest
+
+        directory = Path(directory)
+        state = self.encoder.model.state_dict()
+        save_checkpoint(directory / "encoder.pt", "encoder", self.encoder.metadata, state)
+        meta = {**self.metadata, "encoder_sha256": weights_digest(state)}
+        save_checkpoint(directory / "posterior.pt", "set_posterior", meta, self.posterior.state_dict())
+        return directory
+
+    @classmethod
+    def load(cls, directory, device: str = "cpu") -> "SampleEstimator":
+        """The encoder and posterior in ``directory`` (``encoder.pt``, ``posterior.pt``)."""
+        from agglib.checkpoint import CheckpointError, load_checkpoint, weights_digest
+        from agglib.encoder import TrainedEncoder
+        from agglib.posterior import SetPosterior, ThetaGrid
+
+        directory = Path(directory)
+        encoder = TrainedEncoder.load(directory / "encoder.pt", device)
+        state = load_checkpoint(directory / "posterior.pt", kind="set_posterior")
+        meta = state["metadata"]
+        if meta.get("encoder_sha256") != weights_digest(encoder.model.state_dict()):
+            raise CheckpointError(f"{directory / 'posterior.pt'} was trained on the summaries of another encoder "
+                                  f"than {directory / 'encoder.pt'}; train the posterior again")
+        grid = ThetaGrid(meta["grid"])
+        model = SetPosterior(int(meta["in_dim"]), grid.sizes(), int(meta["hidden"]))
+        model.load_state_dict(state["model"])
+        return cls(encoder, model.eval(), grid, meta)

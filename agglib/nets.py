@@ -105,12 +105,13 @@ class CompactFeatures(nn.Module):
 
     WIDTHS = (32, 64, 96, 128, 128)
 
-    def __init__(self, input_size: int = 128):
+    def __init__(self, input_size: int = 128, in_channels: int = 1, feature_dim: int = FEATURE_DIM):
         super().__init__()
         if input_size < 64:
             raise ValueError(f"input_size={input_size} is too small for the compact network; "
                              "accepted range [64, inf) px")
-        layers: list[nn.Module] = [nn.Conv2d(1, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16),
+        self.feature_dim = int(feature_dim)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16),
                                    nn.ReLU(inplace=True)]
         cin = 16
         for k, cout in enumerate(self.WIDTHS):
@@ -119,7 +120,7 @@ class CompactFeatures(nn.Module):
             layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
             cin = cout
         self.conv = nn.Sequential(*layers)
-        self.dense = nn.Sequential(nn.Linear(2 * cin, FEATURE_DIM), nn.ReLU(inplace=True))
+        self.dense = nn.Sequential(nn.Linear(2 * cin, self.feature_dim), nn.ReLU(inplace=True))
 
     def forward(self, x):
         h = self.conv(x)

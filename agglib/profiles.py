@@ -75,6 +75,22 @@ class Profile:
         Simulated "measured" images of one sample in notebook 10.
     fit_shadows : int
         Digital shadows drawn from the estimate in notebook 10.
+    method : str
+        Default estimator: ``sets`` (one encoder, a set-level posterior over θ; see
+        :mod:`agglib.posterior`) or ``paper`` (five networks, Eqs. 13–15).
+    encoder_epochs : int
+        Epochs of the image encoder on the grid dataset's T.
+    encoder_lr : float
+        Peak learning rate of the encoder (one-cycle).
+    encoder_bf16 : bool
+        Train the encoder under bfloat16 autocast.
+    posterior_configs_T, posterior_configs_E : int
+        Configurations of the continuous dataset (θ drawn anew) for training the posterior (T)
+        and checking its calibration (E).
+    posterior_images_T, posterior_images_E : int
+        Samples per configuration of the continuous dataset in T and in E.
+    posterior_steps : int
+        Optimizer steps of the set-level posterior.
     """
 
     name: str
@@ -108,6 +124,15 @@ class Profile:
     arch_train_images: int
     fit_images: int
     fit_shadows: int
+    method: str = "sets"
+    encoder_epochs: int = 20
+    encoder_lr: float = 3e-3
+    encoder_bf16: bool = True
+    posterior_configs_T: int = 600
+    posterior_configs_E: int = 200
+    posterior_images_T: int = 24
+    posterior_images_E: int = 12
+    posterior_steps: int = 4000
 
     def __post_init__(self):
         for f in fields(self):
@@ -127,6 +152,9 @@ class Profile:
                     high=self.samples_per_config - 1, integer=True)
         for name in ("lr_single", "lr_multi"):
             check_range(f"{self.name}.{name}", getattr(self, name), low=0.0, high=1.0, low_inclusive=False)
+        if self.method not in ("sets", "paper"):
+            raise ValueError(f"{self.name}.method={self.method!r}; accepted: 'sets', 'paper'")
+        check_range(f"{self.name}.encoder_lr", self.encoder_lr, low=0.0, high=1.0, low_inclusive=False)
         if self.train_schedule not in ("constant", "onecycle"):
             raise ValueError(f"{self.name}.train_schedule={self.train_schedule!r}; accepted: 'constant', 'onecycle'")
         if len(set(self.df_values)) != len(self.df_values):
@@ -142,10 +170,14 @@ class Profile:
     def n_samples(self) -> int:
         return self.n_configs * self.samples_per_config
 
-    def dataset_fields(self) -> dict:
+    def dataset_fields(self, design: str = "grid") -> dict:
         """The fields that define a dataset (a store built with other values is refused)."""
         keys = ("df_values", "rho_values", "theta0_values", "theta1_values", "df_per_triple",
                 "samples_per_config", "eval_per_config", "image_size_px", "pixel_size_nm")
+        if design != "grid":
+            keys = ("df_values", "rho_values", "theta0_values", "theta1_values", "posterior_configs_T",
+                    "posterior_configs_E", "posterior_images_T", "posterior_images_E", "image_size_px",
+                    "pixel_size_nm")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.to_dict().items() if k in keys}
 
     def to_dict(self) -> dict:

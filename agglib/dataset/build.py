@@ -37,14 +37,17 @@ def stem_settings_for(profile: Profile):
     return StemSettings(image_size_px=profile.image_size_px, pixel_size_nm=profile.pixel_size_nm)
 
 
-def sample_identity(profile: Profile, seed: int) -> dict:
+def sample_identity(profile: Profile, seed: int, design: str = "grid") -> dict:
     """What defines a dataset's content; stored in ``attrs['identity']``."""
     from agglib.stem import load_reference_table
 
-    return {"format": FORMAT, "agglib": agglib.__version__, "profile_name": profile.name,
-            "profile": profile.dataset_fields(), "seed": int(seed),
+    identity = {"format": FORMAT, "agglib": agglib.__version__, "profile_name": profile.name,
+                "profile": profile.dataset_fields(design), "seed": int(seed),
             "stem_settings": stem_settings_for(profile).to_dict(),
-            "haadf_table_sha256": load_reference_table().sha256()}
+                "haadf_table_sha256": load_reference_table().sha256()}
+    if design != "grid":                      # grid stores keep the identity they always had
+        identity["design"] = design
+    return identity
 
 
 def generate_sample(theta, sample_seed: int, settings):
@@ -98,7 +101,7 @@ def _build_shard(path: str, shard: int, start: int, stop: int) -> int:
 def _create_store(path: Path, profile: Profile, seed: int, identity: dict, shard_size: int):
     import zarr
 
-    plan = make_plan(profile, seed)
+    plan = make_plan(profile, seed, identity.get("design", "grid"))
     n, size = plan.n_samples, profile.image_size_px
     root = zarr.open_group(str(path), mode="w")
     root.create_array("images", shape=(n, size, size), chunks=(1, size, size), dtype="uint32",
@@ -165,7 +168,7 @@ def _client(workers: int, scheduler: str | None):
 def build_dataset(path, profile: str | Profile | None = None, seed: int = 0, *,
                   workers: int | None = None, scheduler: str | None = None,
                   shard_size: int | None = None, show_progress_bars: bool | None = None,
-                  **overrides) -> DatasetStore:
+                  design: str = "grid", **overrides) -> DatasetStore:
     """Build (or finish building) the dataset of ``profile`` at ``path``.
 
     Parameters
@@ -184,6 +187,9 @@ def build_dataset(path, profile: str | Profile | None = None, seed: int = 0, *,
     shard_size : int, optional
         Samples per task (default: the profile's).
     show_progress_bars : bool, optional
+    design : {"grid", "continuous"}
+        The paper's grid of configurations, or θ drawn continuously (see
+        :func:`agglib.dataset.plan.make_plan`; the new method trains its posterior on those).
 
     Returns
     -------
@@ -201,7 +207,7 @@ def build_dataset(path, profile: str | Profile | None = None, seed: int = 0, *,
         prof = replace(profile, **overrides)
     shard_size = int(shard_size or prof.shard_size)
     path = Path(path)
-    identity = sample_identity(prof, seed)
+    identity = sample_identity(prof, seed, design)
     start_time = time.perf_counter()
     if (path / "zarr.json").is_file():
         root = zarr.open_group(str(path), mode="r+")

@@ -31,14 +31,15 @@ __all__ = ["DatasetStore", "open_store", "FORMAT", "StoreMismatchError", "defaul
 FORMAT = "agglib-dataset/1"
 
 
-def default_store_path(profile_name: str, seed: int) -> Path:
+def default_store_path(profile_name: str, seed: int, design: str = "grid") -> Path:
     """Where notebooks keep a profile's dataset: ``data/datasets/<profile>-seed<seed>.zarr``
-    in the repository (or under ``$AGGLIB_DATA_DIR``)."""
+    in the repository (or under ``$AGGLIB_DATA_DIR``); ``…-continuous.zarr`` for the continuous design."""
     import os
 
     base = os.environ.get("AGGLIB_DATA_DIR")
     base = Path(base) if base else Path(__file__).resolve().parents[2] / "data"
-    return base / "datasets" / f"{profile_name}-seed{int(seed)}.zarr"
+    suffix = "" if design == "grid" else f"-{design}"
+    return base / "datasets" / f"{profile_name}-seed{int(seed)}{suffix}.zarr"
 
 
 #: Per-process cache of one finished store's decoded images (see DatasetStore.read_images).

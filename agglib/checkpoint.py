@@ -1,0 +1,94 @@
+"""The one checkpoint format of agglib: tensors plus JSON metadata, loadable with ``weights_only=True``.
+
+A checkpoint is a dict written by :func:`torch.save` with only tensors, numbers, strings, lists,
+tuples and dicts in it, so :func:`load_checkpoint` reads it with ``torch.load(weights_only=True)``
+(no pickled Python objects, safe to open from an untrusted source):
+
+============== =====================================================================
+key            content
+============== =====================================================================
+``format``     ``"agglib-checkpoint/2"``
+``kind``       what the weights are: ``"encoder"``, ``"set_posterior"`` (the new method) …
+``metadata``   a JSON string: everything needed to rebuild the module (architecture,
+               input size, pixel size, STEM settings, target scaling, training config,
+               dataset identity, agglib version); documented per kind where it is written
+``model``      the module's ``state_dict``
+``optimizer``  optional: the optimizer's ``state_dict`` (``last.pt`` of a run, for resuming)
+``progress``   optional: ``{"epoch": int, "step": int}`` of a run in progress
+``history``    optional: a JSON string, one record per finished epoch
+============== =====================================================================
+
+Writes are atomic (a temporary file, then a rename): an interrupted job never leaves a
+half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from agglib.core.files import atomic_write_bytes
+
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "CheckpointError", "weights_digest"]
+
+CHECKPOINT_FORMAT = "agglib-checkpoint/2"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable agglib checkpoint of the expected kind."""
+
+
+def save_checkpoint(path, kind: str, metadata: dict, model_state: dict, *, optimizer_state: dict | None = None,
+                    progress: dict | None = None, history: list | None = None) -> Path:
+    """Write a checkpoint atomically (see the module docstring for the layout)."""
+    payload = {"format": CHECKPOINT_FORMAT, "kind": str(kind), "metadata": json.dumps(metadata),
+               "model": {k: v.detach().cpu() for k, v in model_state.items()}}
+    if optimizer_state is not None:
+        payload["optimizer"] = optimizer_state
+    if progress is not None:
+        payload["progress"] = {k: int(v) for k, v in progress.items()}
+    if history is not None:
+        payload["history"] = json.dumps(history)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
+    """Read a checkpoint with ``torch.load(weights_only=True)``; metadata and history decoded.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, truncated, not an agglib
+    checkpoint or of another ``kind``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:                   # truncated or foreign file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
+                              "delete it and train again, or restore it from a copy") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an {CHECKPOINT_FORMAT} checkpoint")
+    if kind is not None and payload.get("kind") != kind:
+        raise CheckpointError(f"{path} holds a {payload.get('kind')!r} checkpoint, expected {kind!r}")
+    out = dict(payload)
+    out["metadata"] = json.loads(payload["metadata"])
+    out["history"] = json.loads(payload["history"]) if "history" in payload else []
+    return out
+
+
+def weights_digest(state_dict: dict) -> str:
+    """SHA-256 of a state dict's tensors (names, shapes, values): identifies trained weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,101 @@
+"""Settings of the new method's training runs, separate from their loops (after sbi's trainers)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from agglib.core.validation import check_range
+
+__all__ = ["EncoderConfig", "PosteriorConfig"]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Settings of one encoder training run (:func:`agglib.training.train_encoder`).
+
+    Parameters
+    ----------
+    epochs : int
+        Passes over the training images T.
+    batch : int
+        Images per optimizer step.
+    lr : float
+        Peak learning rate of the one-cycle schedule (:func:`agglib.lr_schedule.one_cycle_lr`).
+    weight_decay : float
+        AdamW weight decay.
+    max_shift_px : int
+        Largest augmentation shift [px].
+    val_images : int
+        Images of E scored after each epoch (0: none; the final scores use all of E).
+    bf16 : bool
+        bfloat16 autocast for forward and backward (CPU with AVX-512 or a GPU).
+    seed : int
+        Seeds initialisation, the order of the images and the augmentation of every epoch.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …
+    """
+
+    epochs: int = 12
+    batch: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    max_shift_px: int = 4
+    val_images: int = 1000
+    bf16: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        check_range("epochs", self.epochs, low=1, integer=True)
+        check_range("batch", self.batch, low=1, integer=True)
+        check_range("lr", self.lr, low=0.0, high=1.0, low_inclusive=False)
+        check_range("weight_decay", self.weight_decay, low=0.0)
+        check_range("max_shift_px", self.max_shift_px, low=0, integer=True, unit="px")
+        check_range("val_images", self.val_images, low=0, integer=True)
+
+    def identity(self) -> dict:
+        """The fields that define the run (a resumed run must match them; epochs may grow)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("device", "epochs")}
+
+
+@dataclass(frozen=True)
+class PosteriorConfig:
+    """Settings of one set-posterior training run (:func:`agglib.training.train_posterior`).
+
+    Parameters
+    ----------
+    steps : int
+        Optimizer steps.
+    batch : int
+        Sets (random subsets of one configuration's images) per step.
+    max_images : int
+        Set sizes M are drawn uniformly from 1 … ``max_images`` (capped by the images a
+        configuration has in T).
+    lr : float
+        Peak learning rate (one-cycle).
+    hidden : int
+        Width of the per-image and the pooled networks.
+    weight_decay : float
+        AdamW weight decay.
+    embedding_noise : float
+        SD of Gaussian noise added to the standardised embeddings of T during training, so the
+        posterior does not trust T's embeddings (which the encoder has seen) more than new ones.
+    seed : int
+    """
+
+    steps: int = 3000
+    batch: int = 128
+    max_images: int = 24
+    lr: float = 2e-3
+    hidden: int = 128
+    weight_decay: float = 1e-4
+    embedding_noise: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        check_range("steps", self.steps, low=1, integer=True)
+        check_range("batch", self.batch, low=1, integer=True)
+        check_range("max_images", self.max_images, low=1, integer=True)
+        check_range("lr", self.lr, low=0.0, high=1.0, low_inclusive=False)
+        check_range("hidden", self.hidden, low=4, integer=True)
+        check_range("embedding_noise", self.embedding_noise, low=0.0)

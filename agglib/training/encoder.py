@@ -1,0 +1,168 @@
+"""The epoch loop of the image encoder (:mod:`agglib.encoder`).
+
+Everything random in an epoch is a function of (seed, epoch, step): the order of the images
+(``default_rng([seed, epoch])``), the augmentation (a generator seeded per epoch) and the
+learning rate (:func:`agglib.lr_schedule.one_cycle_lr` of the step). ``last.pt`` is written
+after every epoch; calling :func:`train_encoder` again on the same folder continues from it and
+gives the same weights as a run that was never interrupted. No weights are chosen by their
+score on E (that would leak the evaluation set into the estimator): the final epoch's weights
+are the encoder, written to ``encoder.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import agglib
+from agglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from agglib.core.distributed import pick_device
+from agglib.core.files import atomic_write_text
+from agglib.dataset.store import DatasetStore
+from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, TrainedEncoder, augment_batch, encoder_inputs,
+                            encoder_labels, label_scaling, multitask_loss, unscale_predictions)
+from agglib.lr_schedule import one_cycle_lr, set_lr
+from agglib.training._contracts import EncoderConfig
+
+__all__ = ["train_encoder", "dataset_identity_hash"]
+
+
+def dataset_identity_hash(store: DatasetStore) -> str:
+    """SHA-256 of a store's identity (profile, seed, STEM settings, table hash)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(store.identity, sort_keys=True).encode()).hexdigest()
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0]))
+
+
+def _scores(model, images, labels_raw, names, scaling, epp, device, batch=256) -> dict:
+    """Per-target MAE (natural units; accuracy for ``homogeneous``) of the encoder on images."""
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for k in range(0, images.shape[0], batch):
+            outs.append(model(encoder_inputs(images[k:k + batch], epp).to(device))[1].float().cpu())
+    pred = unscale_predictions(torch.cat(outs).numpy(), scaling)
+    result = {}
+    for j, name in enumerate(names):
+        truth = labels_raw[:, j]
+        ok = np.isfinite(truth)
+        target = ENCODER_TARGETS[name]
+        if target.loss == "bce":
+            result["homogeneous_accuracy"] = float(np.mean((pred[name][ok] > 0.5) == (truth[ok] > 0.5)))
+            continue
+        inv = {"identity": lambda v: v, "log": np.exp, "log1p": np.expm1}[target.transform]
+        result[f"{name}_mae"] = float(np.mean(np.abs(pred[name][ok] - inv(truth[ok]))))
+    return result
+
+
+def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_bars: bool | None = None) -> dict:
+    """Train (or resume, or return at once if finished) the image encoder of a dataset.
+
+    Parameters
+    ----------
+    store_path : path-like
+        A finished dataset store (trains on T; scores a fixed subset of E after each epoch).
+    config : EncoderConfig
+    out_dir : path-like
+        Receives ``last.pt`` (for resuming), ``encoder.pt`` (the trained encoder) and
+        ``history.json``.
+    show_progress_bars : bool, optional
+        Epoch and step bars (default: ``agglib.config['progress_bars']``).
+
+    Returns
+    -------
+    dict
+        ``history`` (one record per epoch: loss, images/s, scores on E) and ``path`` of ``encoder.pt``.
+    """
+    out_dir = Path(out_dir)
+    store = DatasetStore(store_path)
+    device = pick_device(config.device)
+    names = list(ENCODER_TARGETS)
+    labels_raw = encoder_labels(store.theta, store.descriptors, names)
+    t_idx, e_idx = store.indices("T"), store.indices("E")
+    scaling = label_scaling(labels_raw[t_idx], names)
+    settings = store.identity["stem_settings"]
+    epp = float(store.stem_settings.electrons_per_pixel)
+    size = int(settings["image_size_px"])
+    steps_per_epoch = max(len(t_idx) // config.batch, 1)
+    total_steps = config.epochs * steps_per_epoch
+    meta = {"kind": "encoder", "agglib": agglib.__version__, "input_size": size,
+            "pixel_size_nm": float(settings["pixel_size_nm"]), "electrons_per_pixel": epp,
+            "stem_settings": settings, "label_scaling": scaling, "profile": store.identity["profile_name"],
+            "profile_fields": store.identity["profile"], "dataset_seed": int(store.identity["seed"]),
+            "dataset_sha256": dataset_identity_hash(store), "train_config": asdict(config)}
+    final, last = out_dir / "encoder.pt", out_dir / "last.pt"
+
+    torch.manual_seed(config.seed)
+    model = ImageEncoder(size, len(names)).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    history, start_epoch = [], 0
+    if last.is_file():
+        state = load_checkpoint(last, kind="encoder", map_location="cpu")
+        saved = state["metadata"]
+        differ = [k for k in ("dataset_sha256", "input_size") if saved.get(k) != meta.get(k)]
+        differ += [f"train_config.{k}" for k, v in EncoderConfig(**saved["train_config"]).identity().items()
+                   if config.identity().get(k) != v]
+        if differ:
+            raise CheckpointError(f"{last} belongs to another run ({', '.join(differ)} differ); "
+                                  "use another folder")
+        history, start_epoch = state["history"], int(state["progress"]["epoch"]) + 1
+        if start_epoch >= config.epochs and final.is_file():
+            return {"history": history, "path": final}
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+
+    show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
+    images = torch.from_numpy(store.read_images(t_idx))
+    y = torch.from_numpy((labels_raw[t_idx] - np.asarray(scaling["mean"], np.float32))
+                         / np.asarray(scaling["sd"], np.float32))
+    bce_mask = torch.tensor([ENCODER_TARGETS[n].loss == "bce" for n in names], device=device)
+    val_pick = np.sort(np.random.default_rng([config.seed, 1]).permutation(e_idx.size)[:config.val_images])
+    val_images = torch.from_numpy(store.read_images(e_idx[val_pick])) if val_pick.size else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    bar = tqdm(range(start_epoch, config.epochs), desc="encoder epochs", disable=not show,
+               initial=start_epoch, total=config.epochs)
+    for epoch in bar:
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(t_idx))
+        gen = _epoch_generator(config.seed, epoch)
+        model.train()
+        t0, running = time.perf_counter(), 0.0
+        steps = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=not show)
+        for step in steps:
+            batch = torch.from_numpy(order[step * config.batch:(step + 1) * config.batch])
+            x = encoder_inputs(augment_batch(images[batch], gen, config.max_shift_px), epp).to(device)
+            set_lr(optimizer, one_cycle_lr(epoch * steps_per_epoch + step, total_steps, config.lr))
+            with autocast:
+                _, out = model(x)
+            loss = multitask_loss(out.float(), y[batch].to(device), bce_mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += float(loss.detach())
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch, "train_loss": running / steps_per_epoch, "train_seconds": seconds,
+                  "images_per_s": steps_per_epoch * config.batch / max(seconds, 1e-9)}
+        if val_images is not None:
+            record.update(_scores(model, val_images, labels_raw[e_idx[val_pick]], names, scaling, epp, device))
+        history.append(record)
+        save_checkpoint(last, "encoder", meta, model.state_dict(), optimizer_state=optimizer.state_dict(),
+                        progress={"epoch": epoch, "step": (epoch + 1) * steps_per_epoch}, history=history)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}")
+    save_checkpoint(final, "encoder", {**meta, "epochs_trained": len(history)}, model.state_dict(), history=history)
+    atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
+    return {"history": history, "path": final}
+
+
+def load_trained_encoder(out_dir, device="cpu") -> TrainedEncoder:
+    """The encoder written by :func:`train_encoder` into ``out_dir``."""
+    return TrainedEncoder.load(Path(out_dir) / "encoder.pt", device)

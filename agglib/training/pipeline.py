@@ -1,0 +1,124 @@
+"""The new method end to end for a profile: encoder, cached summaries, posterior.
+
+:func:`train_sample_estimator` is what notebook 04 (and ``agglib train --method sets``) runs:
+
+1. the image encoder on the grid dataset's T (:func:`agglib.training.train_encoder`, resumable);
+2. the encoder's per-image summaries of every image of the continuous dataset, computed once and
+   cached beside the encoder (``summaries-<store>.npz``, keyed by the encoder's weights);
+3. the set-level posterior on the continuous dataset's T (:func:`agglib.training.train_posterior`).
+
+The result is written to ``<run_dir>/sets/`` (``encoder.pt``, ``posterior.pt``) and loads with
+:meth:`agglib.estimate.SampleEstimator.load`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+import agglib
+from agglib.checkpoint import CheckpointError, weights_digest
+from agglib.core.files import atomic_open
+from agglib.dataset.store import DatasetStore
+from agglib.encoder import TrainedEncoder
+from agglib.estimate import SampleEstimator
+from agglib.posterior import ThetaGrid
+from agglib.training._contracts import EncoderConfig, PosteriorConfig
+from agglib.training.encoder import dataset_identity_hash, train_encoder
+from agglib.training.posterior import train_posterior
+
+__all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cached_summaries"]
+
+
+def encoder_config(profile, seed: int = 0, **changes) -> EncoderConfig:
+    """The encoder settings of a profile."""
+    return EncoderConfig(**{"epochs": profile.encoder_epochs, "lr": profile.encoder_lr, "bf16": profile.encoder_bf16,
+                            "seed": seed, **changes})
+
+
+def posterior_config(profile, seed: int = 0, **changes) -> PosteriorConfig:
+    """The set-posterior settings of a profile (set sizes up to 24 images)."""
+    return PosteriorConfig(**{"steps": profile.posterior_steps, "seed": seed, "hidden": 64, **changes})
+
+
+def cached_summaries(encoder: TrainedEncoder, store: DatasetStore, cache_dir, *,
+                     show_progress_bars: bool | None = None) -> np.ndarray:
+    """The encoder's head outputs (n, K) for every image of ``store``, computed once and cached.
+
+    The cache file ``cache_dir/summaries-<store>.npz`` records the encoder's weights digest and
+    the store's identity; a different encoder or store is recomputed, never mixed.
+    """
+    digest = weights_digest(encoder.model.state_dict())
+    store_id = dataset_identity_hash(store)
+    path = Path(cache_dir) / f"summaries-{store.path.name}.npz"
+    if path.is_file():
+        with np.load(path) as cached:
+            if str(cached["encoder"]) == digest and str(cached["store"]) == store_id:
+                return cached["summaries"]
+    show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
+    chunk = 2048
+    parts = [encoder.encode(store.read_images(np.arange(k, min(k + chunk, len(store)))),
+                            show_progress_bars=False).outputs
+             for k in _progress(range(0, len(store), chunk), show, f"summaries of {store.path.name}")]
+    summaries = np.concatenate(parts).astype(np.float32)
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, summaries=summaries, encoder=digest, store=store_id)
+    return summaries
+
+
+def _progress(iterable, show, desc):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, disable=not show)
+
+
+def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed: int = 0, *,
+                           show_progress_bars: bool | None = None, encoder_changes: dict | None = None,
+                           posterior_changes: dict | None = None) -> SampleEstimator:
+    """Train (or finish, or load) the new method's estimator of a profile.
+
+    Parameters
+    ----------
+    profile : Profile
+    grid_store, continuous_store : path-like or DatasetStore
+        The profile's grid dataset (the encoder trains on its T) and continuous dataset (the
+        posterior trains on its T; its E checks calibration).
+    run_dir : path-like
+        Receives ``encoder/`` (training checkpoints), the cached summaries and ``sets/``.
+    seed : int
+    encoder_changes, posterior_changes : dict, optional
+        Override :class:`EncoderConfig` / :class:`PosteriorConfig` fields.
+    """
+    run_dir = Path(run_dir)
+    grid_store = grid_store if isinstance(grid_store, DatasetStore) else DatasetStore(grid_store)
+    continuous_store = continuous_store if isinstance(continuous_store, DatasetStore) else DatasetStore(continuous_store)
+    if continuous_store.identity.get("design") != "continuous":
+        raise ValueError(f"{continuous_store.path} is a {continuous_store.identity.get('design', 'grid')} dataset; "
+                         "the posterior trains on a continuous one (build_dataset(..., design='continuous'))")
+    enc_config = encoder_config(profile, seed, **(encoder_changes or {}))
+    post_config = posterior_config(profile, seed, **(posterior_changes or {}))
+    train_encoder(grid_store.path, enc_config, run_dir / "encoder", show_progress_bars=show_progress_bars)
+    encoder = TrainedEncoder.load(run_dir / "encoder" / "encoder.pt")
+    grid = ThetaGrid.from_profile(profile)
+    meta = {"kind": "set_posterior", "agglib": agglib.__version__, "in_dim": int(encoder.model.heads.out_features),
+            "hidden": post_config.hidden, "inputs": "encoder head outputs", "grid": grid.to_dict(),
+            "train_config": asdict(post_config), "continuous_dataset_sha256": dataset_identity_hash(continuous_store),
+            "profile": profile.name, "method": "sets"}
+    out = run_dir / "sets"
+    if (out / "posterior.pt").is_file():
+        try:
+            found = SampleEstimator.load(out)
+        except CheckpointError:
+            found = None
+        if found is not None and all(found.metadata.get(k) == v for k, v in meta.items() if k != "agglib") \
+                and weights_digest(found.encoder.model.state_dict()) == weights_digest(encoder.model.state_dict()):
+            return found
+    summaries = cached_summaries(encoder, continuous_store, run_dir, show_progress_bars=show_progress_bars)
+    t_idx = continuous_store.indices("T")
+    model, history = train_posterior(summaries[t_idx], continuous_store.theta[t_idx], continuous_store.config_id[t_idx],
+                                     grid, post_config, show_progress_bars=show_progress_bars)
+    estimator = SampleEstimator(encoder, model, grid, {**meta, "history": history})
+    estimator.save(out)
+    return SampleEstimator.load(out)
