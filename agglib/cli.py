@@ -110,7 +110,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_fit(args) -> int:
-    from agglib.estimate import ParameterEstimator, shipped_models_dir
+    from agglib.estimate import ParameterEstimator, SampleEstimator, load_default_estimator
     from agglib.fit import SUPPORTED_SUFFIXES, characterise, draw_shadows, export_shadows
 
     files = []
@@ -122,10 +122,16 @@ def _cmd_fit(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ValueError(f"--out {out} exists; choose another folder or pass --overwrite")
-    estimator = ParameterEstimator.load(args.models or shipped_models_dir())
+    if args.models is None:
+        estimator = load_default_estimator()
+    elif (Path(args.models) / "posterior.pt").is_file():
+        estimator = SampleEstimator.load(args.models)
+    else:
+        estimator = ParameterEstimator.load(args.models)
     result = characterise(files, estimator, pixel_size_nm=args.pixel_size, dose_e_per_A2=args.dose,
                           n_bootstrap=args.bootstrap, seed=args.seed)
-    print(f"θ̂ from {result.n_images} images (95 % bootstrap intervals over the images):")
+    kind = "posterior credible intervals" if result.posterior is not None else "bootstrap intervals over the images"
+    print(f"θ̂ from {result.n_images} images (95 % {kind}):")
     for k, label in (("df", "θ_Df"), ("rho", "θ_ρ"), ("theta0", "θ0"), ("theta1", "θ1")):
         lo, hi = result.intervals[k]
         print(f"  {label:<5} {result.estimate[k]:>7.3f}   [{lo:.3f}, {hi:.3f}]")
@@ -242,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixel size [nm] for files without one (overrides the files' own)")
     f.add_argument("--dose", type=float, default=None, help="electron dose of the images [e/Å²] "
                                                             "(default: the training dose)")
-    f.add_argument("--models", default=None, help="folder of the five networks (default: the shipped ones)")
+    f.add_argument("--models", default=None, help="folder of a trained estimator: encoder.pt + posterior.pt "
+                                                  "(new method) or the five networks of the paper method "
+                                                  "(default: the shipped new-method estimator, data/models/sets-quick)")
     f.add_argument("--out", required=True, help="output folder for the shadows and summary.json")
     f.add_argument("--shadows", type=int, default=200, help="digital shadows to draw")
     f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the images")

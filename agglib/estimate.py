@@ -20,7 +20,7 @@ from agglib.nets import build_network
 from agglib.preprocess import Preprocess
 
 __all__ = ["TrainedNetwork", "load_estimator", "ParameterEstimator", "NETWORK_NAMES", "export_estimators",
-           "shipped_models_dir"]
+           "shipped_models_dir", "SampleEstimator", "combine_per_image", "combine_groups", "load_default_estimator"]
 
 NETWORK_NAMES = ("df", "rho_reg", "rho_class", "theta0", "theta1")
 
@@ -141,19 +141,34 @@ class ParameterEstimator:
         """θ̂ from M ≥ ν images [counts] of aggregates of one sample."""
         images = np.asarray(images)
         per = self.per_image(images)
-        t0 = self.theta0.predict(images)
-        t1 = self.theta1.predict(images)
-        return {"df": float(np.mean(per["df"])), "rho": float(np.mean(per["rho"])),
-                "theta0": int(np.rint(max(float(np.mean(t0)), 0.0))),
-                "theta1": int(np.rint(max(float(np.mean(t1)), 0.0))),
-                "theta0_raw": float(np.mean(t0)), "theta1_raw": float(np.mean(t1)),
-                "rho_without_classifier": float(np.mean(per["rho_without_classifier"])),
+        return {**combine_per_image(per["df"], per["rho"], per["rho_without_classifier"]),
+                **combine_groups(self.theta0.predict(images), self.theta1.predict(images)),
                 "n_images": int(images.shape[0] if images.ndim == 3 else 1)}
 
+    def shadow_parameters(self, images, count: int, seed=None):
+        """θ̂ and ``count`` copies of it as model parameters (the paper's shadows share θ̂)."""
+        from agglib.model.params import valid_params
 
-def shipped_models_dir() -> Path:
-    """The trained compact estimators shipped with the repository (quick profile)."""
-    return Path(__file__).resolve().parents[1] / "data" / "models" / "compact-quick"
+        est = self.estimate(images)
+        return est, [valid_params(est["df"], est["rho"], est["theta0"], est["theta1"])] * int(count)
+
+
+#: Folders of the shipped estimators under ``data/models/`` (both trained on the quick dataset, seed 0).
+SHIPPED_MODELS = {"sets": "sets-quick", "paper": "compact-quick"}
+
+
+def shipped_models_dir(method: str = "sets") -> Path:
+    """The trained estimators shipped with the repository (quick profile): ``"sets"``, the new
+    method (encoder + posterior, the default of ``agglib fit``), or ``"paper"``, the paper's five
+    networks with the compact feature extractor."""
+    if method not in SHIPPED_MODELS:
+        raise ValueError(f"method={method!r}; accepted: {sorted(SHIPPED_MODELS)}")
+    return Path(__file__).resolve().parents[1] / "data" / "models" / SHIPPED_MODELS[method]
+
+
+def load_default_estimator(device: str = "cpu") -> "SampleEstimator":
+    """The shipped new-method estimator (``data/models/sets-quick``)."""
+    return SampleEstimator.load(shipped_models_dir("sets"), device)
 
 
 def export_estimators(run_dir, out_dir) -> Path:
@@ -190,6 +205,14 @@ def export_estimators(run_dir, out_dir) -> Path:
 
 
 # ---------------------------------------------------------------------------- the new method
+
+def combine_groups(theta0_outputs, theta1_outputs) -> dict:
+    """The paper's θ̂0, θ̂1 (Eq. 15): the multi-image networks' outputs on groups of ν images,
+    averaged over the groups, then rounded to integers ≥ 0 (raw values kept)."""
+    raw0, raw1 = float(np.mean(theta0_outputs)), float(np.mean(theta1_outputs))
+    return {"theta0": int(np.rint(max(raw0, 0.0))), "theta1": int(np.rint(max(raw1, 0.0))),
+            "theta0_raw": raw0, "theta1_raw": raw1}
+
 
 def combine_per_image(df, rho, rho_reg=None) -> dict:
     """The paper's combination of per-image outputs into θ̂_Df and θ̂_ρ (Eqs. 13, 14): their means.
@@ -265,6 +288,15 @@ class SampleEstimator:
         """
         encoded = self.encoder.encode(images)
         return self.from_summaries(encoded.outputs, [np.arange(encoded.outputs.shape[0])])
+
+    def shadow_parameters(self, images, count: int, seed=None):
+        """θ̂ (posterior mean of θ_Df, θ_ρ; mode of θ0, θ1) and ``count`` θ drawn from the posterior
+        as model parameters: digital shadows drawn from them carry the estimate's uncertainty."""
+        from agglib.model.params import valid_params
+
+        post = self.estimate(images)
+        point = post.point().iloc[0].to_dict()
+        return point, [valid_params(*theta) for theta in post.sample(int(count), seed=seed)]
 
     def save(self, directory) -> Path:
         """Write ``encoder.pt`` and ``posterior.pt`` (loadable with ``torch.load(weights_only=True)``)."""

@@ -91,6 +91,11 @@ class Profile:
         Samples per configuration of the continuous dataset in T and in E.
     posterior_steps : int
         Optimizer steps of the set-level posterior.
+    fresh_configs : int
+        Configurations drawn anew from the grid (images made in memory) for the fresh-θ
+        evaluation and the error against the number of images.
+    fresh_images : int
+        Images per fresh configuration (the largest M studied).
     """
 
     name: str
@@ -133,6 +138,8 @@ class Profile:
     posterior_images_T: int = 24
     posterior_images_E: int = 12
     posterior_steps: int = 4000
+    fresh_configs: int = 90
+    fresh_images: int = 24
 
     def __post_init__(self):
         for f in fields(self):

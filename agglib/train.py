@@ -323,9 +323,8 @@ def checkpoint_metadata(config: TrainConfig, store: DatasetStore, preprocess: Pr
 
 
 def dataset_hash(store: DatasetStore) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(store.identity, sort_keys=True).encode()).hexdigest()
+    """SHA-256 of a store's identity (:meth:`DatasetStore.identity_sha256`)."""
+    return store.identity_sha256()
 
 
 # ---------------------------------------------------------------------------- training

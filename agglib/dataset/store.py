@@ -218,6 +218,13 @@ class DatasetStore:
         return Aggregate(p["positions"][a:b], p["radii"][a:b], p["labels"][a:b].astype(np.int64),
                          params=ModelParams(*self.theta[i]), info={"sample": int(i)})
 
+    def identity_sha256(self) -> str:
+        """SHA-256 of the store's identity (profile, seed, design, STEM settings, table hash):
+        what trained networks record to name the data they learnt from."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
+
     def size_on_disk(self) -> int:
         """Bytes used by the store's files."""
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

@@ -16,7 +16,7 @@ from agglib.train import TARGETS, sample_labels
 
 __all__ = ["PAPER_RESULTS", "predict_split", "descriptor_scores", "batch_groups", "batch_estimates", "batch_size_study",
            "integer_accuracy", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir",
-           "results_table"]
+           "results_table", "paper_method_estimates"]
 
 #: The paper's headline numbers (§3.1–3.3), on its E with ν = 12.
 PAPER_RESULTS = {
@@ -201,3 +201,33 @@ def results_table(ours: dict, profile: str, command: str, run_dir=None, notebook
                      "trivial predictor": (trivial or {}).get(key, np.nan), "profile": profile,
                      "command": command})
     return pd.DataFrame(rows).set_index("quantity")
+
+
+def paper_method_estimates(estimator, store: DatasetStore, nu: int, split: str = "E", seed: int = 0,
+                           chunk: int = 512) -> dict:
+    """θ̂ of the paper's five networks for disjoint groups of ν images (the groups of
+    :func:`batch_groups` with this seed — the same groups the new method is scored on).
+
+    Returns ``{"estimate": (groups, 4), "theta": (groups, 4), "per_image": DataFrame}`` with the
+    per-image D̂_f, ρ̂ (after the classifier) and ρ̂ without it for every image of the split.
+    """
+    from agglib.estimate import combine_groups, combine_per_image
+
+    idx = store.indices(split)
+    per = {"df": [], "rho": [], "rho_without_classifier": []}
+    for k in range(0, idx.size, chunk):
+        out = estimator.per_image(store.read_images(idx[k:k + chunk]))
+        for key in per:
+            per[key].append(np.asarray(out[key], dtype=np.float64))
+    per = {k: np.concatenate(v) for k, v in per.items()}
+    row = {int(i): r for r, i in enumerate(idx)}
+    estimates, theta = [], []
+    for members in batch_groups(store, nu, split, seed=seed):
+        rows = [row[int(i)] for i in members]
+        images = store.read_images(members)
+        est = {**combine_per_image(per["df"][rows], per["rho"][rows]),
+               **combine_groups(estimator.theta0.predict(images), estimator.theta1.predict(images))}
+        estimates.append([est["df"], est["rho"], est["theta0"], est["theta1"]])
+        theta.append(store.theta[members[0]])
+    per_image = pd.DataFrame({"index": idx, **per, "rho_true": store.descriptors["rho"].to_numpy()[idx]})
+    return {"estimate": np.array(estimates), "theta": np.array(theta), "per_image": per_image}

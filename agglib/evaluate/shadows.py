@@ -4,6 +4,11 @@ The paper's protocol (Table 5, Figs. 14, 16, 17): for configurations θ drawn fr
 from ν images of E; draw ``n_aggregates`` new aggregates from θ and as many from θ̂; compare the
 3D descriptors S_TiO2 (mean TiO2 cluster size), Z_hetero and Z_total (coordination numbers)
 per aggregate, and over the configurations the MAE and R² of their means.
+
+With the new method (:class:`agglib.estimate.SampleEstimator`) every shadow aggregate is drawn
+from its own θ sampled from the posterior, so the shadows' spread carries the estimate's
+uncertainty; with the paper's method all shadows share the point estimate θ̂. Both estimators
+provide ``shadow_parameters(images, count, seed)``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import agglib
 from agglib.core.seeding import spawn_seeds
 from agglib.descriptors import describe_many
 from agglib.evaluate.estimators import batch_groups, mae, r2
-from agglib.model.params import ModelParams
+from agglib.model.params import ModelParams, valid_params
 
 __all__ = ["SHADOW_DESCRIPTORS", "shadow_params", "shadow_comparison", "shadow_table", "error_by_particle_count",
            "PAPER_SHADOW_RESULTS"]
@@ -28,12 +33,12 @@ PAPER_SHADOW_RESULTS = {"s_tio2": {"MAE": 2.165, "R²": 0.84}, "z_hetero": {"MAE
 
 
 def shadow_params(theta_hat: dict) -> ModelParams:
-    """A valid θ for the model from an estimate (θ0, θ1 ≥ 1; ρ in [0, 1]; D_f in [1.05, 2.95])."""
-    return ModelParams(float(np.clip(theta_hat["df"], 1.05, 2.95)), float(np.clip(theta_hat["rho"], 0.0, 1.0)),
-                       max(1, int(theta_hat["theta0"])), max(1, int(theta_hat["theta1"])))
+    """A valid θ for the model from an estimate dict (see :func:`agglib.model.params.valid_params`)."""
+    return valid_params(theta_hat["df"], theta_hat["rho"], theta_hat["theta0"], theta_hat["theta1"])
 
 
 def _describe(params, count, seed, workers):
+    """Descriptors of ``count`` aggregates of θ = ``params`` (or one per θ of a list, count None)."""
     aggs = agglib.generate_aggregates(params, count, seed=seed, workers=workers, show_progress_bars=False)
     return pd.DataFrame(describe_many(aggs))
 
@@ -62,11 +67,11 @@ def shadow_comparison(estimator, store, n_configs: int = 50, n_aggregates: int =
     for k, c in enumerate(tqdm(chosen, desc="digital shadows", disable=not show)):
         members = by_config[c]
         images = store.read_images(members)
-        estimate = estimator.estimate(images)
+        point, draws = estimator.shadow_parameters(images, n_aggregates, seeds[2 * k + 1])
         theta = ModelParams(*store.configs[c])
-        theta_hat = shadow_params(estimate)
+        theta_hat = shadow_params(point)
         true_desc = _describe(theta, n_aggregates, seeds[2 * k], workers)
-        shadow_desc = _describe(theta_hat, n_aggregates, seeds[2 * k + 1], workers)
+        shadow_desc = _describe(draws, None, seeds[2 * k + 1], workers)
         row = {"config_id": int(c), "df": theta.df, "rho": theta.rho, "theta0": theta.theta0,
                "theta1": theta.theta1, "df_hat": theta_hat.df, "rho_hat": theta_hat.rho,
                "theta0_hat": theta_hat.theta0, "theta1_hat": theta_hat.theta1}

@@ -7,10 +7,13 @@ Steps of :func:`characterise`:
    estimator's field of view around the aggregate (the intensity-weighted centre of the pixels
    above the image median); an image whose field of view is smaller is refused;
 2. counts are put on the training dose (× training dose / measured dose);
-3. the five networks give per-image D̂_f and ρ̂ and per-image features for the multi-image
-   networks; θ̂ follows Eqs. 13–15;
-4. a bootstrap over the images (resampling them with replacement) gives 95 % intervals;
-5. digital shadows — aggregates drawn from θ̂ — give the 3D descriptors with intervals.
+3. the new method (default): the encoder summarises each image, the set-level posterior gives
+   p(θ | images) for any number of images — θ̂ and 95 % credible intervals; the paper's method:
+   per-image D̂_f, ρ̂ and the multi-image networks, θ̂ by Eqs. 13–15;
+4. a bootstrap over the images (resampling them with replacement) gives a second view of the
+   uncertainty (the paper method's only one);
+5. digital shadows — aggregates drawn from posterior draws of θ (or bootstrap draws of θ̂) —
+   give the 3D descriptors with intervals that carry the estimate's uncertainty.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from scipy import ndimage
 import agglib
 from agglib.core.seeding import as_generator, spawn_seeds
 from agglib.core.validation import check_range
-from agglib.estimate import ParameterEstimator, TrainedNetwork
+from agglib.estimate import TrainedNetwork
 from agglib.fit.io import ImageInputError, MeasuredImage, read_image
 
 __all__ = ["prepare_image", "characterise", "FitResult", "MIN_STABLE_IMAGES", "export_shadows",
@@ -95,9 +98,9 @@ def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int, dose
 
 
 def _features(net: TrainedNetwork, images: np.ndarray) -> torch.Tensor:
-    x = net.preprocess(torch.from_numpy(images))[:, None]
+    x = net.preprocess(torch.from_numpy(images))[:, None].to(next(net.model.parameters()).device)
     with torch.no_grad():
-        return net.model.features(x)
+        return net.model.features(x).cpu()
 
 
 def _multi_output(net: TrainedNetwork, feats: torch.Tensor, order: np.ndarray) -> float:
@@ -105,13 +108,30 @@ def _multi_output(net: TrainedNetwork, feats: torch.Tensor, order: np.ndarray) -
     nu = net.nu
     groups = order.size // nu
     z = feats[torch.from_numpy(order[: groups * nu])].reshape(groups, -1)
+    device = next(net.model.parameters()).device
     with torch.no_grad():
-        return float(net.model.activation(net.model.head(z)).mean())
+        return float(net.model.activation(net.model.head(z.to(device))).mean())
+
+
+PARAMETER_NAMES = ("df", "rho", "theta0", "theta1")
 
 
 @dataclass
 class FitResult:
-    """θ̂ of a sample with bootstrap intervals."""
+    """θ̂ of a sample with intervals.
+
+    Attributes
+    ----------
+    estimate : dict
+        θ̂ (posterior mean of θ_Df and θ_ρ, mode of θ0 and θ1; paper method: Eqs. 13–15).
+    intervals : dict
+        95 % intervals: the posterior's central credible intervals (new method) or the image
+        bootstrap's (paper method).
+    bootstrap : DataFrame
+        θ̂ of resamples of the images (a second view: how much θ̂ moves with another set of images).
+    posterior : PosteriorEstimate or None
+        The posterior over θ (new method).
+    """
 
     estimate: dict
     intervals: dict
@@ -120,28 +140,43 @@ class FitResult:
     per_image: pd.DataFrame
     warnings: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    posterior: object = None
 
     def table(self) -> pd.DataFrame:
-        rows = {k: {"estimate": self.estimate[k], "2.5 %": self.intervals[k][0], "97.5 %": self.intervals[k][1]}
-                for k in ("df", "rho", "theta0", "theta1")}
+        rows = {}
+        for k in PARAMETER_NAMES:
+            row = {"estimate": self.estimate[k], "2.5 %": self.intervals[k][0], "97.5 %": self.intervals[k][1]}
+            if self.posterior is not None:
+                row["posterior SD"] = float(self.posterior.sd(k)[0])
+            if len(self.bootstrap):
+                row["bootstrap 2.5 %"] = float(np.percentile(self.bootstrap[k], 2.5))
+                row["bootstrap 97.5 %"] = float(np.percentile(self.bootstrap[k], 97.5))
+            rows[k] = row
         return pd.DataFrame(rows).T
 
     def to_dict(self) -> dict:
-        return {"estimate": self.estimate, "interval_95": {k: list(v) for k, v in self.intervals.items()},
-                "n_images": self.n_images, "warnings": self.warnings, "settings": self.settings,
-                "per_image": self.per_image.to_dict(orient="list")}
+        out = {"estimate": self.estimate, "interval_95": {k: list(v) for k, v in self.intervals.items()},
+               "n_images": self.n_images, "warnings": self.warnings, "settings": self.settings,
+               "per_image": self.per_image.to_dict(orient="list")}
+        if self.posterior is not None:
+            out["posterior"] = {k: {"cell_edges": self.posterior.grid.edges(k).tolist(),
+                                    "probabilities": self.posterior.probabilities[k][0].tolist()}
+                                for k in PARAMETER_NAMES}
+        return out
 
 
-def characterise(paths_or_images, estimator: ParameterEstimator | None = None, pixel_size_nm: float | None = None,
+def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = None,
                  dose_e_per_A2: float | None = None, n_bootstrap: int = 200, seed=None) -> FitResult:
-    """θ̂ and 95 % bootstrap intervals from the images of one sample.
+    """θ̂ with 95 % intervals from the images of one sample.
 
     Parameters
     ----------
     paths_or_images : sequence of path-like or MeasuredImage
         One aggregate per image.
-    estimator : ParameterEstimator, optional
-        Default: the compact estimators shipped in ``data/models/compact-quick``.
+    estimator : SampleEstimator or ParameterEstimator, optional
+        Default: the new method's estimator shipped in ``data/models/sets-quick`` (any number of
+        images; posterior intervals). A :class:`ParameterEstimator` (the paper's five networks)
+        needs at least ν images and gives bootstrap intervals.
     pixel_size_nm : float, optional
         Pixel size [nm] for files without one (or to override theirs).
     dose_e_per_A2 : float, optional
@@ -151,11 +186,13 @@ def characterise(paths_or_images, estimator: ParameterEstimator | None = None, p
         Bootstrap resamples of the images.
     seed : int, optional
     """
-    from agglib.estimate import shipped_models_dir
+    from agglib.estimate import SampleEstimator, load_default_estimator
 
     check_range("n_bootstrap", n_bootstrap, low=10, integer=True)
-    estimator = estimator or ParameterEstimator.load(shipped_models_dir())
-    train_dose = float(estimator.df.metadata["stem_settings"]["dose_e_per_A2"])
+    estimator = estimator or load_default_estimator()
+    is_sets = isinstance(estimator, SampleEstimator)
+    stem = (estimator.encoder.metadata if is_sets else estimator.df.metadata)["stem_settings"]
+    train_dose = float(stem["dose_e_per_A2"])
     dose = train_dose if dose_e_per_A2 is None else float(dose_e_per_A2)
     check_range("dose_e_per_A2", dose, low=0.0, low_inclusive=False, unit="e/Å²")
     items = [p if isinstance(p, MeasuredImage) else read_image(p, pixel_size_nm) for p in paths_or_images]
@@ -164,54 +201,73 @@ def characterise(paths_or_images, estimator: ParameterEstimator | None = None, p
     images = np.stack([prepare_image(m, estimator.pixel_size_nm, estimator.image_size_px, train_dose / dose)
                        for m in items])
     m = images.shape[0]
-    nu = estimator.nu
-    if m < nu:
-        raise ImageInputError(f"{m} images given; the estimators of θ0 and θ1 need at least ν = {nu} images "
-                              "of one sample")
     warnings = []
     if m < MIN_STABLE_IMAGES:
-        warnings.append(f"only {m} images: estimates from fewer than {MIN_STABLE_IMAGES} images are unstable "
-                        "(the paper uses ν ≥ 10); treat the intervals with care")
+        warnings.append(f"only {m} images: the intervals are wide (see the book's error against the number "
+                        f"of images); {MIN_STABLE_IMAGES} or more are recommended")
+    rng = as_generator(seed)
+    resamples = [rng.integers(0, m, m) for _ in range(n_bootstrap)]
+    settings = {"estimator_pixel_size_nm": estimator.pixel_size_nm, "estimator_image_size_px": estimator.image_size_px,
+                "dose_e_per_A2": dose, "training_dose_e_per_A2": train_dose, "n_bootstrap": n_bootstrap,
+                "method": "sets" if is_sets else "paper", "agglib": agglib.__version__}
+    base = {"path": [it.path for it in items], "pixel_size_nm": [it.pixel_size_nm for it in items],
+            "pixel_size_source": [it.pixel_size_source for it in items]}
+    if is_sets:
+        encoded = estimator.encoder.encode(images)
+        post = estimator.from_summaries(encoded.outputs, [np.arange(m)])
+        estimate = post.point().iloc[0].to_dict()
+        intervals = {k: tuple(float(v) for v in post.interval(k, 0.95)[0]) for k in PARAMETER_NAMES}
+        boot = estimator.from_summaries(encoded.outputs, resamples).point()
+        pred = encoded.predictions
+        per_image = pd.DataFrame({**base, "df": pred["df"], "rho": pred["rho"],
+                                  "homogeneous": pred["homogeneous"] > 0.5})
+        for k in PARAMETER_NAMES:
+            lo, hi = post.grid.edges(k)[[0, -1]]
+            if post.cdf(k, lo + 0.02 * (hi - lo))[0] > 0.25 or post.cdf(k, hi - 0.02 * (hi - lo))[0] < 0.75:
+                warnings.append(f"the posterior of {k} piles up at the edge of the training range "
+                                f"[{lo:g}, {hi:g}]: the sample may lie outside what the estimator was trained on")
+        return FitResult(estimate, intervals, m, boot, per_image, warnings, settings, post)
+    nu = estimator.nu
+    if m < nu:
+        raise ImageInputError(f"{m} images given; the paper method's estimators of θ0 and θ1 need at least "
+                              f"ν = {nu} images of one sample (the default estimator takes any number)")
+    from agglib.estimate import combine_groups, combine_per_image
+
     per = estimator.per_image(images)
     f0, f1 = _features(estimator.theta0, images), _features(estimator.theta1, images)
-    order = np.arange(m)
-    raw0, raw1 = _multi_output(estimator.theta0, f0, order), _multi_output(estimator.theta1, f1, order)
-    estimate = {"df": float(per["df"].mean()), "rho": float(per["rho"].mean()),
-                "theta0": int(np.rint(max(raw0, 0.0))), "theta1": int(np.rint(max(raw1, 0.0))),
-                "theta0_raw": raw0, "theta1_raw": raw1}
-    rng = as_generator(seed)
-    boot = []
-    for _ in range(n_bootstrap):
-        idx = rng.integers(0, m, m)
-        r0, r1 = _multi_output(estimator.theta0, f0, idx), _multi_output(estimator.theta1, f1, idx)
-        boot.append({"df": per["df"][idx].mean(), "rho": per["rho"][idx].mean(), "theta0_raw": r0,
-                     "theta1_raw": r1, "theta0": int(np.rint(max(r0, 0.0))), "theta1": int(np.rint(max(r1, 0.0)))})
-    boot = pd.DataFrame(boot)
+
+    def one(idx):
+        return {**combine_per_image(per["df"][idx], per["rho"][idx]),
+                **combine_groups(_multi_output(estimator.theta0, f0, idx), _multi_output(estimator.theta1, f1, idx))}
+
+    estimate = one(np.arange(m))
+    boot = pd.DataFrame([one(idx) for idx in resamples])
     intervals = {k: (float(np.percentile(boot[k], 2.5)), float(np.percentile(boot[k], 97.5)))
                  for k in ("df", "rho", "theta0", "theta1", "theta0_raw", "theta1_raw")}
-    per_image = pd.DataFrame({"path": [it.path for it in items], "pixel_size_nm": [it.pixel_size_nm for it in items],
-                              "pixel_size_source": [it.pixel_size_source for it in items],
-                              "df": per["df"], "rho": per["rho"], "homogeneous": per["homogeneous"]})
-    settings = {"estimator_pixel_size_nm": estimator.pixel_size_nm, "estimator_image_size_px": estimator.image_size_px,
-                "dose_e_per_A2": dose, "training_dose_e_per_A2": train_dose, "n_bootstrap": n_bootstrap, "nu": nu,
-                "agglib": agglib.__version__}
+    per_image = pd.DataFrame({**base, "df": per["df"], "rho": per["rho"], "homogeneous": per["homogeneous"]})
+    settings["nu"] = nu
     return FitResult(estimate, intervals, m, boot, per_image, warnings, settings)
 
 
 def draw_shadows(result: FitResult, count: int, seed=None, workers: int | None = None):
-    """Digital shadows: ``count`` aggregates, split over bootstrap draws of θ̂ so that their
-    descriptor intervals carry the estimate's uncertainty. Returns (aggregates, per-draw θ)."""
-    from agglib.evaluate.shadows import shadow_params
+    """Digital shadows: ``count`` aggregates whose θ carry the estimate's uncertainty — each drawn
+    from the posterior (new method) or spread over bootstrap draws of θ̂ (paper method).
+    Returns (aggregates, the θ of each aggregate)."""
+    from agglib.model.params import valid_params
 
     check_range("count", count, low=1, integer=True)
-    n_draws = int(min(20, count, len(result.bootstrap)))
     rng = as_generator(seed)
-    rows = result.bootstrap.iloc[rng.choice(len(result.bootstrap), n_draws, replace=False)]
-    params = [shadow_params(r) for r in rows.to_dict(orient="records")]
-    per_draw = [count // n_draws + (k < count % n_draws) for k in range(n_draws)]
-    theta = [p for p, c in zip(params, per_draw) for _ in range(c)]
+    if result.posterior is not None:
+        draws = result.posterior.sample(count, seed=rng.integers(2**63))
+        params = [valid_params(*theta) for theta in draws]
+    else:
+        n_draws = int(min(20, count, len(result.bootstrap)))
+        rows = result.bootstrap.iloc[rng.choice(len(result.bootstrap), n_draws, replace=False)]
+        distinct = [valid_params(r["df"], r["rho"], r["theta0"], r["theta1"]) for r in rows.to_dict(orient="records")]
+        per_draw = [count // n_draws + (k < count % n_draws) for k in range(n_draws)]
+        params = [p for p, c in zip(distinct, per_draw) for _ in range(c)]
     seeds = spawn_seeds(rng.integers(2**63), 1)[0]
-    aggs = agglib.generate_aggregates(theta, seed=seeds, workers=workers, show_progress_bars=False)
+    aggs = agglib.generate_aggregates(params, seed=seeds, workers=workers, show_progress_bars=False)
     return aggs, params
 
 

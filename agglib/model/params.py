@@ -147,3 +147,10 @@ def draw_grid_params(count: int, seed=None, *, df_values=DF_GRID, rho_values=RHO
     return [ModelParams(float(rng.choice(df_values)), float(rng.choice(rho_values)),
                         int(rng.choice(theta_values)), int(rng.choice(theta_values)))
             for _ in range(int(count))]
+
+
+def valid_params(df: float, rho: float, theta0: float, theta1: float) -> "ModelParams":
+    """The nearest valid θ for the model to an estimate: D_f in [1.05, 2.95], ρ in [0, 1], θ0 and
+    θ1 rounded to integers ≥ 1 (digital shadows are drawn from estimates through this)."""
+    return ModelParams(float(np.clip(df, 1.05, 2.95)), float(np.clip(rho, 0.0, 1.0)),
+                       max(1, int(np.rint(theta0))), max(1, int(np.rint(theta1))))

@@ -30,14 +30,7 @@ from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, TrainedEncoder, augme
 from agglib.lr_schedule import one_cycle_lr, set_lr
 from agglib.training._contracts import EncoderConfig
 
-__all__ = ["train_encoder", "dataset_identity_hash"]
-
-
-def dataset_identity_hash(store: DatasetStore) -> str:
-    """SHA-256 of a store's identity (profile, seed, STEM settings, table hash)."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(store.identity, sort_keys=True).encode()).hexdigest()
+__all__ = ["train_encoder", "load_trained_encoder"]
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -100,7 +93,7 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
             "pixel_size_nm": float(settings["pixel_size_nm"]), "electrons_per_pixel": epp,
             "stem_settings": settings, "label_scaling": scaling, "profile": store.identity["profile_name"],
             "profile_fields": store.identity["profile"], "dataset_seed": int(store.identity["seed"]),
-            "dataset_sha256": dataset_identity_hash(store), "train_config": asdict(config)}
+            "dataset_sha256": store.identity_sha256(), "train_config": asdict(config)}
     final, last = out_dir / "encoder.pt", out_dir / "last.pt"
 
     torch.manual_seed(config.seed)

@@ -26,7 +26,7 @@ from agglib.encoder import TrainedEncoder
 from agglib.estimate import SampleEstimator
 from agglib.posterior import ThetaGrid
 from agglib.training._contracts import EncoderConfig, PosteriorConfig
-from agglib.training.encoder import dataset_identity_hash, train_encoder
+from agglib.training.encoder import train_encoder
 from agglib.training.posterior import train_posterior
 
 __all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cached_summaries"]
@@ -51,7 +51,7 @@ def cached_summaries(encoder: TrainedEncoder, store: DatasetStore, cache_dir, *,
     the store's identity; a different encoder or store is recomputed, never mixed.
     """
     digest = weights_digest(encoder.model.state_dict())
-    store_id = dataset_identity_hash(store)
+    store_id = store.identity_sha256()
     path = Path(cache_dir) / f"summaries-{store.path.name}.npz"
     if path.is_file():
         with np.load(path) as cached:
@@ -104,7 +104,7 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     grid = ThetaGrid.from_profile(profile)
     meta = {"kind": "set_posterior", "agglib": agglib.__version__, "in_dim": int(encoder.model.heads.out_features),
             "hidden": post_config.hidden, "inputs": "encoder head outputs", "grid": grid.to_dict(),
-            "train_config": asdict(post_config), "continuous_dataset_sha256": dataset_identity_hash(continuous_store),
+            "train_config": asdict(post_config), "continuous_dataset_sha256": continuous_store.identity_sha256(),
             "profile": profile.name, "method": "sets"}
     out = run_dir / "sets"
     if (out / "posterior.pt").is_file():

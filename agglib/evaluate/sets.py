@@ -1,0 +1,191 @@
+"""Evaluating the new method (encoder + set-level posterior) — and scoring any θ̂ the same way.
+
+* :func:`theta_scores` — the one place where θ̂ is scored against θ: MAE of θ̂_Df and θ̂_ρ,
+  exact / within ±1 / MAE of θ̂0 and θ̂1 (used for both methods and the trivial predictor).
+* :func:`posterior_on_store` — posteriors of groups of M images of one configuration.
+* :func:`error_by_set_size` — scores against the number of images M (replaces the paper's Fig. 9).
+* :func:`calibration` — probability integral transform and coverage of credible intervals
+  (simulation-based calibration on the continuous dataset's E, whose θ come from the prior).
+* :func:`ceiling` — the same set-level posterior fed the *true* per-image descriptors instead of
+  the encoder's: what the images could give with a perfect encoder.
+* :func:`fresh_configurations` — configurations drawn anew from the grid with aggregates and
+  images made in memory (never stored, never seen in training).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from agglib.dataset.store import DatasetStore
+from agglib.evaluate.estimators import batch_groups, mae
+
+__all__ = ["theta_scores", "trivial_theta_scores", "posterior_on_store", "error_by_set_size", "calibration",
+           "ceiling", "true_summaries", "fresh_configurations", "THETA_SCORE_KEYS"]
+
+#: Row names of :func:`theta_scores`, as on the results page (keys of PAPER_RESULTS where the paper has one).
+THETA_SCORE_KEYS = ("θ̂_Df MAE", "θ̂_ρ MAE", "θ̂0 exact", "θ̂0 within ±1", "θ̂0 MAE", "θ̂1 exact", "θ̂1 within ±1",
+                    "θ̂1 MAE")
+
+
+def theta_scores(estimate, truth) -> dict:
+    """Scores of θ̂ (n, 4) against θ (n, 4): MAE of θ_Df, θ_ρ; exact, within ±1 and MAE of θ0, θ1."""
+    est, truth = np.atleast_2d(np.asarray(estimate, float)), np.atleast_2d(np.asarray(truth, float))
+    out = {"θ̂_Df MAE": mae(est[:, 0], truth[:, 0]), "θ̂_ρ MAE": mae(est[:, 1], truth[:, 1])}
+    for k, name in ((2, "θ̂0"), (3, "θ̂1")):
+        d = np.abs(np.rint(est[:, k]) - truth[:, k])
+        out.update({f"{name} exact": float(np.mean(d == 0)), f"{name} within ±1": float(np.mean(d <= 1)),
+                    f"{name} MAE": float(np.mean(d))})
+    return out
+
+
+def trivial_theta_scores(train_theta: np.ndarray, truth) -> dict:
+    """Scores of the trivial predictor: the mean of the training θ (θ0, θ1 rounded) for every sample."""
+    const = np.asarray(train_theta, float).mean(axis=0)
+    const[2:] = np.rint(const[2:])
+    truth = np.atleast_2d(np.asarray(truth, float))
+    return theta_scores(np.repeat(const[None], len(truth), axis=0), truth)
+
+
+def posterior_on_store(estimator, summaries: np.ndarray, store: DatasetStore, m: int, split: str = "E",
+                       seed: int = 0, repeats: int = 1, rows: np.ndarray | None = None):
+    """Posteriors of disjoint groups of ``m`` images of one configuration of ``store``.
+
+    Parameters
+    ----------
+    estimator : SampleEstimator
+    summaries : ndarray (n, K)
+        Per-image summaries of the store's images (rows aligned with ``rows``, default all samples).
+    m : int
+        Images per group (ν).
+    rows : ndarray, optional
+        Store indices of the rows of ``summaries`` (when only some images were encoded).
+
+    Returns
+    -------
+    (PosteriorEstimate, ndarray (groups, 4))
+        The posteriors and the true θ of each group.
+    """
+    groups = batch_groups(store, m, split, seed=seed, repeats=repeats)
+    theta = store.theta[[g[0] for g in groups]]
+    if rows is not None:
+        lookup = np.full(len(store), -1, dtype=np.int64)
+        lookup[np.asarray(rows)] = np.arange(len(rows))
+        groups = [lookup[g] for g in groups]
+        if any((g < 0).any() for g in groups):
+            raise ValueError("summaries do not cover every image of the groups")
+    return estimator.from_summaries(summaries, groups), theta
+
+
+def error_by_set_size(estimator, summaries, theta, config_id, sizes, seed: int = 0, repeats: int = 3) -> pd.DataFrame:
+    """:func:`theta_scores` of θ̂ from M images for each M in ``sizes`` (disjoint groups per configuration).
+
+    ``summaries`` (n, K), ``theta`` (n, 4) and ``config_id`` (n,) describe images of several
+    configurations; configurations with fewer than M images are skipped for that M.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in sizes:
+        groups = []
+        for _ in range(repeats):
+            for c in np.unique(config_id):
+                members = rng.permutation(np.flatnonzero(config_id == c))
+                groups += [members[g * m:(g + 1) * m] for g in range(members.size // m)]
+        if not groups:
+            continue
+        post = estimator.from_summaries(summaries, groups)
+        truth = theta[[g[0] for g in groups]]
+        rows.append({"M": int(m), "groups": len(groups), **theta_scores(post.point().to_numpy(), truth),
+                     "mean posterior SD θ_Df": float(post.sd("df").mean()),
+                     "mean posterior SD θ_ρ": float(post.sd("rho").mean())})
+    return pd.DataFrame(rows)
+
+
+def calibration(estimator, summaries, store: DatasetStore, sizes=(1, 4, 12), split: str = "E", seed: int = 0,
+                levels=(0.5, 0.9)) -> dict:
+    """Simulation-based calibration: PIT values of the truth and coverage of central intervals.
+
+    Returns ``{"pit": DataFrame (one row per posterior: M and a column per parameter),
+    "coverage": DataFrame (rows (M, parameter), a column per level)}``.
+    """
+    from agglib.posterior import coverage, pit_values
+
+    pits, cover = [], []
+    for m in sizes:
+        post, theta = posterior_on_store(estimator, summaries, store, m, split, seed=seed)
+        pit = pit_values(post, theta, seed=seed + m)
+        pits.append(pit.assign(M=m))
+        cov = coverage(pit, levels)
+        cover.append(cov.assign(M=m, posteriors=len(theta)))
+    coverage_table = pd.concat(cover).rename_axis("parameter").reset_index().set_index(["M", "parameter"])
+    return {"pit": pd.concat(pits, ignore_index=True), "coverage": coverage_table}
+
+
+def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_progress_bars: bool | None = False):
+    """A set-level posterior trained and applied on the *true* per-image descriptors.
+
+    Same architecture and settings as ``estimator``'s posterior, trained on the standardised true
+    labels of the continuous dataset's T (what a perfect encoder would output). Returns a
+    :class:`agglib.estimate.SampleEstimator` whose :meth:`from_summaries` takes
+    :func:`true_summaries` of any store.
+    """
+    from agglib.estimate import SampleEstimator
+    from agglib.training._contracts import PosteriorConfig
+    from agglib.training.posterior import train_posterior
+
+    t_idx = continuous.indices("T")
+    summaries = true_summaries(continuous, estimator)
+    config = PosteriorConfig(**estimator.metadata["train_config"])
+    model, _ = train_posterior(summaries[t_idx], continuous.theta[t_idx], continuous.config_id[t_idx],
+                               estimator.grid, config, show_progress_bars=show_progress_bars)
+    return SampleEstimator(None, model, estimator.grid, {"kind": "ceiling"})
+
+
+def true_summaries(store: DatasetStore, estimator) -> np.ndarray:
+    """The true per-image labels of a store in the encoder heads' units (see :func:`ceiling`)."""
+    from agglib.encoder import standardised_labels
+
+    return standardised_labels(store.theta, store.descriptors, estimator.encoder.metadata["label_scaling"])
+
+
+def fresh_configurations(profile, n_configs: int, images_per_config: int, seed: int, *, workers: int | None = None,
+                         show_progress_bars: bool | None = None) -> dict:
+    """Configurations drawn anew from the profile's grid, with aggregates and images made in memory.
+
+    Each configuration: θ_ρ, θ0, θ1 drawn uniformly from the grid and θ_Df from its values (not
+    the pairs of any stored dataset), then ``images_per_config`` aggregates and images with seeds
+    spawned from ``seed``. Nothing is written to disk.
+
+    Returns ``{"images": (n, H, W) [counts], "theta": (n, 4), "config_id": (n,), "descriptors": DataFrame}``.
+    """
+    from agglib.core.parallel import ordered_map
+    from agglib.dataset.build import stem_settings_for
+    from agglib.descriptors import DESCRIPTOR_NAMES
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 99]))
+    configs = np.stack([rng.choice(profile.df_values, n_configs), rng.choice(profile.rho_values, n_configs),
+                        rng.choice(profile.theta0_values, n_configs), rng.choice(profile.theta1_values, n_configs)],
+                       axis=1).astype(np.float64)
+    config_id = np.repeat(np.arange(n_configs), images_per_config)
+    seeds = [int(s.generate_state(1, dtype=np.uint64)[0])
+             for s in np.random.SeedSequence([int(seed), 100]).spawn(config_id.size)]
+    settings = stem_settings_for(profile)
+    items = [(configs[c], s, settings) for c, s in zip(config_id, seeds)]
+    results = ordered_map(_fresh_sample, items, workers=workers, desc="fresh configurations",
+                           show_progress_bars=show_progress_bars)
+    images = np.stack([r[0] for r in results])
+    descriptors = pd.DataFrame(np.stack([r[1] for r in results]), columns=list(DESCRIPTOR_NAMES))
+    return {"images": images, "theta": configs[config_id], "config_id": config_id, "descriptors": descriptors}
+
+
+def _fresh_sample(item):
+    import warnings
+
+    from agglib.dataset.build import generate_sample
+    from agglib.stem import ExtrapolationWarning
+
+    theta, seed, settings = item
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        _, image, desc = generate_sample(theta, seed, settings)
+    return image.astype(np.float32), desc

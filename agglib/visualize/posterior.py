@@ -1,0 +1,89 @@
+"""Figures of the new method: encoder training, error against the number of images, calibration,
+marginal posteriors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = ["plot_encoder_history", "plot_error_by_set_size", "plot_calibration", "plot_posterior"]
+
+_LABELS = {"df": "θ_Df [-]", "rho": "θ_ρ [-]", "theta0": "θ0 [particles]", "theta1": "θ1 [particles]"}
+
+
+def plot_encoder_history(history: list, scores=("df_mae", "rho_mae", "theta0_mae", "theta1_mae"),
+                         title: str | None = None) -> go.Figure:
+    """Training loss and per-image MAE on a fixed subset of E, per epoch."""
+    df = pd.DataFrame(history)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("multi-task loss on T (augmented)",
+                                                        "per-image MAE on E, relative to epoch 1"))
+    fig.add_trace(go.Scatter(x=df["epoch"] + 1, y=df["train_loss"], mode="lines+markers", name="loss"), 1, 1)
+    for s in scores:
+        if s in df:
+            fig.add_trace(go.Scatter(x=df["epoch"] + 1, y=df[s] / df[s].iloc[0], mode="lines+markers",
+                                     name=s.replace("_mae", "")), 1, 2)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="loss [standardised units²]", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="MAE / MAE after epoch 1 [-]", row=1, col=2)
+    fig.update_layout(title=title, height=380)
+    return fig
+
+
+def plot_error_by_set_size(tables: dict, title: str | None = None) -> go.Figure:
+    """θ̂ error against the number of images M: ``tables = {name: error_by_set_size(...)}``."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("θ̂_Df MAE", "θ̂_ρ MAE", "θ̂0, θ̂1 exact"))
+    dashes = ["solid", "dash", "dot", "dashdot"]
+    for k, (name, t) in enumerate(tables.items()):
+        line = dict(dash=dashes[k % len(dashes)])
+        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂_Df MAE"], mode="lines+markers", name=f"{name}: θ_Df", line=line), 1, 1)
+        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂_ρ MAE"], mode="lines+markers", name=f"{name}: θ_ρ", line=line), 1, 2)
+        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂0 exact"], mode="lines+markers", name=f"{name}: θ0", line=line), 1, 3)
+        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂1 exact"], mode="lines+markers", name=f"{name}: θ1", line=line), 1, 3)
+    fig.update_xaxes(title_text="M [images of one sample]")
+    fig.update_yaxes(title_text="MAE [-]", row=1, col=1)
+    fig.update_yaxes(title_text="MAE [-]", row=1, col=2)
+    fig.update_yaxes(title_text="share exact [-]", range=[0, 1], row=1, col=3)
+    fig.update_layout(title=title or "Error against the number of images", height=400)
+    return fig
+
+
+def plot_calibration(pit: pd.DataFrame, m: int | None = None, bins: int = 10, title: str | None = None) -> go.Figure:
+    """Simulation-based calibration: histograms of the PIT of the truth, one panel per parameter.
+
+    A calibrated posterior gives flat histograms (the band: ±2 binomial SD around the expected count).
+    """
+    d = pit if m is None else pit[pit["M"] == m]
+    params = [p for p in ("df", "rho", "theta0", "theta1") if p in d]
+    fig = make_subplots(rows=1, cols=len(params), subplot_titles=[_LABELS[p] for p in params], shared_yaxes=True)
+    n = len(d)
+    expected = n / bins
+    sd = np.sqrt(n * (1 / bins) * (1 - 1 / bins))
+    for k, p in enumerate(params):
+        counts, edges = np.histogram(d[p], bins=bins, range=(0, 1))
+        fig.add_trace(go.Bar(x=(edges[1:] + edges[:-1]) / 2, y=counts, width=1 / bins, showlegend=False,
+                             marker_color="#1f77b4"), 1, k + 1)
+        fig.add_hrect(y0=max(expected - 2 * sd, 0), y1=expected + 2 * sd, line_width=0, fillcolor="grey",
+                      opacity=0.2, row=1, col=k + 1)
+    fig.update_xaxes(title_text="PIT of the truth [-]", range=[0, 1])
+    fig.update_yaxes(title_text="posteriors [count]", col=1)
+    fig.update_layout(title=title or f"Simulation-based calibration ({n} posteriors{'' if m is None else f', M = {m}'})",
+                      height=340, bargap=0.05)
+    return fig
+
+
+def plot_posterior(estimate, truth=None, sample: int = 0, title: str | None = None) -> go.Figure:
+    """The four marginal posteriors of one sample (densities [1/unit]), with the truth if known."""
+    fig = make_subplots(rows=1, cols=4, subplot_titles=[_LABELS[p] for p in ("df", "rho", "theta0", "theta1")])
+    for k, p in enumerate(("df", "rho", "theta0", "theta1")):
+        e = estimate.grid.edges(p)
+        prob = estimate.probabilities[p][sample]
+        width = e[1:] - e[:-1]
+        fig.add_trace(go.Bar(x=(e[1:] + e[:-1]) / 2, y=prob / width, width=width, showlegend=False,
+                             marker_color="#1f77b4"), 1, k + 1)
+        if truth is not None:
+            fig.add_vline(x=float(truth[k]), line_color="red", line_dash="dash", row=1, col=k + 1)
+    fig.update_yaxes(title_text="posterior density [1/unit]", col=1)
+    fig.update_layout(title=title or "Marginal posteriors (dashed: truth)", height=320, bargap=0)
+    return fig
