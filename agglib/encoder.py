@@ -220,14 +220,18 @@ class Encoded:
 
 
 def standardised_labels(theta: np.ndarray, descriptors, scaling: dict) -> np.ndarray:
-    """True per-image labels in the heads' units (NaN → 0, the mean; ``homogeneous`` → logit ±4):
-    what a perfect encoder would output, for the information ceiling of the set-level posterior."""
+    """True per-aggregate descriptors in the heads' units (NaN → 0, the mean; ``homogeneous`` →
+    logit ±4), for the information ceiling of the set-level posterior: what an encoder that read
+    every descriptor exactly would output. The θ heads are set to 0 (the mean over T): the θ
+    of the sample is not a property of one aggregate, and feeding it would make the ceiling trivial."""
     names = scaling["names"]
     raw = encoder_labels(theta, descriptors, names)
     out = (raw - np.asarray(scaling["mean"], np.float32)) / np.asarray(scaling["sd"], np.float32)
     for k, name in enumerate(names):
         if ENCODER_TARGETS[name].loss == "bce":
             out[:, k] = np.where(raw[:, k] > 0.5, 4.0, -4.0)
+        if ENCODER_TARGETS[name].source.startswith("theta:"):
+            out[:, k] = 0.0
     return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
 

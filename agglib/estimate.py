@@ -86,7 +86,7 @@ def load_estimator(path, device: str | torch.device = "cpu") -> TrainedNetwork:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = torch.load(path, map_location=device, weights_only=True)
     meta = state.get("metadata", {})
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an agglib estimator checkpoint")
@@ -183,7 +183,7 @@ def export_estimators(run_dir, out_dir) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     summary = {}
     for name in NETWORK_NAMES:
-        state = torch.load(run_dir / name / "best.pt", map_location="cpu", weights_only=False)
+        state = torch.load(run_dir / name / "best.pt", map_location="cpu", weights_only=True)
         metadata = dict(state["metadata"])
         init = metadata["train_config"].get("init_features")
         if init:                                 # a path on the training machine: keep only its run-relative part
@@ -267,10 +267,9 @@ class SampleEstimator:
         for k, g in enumerate(groups):
             idx[k, :g.size], mask[k, :g.size] = g, True
         z = torch.as_tensor(summaries, dtype=torch.float32)[torch.from_numpy(idx)]
-        probs = {}
-        chunks = [self.posterior(z[k:k + 512], torch.from_numpy(mask[k:k + 512])) for k in range(0, len(groups), 512)]
-        for j, p in enumerate(PARAMETERS):
-            probs[p] = torch.cat([torch.softmax(c[j], dim=1) for c in chunks]).double().numpy()
+        chunks = [self.posterior.probabilities(z[k:k + 512], torch.from_numpy(mask[k:k + 512]))
+                  for k in range(0, len(groups), 512)]
+        probs = {p: np.concatenate([c[j] for c in chunks]) for j, p in enumerate(PARAMETERS)}
         return PosteriorEstimate(probs, self.grid, mask.sum(axis=1))
 
     def per_image(self, images) -> dict:

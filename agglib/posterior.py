@@ -14,7 +14,7 @@ by heart, and the encoder never saw its images. Each parameter's marginal poster
 categorical distribution over cells (trained with cross-entropy: neural posterior estimation
 with a categorical family, Papamakarios & Murray 2016). The discreteness is handled deliberately:
 
-* θ_Df and θ_ρ are continuous: cells of width 0.05, the density uniform within each (a
+* θ_Df and θ_ρ are continuous: cells of width 0.02, the density uniform within each (a
   histogram density). Point estimate: the posterior mean; intervals: quantiles of this
   piecewise-uniform density.
 * θ0 and θ1 are integers: one cell per value; point estimate the posterior mode; credible sets
@@ -60,7 +60,7 @@ class ThetaGrid:
     edges_: dict
 
     @classmethod
-    def from_profile(cls, profile, bin_width: float = 0.05) -> "ThetaGrid":
+    def from_profile(cls, profile, bin_width: float = 0.02) -> "ThetaGrid":
         """Cells of ``bin_width`` over the continuous prior of θ_Df and θ_ρ
         (:func:`agglib.dataset.plan.prior_ranges`), unit cells around the values of θ0 and θ1."""
         from agglib.dataset.plan import prior_ranges
@@ -121,6 +121,12 @@ class SetPosterior(nn.Module):
         self.phi = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
         self.pooled = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
         self.heads = nn.ModuleList(nn.Linear(hidden, int(n)) for n in grid_sizes)
+        # Post-hoc recalibration (Kuleshov et al. 2018): for each parameter and range of M, the
+        # map R from the posterior CDF to the empirical CDF of the PIT on held-out configurations,
+        # tabulated at RECAL_KNOTS + 1 equidistant points (identity until fitted; see
+        # agglib.training.posterior.fit_recalibration).
+        knots = torch.linspace(0, 1, RECAL_KNOTS + 1)
+        self.register_buffer("recalibration", knots.repeat(len(grid_sizes), len(RECAL_GROUPS), 1))
 
     def set_standardisation(self, embeddings: np.ndarray) -> None:
         """Standardise inputs by the mean and SD of ``embeddings`` (of T)."""
@@ -145,8 +151,42 @@ class SetPosterior(nn.Module):
         return self.pooled(torch.cat([mean, sd, torch.log(n)], dim=1))
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None, standardised: bool = False) -> list:
+        """Logits of each parameter's cells (before recalibration)."""
         s = self.summary(z, mask, standardised)
         return [head(s) for head in self.heads]
+
+    def probabilities(self, z: torch.Tensor, mask: torch.Tensor | None = None, recalibrate: bool = True,
+                      standardised: bool = False) -> list:
+        """Recalibrated cell probabilities of each parameter, (B, n_k) float64 arrays."""
+        probs = [torch.softmax(lg.double(), dim=1).numpy() for lg in self(z, mask, standardised)]
+        if not recalibrate:
+            return probs
+        m = np.full(z.shape[0], z.shape[1]) if mask is None else mask.sum(dim=1).numpy()
+        return [recalibrate_probabilities(p, self.recalibration[k].double().numpy(), m) for k, p in enumerate(probs)]
+
+
+#: Ranges of M with their own recalibration map: [1, 2), [2, 4), [4, 8), [8, 16), [16, ∞).
+RECAL_GROUPS = (1, 2, 4, 8, 16)
+RECAL_KNOTS = 40
+
+
+def recal_group(m) -> np.ndarray:
+    """Index into :data:`RECAL_GROUPS` of each set size M."""
+    return np.searchsorted(np.asarray(RECAL_GROUPS), np.asarray(m), side="right") - 1
+
+
+def recalibrate_probabilities(prob: np.ndarray, maps: np.ndarray, m) -> np.ndarray:
+    """Cell probabilities (S, n) with their CDF passed through the recalibration map of each
+    sample's M (``maps``: (groups, knots + 1), values of R at equidistant points of [0, 1])."""
+    cum = np.concatenate([np.zeros((prob.shape[0], 1)), np.cumsum(prob, axis=1)], axis=1)
+    cum = np.clip(cum / cum[:, -1:], 0.0, 1.0)
+    knots = np.linspace(0.0, 1.0, maps.shape[1])
+    groups = recal_group(m)
+    out = np.empty_like(cum)
+    for g in np.unique(groups):
+        rows = groups == g
+        out[rows] = np.interp(cum[rows], knots, maps[g])
+    return np.clip(np.diff(out, axis=1), 0.0, None)
 
 
 @dataclass

@@ -133,11 +133,11 @@ class Profile:
     encoder_epochs: int = 20
     encoder_lr: float = 3e-3
     encoder_bf16: bool = True
-    posterior_configs_T: int = 600
+    posterior_configs_T: int = 1200
     posterior_configs_E: int = 200
-    posterior_images_T: int = 24
+    posterior_images_T: int = 20
     posterior_images_E: int = 12
-    posterior_steps: int = 4000
+    posterior_steps: int = 2000
     fresh_configs: int = 90
     fresh_images: int = 24
 

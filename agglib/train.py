@@ -394,7 +394,7 @@ def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int, done_st
 
 def init_features_from(model, checkpoint, arch: str, input_size: int) -> None:
     """Copy the feature extractor f of ``checkpoint`` into ``model`` (same architecture and size)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     meta = state["metadata"]
     if meta["arch"] != arch or int(meta["input_size"]) != input_size:
         raise ValueError(f"init_features={str(checkpoint)!r} holds a {meta['arch']} network for "
@@ -461,7 +461,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
     history, start_epoch, best = [], 0, math.inf
     last = checkpoint_dir / "last.pt"
     if last.is_file():
-        state = torch.load(last, map_location=device, weights_only=False)
+        state = torch.load(last, map_location="cpu", weights_only=True)
         differ = _resume_mismatch(state["metadata"], meta)
         if differ:
             raise ValueError(f"{last} belongs to another run ({', '.join(differ)} differ); "

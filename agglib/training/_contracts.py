@@ -78,8 +78,10 @@ class PosteriorConfig:
     weight_decay : float
         AdamW weight decay.
     embedding_noise : float
-        SD of Gaussian noise added to the standardised embeddings of T during training, so the
-        posterior does not trust T's embeddings (which the encoder has seen) more than new ones.
+        SD of Gaussian noise added to the standardised per-image summaries during training.
+    calibration_share : float
+        Share of the training configurations held out to fit the post-hoc recalibration maps
+        (per parameter and range of M); 0: none.
     seed : int
     """
 
@@ -90,6 +92,7 @@ class PosteriorConfig:
     hidden: int = 128
     weight_decay: float = 1e-4
     embedding_noise: float = 0.0
+    calibration_share: float = 0.15
     seed: int = 0
 
     def __post_init__(self):
@@ -99,3 +102,4 @@ class PosteriorConfig:
         check_range("lr", self.lr, low=0.0, high=1.0, low_inclusive=False)
         check_range("hidden", self.hidden, low=4, integer=True)
         check_range("embedding_noise", self.embedding_noise, low=0.0)
+        check_range("calibration_share", self.calibration_share, low=0.0, high=0.5)

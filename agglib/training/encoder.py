@@ -58,7 +58,8 @@ def _scores(model, images, labels_raw, names, scaling, epp, device, batch=256) -
     return result
 
 
-def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_bars: bool | None = None) -> dict:
+def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_bars: bool | None = None,
+                  stop_after_epochs: int | None = None) -> dict:
     """Train (or resume, or return at once if finished) the image encoder of a dataset.
 
     Parameters
@@ -71,6 +72,9 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
         ``history.json``.
     show_progress_bars : bool, optional
         Epoch and step bars (default: ``agglib.config['progress_bars']``).
+    stop_after_epochs : int, optional
+        Return after this many epochs of this call (``last.pt`` written, no ``encoder.pt``), as an
+        interruption would; call again to continue. For time-sliced jobs and the resume test.
 
     Returns
     -------
@@ -126,6 +130,8 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
     bar = tqdm(range(start_epoch, config.epochs), desc="encoder epochs", disable=not show,
                initial=start_epoch, total=config.epochs)
     for epoch in bar:
+        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
+            return {"history": history, "path": None}
         order = np.random.default_rng([config.seed, epoch]).permutation(len(t_idx))
         gen = _epoch_generator(config.seed, epoch)
         model.train()

@@ -1,0 +1,202 @@
+"""The new method: encoder, set-level posterior, calibration, checkpoints, resume, one combine rule."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import agglib
+from agglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, weights_digest
+from agglib.dataset import build_dataset, make_plan
+from agglib.dataset.plan import EVAL, TRAIN, prior_ranges
+from agglib.estimate import SampleEstimator
+from agglib.posterior import PARAMETERS, PosteriorEstimate, SetPosterior, ThetaGrid, coverage, pit_values
+from agglib.training import EncoderConfig, PosteriorConfig, train_encoder
+from agglib.training.pipeline import train_sample_estimator
+from agglib.training.posterior import train_posterior
+
+
+@pytest.fixture(scope="module")
+def tiny_stores(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sets")
+    grid = build_dataset(base / "grid.zarr", "tiny", seed=2, workers=1, show_progress_bars=False)
+    cont = build_dataset(base / "cont.zarr", "tiny", seed=2, workers=1, design="continuous", show_progress_bars=False)
+    return grid, cont
+
+
+@pytest.fixture(scope="module")
+def tiny_estimator(tiny_stores, tmp_path_factory):
+    grid, cont = tiny_stores
+    run = tmp_path_factory.mktemp("sets-run")
+    return train_sample_estimator(agglib.load_profile("tiny"), grid, cont, run, seed=0), run
+
+
+# ------------------------------------------------------------------ continuous design
+
+def test_continuous_plan_draws_fresh_configurations_inside_the_prior():
+    prof = agglib.load_profile("quick")
+    plan = make_plan(prof, 0, "continuous")
+    t_configs = np.unique(plan.config_id[plan.split == TRAIN])
+    e_configs = np.unique(plan.config_id[plan.split == EVAL])
+    assert t_configs.size == prof.posterior_configs_T and e_configs.size == prof.posterior_configs_E
+    assert not set(t_configs) & set(e_configs)                      # E's configurations are new
+    assert np.all(np.bincount(plan.config_id)[t_configs] == prof.posterior_images_T)
+    ranges = prior_ranges(prof)
+    assert ranges["df"] == (1.5, 2.5) and ranges["rho"] == (0.0, 1.0)
+    assert plan.configs[:, 0].min() >= 1.5 and plan.configs[:, 0].max() <= 2.5
+    assert set(np.unique(plan.configs[:, 2])) <= set(prof.theta0_values)
+    assert len(np.unique(plan.configs[:, 0])) == len(plan.configs)   # continuous: no repeated θ_Df
+    assert np.array_equal(make_plan(prof, 0, "continuous").configs, plan.configs)
+    with pytest.raises(ValueError, match="design='mosaic'"):
+        make_plan(prof, 0, "mosaic")
+
+
+# ------------------------------------------------------------------ set-level posterior
+
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(1, 30), seed=st.integers(0, 10**6))
+def test_set_posterior_is_permutation_invariant_for_any_number_of_images(m, seed):
+    torch.manual_seed(0)
+    model = SetPosterior(13, [5, 4, 6, 6], hidden=16).eval()
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(2, m, 13, generator=g)
+    perm = torch.randperm(m, generator=g)
+    a = model(z)
+    b = model(z[:, perm])
+    for x, y in zip(a, b):
+        assert x.shape[0] == 2 and torch.allclose(x, y, atol=1e-5)
+    # padding with masked entries changes nothing
+    padded = torch.cat([z, torch.randn(2, 3, 13, generator=g)], dim=1)
+    mask = torch.zeros(2, m + 3, dtype=torch.bool)
+    mask[:, :m] = True
+    for x, y in zip(a, model(padded, mask)):
+        assert torch.allclose(x, y, atol=1e-5)
+
+
+def test_posterior_estimate_quantiles_invert_the_cdf_and_draws_stay_in_cells():
+    grid = ThetaGrid.from_profile(agglib.load_profile("quick"))
+    rng = np.random.default_rng(0)
+    probs = {p: rng.dirichlet(np.ones(n), size=3) for p, n in zip(PARAMETERS, grid.sizes())}
+    est = PosteriorEstimate(probs, grid, np.array([1, 5, 12]))
+    for p in ("df", "rho"):
+        for q in (0.05, 0.5, 0.9):
+            assert np.allclose(est.cdf(p, est.quantile(p, q)), q, atol=1e-9)
+        lo, hi = est.interval(p, 0.9).T
+        assert np.all(lo <= hi)
+    assert np.all(np.isin(est.point()["theta0"], grid.values["theta0"]))
+    assert np.allclose(est.point()["df"], probs["df"] @ np.asarray(grid.values["df"]))
+    draws = est.sample(500, seed=1, which=2)
+    for k, p in enumerate(PARAMETERS):
+        e = grid.edges(p)
+        assert draws[:, k].min() >= e[0] and draws[:, k].max() <= e[-1]
+    assert np.array_equal(draws, est.sample(500, seed=1, which=2))
+
+
+def test_posterior_on_a_problem_with_known_answer_is_calibrated():
+    """Per-image summaries = θ (standardised) + Gaussian noise: coverage of the trained posterior's
+    central intervals on fresh draws from the prior must match the nominal level."""
+    prof = agglib.load_profile("tiny")
+    grid = ThetaGrid.from_profile(prof)
+
+    def simulate(n_configs, per_config, seed):
+        rng = np.random.default_rng(seed)
+        theta = np.stack([rng.uniform(1.5, 2.5, n_configs), rng.uniform(0, 1, n_configs),
+                          rng.integers(1, 5, n_configs), rng.integers(1, 5, n_configs)], axis=1).astype(float)
+        ids = np.repeat(np.arange(n_configs), per_config)
+        scale = np.array([1.0, 1.0, 3.0, 3.0])
+        z = theta[ids] / scale + rng.normal(0, 0.15, (ids.size, 4))
+        return z.astype(np.float32), theta[ids], ids
+
+    z, theta, ids = simulate(1500, 8, 0)
+    model, _ = train_posterior(z, theta, ids, grid, PosteriorConfig(steps=1200, hidden=32, max_images=8),
+                               show_progress_bars=False)
+    est = SampleEstimator(None, model, grid, {})
+    z_new, theta_new, ids_new = simulate(600, 4, 1)
+    groups = [np.flatnonzero(ids_new == c) for c in range(600)]
+    post = est.from_summaries(z_new, groups)
+    cov = coverage(pit_values(post, theta_new[[g[0] for g in groups]], seed=3))
+    assert cov["50%"].between(0.40, 0.60).all(), cov
+    assert cov["90%"].between(0.84, 0.96).all(), cov
+
+
+# ------------------------------------------------------------------ training, checkpoints, resume
+
+def test_encoder_resume_after_an_interruption_gives_the_same_weights(tiny_stores, tmp_path):
+    grid, _ = tiny_stores
+    config = EncoderConfig(epochs=2, batch=16, val_images=8, seed=4, bf16=False)
+    whole = train_encoder(grid.path, config, tmp_path / "whole", show_progress_bars=False)
+    cut = train_encoder(grid.path, config, tmp_path / "cut", show_progress_bars=False, stop_after_epochs=1)
+    assert cut["path"] is None and len(cut["history"]) == 1 and not (tmp_path / "cut" / "encoder.pt").exists()
+    resumed = train_encoder(grid.path, config, tmp_path / "cut", show_progress_bars=False)
+    a = load_checkpoint(whole["path"])["model"]
+    b = load_checkpoint(resumed["path"])["model"]
+    for name in a:
+        assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
+    assert [h["train_loss"] for h in whole["history"]] == pytest.approx([h["train_loss"] for h in resumed["history"]])
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        train_encoder(grid.path, EncoderConfig(epochs=2, batch=8, val_images=8, seed=4), tmp_path / "cut")
+
+
+def test_checkpoints_load_with_weights_only_and_name_the_bad_file(tiny_estimator, tmp_path):
+    est, run = tiny_estimator
+    for name in ("encoder.pt", "posterior.pt"):
+        payload = torch.load(run / "sets" / name, weights_only=True)
+        assert payload["format"] == "agglib-checkpoint/2"
+    (tmp_path / "broken.pt").write_bytes((run / "sets" / "encoder.pt").read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="broken.pt is not a readable checkpoint"):
+        load_checkpoint(tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="expected 'encoder'"):
+        load_checkpoint(run / "sets" / "posterior.pt", kind="encoder")
+    other = SampleEstimator.load(run / "sets")
+    save_checkpoint(tmp_path / "x" / "encoder.pt", "encoder", other.encoder.metadata,
+                    {k: v + 1 if v.is_floating_point() else v for k, v in other.encoder.model.state_dict().items()})
+    (tmp_path / "x" / "posterior.pt").write_bytes((run / "sets" / "posterior.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="another encoder"):
+        SampleEstimator.load(tmp_path / "x")
+    assert weights_digest(other.encoder.model.state_dict()) == weights_digest(est.encoder.model.state_dict())
+
+
+def test_finished_pipeline_loads_without_training_again(tiny_stores, tiny_estimator, monkeypatch):
+    import agglib.training.pipeline as pipeline
+
+    est, run = tiny_estimator
+    monkeypatch.setattr(pipeline, "train_posterior", lambda *a, **k: pytest.fail("trained again"))
+    again = train_sample_estimator(agglib.load_profile("tiny"), *tiny_stores, run, seed=0)
+    images = tiny_stores[0].read_images(tiny_stores[0].indices("E")[:3])
+    assert np.allclose(again.estimate(images).probabilities["df"], est.estimate(images).probabilities["df"])
+
+
+def test_estimate_accepts_any_number_of_images(tiny_estimator, tiny_stores):
+    est, _ = tiny_estimator
+    images = tiny_stores[0].read_images(tiny_stores[0].indices("E")[:7])
+    for m in (1, 2, 7):
+        post = est.estimate(images[:m])
+        assert len(post) == 1 and post.n_images[0] == m
+        for p in PARAMETERS:
+            assert np.isclose(post.probabilities[p].sum(), 1.0)
+        table = post.table()
+        assert list(table.index) == list(PARAMETERS) and (table["90% low"] <= table["90% high"]).all()
+    with pytest.raises(ValueError, match="this encoder takes"):
+        est.estimate(np.zeros((2, 50, 50)))
+
+
+# ------------------------------------------------------------------ one combine rule
+
+def test_one_combine_function_serves_estimate_fit_and_evaluate(monkeypatch):
+    """The paper method's Eqs. 13–15 live in agglib.estimate.combine_per_image / combine_groups only."""
+    import importlib
+    import inspect
+
+    import agglib.estimate as estimate
+
+    characterise = importlib.import_module("agglib.fit.characterise")
+    evaluate = importlib.import_module("agglib.evaluate.estimators")
+    for func in (estimate.ParameterEstimator.estimate, characterise.characterise, evaluate.paper_method_estimates):
+        src = inspect.getsource(func)
+        assert "combine_per_image(" in src and "combine_groups(" in src, func.__qualname__
+        assert "np.mean(per[" not in src
+    out = estimate.combine_per_image([1.8, 2.0], [0.2, 0.4], [0.1, 0.3])
+    assert out == pytest.approx({"df": 1.9, "rho": 0.3, "rho_without_classifier": 0.2})
+    assert estimate.combine_groups([2.4, 2.8], [-1.0, 0.2])["theta0"] == 3
+    assert estimate.combine_groups([2.4, 2.8], [-1.0, 0.2])["theta1"] == 0
