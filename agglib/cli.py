@@ -82,7 +82,7 @@ def _cmd_dataset_build(args) -> int:
     from agglib.dataset import build_dataset
 
     build_dataset(args.out, args.profile, seed=args.seed, workers=args.workers, scheduler=args.scheduler,
-                  shard_size=args.shard_size, **_parse_sets(args.set))
+                  shard_size=args.shard_size, design=args.design, **_parse_sets(args.set))
     return 0
 
 
@@ -106,6 +106,25 @@ def _cmd_train(args) -> int:
     last = result["history"][-1] if result["history"] else {}
     print(f"{args.target}: {len(result['history'])} epochs, best validation loss {result['best_val_loss']:.4g}, "
           f"last validation MAE {last.get('val_mae', float('nan')):.4g}; checkpoints in {args.out}/")
+    return 0
+
+
+def _cmd_estimator(args) -> int:
+    from agglib.dataset import build_dataset, default_store_path
+    from agglib.evaluate import default_run_dir
+    from agglib.profiles import load_profile
+    from agglib.training.pipeline import train_sample_estimator
+
+    prof = load_profile(args.profile, **_parse_sets(args.set))
+    tag = prof.name if not args.set else prof.name + "-custom"
+    grid = build_dataset(args.store or default_store_path(tag, args.seed), prof, seed=args.seed, workers=args.workers)
+    cont = build_dataset(args.continuous_store or default_store_path(tag, args.seed, "continuous"), prof,
+                         seed=args.seed, workers=args.workers, design="continuous")
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(tag, args.seed)
+    estimator = train_sample_estimator(prof, grid, cont, run_dir, seed=args.seed,
+                                       encoder_changes={"device": args.device})
+    out = estimator.save(args.out) if args.out else run_dir / "sets"
+    print(f"estimator (encoder + set-level posterior) in {out}/; use it with `agglib fit … --models {out}`")
     return 0
 
 
@@ -214,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
     b.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, tcp://host:8786")
     b.add_argument("--shard-size", type=int, default=None, help="samples per task")
+    b.add_argument("--design", choices=["grid", "continuous"], default="grid",
+                   help="the paper's grid of configurations, or θ drawn continuously (the new method's "
+                        "posterior trains on those) (default: grid)")
     b.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a profile field, e.g. --set samples_per_config=40 (repeatable)")
     b.set_defaults(func=_cmd_dataset_build)
@@ -241,6 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("train-estimator", help="train (or resume) the new method for a profile: the image encoder "
+                                               "and the set-level posterior over θ (builds the two datasets if missing)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--profile", default="quick", help="run sizes: tiny, quick or paper")
+    e.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a profile field (repeatable)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the datasets and of training")
+    e.add_argument("--store", default=None, help="grid dataset store (None: data/datasets/<profile>-seed<seed>.zarr)")
+    e.add_argument("--continuous-store", default=None,
+                   help="continuous dataset store (None: data/datasets/<profile>-seed<seed>-continuous.zarr)")
+    e.add_argument("--run-dir", default=None, help="training folder (None: data/runs/<profile>-seed<seed>)")
+    e.add_argument("--out", default=None, help="also write encoder.pt and posterior.pt here")
+    e.add_argument("--workers", type=int, default=None, help="dataset build processes (None: all cores)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    e.set_defaults(func=_cmd_estimator)
 
     f = sub.add_parser("fit", help="estimate θ from measured images of one sample; export digital shadows")
     f.add_argument("paths", nargs="+", help="image files or folders (TIFF, DM3/DM4, EMD, SER, MRC, ...)")

@@ -100,7 +100,7 @@ def test_characterise_gives_intervals_and_exports_shadows(tmp_path, tiny_models)
     for k in ("df", "rho", "theta0", "theta1"):
         lo, hi = result.intervals[k]
         assert lo <= hi
-    assert result.n_images == 6 and any("fewer than 10" in w for w in result.warnings)
+    assert result.n_images == 6 and any("only 6 images" in w for w in result.warnings)
     again = characterise(paths, est, n_bootstrap=50, seed=1)
     assert again.intervals == result.intervals                       # seeded bootstrap
     aggs, params = draw_shadows(result, 12, seed=2)
@@ -115,6 +115,41 @@ def test_characterise_gives_intervals_and_exports_shadows(tmp_path, tiny_models)
     assert n_vertices == sum(a.n_particles for a in aggs)
     with pytest.raises(FileExistsError):
         export_shadows(result, aggs, out)
+
+
+@pytest.fixture(scope="module")
+def tiny_sets(tmp_path_factory):
+    """The new method (encoder + posterior) trained at the tiny profile."""
+    from agglib.training.pipeline import train_sample_estimator
+
+    base = tmp_path_factory.mktemp("fit-sets")
+    prof = agglib.load_profile("tiny")
+    grid = build_dataset(base / "grid.zarr", prof, seed=6, workers=1, show_progress_bars=False)
+    cont = build_dataset(base / "cont.zarr", prof, seed=6, workers=1, design="continuous", show_progress_bars=False)
+    train_sample_estimator(prof, grid, cont, base / "run", seed=0)
+    return base / "run" / "sets"
+
+
+def test_new_method_fit_gives_posterior_intervals_for_few_images_and_shadows_from_draws(tmp_path, tiny_sets):
+    from agglib.estimate import SampleEstimator
+
+    est = SampleEstimator.load(tiny_sets)
+    paths = write_measured(tmp_path / "m", count=3)
+    result = characterise(paths, est, n_bootstrap=20, seed=1)          # 3 < ν: fine for the posterior
+    assert result.posterior is not None and result.n_images == 3
+    table = result.table()
+    for k in ("df", "rho", "theta0", "theta1"):
+        lo, hi = result.intervals[k]
+        assert lo <= hi and "posterior SD" in table.columns
+    aggs, params = draw_shadows(result, 15, seed=2)
+    assert len(aggs) == 15 and len({(p.df, p.rho) for p in params}) > 1     # each from its own θ draw
+    out = export_shadows(result, aggs, tmp_path / "shadows")
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["posterior"]) == {"df", "rho", "theta0", "theta1"}
+    assert summary["settings"]["method"] == "sets"
+    printed_args = ["fit", *map(str, paths), "--models", str(tiny_sets), "--out", str(tmp_path / "cli"),
+                    "--bootstrap", "20", "--shadows", "4"]
+    assert main(printed_args) == 0
 
 
 def test_cli_fit_writes_nothing_on_bad_input(tmp_path, tiny_models, capsys):
