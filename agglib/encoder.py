@@ -298,6 +298,12 @@ class TrainedEncoder:
         state = load_checkpoint(path, kind="encoder", map_location=device)
         meta = state["metadata"]
         model = ImageEncoder(int(meta["input_size"]), len(meta["label_scaling"]["names"]))
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            from agglib.checkpoint import CheckpointError
+
+            raise CheckpointError(f"{path} does not fit this agglib's encoder "
+                                  f"({str(err).splitlines()[-1].strip()}); train it again") from None
         model.to(device).eval()
         return cls(model, meta)

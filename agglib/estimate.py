@@ -145,8 +145,11 @@ class ParameterEstimator:
                 **combine_groups(self.theta0.predict(images), self.theta1.predict(images)),
                 "n_images": int(images.shape[0] if images.ndim == 3 else 1)}
 
-    def shadow_parameters(self, images, count: int, seed=None):
-        """θ̂ and ``count`` copies of it as model parameters (the paper's shadows share θ̂)."""
+    def shadow_parameters(self, images, count: int, seed=None, draws: str = "point"):
+        """θ̂ and ``count`` copies of it as model parameters (the paper's shadows share θ̂; there is
+        no posterior to draw from, ``draws`` must be ``"point"``)."""
+        if draws != "point":
+            raise ValueError("the paper method gives a point estimate only; use draws='point'")
         from agglib.model.params import valid_params
 
         est = self.estimate(images)
@@ -288,13 +291,18 @@ class SampleEstimator:
         encoded = self.encoder.encode(images)
         return self.from_summaries(encoded.outputs, [np.arange(encoded.outputs.shape[0])])
 
-    def shadow_parameters(self, images, count: int, seed=None):
-        """θ̂ (posterior mean of θ_Df, θ_ρ; mode of θ0, θ1) and ``count`` θ drawn from the posterior
-        as model parameters: digital shadows drawn from them carry the estimate's uncertainty."""
+    def shadow_parameters(self, images, count: int, seed=None, draws: str = "posterior"):
+        """θ̂ (posterior mean of θ_Df, θ_ρ; mode of θ0, θ1) and ``count`` model parameters for
+        digital shadows: θ drawn from the posterior (``draws="posterior"``: the shadows carry the
+        estimate's uncertainty) or θ̂ itself (``"point"``: the paper's protocol, Table 5)."""
         from agglib.model.params import valid_params
 
+        if draws not in ("posterior", "point"):
+            raise ValueError(f"draws={draws!r}; accepted: 'posterior', 'point'")
         post = self.estimate(images)
         point = post.point().iloc[0].to_dict()
+        if draws == "point":
+            return point, [valid_params(point["df"], point["rho"], point["theta0"], point["theta1"])] * int(count)
         return point, [valid_params(*theta) for theta in post.sample(int(count), seed=seed)]
 
     def save(self, directory) -> Path:
@@ -324,5 +332,9 @@ class SampleEstimator:
                                   f"than {directory / 'encoder.pt'}; train the posterior again")
         grid = ThetaGrid(meta["grid"])
         model = SetPosterior(int(meta["in_dim"]), grid.sizes(), int(meta["hidden"]))
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"{directory / 'posterior.pt'} does not fit this agglib's posterior "
+                                  f"({str(err).splitlines()[-1].strip()}); train it again") from None
         return cls(encoder, model.eval(), grid, meta)

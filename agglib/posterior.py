@@ -14,8 +14,9 @@ by heart, and the encoder never saw its images. Each parameter's marginal poster
 categorical distribution over cells (trained with cross-entropy: neural posterior estimation
 with a categorical family, Papamakarios & Murray 2016). The discreteness is handled deliberately:
 
-* θ_Df and θ_ρ are continuous: cells of width 0.02, the density uniform within each (a
-  histogram density). Point estimate: the posterior mean; intervals: quantiles of this
+* θ_Df and θ_ρ are continuous: cells of width 0.01, the density uniform within each (a
+  histogram density; with wider cells, 0.05 or 0.02, the within-cell uniformity made the central
+  intervals of θ_Df over-cover at M = 12 on the quick profile). Point estimate: the posterior mean; intervals: quantiles of this
   piecewise-uniform density.
 * θ0 and θ1 are integers: one cell per value; point estimate the posterior mode; credible sets
   are runs of integers. Calibration checks dequantise them (θ + U(−½, ½)), the randomised
@@ -60,7 +61,7 @@ class ThetaGrid:
     edges_: dict
 
     @classmethod
-    def from_profile(cls, profile, bin_width: float = 0.02) -> "ThetaGrid":
+    def from_profile(cls, profile, bin_width: float = 0.01) -> "ThetaGrid":
         """Cells of ``bin_width`` over the continuous prior of θ_Df and θ_ρ
         (:func:`agglib.dataset.plan.prior_ranges`), unit cells around the values of θ0 and θ1."""
         from agglib.dataset.plan import prior_ranges
@@ -165,8 +166,8 @@ class SetPosterior(nn.Module):
         return [recalibrate_probabilities(p, self.recalibration[k].double().numpy(), m) for k, p in enumerate(probs)]
 
 
-#: Ranges of M with their own recalibration map: [1, 2), [2, 4), [4, 8), [8, 16), [16, ∞).
-RECAL_GROUPS = (1, 2, 4, 8, 16)
+#: Ranges of M with their own recalibration map: M = 1, 2, … 6 each, then [7, 9), [9, 12), [12, 16), [16, ∞).
+RECAL_GROUPS = (1, 2, 3, 4, 5, 6, 7, 9, 12, 16)
 RECAL_KNOTS = 40
 
 

@@ -134,7 +134,7 @@ class Profile:
     encoder_lr: float = 3e-3
     encoder_bf16: bool = True
     posterior_configs_T: int = 1200
-    posterior_configs_E: int = 200
+    posterior_configs_E: int = 400
     posterior_images_T: int = 20
     posterior_images_E: int = 12
     posterior_steps: int = 2000

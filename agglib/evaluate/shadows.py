@@ -23,7 +23,7 @@ from agglib.evaluate.estimators import batch_groups, mae, r2
 from agglib.model.params import ModelParams, valid_params
 
 __all__ = ["SHADOW_DESCRIPTORS", "shadow_params", "shadow_comparison", "shadow_table", "error_by_particle_count",
-           "PAPER_SHADOW_RESULTS"]
+           "PAPER_SHADOW_RESULTS", "shadow_range_coverage"]
 
 SHADOW_DESCRIPTORS = ("s_tio2", "z_hetero", "z_total")
 
@@ -44,8 +44,12 @@ def _describe(params, count, seed, workers):
 
 
 def shadow_comparison(estimator, store, n_configs: int = 50, n_aggregates: int = 800, nu: int = 12,
-                      seed: int = 0, workers: int | None = None, show_progress_bars: bool | None = None) -> dict:
+                      seed: int = 0, workers: int | None = None, show_progress_bars: bool | None = None,
+                      draws: str = "point") -> dict:
     """Digital shadows for ``n_configs`` configurations of E.
+
+    ``draws="point"``: every shadow from θ̂ (the paper's protocol, Table 5); ``"posterior"`` (new
+    method only): each shadow from its own posterior draw of θ.
 
     Returns
     -------
@@ -67,11 +71,11 @@ def shadow_comparison(estimator, store, n_configs: int = 50, n_aggregates: int =
     for k, c in enumerate(tqdm(chosen, desc="digital shadows", disable=not show)):
         members = by_config[c]
         images = store.read_images(members)
-        point, draws = estimator.shadow_parameters(images, n_aggregates, seeds[2 * k + 1])
+        point, params = estimator.shadow_parameters(images, n_aggregates, seeds[2 * k + 1], draws=draws)
         theta = ModelParams(*store.configs[c])
         theta_hat = shadow_params(point)
         true_desc = _describe(theta, n_aggregates, seeds[2 * k], workers)
-        shadow_desc = _describe(draws, None, seeds[2 * k + 1], workers)
+        shadow_desc = _describe(params, None, seeds[2 * k + 1], workers)
         row = {"config_id": int(c), "df": theta.df, "rho": theta.rho, "theta0": theta.theta0,
                "theta1": theta.theta1, "df_hat": theta_hat.df, "rho_hat": theta_hat.rho,
                "theta0_hat": theta_hat.theta0, "theta1_hat": theta_hat.theta1}
@@ -121,3 +125,20 @@ def error_by_particle_count(aggregates: pd.DataFrame, edges=(20, 35, 50, 65, 81)
             row[d] = mae(sub["θ"], sub["θ̂"]) if len(sub) else np.nan
         rows.append(row)
     return pd.DataFrame(rows).set_index("N")
+
+
+def shadow_range_coverage(aggregates: pd.DataFrame, level: float = 0.9) -> pd.DataFrame:
+    """Share of the true aggregates (source "θ") whose descriptor lies inside the central ``level``
+    range of the shadows (source "θ̂") of the same configuration, per descriptor (mean over
+    configurations). Shadows that carry the estimate's uncertainty should come close to ``level``."""
+    rows = []
+    lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+    for c, part in aggregates.groupby("config_id"):
+        true, shadow = part[part["source"] == "θ"], part[part["source"] == "θ̂"]
+        row = {"config_id": c}
+        for d in SHADOW_DESCRIPTORS:
+            lo, hi = np.nanquantile(shadow[d], lo_q), np.nanquantile(shadow[d], hi_q)
+            values = true[d].dropna()
+            row[d] = float(np.mean((values >= lo) & (values <= hi))) if len(values) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("config_id")
