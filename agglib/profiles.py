@@ -87,6 +87,9 @@ class Profile:
     posterior_configs_T, posterior_configs_E : int
         Configurations of the continuous dataset (θ drawn anew) for training the posterior (T)
         and checking its calibration (E).
+    encoder_configs_T : int
+        Further configurations of the continuous dataset's T whose images the encoder trains on
+        (beside the grid dataset's T); the posterior never sees them.
     posterior_images_T, posterior_images_E : int
         Samples per configuration of the continuous dataset in T and in E.
     posterior_steps : int
@@ -135,6 +138,7 @@ class Profile:
     encoder_bf16: bool = True
     posterior_configs_T: int = 1200
     posterior_configs_E: int = 400
+    encoder_configs_T: int = 0
     posterior_images_T: int = 20
     posterior_images_E: int = 12
     posterior_steps: int = 2000
@@ -145,7 +149,7 @@ class Profile:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int":
-                check_range(f"{self.name}.{f.name}", value, low=0 if f.name in ("pretrain_epochs", "val_images") else 1,
+                check_range(f"{self.name}.{f.name}", value, low=0 if f.name in ("pretrain_epochs", "val_images", "encoder_configs_T") else 1,
                             integer=True)
             elif f.type == "tuple":
                 if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or len(value) == 0:
@@ -183,8 +187,8 @@ class Profile:
                 "samples_per_config", "eval_per_config", "image_size_px", "pixel_size_nm")
         if design != "grid":
             keys = ("df_values", "rho_values", "theta0_values", "theta1_values", "posterior_configs_T",
-                    "posterior_configs_E", "posterior_images_T", "posterior_images_E", "image_size_px",
-                    "pixel_size_nm")
+                    "posterior_configs_E", "encoder_configs_T", "posterior_images_T", "posterior_images_E",
+                    "image_size_px", "pixel_size_nm")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.to_dict().items() if k in keys}
 
     def to_dict(self) -> dict:

@@ -52,6 +52,15 @@ def test_continuous_plan_draws_fresh_configurations_inside_the_prior():
         make_plan(prof, 0, "mosaic")
 
 
+def test_continuous_roles_keep_the_posteriors_configurations_away_from_the_encoder(tiny_stores):
+    _, cont = tiny_stores
+    prof = agglib.load_profile("tiny")
+    roles = cont.continuous_roles()
+    post_ids, enc_ids = set(cont.config_id[roles["posterior"]]), set(cont.config_id[roles["encoder"]])
+    assert len(post_ids) == prof.posterior_configs_T and len(enc_ids) == prof.encoder_configs_T
+    assert not post_ids & enc_ids and not post_ids & set(cont.config_id[roles["E"]])
+
+
 # ------------------------------------------------------------------ set-level posterior
 
 @settings(max_examples=15, deadline=None)

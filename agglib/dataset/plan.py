@@ -71,7 +71,8 @@ def _continuous_plan(profile: Profile, seed: int) -> DatasetPlan:
     plan_seq, sample_seq = root.spawn(2)
     rng = np.random.default_rng(plan_seq)
     ranges = prior_ranges(profile)
-    n_t, n_e = profile.posterior_configs_T, profile.posterior_configs_E
+    n_t = profile.posterior_configs_T + profile.encoder_configs_T
+    n_e = profile.posterior_configs_E
     c = n_t + n_e
     configs = np.stack([rng.uniform(*ranges["df"], c), rng.uniform(*ranges["rho"], c),
                         rng.choice(np.asarray(profile.theta0_values), c),
@@ -92,9 +93,11 @@ def make_plan(profile: Profile, seed: int, design: str = "grid") -> DatasetPlan:
     them chosen at random for E. With the paper profile: 648 configurations, 32,400 samples,
     19,440 in T and 12,960 in E, every configuration 30 times in T and 20 times in E.
 
-    ``design="continuous"``: ``posterior_configs_T`` configurations with ``posterior_images_T``
-    samples each form T, ``posterior_configs_E`` others with ``posterior_images_E`` each form E;
-    θ_Df and θ_ρ uniform on :func:`prior_ranges`, θ0 and θ1 uniform on their values.
+    ``design="continuous"``: ``posterior_configs_T`` + ``encoder_configs_T`` configurations with
+    ``posterior_images_T`` samples each form T (in this order: the first ones train the posterior,
+    the others add to the encoder's training images), ``posterior_configs_E`` others with
+    ``posterior_images_E`` each form E; θ_Df and θ_ρ uniform on :func:`prior_ranges`, θ0 and θ1
+    uniform on their values.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed={seed!r} must be an integer ≥ 0 (a dataset is always seeded)")

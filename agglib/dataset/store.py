@@ -218,6 +218,19 @@ class DatasetStore:
         return Aggregate(p["positions"][a:b], p["radii"][a:b], p["labels"][a:b].astype(np.int64),
                          params=ModelParams(*self.theta[i]), info={"sample": int(i)})
 
+    def continuous_roles(self) -> dict:
+        """Rows of a continuous dataset by role: ``posterior`` (T rows the set-level posterior
+        trains on), ``encoder`` (T rows added to the encoder's training images) and ``E``.
+
+        The first ``posterior_configs_T`` configurations of T are the posterior's, the next
+        ``encoder_configs_T`` the encoder's (see :func:`agglib.dataset.plan.make_plan`)."""
+        if self.identity.get("design") != "continuous":
+            raise ValueError(f"{self.path} is a grid dataset; roles exist only in continuous ones")
+        n_post = int(self.identity["profile"]["posterior_configs_T"])
+        t_rows = self.indices("T")
+        ids = self.config_id[t_rows]
+        return {"posterior": t_rows[ids < n_post], "encoder": t_rows[ids >= n_post], "E": self.indices("E")}
+
     def identity_sha256(self) -> str:
         """SHA-256 of the store's identity (profile, seed, design, STEM settings, table hash):
         what trained networks record to name the data they learnt from."""

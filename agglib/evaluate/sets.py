@@ -133,7 +133,7 @@ def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_pr
     from agglib.training._contracts import PosteriorConfig
     from agglib.training.posterior import train_posterior
 
-    t_idx = continuous.indices("T")
+    t_idx = continuous.continuous_roles()["posterior"]
     summaries = true_summaries(continuous, estimator)
     config = PosteriorConfig(**estimator.metadata["train_config"])
     model, _ = train_posterior(summaries[t_idx], continuous.theta[t_idx], continuous.config_id[t_idx],

@@ -59,7 +59,7 @@ def _scores(model, images, labels_raw, names, scaling, epp, device, batch=256) -
 
 
 def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_bars: bool | None = None,
-                  stop_after_epochs: int | None = None) -> dict:
+                  stop_after_epochs: int | None = None, extra_training=()) -> dict:
     """Train (or resume, or return at once if finished) the image encoder of a dataset.
 
     Parameters
@@ -75,6 +75,9 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
     stop_after_epochs : int, optional
         Return after this many epochs of this call (``last.pt`` written, no ``encoder.pt``), as an
         interruption would; call again to continue. For time-sliced jobs and the resume test.
+    extra_training : sequence of (DatasetStore, indices)
+        More training images from other stores with the same STEM settings (the new method adds
+        part of the continuous dataset's T: configurations the posterior never trains on).
 
     Returns
     -------
@@ -87,17 +90,27 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
     names = list(ENCODER_TARGETS)
     labels_raw = encoder_labels(store.theta, store.descriptors, names)
     t_idx, e_idx = store.indices("T"), store.indices("E")
-    scaling = label_scaling(labels_raw[t_idx], names)
+    train_labels = [labels_raw[t_idx]]
+    sources = [{"dataset_sha256": store.identity_sha256(), "images": int(t_idx.size)}]
+    for extra, rows in extra_training:
+        if extra.identity["stem_settings"] != store.identity["stem_settings"]:
+            raise ValueError(f"{extra.path} was rendered with other STEM settings than {store.path}")
+        train_labels.append(encoder_labels(extra.theta, extra.descriptors, names)[np.asarray(rows)])
+        sources.append({"dataset_sha256": extra.identity_sha256(), "images": int(len(rows)),
+                        "first_index": int(np.min(rows)), "last_index": int(np.max(rows))})
+    train_labels = np.concatenate(train_labels)
+    scaling = label_scaling(train_labels, names)
     settings = store.identity["stem_settings"]
     epp = float(store.stem_settings.electrons_per_pixel)
     size = int(settings["image_size_px"])
-    steps_per_epoch = max(len(t_idx) // config.batch, 1)
+    n_train = len(train_labels)
+    steps_per_epoch = max(n_train // config.batch, 1)
     total_steps = config.epochs * steps_per_epoch
     meta = {"kind": "encoder", "agglib": agglib.__version__, "input_size": size,
             "pixel_size_nm": float(settings["pixel_size_nm"]), "electrons_per_pixel": epp,
             "stem_settings": settings, "label_scaling": scaling, "profile": store.identity["profile_name"],
             "profile_fields": store.identity["profile"], "dataset_seed": int(store.identity["seed"]),
-            "dataset_sha256": store.identity_sha256(), "train_config": asdict(config)}
+            "dataset_sha256": store.identity_sha256(), "training_images": sources, "train_config": asdict(config)}
     final, last = out_dir / "encoder.pt", out_dir / "last.pt"
 
     torch.manual_seed(config.seed)
@@ -107,7 +120,7 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
     if last.is_file():
         state = load_checkpoint(last, kind="encoder", map_location="cpu")
         saved = state["metadata"]
-        differ = [k for k in ("dataset_sha256", "input_size") if saved.get(k) != meta.get(k)]
+        differ = [k for k in ("dataset_sha256", "input_size", "training_images") if saved.get(k) != meta.get(k)]
         differ += [f"train_config.{k}" for k, v in EncoderConfig(**saved["train_config"]).identity().items()
                    if config.identity().get(k) != v]
         if differ:
@@ -120,8 +133,9 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
         optimizer.load_state_dict(state["optimizer"])
 
     show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
-    images = torch.from_numpy(store.read_images(t_idx))
-    y = torch.from_numpy((labels_raw[t_idx] - np.asarray(scaling["mean"], np.float32))
+    images = torch.from_numpy(np.concatenate([store.read_images(t_idx)]
+                                             + [extra.read_images(rows) for extra, rows in extra_training]))
+    y = torch.from_numpy((train_labels - np.asarray(scaling["mean"], np.float32))
                          / np.asarray(scaling["sd"], np.float32))
     bce_mask = torch.tensor([ENCODER_TARGETS[n].loss == "bce" for n in names], device=device)
     val_pick = np.sort(np.random.default_rng([config.seed, 1]).permutation(e_idx.size)[:config.val_images])
@@ -132,7 +146,7 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
     for epoch in bar:
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             return {"history": history, "path": None}
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(t_idx))
+        order = np.random.default_rng([config.seed, epoch]).permutation(n_train)
         gen = _epoch_generator(config.seed, epoch)
         model.train()
         t0, running = time.perf_counter(), 0.0

@@ -2,10 +2,12 @@
 
 :func:`train_sample_estimator` is what notebook 04 (and ``agglib train --method sets``) runs:
 
-1. the image encoder on the grid dataset's T (:func:`agglib.training.train_encoder`, resumable);
-2. the encoder's per-image summaries of every image of the continuous dataset, computed once and
-   cached beside the encoder (``summaries-<store>.npz``, keyed by the encoder's weights);
-3. the set-level posterior on the continuous dataset's T (:func:`agglib.training.train_posterior`).
+1. the image encoder on the grid dataset's T and the ``encoder`` part of the continuous dataset's
+   T (:func:`agglib.training.train_encoder`, resumable);
+2. the encoder's per-image summaries of the other images of the continuous dataset, computed
+   once and cached beside the encoder (``summaries-<store>.npz``, keyed by the encoder's weights);
+3. the set-level posterior on the ``posterior`` part of the continuous dataset's T
+   (:func:`agglib.training.train_posterior`) — configurations and images the encoder never saw.
 
 The result is written to ``<run_dir>/sets/`` (``encoder.pt``, ``posterior.pt``) and loads with
 :meth:`agglib.estimate.SampleEstimator.load`.
@@ -32,6 +34,7 @@ from agglib.training.posterior import train_posterior
 __all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cached_summaries"]
 
 
+
 def encoder_config(profile, seed: int = 0, **changes) -> EncoderConfig:
     """The encoder settings of a profile."""
     return EncoderConfig(**{"epochs": profile.encoder_epochs, "lr": profile.encoder_lr, "bf16": profile.encoder_bf16,
@@ -45,10 +48,11 @@ def posterior_config(profile, seed: int = 0, **changes) -> PosteriorConfig:
 
 def cached_summaries(encoder: TrainedEncoder, store: DatasetStore, cache_dir, *,
                      show_progress_bars: bool | None = None) -> np.ndarray:
-    """The encoder's head outputs (n, K) for every image of ``store``, computed once and cached.
+    """The encoder's head outputs (n, K) for the images of ``store``, computed once and cached.
 
-    The cache file ``cache_dir/summaries-<store>.npz`` records the encoder's weights digest and
-    the store's identity; a different encoder or store is recomputed, never mixed.
+    Rows the encoder trained on (the ``encoder`` role of a continuous dataset) are not encoded
+    and hold NaN. The cache file ``cache_dir/summaries-<store>.npz`` records the encoder's weights
+    digest and the store's identity; a different encoder or store is recomputed, never mixed.
     """
     digest = weights_digest(encoder.model.state_dict())
     store_id = store.identity_sha256()
@@ -58,11 +62,14 @@ def cached_summaries(encoder: TrainedEncoder, store: DatasetStore, cache_dir, *,
             if str(cached["encoder"]) == digest and str(cached["store"]) == store_id:
                 return cached["summaries"]
     show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
+    rows = np.arange(len(store))
+    if store.identity.get("design") == "continuous":
+        rows = np.setdiff1d(rows, store.continuous_roles()["encoder"])
     chunk = 2048
-    parts = [encoder.encode(store.read_images(np.arange(k, min(k + chunk, len(store)))),
-                            show_progress_bars=False).outputs
-             for k in _progress(range(0, len(store), chunk), show, f"summaries of {store.path.name}")]
-    summaries = np.concatenate(parts).astype(np.float32)
+    parts = [encoder.encode(store.read_images(rows[k:k + chunk]), show_progress_bars=False).outputs
+             for k in _progress(range(0, rows.size, chunk), show, f"summaries of {store.path.name}")]
+    summaries = np.full((len(store), encoder.model.heads.out_features), np.nan, dtype=np.float32)
+    summaries[rows] = np.concatenate(parts)
     with atomic_open(path, "wb") as fh:
         np.savez(fh, summaries=summaries, encoder=digest, store=store_id)
     return summaries
@@ -99,7 +106,10 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
                          "the posterior trains on a continuous one (build_dataset(..., design='continuous'))")
     enc_config = encoder_config(profile, seed, **(encoder_changes or {}))
     post_config = posterior_config(profile, seed, **(posterior_changes or {}))
-    train_encoder(grid_store.path, enc_config, run_dir / "encoder", show_progress_bars=show_progress_bars)
+    roles = continuous_store.continuous_roles()
+    extra = [(continuous_store, roles["encoder"])] if roles["encoder"].size else []
+    train_encoder(grid_store.path, enc_config, run_dir / "encoder", show_progress_bars=show_progress_bars,
+                  extra_training=extra)
     encoder = TrainedEncoder.load(run_dir / "encoder" / "encoder.pt")
     grid = ThetaGrid.from_profile(profile)
     meta = {"kind": "set_posterior", "agglib": agglib.__version__, "in_dim": int(encoder.model.heads.out_features),
@@ -116,7 +126,7 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
                 and weights_digest(found.encoder.model.state_dict()) == weights_digest(encoder.model.state_dict()):
             return found
     summaries = cached_summaries(encoder, continuous_store, run_dir, show_progress_bars=show_progress_bars)
-    t_idx = continuous_store.indices("T")
+    t_idx = roles["posterior"]
     model, history = train_posterior(summaries[t_idx], continuous_store.theta[t_idx], continuous_store.config_id[t_idx],
                                      grid, post_config, show_progress_bars=show_progress_bars)
     estimator = SampleEstimator(encoder, model, grid, {**meta, "history": history})
