@@ -32,9 +32,17 @@ import torch
 
 from agglib.core.files import atomic_write_bytes
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "CheckpointError", "weights_digest"]
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "CheckpointError", "weights_digest",
+           "PAPER_CHECKPOINT_FORMAT", "save_paper_checkpoint"]
 
 CHECKPOINT_FORMAT = "agglib-checkpoint/2"
+
+#: The paper method's networks (``agglib.train``) keep their own layout: a dict with ``metadata``
+#: (a plain dict: architecture, target, ν, preprocessing, sizes, dataset identity, training
+#: config), ``model``, and for ``last.pt`` ``optimizer``, ``epoch``, ``history``,
+#: ``best_val_loss``, ``torch_rng`` — also only tensors and plain values, so it too loads with
+#: ``weights_only=True``.
+PAPER_CHECKPOINT_FORMAT = "agglib-estimator/1"
 
 
 class CheckpointError(ValueError):
@@ -52,6 +60,13 @@ def save_checkpoint(path, kind: str, metadata: dict, model_state: dict, *, optim
         payload["progress"] = {k: int(v) for k, v in progress.items()}
     if history is not None:
         payload["history"] = json.dumps(history)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def save_paper_checkpoint(path, payload: dict) -> Path:
+    """Write a paper-method checkpoint (:data:`PAPER_CHECKPOINT_FORMAT`) atomically."""
     buf = io.BytesIO()
     torch.save(payload, buf)
     return atomic_write_bytes(path, buf.getvalue())

@@ -81,7 +81,7 @@ class TrainedNetwork:
 
 def load_estimator(path, device: str | torch.device = "cpu") -> TrainedNetwork:
     """A network from a checkpoint written by :func:`agglib.train.train_network` (needs nothing else)."""
-    from agglib.train import CHECKPOINT_FORMAT
+    from agglib.checkpoint import PAPER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 
     path = Path(path)
     if not path.is_file():
@@ -181,7 +181,7 @@ def export_estimators(run_dir, out_dir) -> Path:
     """
     import json
 
-    from agglib.train import save_checkpoint
+    from agglib.checkpoint import save_paper_checkpoint as save_checkpoint
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     summary = {}

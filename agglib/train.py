@@ -30,7 +30,6 @@ GPUs, gloo on CPUs). Only rank 0 writes checkpoints and shows progress.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-import io
 import json
 import math
 import time
@@ -44,8 +43,10 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 import agglib
+from agglib.checkpoint import PAPER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
+from agglib.checkpoint import save_paper_checkpoint as save_checkpoint
 from agglib.core.distributed import DistEnv, cleanup_distributed, init_distributed, pick_device
-from agglib.core.files import atomic_write_bytes, atomic_write_text
+from agglib.core.files import atomic_write_text
 from agglib.core.validation import check_range
 from agglib.dataset.pytorch import ConfigurationBatchDataset, StemImageDataset
 from agglib.dataset.store import DatasetStore
@@ -55,7 +56,7 @@ from agglib.preprocess import Augment, Preprocess
 __all__ = ["TARGETS", "TargetSpec", "TrainConfig", "train_network", "train_for_profile", "train_estimator",
            "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = "agglib-estimator/1"
+
 
 
 @dataclass(frozen=True)
@@ -299,13 +300,6 @@ def make_datasets(store_path, config: TrainConfig, preprocess: Preprocess):
 def _write_history(checkpoint_dir: Path, history: list) -> None:
     """``history.json`` beside the checkpoints: one record per finished epoch."""
     atomic_write_text(checkpoint_dir / "history.json", json.dumps(history, indent=1))
-
-
-def save_checkpoint(path: Path, payload: dict) -> Path:
-    """``torch.save`` to a temporary file, then rename: never a half-written checkpoint."""
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 def checkpoint_metadata(config: TrainConfig, store: DatasetStore, preprocess: Preprocess,
