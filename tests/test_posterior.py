@@ -39,7 +39,8 @@ def test_continuous_plan_draws_fresh_configurations_inside_the_prior():
     plan = make_plan(prof, 0, "continuous")
     t_configs = np.unique(plan.config_id[plan.split == TRAIN])
     e_configs = np.unique(plan.config_id[plan.split == EVAL])
-    assert t_configs.size == prof.posterior_configs_T and e_configs.size == prof.posterior_configs_E
+    assert t_configs.size == prof.posterior_configs_T + prof.encoder_configs_T
+    assert e_configs.size == prof.posterior_configs_E
     assert not set(t_configs) & set(e_configs)                      # E's configurations are new
     assert np.all(np.bincount(plan.config_id)[t_configs] == prof.posterior_images_T)
     ranges = prior_ranges(prof)
