@@ -264,16 +264,9 @@ class TrainedEncoder:
 
     def check_images(self, images) -> np.ndarray:
         """Images as float32 (M, H, W) of this encoder's size, or a clear error."""
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim == 2:
-            images = images[None]
-        size = self.image_size_px
-        if images.ndim != 3 or images.shape[1:] != (size, size):
-            raise ValueError(f"images of shape {images.shape} given; this encoder takes (M, {size}, {size}) "
-                             f"images [counts] at {self.pixel_size_nm} nm/px (resample them first)")
-        if not np.all(np.isfinite(images)):
-            raise ValueError("images contain NaN or infinite values")
-        return images
+        from agglib.core.validation import check_image_stack
+
+        return check_image_stack(images, self.image_size_px, self.pixel_size_nm, "this encoder")
 
     @torch.no_grad()
     def encode(self, images, batch_size: int = 256, show_progress_bars: bool = False) -> Encoded:

@@ -50,17 +50,9 @@ class TrainedNetwork:
         return int(self.metadata["image_size_px"])
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim == 2:
-            images = images[None]
-        size = self.image_size_px
-        if images.ndim != 3 or images.shape[1:] != (size, size):
-            raise ValueError(f"images of shape {images.shape[1:] if images.ndim == 3 else images.shape} "
-                             f"given; this network takes ({size}, {size}) px images at "
-                             f"{self.pixel_size_nm} nm/px (resample them first)")
-        if not np.all(np.isfinite(images)):
-            raise ValueError("images contain NaN or infinite values")
-        return images
+        from agglib.core.validation import check_image_stack
+
+        return check_image_stack(images, self.image_size_px, self.pixel_size_nm, f"the {self.target} network")
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -62,3 +62,19 @@ def check_range(name: str, value, *, low=None, high=None, low_inclusive=True,
     if integer and not v.is_integer():
         raise ValueError(f"{name}={value!r} must be an integer in {rng}{u}")
     return value
+
+
+def check_image_stack(images, size_px: int, pixel_size_nm: float, what: str = "this estimator"):
+    """Images [counts] as a float32 (M, size, size) array, or a ValueError that names the shape
+    given, the size and pixel size accepted, and that NaN or infinite values are refused."""
+    import numpy as np
+
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3 or images.shape[1:] != (size_px, size_px):
+        raise ValueError(f"images of shape {images.shape} given; {what} takes (M, {size_px}, {size_px}) "
+                         f"images [counts] at {pixel_size_nm} nm/px (resample them first)")
+    if not np.all(np.isfinite(images)):
+        raise ValueError("images contain NaN or infinite values")
+    return images
