@@ -21,7 +21,7 @@ from agglib.dataset.store import DatasetStore
 from agglib.evaluate.estimators import batch_groups, mae
 
 __all__ = ["theta_scores", "trivial_theta_scores", "posterior_on_store", "error_by_set_size", "calibration",
-           "ceiling", "true_summaries", "fresh_configurations", "THETA_SCORE_KEYS"]
+           "ceiling", "true_summaries", "fresh_configurations", "THETA_SCORE_KEYS", "CeilingShadows"]
 
 #: Row names of :func:`theta_scores`, as on the results page (keys of PAPER_RESULTS where the paper has one).
 THETA_SCORE_KEYS = ("θ̂_Df MAE", "θ̂_ρ MAE", "θ̂0 exact", "θ̂0 within ±1", "θ̂0 MAE", "θ̂1 exact", "θ̂1 within ±1",
@@ -139,6 +139,22 @@ def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_pr
     model, _ = train_posterior(summaries[t_idx], continuous.theta[t_idx], continuous.config_id[t_idx],
                                estimator.grid, config, show_progress_bars=show_progress_bars)
     return SampleEstimator(None, model, estimator.grid, {"kind": "ceiling"})
+
+
+class CeilingShadows:
+    """The ceiling posterior (:func:`ceiling`) as an estimator for :func:`shadow_comparison`: it
+    reads the true per-image descriptors of the store rows it is given instead of the images
+    (Table 5's ceiling: shadows from what a perfect encoder would allow)."""
+
+    def __init__(self, ceiling_estimator, store: DatasetStore, sample_estimator):
+        self.ceiling = ceiling_estimator
+        self.summaries = true_summaries(store, sample_estimator)
+
+    def shadow_parameters(self, images, count: int, seed=None, draws: str = "point", rows=None):
+        if rows is None:
+            raise ValueError("the ceiling reads stored descriptors: pass the store rows of the images")
+        post = self.ceiling.from_summaries(self.summaries, [np.asarray(rows)])
+        return self.ceiling._shadow_draws(post, count, seed, draws)
 
 
 def true_summaries(store: DatasetStore, estimator) -> np.ndarray:

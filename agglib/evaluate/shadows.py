@@ -71,7 +71,7 @@ def shadow_comparison(estimator, store, n_configs: int = 50, n_aggregates: int =
     for k, c in enumerate(tqdm(chosen, desc="digital shadows", disable=not show)):
         members = by_config[c]
         images = store.read_images(members)
-        point, params = estimator.shadow_parameters(images, n_aggregates, seeds[2 * k + 1], draws=draws)
+        point, params = estimator.shadow_parameters(images, n_aggregates, seeds[2 * k + 1], draws=draws, rows=members)
         theta = ModelParams(*store.configs[c])
         theta_hat = shadow_params(point)
         true_desc = _describe(theta, n_aggregates, seeds[2 * k], workers)
