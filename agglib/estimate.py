@@ -121,6 +121,11 @@ class ParameterEstimator:
     def nu(self) -> int:
         return self.theta0.nu
 
+    @property
+    def dose_e_per_A2(self) -> float:
+        """Electron dose of the training images [e/Å²]."""
+        return float(self.df.metadata["stem_settings"]["dose_e_per_A2"])
+
     def per_image(self, images: np.ndarray) -> dict:
         """Per-image D̂_f(I) and ρ̂(I) (Eq. 14's case distinction) [arrays of length M]."""
         df = self.df.predict(images)
@@ -245,6 +250,7 @@ class SampleEstimator:
 
     @property
     def dose_e_per_A2(self) -> float:
+        """Electron dose of the training images [e/Å²]."""
         return float(self.encoder.metadata["stem_settings"]["dose_e_per_A2"])
 
     @torch.no_grad()

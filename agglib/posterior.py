@@ -92,10 +92,6 @@ class ThetaGrid:
         return np.stack([np.clip(np.searchsorted(self.edges(p), theta[:, k], side="right") - 1, 0,
                                  len(self.edges_[p]) - 2) for k, p in enumerate(PARAMETERS)], axis=1)
 
-    def contains(self, name: str, value: float) -> bool:
-        e = self.edges(name)
-        return bool(e[0] <= value <= e[-1])
-
     def to_dict(self) -> dict:
         return {p: [float(v) for v in self.edges_[p]] for p in PARAMETERS}
 

@@ -21,12 +21,7 @@ from agglib.dataset.store import DatasetStore
 from agglib.evaluate.estimators import batch_groups, mae
 
 __all__ = ["theta_scores", "trivial_theta_scores", "posterior_on_store", "error_by_set_size", "calibration",
-           "ceiling", "true_summaries", "fresh_configurations", "THETA_SCORE_KEYS", "CeilingShadows"]
-
-#: Row names of :func:`theta_scores`, as on the results page (keys of PAPER_RESULTS where the paper has one).
-THETA_SCORE_KEYS = ("θ̂_Df MAE", "θ̂_ρ MAE", "θ̂0 exact", "θ̂0 within ±1", "θ̂0 MAE", "θ̂1 exact", "θ̂1 within ±1",
-                    "θ̂1 MAE")
-
+           "ceiling", "true_summaries", "fresh_configurations", "CeilingShadows"]
 
 def theta_scores(estimate, truth) -> dict:
     """Scores of θ̂ (n, 4) against θ (n, 4): MAE of θ_Df, θ_ρ; exact, within ±1 and MAE of θ0, θ1."""

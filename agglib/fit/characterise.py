@@ -34,6 +34,7 @@ from agglib.core.seeding import as_generator, spawn_seeds
 from agglib.core.validation import check_range
 from agglib.estimate import TrainedNetwork
 from agglib.fit.io import ImageInputError, MeasuredImage, read_image
+from agglib.posterior import PARAMETERS
 
 __all__ = ["prepare_image", "characterise", "FitResult", "MIN_STABLE_IMAGES", "export_shadows",
            "draw_shadows", "shadow_summary"]
@@ -113,9 +114,6 @@ def _multi_output(net: TrainedNetwork, feats: torch.Tensor, order: np.ndarray) -
         return float(net.model.activation(net.model.head(z.to(device))).mean())
 
 
-PARAMETER_NAMES = ("df", "rho", "theta0", "theta1")
-
-
 @dataclass
 class FitResult:
     """θ̂ of a sample with intervals.
@@ -144,7 +142,7 @@ class FitResult:
 
     def table(self) -> pd.DataFrame:
         rows = {}
-        for k in PARAMETER_NAMES:
+        for k in PARAMETERS:
             row = {"estimate": self.estimate[k], "2.5 %": self.intervals[k][0], "97.5 %": self.intervals[k][1]}
             if self.posterior is not None:
                 row["posterior SD"] = float(self.posterior.sd(k)[0])
@@ -161,7 +159,7 @@ class FitResult:
         if self.posterior is not None:
             out["posterior"] = {k: {"cell_edges": self.posterior.grid.edges(k).tolist(),
                                     "probabilities": self.posterior.probabilities[k][0].tolist()}
-                                for k in PARAMETER_NAMES}
+                                for k in PARAMETERS}
         return out
 
 
@@ -191,8 +189,7 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     check_range("n_bootstrap", n_bootstrap, low=10, integer=True)
     estimator = estimator or load_default_estimator()
     is_sets = isinstance(estimator, SampleEstimator)
-    stem = (estimator.encoder.metadata if is_sets else estimator.df.metadata)["stem_settings"]
-    train_dose = float(stem["dose_e_per_A2"])
+    train_dose = estimator.dose_e_per_A2
     dose = train_dose if dose_e_per_A2 is None else float(dose_e_per_A2)
     check_range("dose_e_per_A2", dose, low=0.0, low_inclusive=False, unit="e/Å²")
     items = [p if isinstance(p, MeasuredImage) else read_image(p, pixel_size_nm) for p in paths_or_images]
@@ -216,12 +213,12 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         encoded = estimator.encoder.encode(images)
         post = estimator.from_summaries(encoded.outputs, [np.arange(m)])
         estimate = post.point().iloc[0].to_dict()
-        intervals = {k: tuple(float(v) for v in post.interval(k, 0.95)[0]) for k in PARAMETER_NAMES}
+        intervals = {k: tuple(float(v) for v in post.interval(k, 0.95)[0]) for k in PARAMETERS}
         boot = estimator.from_summaries(encoded.outputs, resamples).point()
         pred = encoded.predictions
         per_image = pd.DataFrame({**base, "df": pred["df"], "rho": pred["rho"],
                                   "homogeneous": pred["homogeneous"] > 0.5})
-        for k in PARAMETER_NAMES:
+        for k in PARAMETERS:
             lo, hi = post.grid.edges(k)[[0, -1]]
             if post.cdf(k, lo + 0.02 * (hi - lo))[0] > 0.25 or post.cdf(k, hi - 0.02 * (hi - lo))[0] < 0.75:
                 warnings.append(f"the posterior of {k} piles up at the edge of the training range "

@@ -30,7 +30,7 @@ from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, TrainedEncoder, augme
 from agglib.lr_schedule import one_cycle_lr, set_lr
 from agglib.training._contracts import EncoderConfig
 
-__all__ = ["train_encoder", "load_trained_encoder"]
+__all__ = ["train_encoder"]
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -175,7 +175,3 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
     atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
     return {"history": history, "path": final}
 
-
-def load_trained_encoder(out_dir, device="cpu") -> TrainedEncoder:
-    """The encoder written by :func:`train_encoder` into ``out_dir``."""
-    return TrainedEncoder.load(Path(out_dir) / "encoder.pt", device)
