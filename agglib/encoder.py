@@ -31,7 +31,7 @@ from agglib.preprocess import INVERSE_THRESHOLD, inverse_intensity, scale_and_qu
 
 __all__ = ["EncoderTarget", "ENCODER_TARGETS", "encoder_inputs", "encoder_labels", "label_scaling",
            "augment_batch", "ImageEncoder", "EMBEDDING_DIM", "INPUT_CHANNELS", "Encoded", "TrainedEncoder",
-           "standardised_labels", "multitask_loss", "unscale_predictions"]
+           "standardised_labels", "multitask_loss", "unscale_predictions", "natural_labels", "per_image_errors"]
 
 EMBEDDING_DIM = 128
 INPUT_CHANNELS = 3
@@ -101,6 +101,27 @@ def label_scaling(labels: np.ndarray, names=tuple(ENCODER_TARGETS)) -> dict:
         if ENCODER_TARGETS[name].loss == "bce":
             mean[k], sd[k] = 0.0, 1.0
     return {"names": list(names), "mean": [float(v) for v in mean], "sd": [float(v) for v in sd]}
+
+
+def natural_labels(labels: np.ndarray, names=tuple(ENCODER_TARGETS)) -> dict:
+    """Transformed labels (n, K) from :func:`encoder_labels` back in natural units, per target."""
+    return {name: _INVERSE[ENCODER_TARGETS[name].transform](labels[:, k]) for k, name in enumerate(names)}
+
+
+def per_image_errors(predictions: dict, labels: np.ndarray, names=tuple(ENCODER_TARGETS)) -> dict:
+    """Per-target error of per-image predictions (natural units, as from :attr:`Encoded.predictions`)
+    against transformed labels (n, K) from :func:`encoder_labels`: the mean absolute error, or for
+    ``homogeneous`` the share of images misclassified. Undefined labels (NaN) do not count."""
+    truth = natural_labels(labels, names)
+    out = {}
+    for name in names:
+        ok = np.isfinite(truth[name])
+        pred, t = np.asarray(predictions[name])[ok], truth[name][ok]
+        if ENCODER_TARGETS[name].loss == "bce":
+            out[name] = float(np.mean((pred > 0.5) != (t > 0.5)))
+        else:
+            out[name] = float(np.mean(np.abs(pred - t)))
+    return out
 
 
 def unscale_predictions(pred: np.ndarray, scaling: dict) -> dict:

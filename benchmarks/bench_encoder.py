@@ -19,7 +19,7 @@ import numpy as np
 
 import agglib
 from agglib.dataset import DatasetStore
-from agglib.encoder import ENCODER_TARGETS, TrainedEncoder, encoder_labels
+from agglib.encoder import TrainedEncoder, encoder_labels, per_image_errors
 from agglib.training import train_encoder
 from agglib.training.pipeline import encoder_config
 
@@ -27,20 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def per_image_mae(encoder: TrainedEncoder, store: DatasetStore) -> dict:
+    """Every head's per-image error on all of E (homogeneous: misclassified share)."""
     idx = store.indices("E")
     pred = encoder.encode(store.read_images(idx)).predictions
-    names = list(ENCODER_TARGETS)
-    truth = encoder_labels(store.theta, store.descriptors, names)[idx]
-    out = {}
-    for k, name in enumerate(names):
-        target = ENCODER_TARGETS[name]
-        ok = np.isfinite(truth[:, k])
-        if target.loss == "bce":
-            out[name] = float(np.mean((pred[name][ok] > 0.5) != (truth[ok, k] > 0.5)))
-            continue
-        inverse = {"identity": lambda v: v, "log": np.exp, "log1p": np.expm1}[target.transform]
-        out[name] = float(np.mean(np.abs(pred[name][ok] - inverse(truth[ok, k]))))
-    return out
+    return per_image_errors(pred, encoder_labels(store.theta, store.descriptors)[idx])
 
 
 def main(argv=None) -> int:

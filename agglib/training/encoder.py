@@ -25,8 +25,8 @@ from agglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from agglib.core.distributed import pick_device
 from agglib.core.files import atomic_write_text
 from agglib.dataset.store import DatasetStore
-from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, TrainedEncoder, augment_batch, encoder_inputs,
-                            encoder_labels, label_scaling, multitask_loss, unscale_predictions)
+from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, augment_batch, encoder_inputs, encoder_labels,
+                            label_scaling, multitask_loss, per_image_errors, unscale_predictions)
 from agglib.lr_schedule import one_cycle_lr, set_lr
 from agglib.training._contracts import EncoderConfig
 
@@ -44,17 +44,12 @@ def _scores(model, images, labels_raw, names, scaling, epp, device, batch=256) -
     with torch.no_grad():
         for k in range(0, images.shape[0], batch):
             outs.append(model(encoder_inputs(images[k:k + batch], epp).to(device))[1].float().cpu())
-    pred = unscale_predictions(torch.cat(outs).numpy(), scaling)
     result = {}
-    for j, name in enumerate(names):
-        truth = labels_raw[:, j]
-        ok = np.isfinite(truth)
-        target = ENCODER_TARGETS[name]
-        if target.loss == "bce":
-            result["homogeneous_accuracy"] = float(np.mean((pred[name][ok] > 0.5) == (truth[ok] > 0.5)))
-            continue
-        inv = {"identity": lambda v: v, "log": np.exp, "log1p": np.expm1}[target.transform]
-        result[f"{name}_mae"] = float(np.mean(np.abs(pred[name][ok] - inv(truth[ok]))))
+    for name, err in per_image_errors(unscale_predictions(torch.cat(outs).numpy(), scaling), labels_raw, names).items():
+        if ENCODER_TARGETS[name].loss == "bce":
+            result[f"{name}_accuracy"] = 1.0 - err
+        else:
+            result[f"{name}_mae"] = err
     return result
 
 
