@@ -142,15 +142,15 @@ class ParameterEstimator:
                 **combine_groups(self.theta0.predict(images), self.theta1.predict(images)),
                 "n_images": int(images.shape[0] if images.ndim == 3 else 1)}
 
-    def shadow_parameters(self, images, count: int, seed=None, draws: str = "point", rows=None):
+    def shadow_parameters(self, images, count: int, seed=None, draws: str = "point"):
         """θ̂ and ``count`` copies of it as model parameters (the paper's shadows share θ̂; there is
-        no posterior to draw from, ``draws`` must be ``"point"``; ``rows`` is not used)."""
+        no posterior to draw from, ``draws`` must be ``"point"``)."""
         if draws != "point":
             raise ValueError("the paper method gives a point estimate only; use draws='point'")
-        from agglib.model.params import valid_params
+        from agglib.model.params import params_from_estimate
 
         est = self.estimate(images)
-        return est, [valid_params(est["df"], est["rho"], est["theta0"], est["theta1"])] * int(count)
+        return est, [params_from_estimate(est)] * int(count)
 
 
 #: Folders of the shipped estimators under ``data/models/`` (both trained on the quick dataset, seed 0).
@@ -289,25 +289,12 @@ class SampleEstimator:
         encoded = self.encoder.encode(images)
         return self.from_summaries(encoded.outputs, [np.arange(encoded.outputs.shape[0])])
 
-    def shadow_parameters(self, images, count: int, seed=None, draws: str = "posterior", rows=None):
+    def shadow_parameters(self, images, count: int, seed=None, draws: str = "posterior"):
         """θ̂ (posterior mean of θ_Df, θ_ρ; mode of θ0, θ1) and ``count`` model parameters for
         digital shadows: θ drawn from the posterior (``draws="posterior"``: the shadows carry the
-        estimate's uncertainty) or θ̂ itself (``"point"``: the paper's protocol, Table 5).
-        ``rows`` (store rows of the images) is used only by :class:`agglib.evaluate.sets.CeilingShadows`."""
-        if draws not in ("posterior", "point"):
-            raise ValueError(f"draws={draws!r}; accepted: 'posterior', 'point'")
+        estimate's uncertainty) or θ̂ itself (``"point"``: the paper's protocol, Table 5)."""
         post = self.estimate(images)
-        return self._shadow_draws(post, count, seed, draws)
-
-    @staticmethod
-    def _shadow_draws(post, count, seed, draws):
-        """θ̂ and the shadows' model parameters from a one-sample posterior (see shadow_parameters)."""
-        from agglib.model.params import valid_params
-
-        point = post.point().iloc[0].to_dict()
-        if draws == "point":
-            return point, [valid_params(point["df"], point["rho"], point["theta0"], point["theta1"])] * int(count)
-        return point, [valid_params(*theta) for theta in post.sample(int(count), seed=seed)]
+        return post.point().iloc[0].to_dict(), post.model_params(count, seed=seed, draws=draws)
 
     def save(self, directory) -> Path:
         """Write ``encoder.pt`` and ``posterior.pt`` (loadable with ``torch.load(weights_only=True)``)."""

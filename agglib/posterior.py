@@ -265,6 +265,17 @@ class PosteriorEstimate:
         second = prob @ (centre ** 2 + width ** 2 / 12)
         return np.sqrt(np.maximum(second - mean ** 2, 0.0))
 
+    def model_params(self, count: int, seed=None, draws: str = "posterior", which: int = 0) -> list:
+        """``count`` model parameters for digital shadows of sample ``which``: each drawn from the
+        posterior (``draws="posterior"``) or all the point estimate θ̂ (``"point"``)."""
+        from agglib.model.params import params_from_estimate, valid_params
+
+        if draws == "point":
+            return [params_from_estimate(self.point().iloc[which])] * int(count)
+        if draws != "posterior":
+            raise ValueError(f"draws={draws!r}; accepted: 'posterior', 'point'")
+        return [valid_params(*theta) for theta in self.sample(int(count), seed=seed, which=which)]
+
     def sample(self, count: int, seed=None, which: int = 0) -> np.ndarray:
         """``count`` draws (count, 4) of θ from sample ``which``'s posterior (marginals independent;
         θ_Df and θ_ρ uniform within their cells, θ0 and θ1 integers)."""

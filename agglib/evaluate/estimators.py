@@ -104,17 +104,22 @@ def descriptor_scores(net: TrainedNetwork, store: DatasetStore, split: str = "E"
     return pd.DataFrame(rows).set_index("descriptor")
 
 
-def batch_groups(store: DatasetStore, nu: int, split: str = "E", seed: int = 0, repeats: int = 1) -> list:
-    """Disjoint groups of ν samples of one configuration: ⌊m/ν⌋ per configuration and repeat."""
-    rng = np.random.default_rng(seed)
-    idx = store.indices(split)
-    ids = store.config_id[idx]
+def disjoint_groups(rows, config_ids, nu: int, rng, repeats: int = 1) -> list:
+    """Disjoint groups of ν of ``rows`` that share a configuration (``config_ids`` of each row):
+    ⌊m/ν⌋ per configuration and repeat, each repeat a new shuffle drawn from ``rng``."""
+    rows, config_ids = np.asarray(rows), np.asarray(config_ids)
     groups = []
     for _ in range(repeats):
-        for c in np.unique(ids):
-            members = rng.permutation(idx[ids == c])
+        for c in np.unique(config_ids):
+            members = rng.permutation(rows[config_ids == c])
             groups += [members[g * nu:(g + 1) * nu] for g in range(members.size // nu)]
     return groups
+
+
+def batch_groups(store: DatasetStore, nu: int, split: str = "E", seed: int = 0, repeats: int = 1) -> list:
+    """Disjoint groups of ν samples of one configuration: ⌊m/ν⌋ per configuration and repeat."""
+    idx = store.indices(split)
+    return disjoint_groups(idx, store.config_id[idx], nu, np.random.default_rng(seed), repeats)
 
 
 def batch_estimates(per_image: pd.DataFrame | None, store: DatasetStore, nu: int, *, column: str = "prediction",

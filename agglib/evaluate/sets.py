@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from agglib.dataset.store import DatasetStore
-from agglib.evaluate.estimators import batch_groups, mae
+from agglib.evaluate.estimators import batch_groups, disjoint_groups, mae
 
 __all__ = ["theta_scores", "trivial_theta_scores", "posterior_on_store", "error_by_set_size", "calibration",
            "ceiling", "true_summaries", "fresh_configurations", "CeilingShadows"]
@@ -81,11 +81,7 @@ def error_by_set_size(estimator, summaries, theta, config_id, sizes, seed: int =
     rng = np.random.default_rng(seed)
     rows = []
     for m in sizes:
-        groups = []
-        for _ in range(repeats):
-            for c in np.unique(config_id):
-                members = rng.permutation(np.flatnonzero(config_id == c))
-                groups += [members[g * m:(g + 1) * m] for g in range(members.size // m)]
+        groups = disjoint_groups(np.arange(len(config_id)), config_id, m, rng, repeats)
         if not groups:
             continue
         post = estimator.from_summaries(summaries, groups)
@@ -138,18 +134,20 @@ def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_pr
 
 class CeilingShadows:
     """The ceiling posterior (:func:`ceiling`) as an estimator for :func:`shadow_comparison`: it
-    reads the true per-image descriptors of the store rows it is given instead of the images
-    (Table 5's ceiling: shadows from what a perfect encoder would allow)."""
+    reads the true per-image descriptors of store rows instead of images (Table 5's ceiling:
+    shadows from what a perfect encoder would allow). Pass ``read=ceiling_shadows.read``."""
 
     def __init__(self, ceiling_estimator, store: DatasetStore, sample_estimator):
         self.ceiling = ceiling_estimator
         self.summaries = true_summaries(store, sample_estimator)
 
-    def shadow_parameters(self, images, count: int, seed=None, draws: str = "point", rows=None):
-        if rows is None:
-            raise ValueError("the ceiling reads stored descriptors: pass the store rows of the images")
-        post = self.ceiling.from_summaries(self.summaries, [np.asarray(rows)])
-        return self.ceiling._shadow_draws(post, count, seed, draws)
+    def read(self, rows) -> np.ndarray:
+        """The true per-image summaries of store ``rows``."""
+        return self.summaries[np.asarray(rows)]
+
+    def shadow_parameters(self, summaries, count: int, seed=None, draws: str = "point"):
+        post = self.ceiling.from_summaries(summaries, [np.arange(len(summaries))])
+        return post.point().iloc[0].to_dict(), post.model_params(count, seed=seed, draws=draws)
 
 
 def true_summaries(store: DatasetStore, estimator) -> np.ndarray:

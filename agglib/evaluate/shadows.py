@@ -20,7 +20,7 @@ import agglib
 from agglib.core.seeding import spawn_seeds
 from agglib.descriptors import describe_many
 from agglib.evaluate.estimators import batch_groups, mae, r2
-from agglib.model.params import ModelParams, valid_params
+from agglib.model.params import ModelParams, params_from_estimate
 
 __all__ = ["SHADOW_DESCRIPTORS", "shadow_params", "shadow_comparison", "shadow_table", "error_by_particle_count",
            "PAPER_SHADOW_RESULTS", "shadow_range_coverage"]
@@ -34,7 +34,7 @@ PAPER_SHADOW_RESULTS = {"s_tio2": {"MAE": 2.165, "R²": 0.84}, "z_hetero": {"MAE
 
 def shadow_params(theta_hat: dict) -> ModelParams:
     """A valid θ for the model from an estimate dict (see :func:`agglib.model.params.valid_params`)."""
-    return valid_params(theta_hat["df"], theta_hat["rho"], theta_hat["theta0"], theta_hat["theta1"])
+    return params_from_estimate(theta_hat)
 
 
 def _describe(params, count, seed, workers):
@@ -45,11 +45,13 @@ def _describe(params, count, seed, workers):
 
 def shadow_comparison(estimator, store, n_configs: int = 50, n_aggregates: int = 800, nu: int = 12,
                       seed: int = 0, workers: int | None = None, show_progress_bars: bool | None = None,
-                      draws: str = "point") -> dict:
+                      draws: str = "point", read=None) -> dict:
     """Digital shadows for ``n_configs`` configurations of E.
 
     ``draws="point"``: every shadow from θ̂ (the paper's protocol, Table 5); ``"posterior"`` (new
-    method only): each shadow from its own posterior draw of θ.
+    method only): each shadow from its own posterior draw of θ. ``read(rows)`` gives what
+    ``estimator.shadow_parameters`` reads for those store rows (default: their images; the
+    ceiling, :class:`agglib.evaluate.sets.CeilingShadows`, reads their true descriptors).
 
     Returns
     -------
@@ -70,8 +72,8 @@ def shadow_comparison(estimator, store, n_configs: int = 50, n_aggregates: int =
     show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
     for k, c in enumerate(tqdm(chosen, desc="digital shadows", disable=not show)):
         members = by_config[c]
-        images = store.read_images(members)
-        point, params = estimator.shadow_parameters(images, n_aggregates, seeds[2 * k + 1], draws=draws, rows=members)
+        inputs = (read or store.read_images)(members)
+        point, params = estimator.shadow_parameters(inputs, n_aggregates, seeds[2 * k + 1], draws=draws)
         theta = ModelParams(*store.configs[c])
         theta_hat = shadow_params(point)
         true_desc = _describe(theta, n_aggregates, seeds[2 * k], workers)

@@ -250,17 +250,16 @@ def draw_shadows(result: FitResult, count: int, seed=None, workers: int | None =
     """Digital shadows: ``count`` aggregates whose θ carry the estimate's uncertainty — each drawn
     from the posterior (new method) or spread over bootstrap draws of θ̂ (paper method).
     Returns (aggregates, the θ of each aggregate)."""
-    from agglib.model.params import valid_params
+    from agglib.model.params import params_from_estimate
 
     check_range("count", count, low=1, integer=True)
     rng = as_generator(seed)
     if result.posterior is not None:
-        draws = result.posterior.sample(count, seed=rng.integers(2**63))
-        params = [valid_params(*theta) for theta in draws]
+        params = result.posterior.model_params(count, seed=rng.integers(2**63))
     else:
         n_draws = int(min(20, count, len(result.bootstrap)))
         rows = result.bootstrap.iloc[rng.choice(len(result.bootstrap), n_draws, replace=False)]
-        distinct = [valid_params(r["df"], r["rho"], r["theta0"], r["theta1"]) for r in rows.to_dict(orient="records")]
+        distinct = [params_from_estimate(r) for r in rows.to_dict(orient="records")]
         per_draw = [count // n_draws + (k < count % n_draws) for k in range(n_draws)]
         params = [p for p, c in zip(distinct, per_draw) for _ in range(c)]
     seeds = spawn_seeds(rng.integers(2**63), 1)[0]

@@ -154,3 +154,8 @@ def valid_params(df: float, rho: float, theta0: float, theta1: float) -> "ModelP
     θ1 rounded to integers ≥ 1 (digital shadows are drawn from estimates through this)."""
     return ModelParams(float(np.clip(df, 1.05, 2.95)), float(np.clip(rho, 0.0, 1.0)),
                        max(1, int(np.rint(theta0))), max(1, int(np.rint(theta1))))
+
+
+def params_from_estimate(estimate) -> "ModelParams":
+    """:func:`valid_params` of an estimate given as a mapping with keys df, rho, theta0, theta1."""
+    return valid_params(estimate["df"], estimate["rho"], estimate["theta0"], estimate["theta1"])
