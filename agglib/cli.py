@@ -11,14 +11,17 @@ import agglib
 
 
 def _cmd_generate(args) -> int:
+    from agglib.core.files import check_output_dir, claim_output_dir
+
     params = agglib.ModelParams(args.df, args.rho, args.theta0, args.theta1)
+    width = len(str(max(args.count - 1, 0)))
+    names = [f"aggregate_{k:0{width}d}.npz" for k in range(args.count)]
+    check_output_dir(args.out, names, overwrite=args.overwrite)
     aggs = agglib.generate_aggregates(params, args.count, seed=args.seed, n_particles=args.n_particles,
                                       cluster_sizes=args.cluster_sizes, workers=args.workers)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    width = len(str(max(args.count - 1, 0)))
-    for k, agg in enumerate(aggs):
-        agg.save(out / f"aggregate_{k:0{width}d}.npz")
+    out = claim_output_dir(args.out, names, overwrite=args.overwrite, command="agglib generate")
+    for name, agg in zip(names, aggs):
+        agg.save(out / name)
     print(f"wrote {len(aggs)} aggregates with {params} to {out}/")
     return 0
 
@@ -35,18 +38,20 @@ def _cmd_describe(args) -> int:
 def _cmd_render(args) -> int:
     import numpy as np
 
-    from agglib.core.files import atomic_open
+    from agglib.core.files import atomic_open, claim_output_dir
     from agglib.core.seeding import spawn_seeds
 
     settings = agglib.StemSettings(image_size_px=args.image_size, pixel_size_nm=args.pixel_size,
                                    dose_e_per_A2=args.dose, scan_noise_nm=args.scan_noise,
                                    semiangle_mrad=args.semiangle, noise=not args.no_noise)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    names = [Path(path).stem + ".npy" for path in args.paths]
+    if len(set(names)) < len(names):
+        raise ValueError("two inputs have the same file name; their images would overwrite each other")
+    out = claim_output_dir(args.out, names, inputs=args.paths, overwrite=args.overwrite, command="agglib render")
     seeds = spawn_seeds(args.seed, len(args.paths))
-    for path, seed in zip(args.paths, seeds):
+    for path, name, seed in zip(args.paths, names, seeds):
         image = agglib.render_stem(agglib.Aggregate.load(path), seed=seed, settings=settings)
-        with atomic_open(out / (Path(path).stem + ".npy")) as fh:
+        with atomic_open(out / name) as fh:
             np.save(fh, image)
     print(f"wrote {len(args.paths)} images ({settings.image_size_px}² px, "
           f"{settings.pixel_size_nm:g} nm/px, {settings.dose_e_per_A2:g} e/Å²) to {out}/")
@@ -123,14 +128,16 @@ def _cmd_estimator(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(tag, args.seed)
     estimator = train_sample_estimator(prof, grid, cont, run_dir, seed=args.seed,
                                        encoder_changes={"device": args.device})
-    out = estimator.save(args.out) if args.out else run_dir / "sets"
+    out = estimator.save(args.out, overwrite=args.overwrite) if args.out else run_dir / "sets"
     print(f"estimator (encoder + set-level posterior) in {out}/; use it with `agglib fit … --models {out}`")
     return 0
 
 
 def _cmd_fit(args) -> int:
     from agglib.estimate import ParameterEstimator, SampleEstimator, load_default_estimator
+    from agglib.core.files import check_output_dir
     from agglib.fit import SUPPORTED_SUFFIXES, characterise, draw_shadows, export_shadows
+    from agglib.fit.characterise import SHADOW_FILES
 
     files = []
     for p in map(Path, args.paths):
@@ -139,8 +146,7 @@ def _cmd_fit(args) -> int:
         else:
             files.append(p)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"--out {out} exists; choose another folder or pass --overwrite")
+    check_output_dir(out, SHADOW_FILES, inputs=args.paths, overwrite=args.overwrite)
     if args.models is None:
         estimator = load_default_estimator()
     elif (Path(args.models) / "posterior.pt").is_file():
@@ -157,7 +163,7 @@ def _cmd_fit(args) -> int:
     for w in result.warnings:
         print(f"warning: {w}")
     aggregates, _ = draw_shadows(result, args.shadows, seed=args.seed)
-    export_shadows(result, aggregates, out, overwrite=args.overwrite)
+    export_shadows(result, aggregates, out, overwrite=args.overwrite, inputs=args.paths)
     print(f"{len(aggregates)} digital shadows written to {out}/ (summary.json, particles.csv, "
           "particles.parquet, shadows.ply)")
     return 0
@@ -173,6 +179,9 @@ def _cmd_profiles(args) -> int:
             if k not in ("name", "description"):
                 print(f"    {k} = {v}")
     return 0
+
+
+_OVERWRITE_HELP = "replace the files agglib wrote in an existing output folder (never anything else)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     g.set_defaults(func=_cmd_generate)
 
     d = sub.add_parser("describe", help="descriptors of saved aggregates, as CSV on stdout")
@@ -210,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--semiangle", type=float, default=defaults.semiangle_mrad,
                    help="probe semi-convergence angle [mrad]")
     r.add_argument("--no-noise", action="store_true", help="expected counts, no scan/shot noise")
+    r.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     r.set_defaults(func=_cmd_render)
 
     h = sub.add_parser("haadf-table", help="(re)compute the HAADF reference table with abTEM "
@@ -276,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continuous dataset store (None: data/datasets/<profile>-seed<seed>-continuous.zarr)")
     e.add_argument("--run-dir", default=None, help="training folder (None: data/runs/<profile>-seed<seed>)")
     e.add_argument("--out", default=None, help="also write encoder.pt and posterior.pt here")
+    e.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     e.add_argument("--workers", type=int, default=None, help="dataset build processes (None: all cores)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     e.set_defaults(func=_cmd_estimator)
@@ -293,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--shadows", type=int, default=200, help="digital shadows to draw")
     f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the images")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    f.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     f.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("profiles", help="list the run-size profiles")

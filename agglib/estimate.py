@@ -296,11 +296,17 @@ class SampleEstimator:
         post = self.estimate(images)
         return post.point().iloc[0].to_dict(), post.model_params(count, seed=seed, draws=draws)
 
-    def save(self, directory) -> Path:
-        """Write ``encoder.pt`` and ``posterior.pt`` (loadable with ``torch.load(weights_only=True)``)."""
-        from agglib.checkpoint import save_checkpoint, weights_digest
+    def save(self, directory, overwrite: bool = False) -> Path:
+        """Write ``encoder.pt`` and ``posterior.pt`` (loadable with ``torch.load(weights_only=True)``).
 
-        directory = Path(directory)
+        ``directory`` must be new, empty or made by agglib; ``overwrite`` replaces the two files
+        only where agglib wrote them (see :func:`agglib.core.files.claim_output_dir`).
+        """
+        from agglib.checkpoint import save_checkpoint, weights_digest
+        from agglib.core.files import claim_output_dir
+
+        directory = claim_output_dir(directory, ("encoder.pt", "posterior.pt"), overwrite=overwrite,
+                                     command="agglib SampleEstimator.save")
         state = self.encoder.model.state_dict()
         save_checkpoint(directory / "encoder.pt", "encoder", self.encoder.metadata, state)
         meta = {**self.metadata, "encoder_sha256": weights_digest(state)}

@@ -43,7 +43,9 @@ def test_render_writes_one_image_per_aggregate(tmp_path, capsys):
     assert main(args) == 0
     first = [np.load(tmp_path / "img" / f"a{k}.npy") for k in range(2)]
     assert first[0].shape == (128, 128) and first[0].dtype == np.float32 and first[0].max() > 0
-    assert main(args) == 0                                   # same seed, same images
+    assert main(args) == 2                                   # agglib's files are kept unless --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0                 # same seed, same images
     assert all(np.array_equal(f, np.load(tmp_path / "img" / f"a{k}.npy")) for k, f in enumerate(first))
     assert main([*args[:-2], "--pixel-size", "-2"]) == 2
     assert "pixel_size_nm=-2" in capsys.readouterr().err

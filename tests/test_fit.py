@@ -107,7 +107,7 @@ def test_characterise_gives_intervals_and_exports_shadows(tmp_path, tiny_models)
     assert len(aggs) == 12 and len(params) >= 1
     out = export_shadows(result, aggs, tmp_path / "shadows")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["particles.csv", "particles.parquet", "shadows.ply", "summary.json"]
+    assert names == [".agglib-output.json", "particles.csv", "particles.parquet", "shadows.ply", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_images"] == 6 and "s_tio2" in summary["shadows"]["descriptors"]
     ply = (out / "shadows.ply").read_text().splitlines()

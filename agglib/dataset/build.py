@@ -219,6 +219,11 @@ def build_dataset(path, profile: str | Profile | None = None, seed: int = 0, *,
             return store
         shard_size = int(root.attrs["build"]["shard_size"])    # resume with the original shards
     else:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            from agglib.core.files import OutputFolderError
+
+            raise OutputFolderError(f"{path} exists and is not a dataset store (no zarr.json); agglib creates a "
+                                    "store only in a new or empty folder: choose another path")
         root = _create_store(path, prof, seed, identity, shard_size)
     n = root["theta"].shape[0]
     done = root["build/done"][...]

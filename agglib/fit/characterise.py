@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +35,7 @@ from agglib.fit.io import ImageInputError, MeasuredImage, read_image
 from agglib.posterior import PARAMETERS
 
 __all__ = ["prepare_image", "characterise", "FitResult", "MIN_STABLE_IMAGES", "export_shadows",
-           "draw_shadows", "shadow_summary"]
+           "draw_shadows", "shadow_summary", "SHADOW_FILES"]
 
 #: The paper recommends batches of ν ≥ 10 images for stable estimates.
 MIN_STABLE_IMAGES = 10
@@ -291,33 +289,33 @@ def _ply(aggregates) -> str:
     return "\n".join(header + lines) + "\n"
 
 
-def export_shadows(result: FitResult, aggregates, out_dir, overwrite: bool = False) -> Path:
+#: The files :func:`export_shadows` writes.
+SHADOW_FILES = ("summary.json", "particles.csv", "particles.parquet", "shadows.ply")
+
+
+def export_shadows(result: FitResult, aggregates, out_dir, overwrite: bool = False, inputs=()) -> Path:
     """Write summary.json, particles.csv, particles.parquet and shadows.ply into ``out_dir``.
 
-    Everything is written to a temporary folder next to ``out_dir`` and renamed at the end: an
-    interrupted export leaves nothing half-written.
+    ``out_dir`` must be new, empty or a folder agglib made (it holds
+    :data:`agglib.core.files.OUTPUT_MARKER`); it may not be, contain or lie inside an input (the
+    images of ``result`` and ``inputs``). ``overwrite`` replaces only the files agglib wrote there;
+    nothing else in the folder is touched. Each file is written atomically and ``summary.json``
+    last: an interrupted export leaves no half-written file.
     """
+    from agglib.core.files import atomic_open, atomic_write_text, claim_output_dir
     from agglib.model.aggregate import MATERIAL_NAMES
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; choose another output folder or pass overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        rows = [{"aggregate": k, "x_nm": x, "y_nm": y, "z_nm": z, "r_nm": r, "material": MATERIAL_NAMES[int(l)]}
-                for k, a in enumerate(aggregates) for (x, y, z), r, l in zip(a.positions, a.radii, a.labels)]
-        particles = pd.DataFrame(rows)
-        particles.to_csv(tmp / "particles.csv", index=False)
-        particles.to_parquet(tmp / "particles.parquet", index=False)
-        (tmp / "shadows.ply").write_text(_ply(aggregates))
-        summary = {**result.to_dict(), "shadows": {"count": len(aggregates),
-                                                   "descriptors": shadow_summary(aggregates).to_dict(orient="index")}}
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    out_dir = claim_output_dir(out_dir, SHADOW_FILES, inputs=[*result.per_image["path"], *inputs],
+                               overwrite=overwrite, command="agglib fit")
+    rows = [{"aggregate": k, "x_nm": x, "y_nm": y, "z_nm": z, "r_nm": r, "material": MATERIAL_NAMES[int(l)]}
+            for k, a in enumerate(aggregates) for (x, y, z), r, l in zip(a.positions, a.radii, a.labels)]
+    particles = pd.DataFrame(rows)
+    with atomic_open(out_dir / "particles.csv", "w") as fh:
+        particles.to_csv(fh, index=False)
+    with atomic_open(out_dir / "particles.parquet") as fh:
+        particles.to_parquet(fh, index=False)
+    atomic_write_text(out_dir / "shadows.ply", _ply(aggregates))
+    summary = {**result.to_dict(), "shadows": {"count": len(aggregates),
+                                               "descriptors": shadow_summary(aggregates).to_dict(orient="index")}}
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1, default=float))
     return out_dir

@@ -130,5 +130,5 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     model, history = train_posterior(summaries[t_idx], continuous_store.theta[t_idx], continuous_store.config_id[t_idx],
                                      grid, post_config, show_progress_bars=show_progress_bars)
     estimator = SampleEstimator(encoder, model, grid, {**meta, "history": history})
-    estimator.save(out)
+    estimator.save(out, overwrite=True)
     return SampleEstimator.load(out)
