@@ -10,7 +10,7 @@ PROFILE ?= quick
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[book,dev,multislice]"
+	$(BIN)/python -m pip install --quiet -e ".[book,dev,multislice,io]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (agglib)" >/dev/null
 	touch $(STAMP)
 

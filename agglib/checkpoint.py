@@ -72,6 +72,21 @@ def save_paper_checkpoint(path, payload: dict) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def read_torch_file(path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``; :class:`CheckpointError` naming the file when it is
+    missing, truncated or not a PyTorch file (the one place agglib reads a checkpoint's bytes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:                   # truncated or foreign file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first}); it is "
+                              "probably truncated (an interrupted copy or download): copy it again, restore "
+                              "it from a backup, or train it again") from None
+
+
 def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
     """Read a checkpoint with ``torch.load(weights_only=True)``; metadata and history decoded.
 
@@ -79,13 +94,7 @@ def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
     checkpoint or of another ``kind``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:                   # truncated or foreign file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
-                              "delete it and train again, or restore it from a copy") from None
+    payload = read_torch_file(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an {CHECKPOINT_FORMAT} checkpoint")
     if kind is not None and payload.get("kind") != kind:

@@ -66,7 +66,7 @@ def _cmd_haadf_table(args) -> int:
                                   zone_axis_positions=args.zone_axis_positions, phonons=args.phonons,
                                   box_A=args.box)
     table = build_reference_table(args.out, phases=args.phases, settings=settings, workers=args.workers)
-    print(f"HAADF table with {len(table.phases)} phases written to {args.out or 'the shipped path'}")
+    print(f"HAADF table with {len(table.phases)} phases written to {args.out}")
     return 0
 
 
@@ -154,7 +154,7 @@ def _cmd_fit(args) -> int:
     else:
         estimator = ParameterEstimator.load(args.models)
     result = characterise(files, estimator, pixel_size_nm=args.pixel_size, dose_e_per_A2=args.dose,
-                          n_bootstrap=args.bootstrap, seed=args.seed)
+                          n_bootstrap=args.bootstrap, seed=args.seed, skip_bad=args.skip_bad)
     kind = "posterior credible intervals" if result.posterior is not None else "bootstrap intervals over the images"
     print(f"θ̂ from {result.n_images} images (95 % {kind}):")
     for k, label in (("df", "θ_Df"), ("rho", "θ_ρ"), ("theta0", "θ0"), ("theta1", "θ1")):
@@ -225,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("haadf-table", help="(re)compute the HAADF reference table with abTEM "
                                            "(resumable; needs agglib[multislice])")
-    h.add_argument("--out", default=None, help="table JSON (default: data/haadf_reference.json)")
+    h.add_argument("--out", required=True,
+                   help="table JSON to write (resumable: finished curves are kept in <out>.parts/); render "
+                        "with it through $AGGLIB_HAADF_TABLE or render_stem(table=)")
     h.add_argument("--phases", nargs="+", default=None, help="phase names (default: all four)")
     h.add_argument("--thickness", type=float, default=60.0, help="largest thickness [nm]")
     h.add_argument("--positions", type=int, default=4, help="probe positions off zone axes")
@@ -282,10 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a profile field (repeatable)")
     e.add_argument("--seed", type=int, default=0, help="seed of the datasets and of training")
-    e.add_argument("--store", default=None, help="grid dataset store (None: data/datasets/<profile>-seed<seed>.zarr)")
+    e.add_argument("--store", default=None, help="grid dataset store (None: <data>/datasets/<profile>-seed<seed>.zarr; "
+                        "<data>: $AGGLIB_DATA_DIR, a checkout's data/ or the user data folder)")
     e.add_argument("--continuous-store", default=None,
-                   help="continuous dataset store (None: data/datasets/<profile>-seed<seed>-continuous.zarr)")
-    e.add_argument("--run-dir", default=None, help="training folder (None: data/runs/<profile>-seed<seed>)")
+                   help="continuous dataset store (None: <data>/datasets/<profile>-seed<seed>-continuous.zarr)")
+    e.add_argument("--run-dir", default=None, help="training folder (None: <data>/runs/<profile>-seed<seed>)")
     e.add_argument("--out", default=None, help="also write encoder.pt and posterior.pt here")
     e.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     e.add_argument("--workers", type=int, default=None, help="dataset build processes (None: all cores)")
@@ -300,11 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "(default: the training dose)")
     f.add_argument("--models", default=None, help="folder of a trained estimator: encoder.pt + posterior.pt "
                                                   "(new method) or the five networks of the paper method "
-                                                  "(default: the shipped new-method estimator, data/models/sets-quick)")
+                                                  "(default: the shipped new-method estimator, agglib/data/models/sets-quick)")
     f.add_argument("--out", required=True, help="output folder for the shadows and summary.json")
     f.add_argument("--shadows", type=int, default=200, help="digital shadows to draw")
     f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the images")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--skip-bad", action="store_true",
+                   help="leave out images that cannot be used (unreadable, too small) with a warning naming "
+                        "each, instead of stopping at the first")
     f.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     f.set_defaults(func=_cmd_fit)
 

@@ -74,14 +74,13 @@ class TrainedNetwork:
 def load_estimator(path, device: str | torch.device = "cpu") -> TrainedNetwork:
     """A network from a checkpoint written by :func:`agglib.train.train_network` (needs nothing else)."""
     from agglib.checkpoint import PAPER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
+    from agglib.checkpoint import CheckpointError, read_torch_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=device, weights_only=True)
-    meta = state.get("metadata", {})
+    state = read_torch_file(path, device)
+    meta = state.get("metadata", {}) if isinstance(state, dict) else {}
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an agglib estimator checkpoint")
+        raise CheckpointError(f"{path} is not an agglib estimator checkpoint ({CHECKPOINT_FORMAT})")
     model = build_network(meta["arch"], meta["input_size"], nu=meta["nu"], activation=meta["activation"],
                           outputs=int(meta.get("outputs", 1)))
     model.load_state_dict(state["model"])
@@ -102,8 +101,16 @@ class ParameterEstimator:
     @classmethod
     def load(cls, directory, device: str = "cpu", checkpoint: str = "best.pt") -> "ParameterEstimator":
         """Load ``<directory>/<name>/<checkpoint>`` for the five networks."""
+        from agglib.checkpoint import CheckpointError
+
         directory = Path(directory)
-        nets = {name: load_estimator(directory / name / checkpoint, device) for name in NETWORK_NAMES}
+        nets = {}
+        for name in NETWORK_NAMES:
+            try:
+                nets[name] = load_estimator(directory / name / checkpoint, device)
+            except CheckpointError as err:
+                raise CheckpointError(f"the {name} network of the paper method ({len(NETWORK_NAMES)} networks "
+                                      f"in {directory}): {err}") from None
         sizes = {(n.image_size_px, n.pixel_size_nm) for n in nets.values()}
         if len(sizes) != 1:
             raise ValueError(f"the networks in {directory} were trained on different images: {sizes}")
@@ -153,7 +160,7 @@ class ParameterEstimator:
         return est, [params_from_estimate(est)] * int(count)
 
 
-#: Folders of the shipped estimators under ``data/models/`` (both trained on the quick dataset, seed 0).
+#: Folders of the shipped estimators under ``agglib/data/models/`` (package data) (both trained on the quick dataset, seed 0).
 SHIPPED_MODELS = {"sets": "sets-quick", "paper": "compact-quick"}
 
 
@@ -163,11 +170,13 @@ def shipped_models_dir(method: str = "sets") -> Path:
     networks with the compact feature extractor."""
     if method not in SHIPPED_MODELS:
         raise ValueError(f"method={method!r}; accepted: {sorted(SHIPPED_MODELS)}")
-    return Path(__file__).resolve().parents[1] / "data" / "models" / SHIPPED_MODELS[method]
+    from agglib.core.locations import shipped_data_path
+
+    return shipped_data_path("models", SHIPPED_MODELS[method])
 
 
 def load_default_estimator(device: str = "cpu") -> "SampleEstimator":
-    """The shipped new-method estimator (``data/models/sets-quick``)."""
+    """The shipped new-method estimator (``agglib/data/models/sets-quick``)."""
     return SampleEstimator.load(shipped_models_dir("sets"), device)
 
 

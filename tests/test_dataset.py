@@ -215,3 +215,22 @@ def test_preloading_a_split_gives_the_same_items(tiny_store):
     groups = ConfigurationBatchDataset(tiny_store.path, split="E", nu=4)
     before = groups[2]["images"].clone()
     assert groups.preload() and np.array_equal(before.numpy(), groups[2]["images"].numpy())
+
+
+def test_damaged_store_files_are_named_with_what_to_do(tiny_store, tmp_path):
+    import shutil
+
+    from agglib.dataset.store import DatasetStore, StoreDamagedError
+
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(tiny_store.path, bad)
+    chunk = bad / "images" / "c" / "5" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    store = DatasetStore(bad)
+    for request in ([4, 5, 6], np.arange(len(store))):          # a few images, and the whole-array path
+        with pytest.raises(StoreDamagedError, match=r"images/c/5/0/0 \(sample 5\).*same `agglib dataset build`"):
+            store.read_images(request)
+    np.testing.assert_array_equal(store.read_images([4]), tiny_store.read_images([4]))   # the rest still reads
+    (bad / "zarr.json").write_text('{"zarr_format": 3, "node_t')
+    with pytest.raises(StoreDamagedError, match=r"bad.zarr/zarr.json cannot be read"):
+        DatasetStore(bad)

@@ -207,3 +207,70 @@ def test_intervals_of_the_shipped_estimator_contain_the_truth_for_most_seeds():
             hits[key] += lo <= truth <= hi
     assert hits["df"] >= 3 and hits["rho"] >= 3, hits
     assert hits["theta0"] >= 3 and hits["theta1"] >= 3, hits
+
+def test_damaged_files_are_named_and_can_be_skipped(tmp_path, capsys):
+    """A text file named .tif, a truncated TIFF, a truncated checkpoint: each message names the file;
+    --skip-bad leaves bad images out with a warning naming each."""
+    import shutil
+    from pathlib import Path
+
+    from agglib.checkpoint import CheckpointError
+    from agglib.estimate import shipped_models_dir
+
+    folder = tmp_path / "sample"
+    shutil.copytree(Path(__file__).parent / "data" / "fit_sample", folder)
+    (folder / "notes.tif").write_text("sample 7, grid 2, 300 kV")
+    data = (folder / "image_03.tif").read_bytes()
+    (folder / "image_03.tif").write_bytes(data[: len(data) // 2])
+    args = ["fit", str(folder), "--pixel-size", "2.9", "--bootstrap", "10", "--shadows", "2"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "image_03.tif: the image data cannot be read" in err and "--skip-bad" in err
+    assert not (tmp_path / "a").exists()
+    assert main([*args, "--out", str(tmp_path / "b"), "--skip-bad"]) == 0
+    printed = capsys.readouterr().out
+    assert "θ̂ from 11 images" in printed                       # 12 good ones, one of them truncated
+    assert "skipped" in printed and "notes.tif: not a readable TIFF image" in printed and "image_03.tif" in printed
+    with pytest.raises(ImageInputError, match="notes.tif: not a readable TIFF"):
+        read_image(folder / "notes.tif", 2.9)
+
+    models = tmp_path / "models"
+    shutil.copytree(shipped_models_dir("paper"), models)
+    ckpt = models / "theta0" / "best.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"the theta0 network of the paper method.*theta0/best.pt.*truncated"):
+        ParameterEstimator.load(models)
+    sets = tmp_path / "sets"
+    shutil.copytree(shipped_models_dir("sets"), sets)
+    (sets / "posterior.pt").write_bytes((sets / "posterior.pt").read_bytes()[:3000])
+    assert main(["fit", str(folder / "image_00.tif"), "--pixel-size", "2.9", "--models", str(sets),
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "posterior.pt is not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_png_reads_and_hdf5_formats_name_the_missing_extra(tmp_path, monkeypatch):
+    import importlib
+
+    from PIL import Image
+
+    counts = (np.random.default_rng(0).random((60, 70)) * 4000).astype(np.uint16)
+    Image.fromarray(counts).save(tmp_path / "haadf.png")
+    img = read_image(tmp_path / "haadf.png", pixel_size_nm=2.0)
+    np.testing.assert_array_equal(img.data, counts)
+    with pytest.raises(ImageInputError, match="no pixel size"):
+        read_image(tmp_path / "haadf.png")
+    (tmp_path / "velox.emd").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)
+    real = importlib.import_module
+
+    def without_h5py(name, *a, **k):
+        if name == "rsciio.emd":
+            raise ModuleNotFoundError("No module named 'h5py'", name="h5py")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", without_h5py)
+    with pytest.raises(ImageInputError, match=r"velox.emd: reading .emd files needs h5py.*agglib\[io\]"):
+        read_image(tmp_path / "velox.emd", pixel_size_nm=2.0)
+    monkeypatch.undo()
+    pytest.importorskip("h5py")
+    with pytest.raises(ImageInputError, match="velox.emd: not a readable .emd file"):
+        read_image(tmp_path / "velox.emd", pixel_size_nm=2.0)

@@ -26,24 +26,32 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DatasetStore", "open_store", "FORMAT", "StoreMismatchError", "default_store_path"]
+__all__ = ["DatasetStore", "open_store", "FORMAT", "StoreMismatchError", "StoreDamagedError", "default_store_path"]
 
 FORMAT = "agglib-dataset/1"
 
 
 def default_store_path(profile_name: str, seed: int, design: str = "grid") -> Path:
-    """Where notebooks keep a profile's dataset: ``data/datasets/<profile>-seed<seed>.zarr``
-    in the repository (or under ``$AGGLIB_DATA_DIR``); ``…-continuous.zarr`` for the continuous design."""
-    import os
+    """Where notebooks keep a profile's dataset: ``datasets/<profile>-seed<seed>.zarr`` in the user
+    data folder (:func:`agglib.core.locations.user_data_dir`: ``data/`` in a source checkout);
+    ``…-continuous.zarr`` for the continuous design."""
+    from agglib.core.locations import user_data_dir
 
-    base = os.environ.get("AGGLIB_DATA_DIR")
-    base = Path(base) if base else Path(__file__).resolve().parents[2] / "data"
+    base = user_data_dir()
     suffix = "" if design == "grid" else f"-{design}"
     return base / "datasets" / f"{profile_name}-seed{int(seed)}{suffix}.zarr"
 
 
 #: Per-process cache of one finished store's decoded images (see DatasetStore.read_images).
 _DECODED_IMAGES: dict = {}
+
+
+class StoreDamagedError(ValueError):
+    """A dataset store whose files cannot be read, naming the file and what to do."""
+
+
+_REBUILD = ("the store is damaged (a disk error or an interrupted copy): delete it and run the same "
+            "`agglib dataset build` command again — the same profile and seed give the same data")
 
 
 class StoreMismatchError(ValueError):
@@ -94,8 +102,12 @@ class DatasetStore:
         zarr = _zarr()
         if not (self.path / "zarr.json").is_file():
             raise FileNotFoundError(f"no dataset store at {self.path}")
-        self.root = zarr.open_group(str(self.path), mode="r")
-        attrs = dict(self.root.attrs)
+        try:
+            self.root = zarr.open_group(str(self.path), mode="r")
+            attrs = dict(self.root.attrs)
+        except Exception as err:              # unparsable zarr.json, missing metadata
+            raise StoreDamagedError(f"{self.path / 'zarr.json'} cannot be read ({type(err).__name__}: "
+                                    f"{str(err)[:200]}); {_REBUILD}") from None
         if attrs.get("identity", {}).get("format") != FORMAT:
             raise ValueError(f"{self.path} is not an agglib dataset store")
         if not attrs.get("complete"):
@@ -107,8 +119,32 @@ class DatasetStore:
 
     def _array(self, name):
         if name not in self._cache:
-            self._cache[name] = self.root[name][...]
+            try:
+                self._cache[name] = self.root[name][...]
+            except Exception as err:
+                raise StoreDamagedError(f"{self.path / name} cannot be read ({type(err).__name__}: "
+                                        f"{str(err)[:200]}); {_REBUILD}") from None
         return self._cache[name]
+
+    def _read_image_block(self, selection):
+        """Decode images (``selection``: an index array, or ``...`` for all); a damaged chunk is
+        reported with its file."""
+        try:
+            return self.images[...] if selection is Ellipsis else self.images.get_orthogonal_selection((selection,))
+        except Exception as err:
+            indices = range(self.images.shape[0]) if selection is Ellipsis else selection
+            bad = next((int(i) for i in indices if not self._image_readable(int(i))), None)
+            where = (f"the chunk {self.path / 'images' / 'c' / str(bad) / '0' / '0'} (sample {bad})"
+                     if bad is not None else f"{self.path / 'images'}")
+            raise StoreDamagedError(f"{where} cannot be decoded ({type(err).__name__}: {str(err)[:200]}); "
+                                    f"{_REBUILD}") from None
+
+    def _image_readable(self, i: int) -> bool:
+        try:
+            self.images[i]
+            return True
+        except Exception:
+            return False
 
     def __len__(self) -> int:
         return int(self.root["theta"].shape[0])
@@ -175,7 +211,7 @@ class DatasetStore:
         if decoded is not None:
             return decoded[indices].astype(dtype, copy=False)
         unique, inverse = np.unique(indices, return_inverse=True)
-        block = np.asarray(self.images.get_orthogonal_selection((unique,)), dtype=dtype)
+        block = np.asarray(self._read_image_block(unique), dtype=dtype)
         if unique.size == indices.size and np.array_equal(unique, indices):
             return block                     # already sorted and distinct: no reordering copy
         return block[inverse]
@@ -193,7 +229,7 @@ class DatasetStore:
         if not large or nbytes > int(agglib.config.get("preload_mb")) * 1024**2:
             return None
         _DECODED_IMAGES.clear()                 # one store at a time
-        _DECODED_IMAGES.update(key=key, images=images[...])
+        _DECODED_IMAGES.update(key=key, images=self._read_image_block(Ellipsis))
         return _DECODED_IMAGES["images"]
 
     def indices(self, split: str | int | None = None) -> np.ndarray:

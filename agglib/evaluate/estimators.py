@@ -41,13 +41,11 @@ PAPER_RESULTS = {
 
 
 def default_run_dir(profile: str, seed: int) -> Path:
-    """Where notebooks keep trained networks: ``data/runs/<profile>-seed<seed>/`` (or under
-    ``$AGGLIB_DATA_DIR``)."""
-    import os
+    """Where notebooks keep trained networks: ``runs/<profile>-seed<seed>/`` in the user data folder
+    (:func:`agglib.core.locations.user_data_dir`: ``data/`` in a source checkout)."""
+    from agglib.core.locations import user_data_dir
 
-    base = os.environ.get("AGGLIB_DATA_DIR")
-    base = Path(base) if base else Path(__file__).resolve().parents[2] / "data"
-    return base / "runs" / f"{profile}-seed{int(seed)}"
+    return user_data_dir() / "runs" / f"{profile}-seed{int(seed)}"
 
 
 def mae(a, b) -> float:

@@ -162,7 +162,8 @@ class FitResult:
 
 
 def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = None,
-                 dose_e_per_A2: float | None = None, n_bootstrap: int = 200, seed=None) -> FitResult:
+                 dose_e_per_A2: float | None = None, n_bootstrap: int = 200, seed=None,
+                 skip_bad: bool = False) -> FitResult:
     """θ̂ with 95 % intervals from the images of one sample.
 
     Parameters
@@ -170,7 +171,7 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     paths_or_images : sequence of path-like or MeasuredImage
         One aggregate per image.
     estimator : SampleEstimator or ParameterEstimator, optional
-        Default: the new method's estimator shipped in ``data/models/sets-quick`` (any number of
+        Default: the new method's estimator shipped in ``agglib/data/models/sets-quick`` (any number of
         images; posterior intervals). A :class:`ParameterEstimator` (the paper's five networks)
         needs at least ν images and gives bootstrap intervals.
     pixel_size_nm : float, optional
@@ -181,6 +182,9 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     n_bootstrap : int
         Bootstrap resamples of the images.
     seed : int, optional
+    skip_bad : bool
+        Leave out an image that cannot be used (unreadable, too small, too coarse) with a warning
+        naming it, instead of stopping at the first one.
     """
     from agglib.estimate import SampleEstimator, load_default_estimator
 
@@ -190,13 +194,20 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     train_dose = estimator.dose_e_per_A2
     dose = train_dose if dose_e_per_A2 is None else float(dose_e_per_A2)
     check_range("dose_e_per_A2", dose, low=0.0, low_inclusive=False, unit="e/Å²")
-    items = [p if isinstance(p, MeasuredImage) else read_image(p, pixel_size_nm) for p in paths_or_images]
+    warnings, items, prepared = [], [], []
+    for p in paths_or_images:
+        try:
+            item = p if isinstance(p, MeasuredImage) else read_image(p, pixel_size_nm)
+            prepared.append(prepare_image(item, estimator.pixel_size_nm, estimator.image_size_px, train_dose / dose))
+            items.append(item)
+        except ImageInputError as err:
+            if not skip_bad:
+                raise ImageInputError(f"{err}\n(pass --skip-bad / skip_bad=True to leave such images out)") from None
+            warnings.append(f"skipped {err}")
     if not items:
-        raise ImageInputError("no images given")
-    images = np.stack([prepare_image(m, estimator.pixel_size_nm, estimator.image_size_px, train_dose / dose)
-                       for m in items])
+        raise ImageInputError("no usable images given" + (f": {'; '.join(warnings)}" if warnings else ""))
+    images = np.stack(prepared)
     m = images.shape[0]
-    warnings = []
     if m < MIN_STABLE_IMAGES:
         warnings.append(f"only {m} images: the intervals are wide (see the book's error against the number "
                         f"of images); {MIN_STABLE_IMAGES} or more are recommended")

@@ -1,8 +1,9 @@
 """Reading measured HAADF-STEM images with their pixel size.
 
 TIFF files are read with tifffile (pixel size from the ImageJ ``unit`` and the X resolution, or
-from a centimetre/inch resolution unit); DM3/DM4, EMD, SER/EMI, MRC and the other formats of
-RosettaSciIO through its readers (pixel size from the calibrated axes). A file without a pixel
+from a centimetre/inch resolution unit); PNG with Pillow (no pixel size: give it); DM3/DM4,
+SER/EMI and MRC through RosettaSciIO's readers (pixel size from the calibrated axes); EMD and
+HSPY (HDF5 files) too, with the ``io`` extra (``pip install "agglib[io]"``: h5py). A file without a pixel
 size needs ``pixel_size_nm``; one with a pixel size keeps its own unless ``pixel_size_nm`` is
 given explicitly.
 """
@@ -21,8 +22,10 @@ _TO_NM = {"nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "um": 1e3, "µm": 1e3, 
           "pm": 1e-3, "m": 1e9, "mm": 1e6, "cm": 1e7}
 
 _RSCIIO = {".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".emd": "emd", ".ser": "tia",
-           ".emi": "tia", ".mrc": "mrc", ".hspy": "hspy", ".blo": "blockfile", ".png": "image"}
-SUPPORTED_SUFFIXES = (".tif", ".tiff", *_RSCIIO)
+           ".emi": "tia", ".mrc": "mrc", ".hspy": "hspy"}
+#: Formats whose reader needs the ``io`` extra, and the package it needs.
+IO_EXTRA = {".emd": "h5py", ".hspy": "h5py"}
+SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", *_RSCIIO)
 
 
 class ImageInputError(ValueError):
@@ -73,19 +76,54 @@ def _tiff_pixel_size(tif) -> float | None:
 def _read_tiff(path: Path):
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError, OSError) as err:
+        raise ImageInputError(f"{path}: not a readable TIFF image ({err}); check that the file is complete "
+                              "and really a TIFF (not another file renamed .tif)") from None
+    with tif:
         if len(tif.series) and len(tif.series[0].shape) > 2 and tif.series[0].shape[-1] in (3, 4) \
                 and tif.pages[0].photometric in (2,):
             raise ImageInputError(f"{path}: an RGB image; give the raw single-channel HAADF image")
-        data = tif.asarray()
+        try:
+            data = tif.asarray()
+        except Exception as err:               # truncated strips, bad compression
+            raise ImageInputError(f"{path}: the image data cannot be read ({type(err).__name__}: {err}); the "
+                                  "file is probably incomplete: copy it again from the microscope PC") from None
         return data, _tiff_pixel_size(tif)
+
+
+def _read_png(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "I", "I;16", "I;16B", "F"):
+                raise ImageInputError(f"{path}: a PNG in mode {im.mode}; give the raw single-channel HAADF image "
+                                      "(8/16-bit greyscale)")
+            return np.asarray(im), None
+    except UnidentifiedImageError:
+        raise ImageInputError(f"{path}: not a readable PNG image (damaged, or another kind of file "
+                              "named .png)") from None
 
 
 def _read_rsciio(path: Path):
     import importlib
 
-    module = importlib.import_module(f"rsciio.{_RSCIIO[path.suffix.lower()]}")
-    signals = module.file_reader(str(path))
+    suffix = path.suffix.lower()
+    try:
+        module = importlib.import_module(f"rsciio.{_RSCIIO[suffix]}")
+    except ModuleNotFoundError as err:
+        raise ImageInputError(f"{path}: reading {suffix} files needs {IO_EXTRA.get(suffix, err.name)}, "
+                              "which is not installed: pip install \"agglib[io]\" (or convert the image "
+                              "to TIFF)") from None
+    try:
+        signals = module.file_reader(str(path))
+    except ImageInputError:
+        raise
+    except Exception as err:                   # each reader fails in its own way on a damaged file
+        raise ImageInputError(f"{path}: not a readable {suffix} file ({type(err).__name__}: {err}); "
+                              "check that the file is complete, or export it again as TIFF") from None
     images = [s for s in signals if np.asarray(s["data"]).ndim >= 2]
     if not images:
         raise ImageInputError(f"{path}: no image in the file")
@@ -118,7 +156,8 @@ def read_image(path, pixel_size_nm: float | None = None) -> MeasuredImage:
                               f"{', '.join(sorted(set(SUPPORTED_SUFFIXES)))}")
     if not path.is_file():
         raise ImageInputError(f"{path}: no such file")
-    data, found = _read_tiff(path) if suffix in (".tif", ".tiff") else _read_rsciio(path)
+    readers = {".tif": _read_tiff, ".tiff": _read_tiff, ".png": _read_png}
+    data, found = readers.get(suffix, _read_rsciio)(path)
     data = np.asarray(data)
     if data.dtype.names is not None or (data.ndim == 3 and data.shape[-1] in (3, 4)):
         raise ImageInputError(f"{path}: an RGB image; give the raw single-channel HAADF image")

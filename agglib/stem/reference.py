@@ -2,7 +2,7 @@
 
 A :class:`HaadfTable` maps, for every crystal phase and orientation, a specimen thickness
 [nm] to the HAADF signal (fraction of the incident probe reaching the 55–250 mrad detector).
-The table shipped in ``data/haadf_reference.json`` was computed with abTEM by
+The table shipped in ``agglib/data/haadf_reference.json`` was computed with abTEM by
 :func:`build_reference_table`; reading it needs only numpy.
 
 Generating is resumable curve by curve: every finished curve is written to
@@ -39,11 +39,13 @@ class ExtrapolationWarning(UserWarning):
 
 
 def default_table_path() -> Path:
-    """The shipped table: ``data/haadf_reference.json`` in the repository (or $AGGLIB_HAADF_TABLE)."""
+    """The shipped table: package data ``agglib/data/haadf_reference.json`` (or $AGGLIB_HAADF_TABLE)."""
+    from agglib.core.locations import shipped_data_path
+
     env = os.environ.get("AGGLIB_HAADF_TABLE")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "data" / "haadf_reference.json"
+    return shipped_data_path("haadf_reference.json")
 
 
 class HaadfTable:
@@ -222,8 +224,9 @@ def build_reference_table(path=None, phases=None, settings=None, workers: int = 
     Parameters
     ----------
     path : path-like, optional
-        Output JSON (default: the shipped table's path). Finished curves are kept in
-        ``<path>.parts/``; a rerun only computes the missing ones.
+        Output JSON. Default: the shipped table's path, only in a source checkout (an installed
+        agglib never writes into its own package). Finished curves are kept in ``<path>.parts/``;
+        a rerun only computes the missing ones.
     phases : list, optional
         Names from :data:`agglib.stem.crystals.PHASES` (default: all four), specs, or tuples
         ``(name, material, atoms_or_cif_path, {element: u_rms [Å]})``.
@@ -244,7 +247,14 @@ def build_reference_table(path=None, phases=None, settings=None, workers: int = 
     from agglib.stem.multislice import MultisliceSettings
     from agglib.stem.orientations import table_orientations
 
-    path = Path(path) if path is not None else default_table_path()
+    if path is None:
+        from agglib.core.locations import source_checkout
+
+        if source_checkout() is None:
+            raise ValueError("give path= for the new table: an installed agglib does not write into its package; "
+                             "render with it through $AGGLIB_HAADF_TABLE or render_stem(table=)")
+        path = default_table_path()
+    path = Path(path)
     parts = path.parent / (path.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     settings = settings or MultisliceSettings()
