@@ -153,8 +153,12 @@ def _cmd_fit(args) -> int:
         estimator = SampleEstimator.load(args.models)
     else:
         estimator = ParameterEstimator.load(args.models)
+    if args.units == "counts" and args.dose is None:
+        print(f"note: the images are read as electron counts at the training dose, {estimator.dose_e_per_A2:g} e/Å² "
+              "(--units counts --dose D for another dose, --units fraction for detector-normalised images)")
     result = characterise(files, estimator, pixel_size_nm=args.pixel_size, dose_e_per_A2=args.dose,
-                          n_bootstrap=args.bootstrap, seed=args.seed, skip_bad=args.skip_bad)
+                          n_bootstrap=args.bootstrap, seed=args.seed, skip_bad=args.skip_bad, units=args.units,
+                          check_intensity_scale=not args.skip_intensity_check)
     kind = "posterior credible intervals" if result.posterior is not None else "bootstrap intervals over the images"
     print(f"θ̂ from {result.n_images} images (95 % {kind}):")
     for k, label in (("df", "θ_Df"), ("rho", "θ_ρ"), ("theta0", "θ0"), ("theta1", "θ1")):
@@ -295,12 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     e.set_defaults(func=_cmd_estimator)
 
-    f = sub.add_parser("fit", help="estimate θ from measured images of one sample; export digital shadows")
+    f = sub.add_parser("fit", help="estimate θ from measured images of one sample; export digital shadows",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     f.add_argument("paths", nargs="+", help="image files or folders (TIFF, DM3/DM4, EMD, SER, MRC, ...)")
     f.add_argument("--pixel-size", type=float, default=None,
                    help="pixel size [nm] for files without one (overrides the files' own)")
-    f.add_argument("--dose", type=float, default=None, help="electron dose of the images [e/Å²] "
-                                                            "(default: the training dose)")
+    f.add_argument("--units", choices=["counts", "fraction"], default="counts",
+                   help="intensity units of the images: 'counts', detector counts [electrons] at --dose; "
+                        "'fraction', detector-normalised fraction of the incident beam (vacuum 0, beam 1; "
+                        "LeBeau & Stemmer 2008). A sample whose intensity scale is far from the training "
+                        "images' is refused")
+    f.add_argument("--dose", type=float, default=None, help="electron dose of images in counts [e/Å²] "
+                                                            "(None: the estimator's training dose, 149)")
+    f.add_argument("--skip-intensity-check", action="store_true",
+                   help="estimate even when the intensity scale is far from the training images' (warns)")
     f.add_argument("--models", default=None, help="folder of a trained estimator: encoder.pt + posterior.pt "
                                                   "(new method) or the five networks of the paper method "
                                                   "(default: the shipped new-method estimator, agglib/data/models/sets-quick)")

@@ -133,6 +133,12 @@ class ParameterEstimator:
         """Electron dose of the training images [e/Å²]."""
         return float(self.df.metadata["stem_settings"]["dose_e_per_A2"])
 
+    @property
+    def training_metadata(self) -> dict:
+        """How the training images were made: ``stem_settings``, ``profile_fields`` and, for a
+        randomised acquisition, ``acquisition_ranges``."""
+        return self.df.metadata
+
     def per_image(self, images: np.ndarray) -> dict:
         """Per-image D̂_f(I) and ρ̂(I) (Eq. 14's case distinction) [arrays of length M]."""
         df = self.df.predict(images)
@@ -261,6 +267,12 @@ class SampleEstimator:
     def dose_e_per_A2(self) -> float:
         """Electron dose of the training images [e/Å²]."""
         return float(self.encoder.metadata["stem_settings"]["dose_e_per_A2"])
+
+    @property
+    def training_metadata(self) -> dict:
+        """How the training images were made: ``stem_settings``, ``profile_fields`` and, for a
+        randomised acquisition, ``acquisition_ranges``."""
+        return self.encoder.metadata
 
     @torch.no_grad()
     def from_summaries(self, summaries: np.ndarray, groups) -> "PosteriorEstimate":

@@ -1,6 +1,7 @@
 """Characterising measured images: reading, bad input, intervals, shadows export, the CLI."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -274,3 +275,47 @@ def test_png_reads_and_hdf5_formats_name_the_missing_extra(tmp_path, monkeypatch
     pytest.importorskip("h5py")
     with pytest.raises(ImageInputError, match="velox.emd: not a readable .emd file"):
         read_image(tmp_path / "velox.emd", pixel_size_nm=2.0)
+
+
+@pytest.mark.parametrize("name, change, match", [
+    ("counts x10", lambda x: 10 * x, "more than|× the incident beam"),
+    ("counts x0.1", lambda x: 0.1 * x, "intensity scale is off"),
+    ("offset +1000", lambda x: x + 1000, "vacuum level"),
+    ("uint16 gain", lambda x: np.clip(np.round(0.2 * x + 500), 0, 65535).astype(np.uint16), "vacuum level"),
+])
+def test_an_off_intensity_scale_is_refused_with_what_to_do(tmp_path, capsys, name, change, match):
+    """The calibration errors seen on the shipped sample (issue: θ1 = 29 with no warning)."""
+    from pathlib import Path
+
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    for f in sorted((Path(__file__).parent / "data" / "fit_sample").glob("*.tif")):
+        tifffile.imwrite(folder / f.name, change(tifffile.imread(f).astype(np.float64)))
+    args = ["fit", str(folder), "--pixel-size", "2.9", "--out", str(tmp_path / "o"), "--bootstrap", "10",
+            "--shadows", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and "--units fraction" in err and "image_00.tif" in err
+    assert not (tmp_path / "o").exists()
+    assert main([*args, "--skip-intensity-check"]) == 0                 # estimated, with the refusal as a warning
+    assert "warning:" in capsys.readouterr().out
+
+
+def test_fraction_units_give_the_same_estimate_as_counts_at_their_dose():
+    from pathlib import Path
+
+    from agglib.fit import MeasuredImage
+
+    files = sorted((Path(__file__).parent / "data" / "fit_sample").glob("*.tif"))
+    counts = [tifffile.imread(f).astype(np.float64) for f in files]
+    electrons = 149.0 * 29.0 ** 2                                       # 149 e/Å² on (2.9 nm)² pixels
+    as_counts = characterise([MeasuredImage(c, 2.9, "c", "given") for c in counts], n_bootstrap=10, seed=0)
+    as_fraction = characterise([MeasuredImage(c / electrons, 2.9, "f", "given") for c in counts], n_bootstrap=10,
+                               seed=0, units="fraction")
+    as_double_dose = characterise([MeasuredImage(2 * c, 2.9, "d", "given") for c in counts], n_bootstrap=10,
+                                  seed=0, dose_e_per_A2=298.0)
+    for k in ("df", "rho", "theta0", "theta1"):
+        assert as_fraction.estimate[k] == pytest.approx(as_counts.estimate[k], rel=1e-4)
+        assert as_double_dose.estimate[k] == pytest.approx(as_counts.estimate[k], rel=1e-4)
+    with pytest.raises(ValueError, match="units='electrons'; accepted: counts, fraction"):
+        characterise([MeasuredImage(counts[0], 2.9, "c", "given")], units="electrons")

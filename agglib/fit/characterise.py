@@ -2,11 +2,14 @@
 
 Steps of :func:`characterise`:
 
-1. each image is resampled to the estimator's pixel size (Gaussian pre-filter when shrinking;
-   counts are scaled with the pixel area so they stay electrons per pixel) and cropped to the
+1. each image is put on the fraction of the incident beam (``units="counts"``: ÷ dose × pixel
+   area; ``"fraction"``: as it is — see :mod:`agglib.stem.acquisition`), resampled to the
+   estimator's pixel size (pixel area means, as the renderer forms pixels) and cropped to the
    estimator's field of view around the aggregate (the intensity-weighted centre of the pixels
    above the image median); an image whose field of view is smaller is refused;
-2. counts are put on the training dose (× training dose / measured dose);
+2. the intensity scale is checked against the estimator's training images
+   (:mod:`agglib.fit.intensity`): a sample far outside is refused, one at the edge warned about;
+   the images go to the estimator as counts at its training dose;
 3. the new method (default): the encoder summarises each image, the set-level posterior gives
    p(θ | images) for any number of images — θ̂ and 95 % credible intervals; the paper's method:
    per-image D̂_f, ρ̂ and the multi-image networks, θ̂ by Eqs. 13–15;
@@ -25,13 +28,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy import ndimage
 
 import agglib
 from agglib.core.seeding import as_generator, spawn_seeds
 from agglib.core.validation import check_range
 from agglib.estimate import TrainedNetwork
+from agglib.fit.intensity import check_intensity, intensity_reference
 from agglib.fit.io import ImageInputError, MeasuredImage, read_image
+from agglib.stem.acquisition import INTENSITY_UNITS, beam_fraction, resample_mean
 from agglib.posterior import PARAMETERS
 
 __all__ = ["prepare_image", "characterise", "FitResult", "MIN_STABLE_IMAGES", "export_shadows",
@@ -43,43 +47,17 @@ MIN_STABLE_IMAGES = 10
 MAX_UPSAMPLING = 2.0
 
 
-def _overlap_matrix(n_in: int, zoom: float) -> np.ndarray:
-    """(n_out, n_in) weights: the share of each output pixel covered by each input pixel."""
-    n_out = int(np.floor(n_in * zoom))
-    edges_out = np.arange(n_out + 1) / zoom                 # output pixel edges in input pixels
-    lo = np.maximum(edges_out[:-1, None], np.arange(n_in)[None, :])
-    hi = np.minimum(edges_out[1:, None], np.arange(1, n_in + 1)[None, :])
-    return np.clip(hi - lo, 0.0, None) * zoom
-
-
-def area_rebin(data: np.ndarray, zoom: float) -> np.ndarray:
-    """Shrink an image by ``zoom`` < 1 with each new pixel the mean over its area.
-
-    This is how the renderer forms a pixel (the mean of 4 × 4 sub-samples over its area), so
-    resampled measured images look like the training images. A Gaussian prefilter with bilinear
-    interpolation blurred them more than training images ever are, and the networks read the extra
-    blur as a lower D_f. Non-integer ratios still mix neighbouring pixels (notebook 10 shows the
-    remaining bias: set its ``measured_pixel_nm`` to 3.0).
-    """
-    wy, wx = _overlap_matrix(data.shape[0], zoom), _overlap_matrix(data.shape[1], zoom)
-    return wy @ np.asarray(data, dtype=np.float64) @ wx.T
-
-
-def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int, dose_scale: float = 1.0) -> np.ndarray:
-    """Resample to ``pixel_size_nm`` and crop ``size_px`` × ``size_px`` around the aggregate."""
+def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int) -> np.ndarray:
+    """Resample to ``pixel_size_nm`` (pixel means: :func:`agglib.stem.acquisition.resample_mean`)
+    and crop ``size_px`` × ``size_px`` around the aggregate; intensities keep their units per pixel
+    (use fractions of the beam: counts per pixel change with the pixel area)."""
     zoom = image.pixel_size_nm / pixel_size_nm
     if zoom > MAX_UPSAMPLING:
         raise ImageInputError(
             f"{image.path}: pixel size {image.pixel_size_nm:g} nm is too coarse for an estimator made for "
             f"{pixel_size_nm:g} nm/px (accepted: up to {MAX_UPSAMPLING * pixel_size_nm:g} nm/px); use a "
             "checkpoint trained for this pixel size")
-    data = image.data
-    if zoom < 1.0:
-        resampled = area_rebin(data, zoom) / (zoom * zoom)
-    elif zoom > 1.0:
-        resampled = ndimage.zoom(data, zoom, order=1) / (zoom * zoom)
-    else:
-        resampled = data.copy()
+    resampled = resample_mean(image.data, zoom)
     if min(resampled.shape) < size_px:
         raise ImageInputError(
             f"{image.path}: field of view {image.field_of_view_nm:.0f} nm is smaller than the estimator's "
@@ -93,7 +71,7 @@ def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int, dose
         cy, cx = (np.array(resampled.shape) - 1) / 2
     y0 = int(np.clip(round(cy - size_px / 2), 0, resampled.shape[0] - size_px))
     x0 = int(np.clip(round(cx - size_px / 2), 0, resampled.shape[1] - size_px))
-    return (resampled[y0:y0 + size_px, x0:x0 + size_px] * dose_scale).astype(np.float32)
+    return resampled[y0:y0 + size_px, x0:x0 + size_px]
 
 
 def _features(net: TrainedNetwork, images: np.ndarray) -> torch.Tensor:
@@ -163,7 +141,7 @@ class FitResult:
 
 def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = None,
                  dose_e_per_A2: float | None = None, n_bootstrap: int = 200, seed=None,
-                 skip_bad: bool = False) -> FitResult:
+                 skip_bad: bool = False, units: str = "counts", check_intensity_scale: bool = True) -> FitResult:
     """θ̂ with 95 % intervals from the images of one sample.
 
     Parameters
@@ -177,14 +155,19 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     pixel_size_nm : float, optional
         Pixel size [nm] for files without one (or to override theirs).
     dose_e_per_A2 : float, optional
-        Electron dose of the images [e/Å²] (default: the training dose, 149 e/Å²); images must be
-        in detector counts (electrons).
+        Electron dose of images in counts [e/Å²] (default: the estimator's training dose,
+        149 e/Å²); ignored for ``units="fraction"``.
     n_bootstrap : int
         Bootstrap resamples of the images.
     seed : int, optional
     skip_bad : bool
         Leave out an image that cannot be used (unreadable, too small, too coarse) with a warning
         naming it, instead of stopping at the first one.
+    units : {"counts", "fraction"}
+        Intensity units of the images: detector counts [electrons] at ``dose_e_per_A2``, or the
+        detector-normalised fraction of the incident beam (vacuum 0, beam 1).
+    check_intensity_scale : bool
+        Refuse a sample whose intensity scale is far from the training images' (False: warn only).
     """
     from agglib.estimate import SampleEstimator, load_default_estimator
 
@@ -194,11 +177,16 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     train_dose = estimator.dose_e_per_A2
     dose = train_dose if dose_e_per_A2 is None else float(dose_e_per_A2)
     check_range("dose_e_per_A2", dose, low=0.0, low_inclusive=False, unit="e/Å²")
+    if units not in INTENSITY_UNITS:
+        raise ValueError(f"units={units!r}; accepted: {', '.join(INTENSITY_UNITS)} (electron counts at a dose, "
+                         "or the fraction of the incident beam)")
     warnings, items, prepared = [], [], []
     for p in paths_or_images:
         try:
             item = p if isinstance(p, MeasuredImage) else read_image(p, pixel_size_nm)
-            prepared.append(prepare_image(item, estimator.pixel_size_nm, estimator.image_size_px, train_dose / dose))
+            fraction = MeasuredImage(beam_fraction(item.data, units, item.pixel_size_nm, dose), item.pixel_size_nm,
+                                     item.path, item.pixel_size_source)
+            prepared.append(prepare_image(fraction, estimator.pixel_size_nm, estimator.image_size_px))
             items.append(item)
         except ImageInputError as err:
             if not skip_bad:
@@ -206,7 +194,16 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
             warnings.append(f"skipped {err}")
     if not items:
         raise ImageInputError("no usable images given" + (f": {'; '.join(warnings)}" if warnings else ""))
-    images = np.stack(prepared)
+    fractions = np.stack(prepared)
+    refusals, scale_warnings = check_intensity(fractions, intensity_reference(estimator))
+    if refusals and check_intensity_scale:
+        raise ImageInputError(f"{len(items)} images ({items[0].path}, …) read as {units}"
+                              + (f" at {dose:g} e/Å²" if units == "counts" else "") + ": " + " ".join(refusals)
+                              + " (check_intensity_scale=False / --skip-intensity-check to estimate anyway)")
+    warnings += refusals + scale_warnings
+    warnings += _resampling_warnings(items, estimator)
+    electrons = estimator.dose_e_per_A2 * (estimator.pixel_size_nm * 10.0) ** 2
+    images = (fractions * electrons).astype(np.float32)
     m = images.shape[0]
     if m < MIN_STABLE_IMAGES:
         warnings.append(f"only {m} images: the intervals are wide (see the book's error against the number "
@@ -214,7 +211,8 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     rng = as_generator(seed)
     resamples = [rng.integers(0, m, m) for _ in range(n_bootstrap)]
     settings = {"estimator_pixel_size_nm": estimator.pixel_size_nm, "estimator_image_size_px": estimator.image_size_px,
-                "dose_e_per_A2": dose, "training_dose_e_per_A2": train_dose, "n_bootstrap": n_bootstrap,
+                "units": units, "dose_e_per_A2": dose if units == "counts" else None,
+                "training_dose_e_per_A2": train_dose, "n_bootstrap": n_bootstrap,
                 "method": "sets" if is_sets else "paper", "agglib": agglib.__version__}
     base = {"path": [it.path for it in items], "pixel_size_nm": [it.pixel_size_nm for it in items],
             "pixel_size_source": [it.pixel_size_source for it in items]}
@@ -252,7 +250,32 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
                  for k in ("df", "rho", "theta0", "theta1", "theta0_raw", "theta1_raw")}
     per_image = pd.DataFrame({**base, "df": per["df"], "rho": per["rho"], "homogeneous": per["homogeneous"]})
     settings["nu"] = nu
+    fields = estimator.training_metadata.get("profile_fields", {})
+    ranges = {"df": fields.get("df_values"), "rho": [0.0, 1.0], "theta0": fields.get("theta0_values"),
+              "theta1": fields.get("theta1_values")}
+    for k, values in ranges.items():
+        if values:
+            lo, hi = min(values), max(values)
+            if not lo <= estimate[k] <= hi or intervals[k][0] < lo or intervals[k][1] > hi:
+                warnings.append(f"θ̂ {k} = {estimate[k]:.3g} [{intervals[k][0]:.3g}, {intervals[k][1]:.3g}] leaves the "
+                                f"training range [{lo:g}, {hi:g}]: the networks extrapolate there")
     return FitResult(estimate, intervals, m, boot, per_image, warnings, settings)
+
+
+def _resampling_warnings(items, estimator) -> list:
+    """Images resampled by a factor the estimator never saw in training (notebook 10: a non-integer
+    ratio mixes neighbouring pixels, which an estimator trained without pixel-size jitter reads
+    as a lower D_f)."""
+    zooms = sorted({round(estimator.pixel_size_nm / it.pixel_size_nm, 3) for it in items})
+    ranges = estimator.training_metadata.get("acquisition_ranges") or {}
+    lo, hi = ranges.get("pixel_zoom", (1.0, 1.0))
+    odd = [z for z in zooms if abs(z - round(z)) > 0.01 and not lo - 1e-6 <= z <= hi + 1e-6]
+    if not odd:
+        return []
+    return [f"the images are resampled by a factor {', '.join(f'{z:g}' for z in odd)} to the estimator's "
+            f"{estimator.pixel_size_nm:g} nm/px, a non-integer ratio it was not trained on: D_f may be biased "
+            "low (notebook 10 shows how much); images at an integer multiple of the estimator's pixel size, or "
+            "an estimator trained with a randomised acquisition, avoid it"]
 
 
 def draw_shadows(result: FitResult, count: int, seed=None, workers: int | None = None):

@@ -1,0 +1,109 @@
+"""Is a measured image's intensity scale one the estimator knows? A check against its training images.
+
+The estimators read the absolute HAADF signal (it carries the particles' thickness), so an image
+whose intensity scale is off — counts given as the wrong units, a wrong dose, a detector offset
+left in, a gain — yields confident nonsense. :func:`check_intensity` compares a sample's images,
+as fractions of the incident beam, with images simulated exactly as the estimator's training
+images were (its STEM settings, and its randomised acquisition if it was trained with one):
+
+* ``background``, the median of an image (its vacuum level: an aggregate covers a fifth of the
+  field of view at most), must lie within the training images' range (0 for the paper's
+  settings) plus a tolerance of 0.2 % of the beam;
+* ``signal``, the 99.5th percentile (the thickest particles), must lie within a factor 2 of the
+  training images' 0.5–99.5 % range, and below 1 (more than the incident beam is impossible).
+
+A sample outside is refused with the numbers and what to do; one inside the factor-2 margin but
+outside the training range gets a warning.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+import json
+import warnings
+
+import numpy as np
+
+from agglib.stem.acquisition import intensity_statistics
+
+__all__ = ["intensity_reference", "check_intensity", "BACKGROUND_TOLERANCE", "SIGNAL_MARGIN"]
+
+#: Vacuum level accepted beyond the training images' [fraction of the beam].
+BACKGROUND_TOLERANCE = 0.002
+#: Factor beyond the training images' range of ``signal`` at which a sample is refused.
+SIGNAL_MARGIN = 2.0
+
+
+@lru_cache(maxsize=8)
+def _reference(key: str) -> dict:
+    import agglib
+    from agglib.stem import ExtrapolationWarning, StemSettings
+    from agglib.stem.acquisition import AcquisitionRanges, acquire_image, draw_acquisition
+
+    spec = json.loads(key)
+    settings = StemSettings(**spec["stem_settings"])
+    ranges = AcquisitionRanges(**{k: tuple(v) for k, v in spec["acquisition"].items()}) if spec["acquisition"] else None
+    rng = np.random.default_rng(spec["seed"])
+    prior = spec["prior"]
+    params = [agglib.ModelParams(rng.uniform(*prior["df"]), rng.uniform(*prior["rho"]),
+                                 int(rng.choice(prior["theta0"])), int(rng.choice(prior["theta1"])))
+              for _ in range(spec["count"])]
+    aggs = agglib.generate_aggregates(params, seed=rng.integers(2**63), workers=1, show_progress_bars=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExtrapolationWarning)      # rare > 60 nm chords, as in the datasets
+        images = np.stack([acquire_image(a, settings, draw_acquisition(rng, ranges) if ranges else None, seed=rng)
+                           for a in aggs])
+    return intensity_statistics(images / settings.electrons_per_pixel)
+
+
+def intensity_reference(estimator, count: int = 160, seed: int = 0) -> dict:
+    """``background`` and ``signal`` [fraction of the beam] of ``count`` images simulated as the
+    estimator's training images (θ from its prior), cached per estimator settings."""
+    from agglib.posterior import ThetaGrid
+
+    grid = getattr(estimator, "grid", None)
+    if isinstance(grid, ThetaGrid):
+        prior = {p: [float(grid.edges(p)[0]), float(grid.edges(p)[-1])] for p in ("df", "rho")}
+        prior.update({p: [int(round(v)) for v in grid.values[p]] for p in ("theta0", "theta1")})
+    else:
+        fields = estimator.training_metadata.get("profile_fields", {})
+        prior = {"df": [min(fields.get("df_values", [1.5])), max(fields.get("df_values", [2.5]))], "rho": [0.0, 1.0],
+                 "theta0": [int(v) for v in fields.get("theta0_values", range(1, 7))],
+                 "theta1": [int(v) for v in fields.get("theta1_values", range(1, 7))]}
+    key = json.dumps({"stem_settings": estimator.training_metadata["stem_settings"],
+                      "acquisition": estimator.training_metadata.get("acquisition_ranges"),
+                      "prior": prior, "count": int(count), "seed": int(seed)}, sort_keys=True)
+    return _reference(key)
+
+
+def check_intensity(fractions: np.ndarray, reference: dict, names=None) -> tuple[list, list]:
+    """Compare a sample's images (fractions of the beam, (M, H, W)) with ``reference``.
+
+    Returns ``(refusals, warnings)``: messages with the numbers and what to do. A refusal means
+    the estimate would be meaningless.
+    """
+    stats = intensity_statistics(fractions)
+    background, signal = float(np.median(stats["background"])), float(np.median(stats["signal"]))
+    b_lo, b_hi = float(reference["background"].min()), float(reference["background"].max())
+    s_lo, s_hi = (float(np.percentile(reference["signal"], q)) for q in (0.5, 99.5))
+    refusals, warnings = [], []
+    fix = ("give detector-normalised images with --units fraction (vacuum 0, incident beam 1), or counts "
+           "with --units counts and their --dose [e/Å²]")
+    if signal >= 1.0:
+        refusals.append(f"the brightest particle pixels are {signal:.3g} × the incident beam (median over the "
+                        f"images of the 99.5th percentile), but a HAADF detector sees less than the beam: these are "
+                        f"not fractions of the beam; {fix}")
+    elif signal > SIGNAL_MARGIN * s_hi or signal < s_lo / SIGNAL_MARGIN:
+        refusals.append(f"the particles' signal is {signal:.3g} of the beam (median over the images of the 99.5th "
+                        f"percentile); the estimator's training images span {s_lo:.3g}–{s_hi:.3g} and it is "
+                        f"trusted up to a factor {SIGNAL_MARGIN:g} beyond: the intensity scale is off — a wrong "
+                        f"dose, gain or units? {fix}")
+    elif not s_lo <= signal <= s_hi:
+        warnings.append(f"the particles' signal {signal:.3g} of the beam lies outside the training images' "
+                        f"{s_lo:.3g}–{s_hi:.3g} (within the accepted factor {SIGNAL_MARGIN:g}); check the dose "
+                        "and units")
+    if not b_lo - BACKGROUND_TOLERANCE <= background <= b_hi + BACKGROUND_TOLERANCE:
+        refusals.append(f"the vacuum level (median pixel) is {background:.3g} of the beam; the estimator's training "
+                        f"images have {b_lo:.3g}–{b_hi:.3g} (accepted: ± {BACKGROUND_TOLERANCE:g} beyond): subtract "
+                        f"the detector's dark level / vacuum intensity first; {fix}")
+    return refusals, warnings

@@ -1,0 +1,190 @@
+"""How the intensities of a measured HAADF-STEM image come about, and their units.
+
+Two conventions for the intensity of a measured image (:data:`INTENSITY_UNITS`):
+
+``"counts"``
+    detector counts [electrons] at a known dose: a pixel holds Poisson(p · D · a) electrons for a
+    fraction p of the incident beam on the detector, dose D [e/Å²] and pixel area a [Å²] — what
+    the renderer writes;
+``"fraction"``
+    detector-normalised intensity, the fraction of the incident beam on the annular detector
+    (vacuum 0, the unscattered beam 1): the convention of quantitative HAADF (LeBeau & Stemmer,
+    Ultramicroscopy 108 (2008) 1653), which removes the detector's gain and offset.
+
+The estimators read images as counts at their training dose; :func:`beam_fraction` and the
+pixel area bring any image there. The renderer's table can be off against a real microscope
+(detector sensitivity, the WO3/TiO2 contrast ratio — notebook 2 compares it with published
+measurements), and a measured image has its own dose, vacuum level, blur and pixel size.
+:func:`acquire_image` draws these from :class:`AcquisitionRanges`, so estimators trained on such
+images are robust to them (notebook 10 measures how much).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+import math
+
+import numpy as np
+
+from agglib.core.seeding import as_generator
+
+__all__ = ["INTENSITY_UNITS", "beam_fraction", "area_rebin", "resample_mean", "AcquisitionRanges",
+           "ACQUISITION_KEYS", "draw_acquisition", "acquire_image", "intensity_statistics"]
+
+INTENSITY_UNITS = ("counts", "fraction")
+
+
+def beam_fraction(data: np.ndarray, units: str, pixel_size_nm: float, dose_e_per_A2: float | None) -> np.ndarray:
+    """``data`` as the fraction of the incident beam (see the module docstring for ``units``).
+
+    Parameters
+    ----------
+    data : ndarray
+        Image in ``units``.
+    units : {"counts", "fraction"}
+    pixel_size_nm : float
+        Pixel size [nm] (for counts: the pixel area).
+    dose_e_per_A2 : float or None
+        Electron dose [e/Å²]; needed for counts.
+    """
+    if units == "fraction":
+        return np.asarray(data, dtype=np.float64)
+    if units == "counts":
+        if dose_e_per_A2 is None:
+            raise ValueError("images in counts need their dose [e/Å²]")
+        return np.asarray(data, dtype=np.float64) / (float(dose_e_per_A2) * (float(pixel_size_nm) * 10.0) ** 2)
+    raise ValueError(f"units={units!r}; accepted: {', '.join(INTENSITY_UNITS)}")
+
+
+def _overlap_matrix(n_in: int, zoom: float) -> np.ndarray:
+    """(n_out, n_in) weights: the share of each output pixel covered by each input pixel."""
+    n_out = int(np.floor(n_in * zoom + 1e-9))
+    edges_out = np.arange(n_out + 1) / zoom                 # output pixel edges in input pixels
+    lo = np.maximum(edges_out[:-1, None], np.arange(n_in)[None, :])
+    hi = np.minimum(edges_out[1:, None], np.arange(1, n_in + 1)[None, :])
+    return np.clip(hi - lo, 0.0, None) * zoom
+
+
+def area_rebin(data: np.ndarray, zoom: float) -> np.ndarray:
+    """Shrink an image by ``zoom`` < 1 with each new pixel the mean over its area.
+
+    This is how the renderer forms a pixel (the mean of sub-samples over its area). A
+    non-integer ratio mixes neighbouring pixels (a slight blur); estimators trained with
+    :class:`AcquisitionRanges` see the same resampling in training.
+    """
+    wy, wx = _overlap_matrix(data.shape[0], zoom), _overlap_matrix(data.shape[1], zoom)
+    return wy @ np.asarray(data, dtype=np.float64) @ wx.T
+
+
+def resample_mean(data: np.ndarray, zoom: float) -> np.ndarray:
+    """Resample by ``zoom`` (new pixel size = old / zoom) keeping intensities per pixel as means:
+    area means when shrinking, bilinear when enlarging."""
+    from scipy import ndimage
+
+    if zoom < 1.0:
+        return area_rebin(data, zoom)
+    if zoom > 1.0:
+        return ndimage.zoom(np.asarray(data, dtype=np.float64), zoom, order=1)
+    return np.array(data, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class AcquisitionRanges:
+    """Ranges of a randomised acquisition (each image draws its own values).
+
+    Attributes
+    ----------
+    intensity_scale : (float, float)
+        Log-uniform factor on the HAADF signal of both materials (detector sensitivity, the
+        table's absolute level: published measurements read 0.55–0.75 × the table, notebook 2).
+    wo3_contrast : (float, float)
+        Uniform extra factor on WO3's signal (the WO3/TiO2 contrast ratio: measured ~3.9
+        against the table's ~5.2 at 12 nm, a factor 0.75).
+    dose_e_per_A2 : (float, float)
+        Log-uniform electron dose [e/Å²] (the shot noise of the image).
+    offset_fraction : (float, float)
+        Uniform vacuum level left after normalisation [fraction of the beam].
+    extra_blur_nm : (float, float)
+        Uniform σ of an extra Gaussian blur [nm] (probe tails, source size, drift).
+    pixel_zoom : (float, float)
+        Uniform factor z: the image is recorded at pixel size / z and area-rebinned to the pixel
+        size, as :func:`agglib.fit.characterise` resamples measured images.
+    """
+
+    intensity_scale: tuple = (0.45, 1.6)
+    wo3_contrast: tuple = (0.65, 1.1)
+    dose_e_per_A2: tuple = (40.0, 600.0)
+    offset_fraction: tuple = (-0.002, 0.004)
+    extra_blur_nm: tuple = (0.0, 1.5)
+    pixel_zoom: tuple = (1.0, 1.6)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+
+#: The values of one acquisition, in this order in a store's ``acquisition`` array.
+ACQUISITION_KEYS = ("intensity_scale", "wo3_contrast", "dose_e_per_A2", "offset_fraction", "extra_blur_nm",
+                    "pixel_zoom")
+_LOG_UNIFORM = ("intensity_scale", "dose_e_per_A2")
+
+
+def draw_acquisition(rng, ranges: AcquisitionRanges | None = None) -> dict:
+    """One acquisition drawn from ``ranges`` (default :class:`AcquisitionRanges`)."""
+    rng = as_generator(rng)
+    ranges = ranges or AcquisitionRanges()
+    out = {}
+    for key in ACQUISITION_KEYS:
+        lo, hi = getattr(ranges, key)
+        out[key] = float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) if key in _LOG_UNIFORM \
+            else float(rng.uniform(lo, hi))
+    return out
+
+
+def acquire_image(aggregate, settings, acquisition: dict | None = None, seed=None) -> np.ndarray:
+    """A HAADF-STEM image of ``aggregate`` as a microscope with ``acquisition`` records it,
+    in counts at the dose of ``settings`` (as the estimators read images) [counts].
+
+    The noise-free per-material signals are scaled (``intensity_scale``, WO3 × ``wo3_contrast``),
+    blurred (``extra_blur_nm``), recorded at pixel size / ``pixel_zoom`` with scan and shot noise
+    at ``dose_e_per_A2``, offset by ``offset_fraction`` and area-rebinned to the pixel size of
+    ``settings``. ``acquisition=None`` is :func:`render_stem` with ``settings``.
+    """
+    from scipy import ndimage
+
+    from agglib.stem.kernels import noisy_counts
+    from agglib.stem.render import render_stem
+
+    rng = as_generator(seed)
+    if acquisition is None:
+        return render_stem(aggregate, seed=rng, settings=settings)
+    a = {**dict(zip(ACQUISITION_KEYS, (1.0, 1.0, settings.dose_e_per_A2, 0.0, 0.0, 1.0))), **acquisition}
+    zoom = float(a["pixel_zoom"])
+    fine_px = settings.pixel_size_nm / zoom
+    n_fine = int(math.ceil(settings.image_size_px * zoom)) + 1
+    fine = settings.replace(image_size_px=n_fine, pixel_size_nm=fine_px, dose_e_per_A2=float(a["dose_e_per_A2"]),
+                            noise=False)
+    res = render_stem(aggregate, seed=rng, settings=fine, return_maps=True)
+    electrons = fine.electrons_per_pixel
+    signal = a["intensity_scale"] * (a["wo3_contrast"] * res.material_maps["WO3"] + res.material_maps["TiO2"])
+    signal = signal.astype(np.float64) / electrons
+    if a["extra_blur_nm"] > 0:
+        signal = ndimage.gaussian_filter(signal, a["extra_blur_nm"] / fine_px)
+    counts = np.zeros((n_fine, n_fine), dtype=np.float32)
+    if settings.noise:
+        shifts = rng.normal(0.0, settings.scan_noise_nm / fine_px, n_fine) if settings.scan_noise_nm > 0 \
+            else np.zeros(n_fine)
+        noisy_counts(np.ascontiguousarray(signal), electrons, shifts, int(rng.integers(0, 2**31 - 1)), counts)
+    else:
+        counts[...] = signal * electrons
+    fraction = resample_mean(counts / electrons + a["offset_fraction"], 1.0 / zoom)
+    size = settings.image_size_px
+    y0, x0 = (fraction.shape[0] - size) // 2, (fraction.shape[1] - size) // 2
+    return (fraction[y0:y0 + size, x0:x0 + size] * settings.electrons_per_pixel).astype(np.float32)
+
+
+def intensity_statistics(fraction_images) -> dict:
+    """Per image: ``background``, the median (the vacuum level: aggregates cover a fifth of an
+    image at most), and ``signal``, the 99.5th percentile (the thickest particles) [fraction of
+    the beam]."""
+    x = np.asarray(fraction_images, dtype=np.float64).reshape(-1, *np.shape(fraction_images)[-2:])
+    return {"background": np.median(x, axis=(1, 2)), "signal": np.percentile(x, 99.5, axis=(1, 2))}
