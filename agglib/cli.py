@@ -120,8 +120,10 @@ def _cmd_estimator(args) -> int:
     from agglib.profiles import load_profile
     from agglib.training.pipeline import train_sample_estimator
 
-    prof = load_profile(args.profile, **_parse_sets(args.set))
-    tag = prof.name if not args.set else prof.name + "-custom"
+    changes = _parse_sets(args.set)
+    prof = load_profile(args.profile, **changes)
+    tag = prof.name + ("-randomised" if prof.acquisition == "randomised" else "") \
+        + ("-custom" if set(changes) - {"acquisition"} else "")
     grid = build_dataset(args.store or default_store_path(tag, args.seed), prof, seed=args.seed, workers=args.workers)
     cont = build_dataset(args.continuous_store or default_store_path(tag, args.seed, "continuous"), prof,
                          seed=args.seed, workers=args.workers, design="continuous")

@@ -13,6 +13,11 @@ from agglib.core.validation import check_range
 _PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 
 
+#: ``"fixed"``: every image recorded with the paper's settings; ``"randomised"``: each image with
+#: its own acquisition drawn from :class:`agglib.stem.acquisition.AcquisitionRanges` (intensity
+#: scale, WO3/TiO2 contrast, dose, vacuum offset, blur, pixel size) — robust estimators.
+ACQUISITIONS = ("fixed", "randomised")
+
 @dataclass(frozen=True)
 class Profile:
     """How large each computation is.
@@ -144,6 +149,7 @@ class Profile:
     posterior_steps: int = 2000
     fresh_configs: int = 90
     fresh_images: int = 24
+    acquisition: str = "fixed"
 
     def __post_init__(self):
         for f in fields(self):
@@ -163,6 +169,8 @@ class Profile:
                     high=self.samples_per_config - 1, integer=True)
         for name in ("lr_single", "lr_multi"):
             check_range(f"{self.name}.{name}", getattr(self, name), low=0.0, high=1.0, low_inclusive=False)
+        if self.acquisition not in ACQUISITIONS:
+            raise ValueError(f"{self.name}.acquisition={self.acquisition!r}; accepted: {', '.join(ACQUISITIONS)}")
         if self.method not in ("sets", "paper"):
             raise ValueError(f"{self.name}.method={self.method!r}; accepted: 'sets', 'paper'")
         check_range(f"{self.name}.encoder_lr", self.encoder_lr, low=0.0, high=1.0, low_inclusive=False)
@@ -189,6 +197,8 @@ class Profile:
             keys = ("df_values", "rho_values", "theta0_values", "theta1_values", "posterior_configs_T",
                     "posterior_configs_E", "encoder_configs_T", "posterior_images_T", "posterior_images_E",
                     "image_size_px", "pixel_size_nm")
+        if self.acquisition != "fixed":        # stores of the paper's fixed acquisition keep their identity
+            keys = (*keys, "acquisition")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.to_dict().items() if k in keys}
 
     def to_dict(self) -> dict:

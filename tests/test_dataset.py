@@ -123,7 +123,7 @@ def test_read_images_keeps_order_and_decodes_a_store_once(tiny_store, monkeypatc
 
 def test_stored_sample_equals_a_fresh_draw_from_its_seed(tiny_store):
     i = 37
-    agg, image, desc = generate_sample(tiny_store.theta[i], tiny_store.sample_seed[i],
+    agg, image, desc, _ = generate_sample(tiny_store.theta[i], tiny_store.sample_seed[i],
                                        agglib.StemSettings(**tiny_store.identity["stem_settings"]))
     stored = tiny_store.aggregate(i)
     np.testing.assert_array_equal(stored.positions, agg.positions)

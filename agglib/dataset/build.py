@@ -24,6 +24,7 @@ from agglib.dataset.plan import make_plan
 from agglib.dataset.store import FORMAT, DatasetStore, check_identity, image_compressor
 from agglib.descriptors import DESCRIPTOR_NAMES
 from agglib.profiles import Profile, load_profile
+from agglib.stem.acquisition import ACQUISITION_KEYS
 
 __all__ = ["build_dataset", "sample_identity", "generate_sample"]
 
@@ -47,18 +48,40 @@ def sample_identity(profile: Profile, seed: int, design: str = "grid") -> dict:
                 "haadf_table_sha256": load_reference_table().sha256()}
     if design != "grid":                      # grid stores keep the identity they always had
         identity["design"] = design
+    if profile.acquisition == "randomised":
+        from agglib.stem.acquisition import AcquisitionRanges
+
+        identity["acquisition_ranges"] = AcquisitionRanges().to_dict()
     return identity
 
 
-def generate_sample(theta, sample_seed: int, settings):
-    """Aggregate, image [counts] and descriptors of one sample, from its seed alone."""
+def _acquisition_ranges(identity: dict):
+    """The store's randomised acquisition ranges (``None``: the paper's fixed acquisition)."""
+    from agglib.stem.acquisition import AcquisitionRanges
+
+    ranges = identity.get("acquisition_ranges")
+    return None if ranges is None else AcquisitionRanges(**{k: tuple(v) for k, v in ranges.items()})
+
+
+def generate_sample(theta, sample_seed: int, settings, acquisition_ranges=None):
+    """Aggregate, image [counts] and descriptors of one sample, from its seed alone.
+
+    With ``acquisition_ranges`` (:class:`agglib.stem.acquisition.AcquisitionRanges`) the image is
+    recorded with an acquisition drawn from them (returned as a fourth item, else ``None``).
+    """
     from agglib.stem import render_stem
+    from agglib.stem.acquisition import acquire_image, draw_acquisition
 
     agg_seed, image_seed = np.random.SeedSequence(int(sample_seed)).spawn(2)
     agg = agglib.generate_aggregate(agglib.ModelParams(*map(float, theta)), seed=agg_seed)
-    image = render_stem(agg, seed=image_seed, settings=settings)
+    if acquisition_ranges is None:
+        image, acquisition = render_stem(agg, seed=image_seed, settings=settings), None
+    else:
+        rng = np.random.default_rng(image_seed)
+        acquisition = draw_acquisition(rng, acquisition_ranges)
+        image = acquire_image(agg, settings, acquisition, seed=rng)
     d = agglib.describe(agg)
-    return agg, image, np.array([d[k] for k in DESCRIPTOR_NAMES], dtype=np.float64)
+    return agg, image, np.array([d[k] for k in DESCRIPTOR_NAMES], dtype=np.float64), acquisition
 
 
 def _build_shard(path: str, shard: int, start: int, stop: int) -> int:
@@ -72,22 +95,29 @@ def _build_shard(path: str, shard: int, start: int, stop: int) -> int:
     root = zarr.open_group(path, mode="r+")
     identity = root.attrs["identity"]
     settings = StemSettings(**identity["stem_settings"])
+    ranges = _acquisition_ranges(identity)
     theta = root["theta"][start:stop]
     seeds = root["sample_seed"][start:stop]
-    images = np.empty((stop - start, settings.image_size_px, settings.image_size_px), dtype=np.uint32)
+    images = np.empty((stop - start, settings.image_size_px, settings.image_size_px),
+                      dtype=np.uint32 if ranges is None else np.float32)
+    acquisitions = np.empty((stop - start, len(ACQUISITION_KEYS)))
     descriptors = np.empty((stop - start, len(DESCRIPTOR_NAMES)))
     positions, radii, labels, counts = [], [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExtrapolationWarning)   # rare > 60 nm chords; see the book
         for k in range(stop - start):
-            agg, image, desc = generate_sample(theta[k], seeds[k], settings)
+            agg, image, desc, acquisition = generate_sample(theta[k], seeds[k], settings, ranges)
             images[k] = image
+            if acquisition is not None:
+                acquisitions[k] = [acquisition[key] for key in ACQUISITION_KEYS]
             descriptors[k] = desc
             positions.append(agg.positions)
             radii.append(agg.radii)
             labels.append(agg.labels.astype(np.uint8))
             counts.append(agg.n_particles)
     root["images"][start:stop] = images          # one chunk per image: shards never share a chunk
+    if ranges is not None:
+        root["acquisition"][start:stop] = acquisitions
     group = root.require_group(f"shards/{shard:06d}")
     for name, data in (("positions", np.concatenate(positions)), ("radii", np.concatenate(radii)),
                        ("labels", np.concatenate(labels)), ("counts", np.array(counts, dtype=np.int64)),
@@ -104,8 +134,13 @@ def _create_store(path: Path, profile: Profile, seed: int, identity: dict, shard
     plan = make_plan(profile, seed, identity.get("design", "grid"))
     n, size = plan.n_samples, profile.image_size_px
     root = zarr.open_group(str(path), mode="w")
-    root.create_array("images", shape=(n, size, size), chunks=(1, size, size), dtype="uint32",
-                      compressors=image_compressor(), fill_value=0)
+    randomised = _acquisition_ranges(identity) is not None
+    root.create_array("images", shape=(n, size, size), chunks=(1, size, size),
+                      dtype="float32" if randomised else "uint32", compressors=image_compressor(), fill_value=0)
+    if randomised:                             # each sample's acquisition, in ACQUISITION_KEYS order
+        k = len(ACQUISITION_KEYS)            # chunks = shards: a shard never writes into another's chunk
+        root.create_array("acquisition", shape=(n, k), chunks=(max(1, shard_size), k), dtype="float64",
+                          fill_value=0.0)
     for name, data in (("theta", plan.theta), ("config_id", plan.config_id), ("configs", plan.configs),
                        ("split", plan.split), ("sample_seed", plan.sample_seed)):
         arr = root.create_array(name, shape=data.shape, dtype=data.dtype)

@@ -196,5 +196,5 @@ def _fresh_sample(item):
     theta, seed, settings = item
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExtrapolationWarning)
-        _, image, desc = generate_sample(theta, seed, settings)
+        _, image, desc, _ = generate_sample(theta, seed, settings)
     return image.astype(np.float32), desc

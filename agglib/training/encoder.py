@@ -88,8 +88,9 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
     train_labels = [labels_raw[t_idx]]
     sources = [{"dataset_sha256": store.identity_sha256(), "images": int(t_idx.size)}]
     for extra, rows in extra_training:
-        if extra.identity["stem_settings"] != store.identity["stem_settings"]:
-            raise ValueError(f"{extra.path} was rendered with other STEM settings than {store.path}")
+        if extra.identity["stem_settings"] != store.identity["stem_settings"] \
+                or extra.identity.get("acquisition_ranges") != store.identity.get("acquisition_ranges"):
+            raise ValueError(f"{extra.path} was rendered with other STEM settings or acquisition than {store.path}")
         train_labels.append(encoder_labels(extra.theta, extra.descriptors, names)[np.asarray(rows)])
         sources.append({"dataset_sha256": extra.identity_sha256(), "images": int(len(rows)),
                         "first_index": int(np.min(rows)), "last_index": int(np.max(rows))})
@@ -106,6 +107,8 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
             "stem_settings": settings, "label_scaling": scaling, "profile": store.identity["profile_name"],
             "profile_fields": store.identity["profile"], "dataset_seed": int(store.identity["seed"]),
             "dataset_sha256": store.identity_sha256(), "training_images": sources, "train_config": asdict(config)}
+    if store.identity.get("acquisition_ranges"):
+        meta["acquisition_ranges"] = store.identity["acquisition_ranges"]
     final, last = out_dir / "encoder.pt", out_dir / "last.pt"
 
     torch.manual_seed(config.seed)

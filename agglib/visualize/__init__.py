@@ -15,11 +15,11 @@ from agglib.visualize.descriptors import plot_batch_means, plot_descriptor_distr
 from agglib.visualize.plotly_book import register_book_renderer
 from agglib.visualize.posterior import plot_calibration, plot_encoder_history, plot_error_by_set_size, plot_posterior
 from agglib.visualize.stem import (plot_aggregate_and_image, plot_field_of_view, plot_haadf_curves,
-                                   plot_image_slider, plot_render_maps, plot_stem_image)
+                                   plot_haadf_measurements, plot_image_slider, plot_render_maps, plot_stem_image)
 
 register_book_renderer()
 
-__all__ = ["plot_aggregate", "plot_aggregate_gallery", "aggregate_explorer",
+__all__ = ["plot_haadf_measurements", "plot_aggregate", "plot_aggregate_gallery", "aggregate_explorer",
            "plot_descriptor_vs_theta", "plot_batch_means", "plot_descriptor_distributions", "register_book_renderer",
            "plot_stem_image", "plot_aggregate_and_image", "plot_render_maps", "plot_haadf_curves",
            "plot_image_slider", "plot_field_of_view", "plot_grid_coverage", "plot_split_counts",

@@ -18,6 +18,7 @@ from agglib.model.aggregate import TIO2, WO3, Aggregate
 from agglib.visualize.aggregates import MATERIAL_COLOURS, _material_mesh, _scene, _extent
 
 __all__ = ["plot_stem_image", "plot_aggregate_and_image", "plot_render_maps", "plot_haadf_curves",
+           "plot_haadf_measurements",
            "plot_image_slider", "plot_field_of_view", "image_trace"]
 
 _PHASE_DASH = ["solid", "dash", "dot", "dashdot"]
@@ -133,6 +134,31 @@ def plot_haadf_curves(table, title: str | None = None) -> go.Figure:
                       xaxis_title="thickness [nm]",
                       yaxis_title="HAADF signal [fraction of incident probe]",
                       height=480, legend=dict(x=0.02, y=0.98))
+    return fig
+
+
+def plot_haadf_measurements(comparison, table, efficiency: float, title: str | None = None) -> go.Figure:
+    """Measured centre intensities of primary particles (crosses) against the table's mean curve of
+    each material, for an ideal detector (dashed) and with the detector ``efficiency`` (solid)."""
+    fig = go.Figure()
+    colour = {"WO3": MATERIAL_COLOURS[WO3], "TiO2": MATERIAL_COLOURS[TIO2]}
+    t = np.asarray(table.thickness_nm)
+    for material in ("WO3", "TiO2"):
+        g = comparison[comparison["material"] == material]
+        fig.add_trace(go.Scatter(x=g["diameter_nm"], y=g["measured"], mode="markers", name=f"{material} measured",
+                                 marker=dict(symbol="x", size=7, color=colour[material]),
+                                 hovertemplate="diameter %{x:.1f} nm: %{y:.4f}<extra></extra>"))
+        curve = table.curve_stack(material).mean(axis=0)
+        fig.add_trace(go.Scatter(x=t, y=curve, mode="lines", name=f"{material} table, ideal detector",
+                                 line=dict(color=colour[material], dash="dash")))
+        fig.add_trace(go.Scatter(x=t, y=curve * efficiency, mode="lines",
+                                 name=f"{material} table × detector efficiency {efficiency:.2f}",
+                                 line=dict(color=colour[material])))
+    fig.update_layout(title=title or "Simulated HAADF signal against measured primary particles",
+                      xaxis_title="thickness = particle diameter [nm]",
+                      yaxis_title="HAADF signal [fraction of incident beam]", height=480,
+                      xaxis_range=[0, 1.1 * float(comparison["diameter_nm"].max())],
+                      yaxis_range=[0, 1.3 * float(comparison["measured"].max())], legend=dict(x=0.02, y=0.98))
     return fig
 
 
