@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= quick
 
-.PHONY: book test venv bench clean
+.PHONY: book test venv bench clean lab
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[book,dev,multislice,io]"
+	$(BIN)/python -m pip install --quiet -e ".[book,dev,multislice,io,lab]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (agglib)" >/dev/null
 	touch $(STAMP)
 
@@ -23,6 +23,10 @@ book: $(STAMP)
 ## make test: the whole test suite (unit, property-based, every notebook at the tiny profile, the book)
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## make lab: JupyterLab on the notebooks with the project's kernel ("Python 3 (agglib)")
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 ## make bench: the benchmarks (installs the anchors they compare against)
 bench: $(STAMP)

@@ -167,13 +167,15 @@ class ParameterEstimator:
 
 
 #: Folders of the shipped estimators under ``agglib/data/models/`` (package data) (both trained on the quick dataset, seed 0).
-SHIPPED_MODELS = {"sets": "sets-quick", "paper": "compact-quick"}
+SHIPPED_MODELS = {"sets": "sets-quick", "robust": "sets-quick-robust", "paper": "compact-quick"}
 
 
 def shipped_models_dir(method: str = "sets") -> Path:
-    """The trained estimators shipped with the repository (quick profile): ``"sets"``, the new
-    method (encoder + posterior, the default of ``agglib fit``), or ``"paper"``, the paper's five
-    networks with the compact feature extractor."""
+    """The trained estimators shipped with agglib (quick profile, seed 0): ``"sets"``, the new
+    method (encoder + posterior) trained on images recorded with the paper's settings (the
+    book's comparisons with the paper); ``"robust"``, the same trained on a randomised
+    acquisition (the default of ``agglib fit``: measured images differ from the simulator,
+    notebooks 2 and 10); ``"paper"``, the paper's five networks (compact feature extractor)."""
     if method not in SHIPPED_MODELS:
         raise ValueError(f"method={method!r}; accepted: {sorted(SHIPPED_MODELS)}")
     from agglib.core.locations import shipped_data_path
@@ -182,8 +184,9 @@ def shipped_models_dir(method: str = "sets") -> Path:
 
 
 def load_default_estimator(device: str = "cpu") -> "SampleEstimator":
-    """The shipped new-method estimator (``agglib/data/models/sets-quick``)."""
-    return SampleEstimator.load(shipped_models_dir("sets"), device)
+    """The estimator ``agglib fit`` uses by default: the new method trained on a randomised
+    acquisition (``agglib/data/models/sets-quick-robust``; see :func:`shipped_models_dir`)."""
+    return SampleEstimator.load(shipped_models_dir("robust"), device)
 
 
 def export_estimators(run_dir, out_dir) -> Path:

@@ -104,6 +104,12 @@ class Profile:
         evaluation and the error against the number of images.
     fresh_images : int
         Images per fresh configuration (the largest M studied).
+    robustness_configs, robustness_images : int
+        Fresh configurations, and images of each, recorded under every perturbation of the
+        robustness table (:func:`agglib.evaluate.robustness.robustness_table`, notebook 10).
+    acquisition : str
+        ``"fixed"`` (the paper's settings for every image) or ``"randomised"`` (each image with its
+        own acquisition: the robust estimators' datasets; see :data:`ACQUISITIONS`).
     """
 
     name: str
@@ -149,6 +155,8 @@ class Profile:
     posterior_steps: int = 2000
     fresh_configs: int = 90
     fresh_images: int = 24
+    robustness_configs: int = 60
+    robustness_images: int = 12
     acquisition: str = "fixed"
 
     def __post_init__(self):

@@ -184,6 +184,11 @@ def test_cli_fit_on_the_shipped_sample_prints_intervals_and_writes_shadows(tmp_p
     assert "θ̂ from 12 images" in printed and "θ_ρ" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["shadows"]["count"] == 20 and summary["settings"]["estimator_pixel_size_nm"] == 3.4
+    # the sample's true θ = (1.8, 0.6, 2, 3) (tests/data/make_fit_images.py) lies in every 95 % interval
+    for key, truth in zip(("df", "rho", "theta0", "theta1"), (1.8, 0.6, 2, 3)):
+        lo, hi = summary["interval_95"][key]
+        assert lo <= truth <= hi, (key, lo, hi)
+    assert not any("non-integer ratio" in w for w in summary["warnings"])   # the default estimator saw such ratios
 
 
 def test_intervals_of_the_shipped_estimator_contain_the_truth_for_most_seeds():

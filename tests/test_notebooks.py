@@ -40,3 +40,18 @@ def test_notebook_runs_at_tiny_profile(path, executed_notebooks):
     assert figures, f"{path.name} produced no plotly figure"
     for fig in figures:
         assert "text/html" in fig["data"], "figure lacks the HTML the offline book needs"
+
+
+def test_widget_explorers_run_headless(tmp_path):
+    """`widgets = True` (the JupyterLab explorers) executes without a display and without hanging."""
+    import papermill
+
+    path = next(p for p in NOTEBOOKS if p.name.startswith("01_"))
+    out = tmp_path / path.name
+    papermill.execute_notebook(str(path), str(out), parameters={"profile": "tiny", "widgets": True},
+                               kernel_name="python3", cwd=str(path.parent), progress_bar=False,
+                               execution_timeout=300)
+    nb = nbformat.read(out, as_version=4)
+    views = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views, "the θ explorer displayed no widget"

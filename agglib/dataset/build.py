@@ -60,7 +60,7 @@ def _acquisition_ranges(identity: dict):
     from agglib.stem.acquisition import AcquisitionRanges
 
     ranges = identity.get("acquisition_ranges")
-    return None if ranges is None else AcquisitionRanges(**{k: tuple(v) for k, v in ranges.items()})
+    return None if ranges is None else AcquisitionRanges.from_dict(ranges)
 
 
 def generate_sample(theta, sample_seed: int, settings, acquisition_ranges=None):

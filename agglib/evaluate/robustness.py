@@ -86,7 +86,8 @@ def robustness_table(estimators: dict, n_configs: int, images_per_config: int, s
     DataFrame
         One row per (perturbation, estimator): ``refused`` (share of samples the intensity check
         refuses), θ̂ scores on the accepted ones (:func:`agglib.evaluate.sets.theta_scores`),
-        ``Df in 95 %`` and ``ρ in 95 %`` (interval coverage).
+        ``Df in 95 %`` and ``ρ in 95 %`` (interval coverage); a last row scores the trivial
+        predictor (the prior's centre, whatever the images) on the same configurations.
     """
     from tqdm.auto import tqdm
 
@@ -120,4 +121,8 @@ def robustness_table(estimators: dict, n_configs: int, images_per_config: int, s
                     lo, hi = post.interval(key, 0.95).T
                     row[label] = float(np.mean((lo <= truth[:, k]) & (truth[:, k] <= hi)))
             rows.append(row)
+    const = np.array([np.mean(prior["df"]), np.mean(prior["rho"]), np.median(prior["theta0"]),
+                      np.median(prior["theta1"])])
+    rows.append({"perturbation": "any (images unused)", "estimator": "trivial: the prior's centre", "refused": 0.0,
+                 **theta_scores(np.repeat(const[None], n_configs, axis=0), theta)})
     return pd.DataFrame(rows)

@@ -42,7 +42,7 @@ def _reference(key: str) -> dict:
 
     spec = json.loads(key)
     settings = StemSettings(**spec["stem_settings"])
-    ranges = AcquisitionRanges(**{k: tuple(v) for k, v in spec["acquisition"].items()}) if spec["acquisition"] else None
+    ranges = AcquisitionRanges.from_dict(spec["acquisition"]) if spec["acquisition"] else None
     rng = np.random.default_rng(spec["seed"])
     prior = spec["prior"]
     params = [agglib.ModelParams(rng.uniform(*prior["df"]), rng.uniform(*prior["rho"]),

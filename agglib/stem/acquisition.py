@@ -109,6 +109,9 @@ class AcquisitionRanges:
     pixel_zoom : (float, float)
         Uniform factor z: the image is recorded at pixel size / z and area-rebinned to the pixel
         size, as :func:`agglib.fit.characterise` resamples measured images.
+    at_pixel_size : float
+        Share of images recorded at the pixel size itself (z = 1, no resampling: images taken
+        at the estimator's pixel size are common, and z drawn from a range is never exactly 1).
     """
 
     intensity_scale: tuple = (0.45, 1.6)
@@ -117,9 +120,14 @@ class AcquisitionRanges:
     offset_fraction: tuple = (-0.002, 0.004)
     extra_blur_nm: tuple = (0.0, 1.5)
     pixel_zoom: tuple = (1.0, 1.6)
+    at_pixel_size: float = 0.25
 
     def to_dict(self) -> dict:
-        return {k: list(v) for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AcquisitionRanges":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 #: The values of one acquisition, in this order in a store's ``acquisition`` array.
@@ -137,6 +145,8 @@ def draw_acquisition(rng, ranges: AcquisitionRanges | None = None) -> dict:
         lo, hi = getattr(ranges, key)
         out[key] = float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) if key in _LOG_UNIFORM \
             else float(rng.uniform(lo, hi))
+    if rng.random() < ranges.at_pixel_size:
+        out["pixel_zoom"] = 1.0
     return out
 
 
@@ -160,7 +170,7 @@ def acquire_image(aggregate, settings, acquisition: dict | None = None, seed=Non
     a = {**dict(zip(ACQUISITION_KEYS, (1.0, 1.0, settings.dose_e_per_A2, 0.0, 0.0, 1.0))), **acquisition}
     zoom = float(a["pixel_zoom"])
     fine_px = settings.pixel_size_nm / zoom
-    n_fine = int(math.ceil(settings.image_size_px * zoom)) + 1
+    n_fine = settings.image_size_px if zoom == 1.0 else int(math.ceil(settings.image_size_px * zoom)) + 1
     fine = settings.replace(image_size_px=n_fine, pixel_size_nm=fine_px, dose_e_per_A2=float(a["dose_e_per_A2"]),
                             noise=False)
     res = render_stem(aggregate, seed=rng, settings=fine, return_maps=True)
