@@ -115,19 +115,18 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_estimator(args) -> int:
-    from agglib.dataset import build_dataset, default_store_path
-    from agglib.evaluate import default_run_dir
+    from agglib.dataset import build_dataset
+    from agglib.notebook import NotebookRun
     from agglib.profiles import load_profile
     from agglib.training.pipeline import train_sample_estimator
 
     changes = _parse_sets(args.set)
-    prof = load_profile(args.profile, **changes)
-    tag = prof.name + ("-randomised" if prof.acquisition == "randomised" else "") \
-        + ("-custom" if set(changes) - {"acquisition"} else "")
-    grid = build_dataset(args.store or default_store_path(tag, args.seed), prof, seed=args.seed, workers=args.workers)
-    cont = build_dataset(args.continuous_store or default_store_path(tag, args.seed, "continuous"), prof,
+    run = NotebookRun("train-estimator", load_profile(args.profile, **changes), args.seed, changes)
+    prof = run.profile
+    grid = build_dataset(args.store or run.store_path("grid"), prof, seed=args.seed, workers=args.workers)
+    cont = build_dataset(args.continuous_store or run.store_path("continuous"), prof,
                          seed=args.seed, workers=args.workers, design="continuous")
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(tag, args.seed)
+    run_dir = Path(args.run_dir) if args.run_dir else run.run_dir
     estimator = train_sample_estimator(prof, grid, cont, run_dir, seed=args.seed,
                                        encoder_changes={"device": args.device})
     out = estimator.save(args.out, overwrite=args.overwrite) if args.out else run_dir / "sets"
@@ -290,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a profile field (repeatable)")
     e.add_argument("--seed", type=int, default=0, help="seed of the datasets and of training")
-    e.add_argument("--store", default=None, help="grid dataset store (None: <data>/datasets/<profile>-seed<seed>.zarr; "
-                        "<data>: $AGGLIB_DATA_DIR, a checkout's data/ or the user data folder)")
+    e.add_argument("--store", default=None, help="grid dataset store (None: <data>/datasets/<tag>-seed<seed>.zarr; "
+                        "<data>: $AGGLIB_DATA_DIR, a checkout's data/ or the user data folder; <tag>: the "
+                        "profile, with a digest of the --set changes to its datasets)")
     e.add_argument("--continuous-store", default=None,
                    help="continuous dataset store (None: <data>/datasets/<profile>-seed<seed>-continuous.zarr)")
     e.add_argument("--run-dir", default=None, help="training folder (None: <data>/runs/<profile>-seed<seed>)")

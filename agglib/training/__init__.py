@@ -3,7 +3,7 @@
 The paper's networks are trained by :mod:`agglib.train`.
 """
 
-from agglib.training._contracts import EncoderConfig, PosteriorConfig
+from agglib.training._contracts import EncoderConfig, NotTrainedError, PosteriorConfig
 from agglib.training.encoder import train_encoder
 
-__all__ = ["EncoderConfig", "PosteriorConfig", "train_encoder"]
+__all__ = ["EncoderConfig", "PosteriorConfig", "NotTrainedError", "train_encoder"]

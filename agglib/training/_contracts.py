@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from agglib.core.validation import check_range
 
-__all__ = ["EncoderConfig", "PosteriorConfig"]
+__all__ = ["EncoderConfig", "PosteriorConfig", "NotTrainedError"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +103,8 @@ class PosteriorConfig:
         check_range("hidden", self.hidden, low=4, integer=True)
         check_range("embedding_noise", self.embedding_noise, low=0.0)
         check_range("calibration_share", self.calibration_share, low=0.0, high=0.5)
+
+
+class NotTrainedError(RuntimeError):
+    """A trained result that was asked for without training (``train=False``) is missing or was
+    made with other settings; the message says which and how to make it."""

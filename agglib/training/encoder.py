@@ -54,7 +54,7 @@ def _scores(model, images, labels_raw, names, scaling, epp, device, batch=256) -
 
 
 def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_bars: bool | None = None,
-                  stop_after_epochs: int | None = None, extra_training=()) -> dict:
+                  stop_after_epochs: int | None = None, extra_training=(), train: bool = True) -> dict:
     """Train (or resume, or return at once if finished) the image encoder of a dataset.
 
     Parameters
@@ -73,6 +73,9 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
     extra_training : sequence of (DatasetStore, indices)
         More training images from other stores with the same STEM settings (the new method adds
         part of the continuous dataset's T: configurations the posterior never trains on).
+    train : bool
+        False: only return a finished encoder of this configuration; raise
+        :class:`agglib.training.NotTrainedError` instead of training.
 
     Returns
     -------
@@ -129,6 +132,11 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
             return {"history": history, "path": final}
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+    if not train:
+        from agglib.training._contracts import NotTrainedError
+
+        raise NotTrainedError(f"no finished encoder of this configuration in {out_dir} "
+                              f"({start_epoch} of {config.epochs} epochs done)")
 
     show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
     images = torch.from_numpy(np.concatenate([store.read_images(t_idx)]

@@ -83,7 +83,7 @@ def _progress(iterable, show, desc):
 
 def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed: int = 0, *,
                            show_progress_bars: bool | None = None, encoder_changes: dict | None = None,
-                           posterior_changes: dict | None = None) -> SampleEstimator:
+                           posterior_changes: dict | None = None, train: bool = True) -> SampleEstimator:
     """Train (or finish, or load) the new method's estimator of a profile.
 
     Parameters
@@ -97,6 +97,9 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     seed : int
     encoder_changes, posterior_changes : dict, optional
         Override :class:`EncoderConfig` / :class:`PosteriorConfig` fields.
+    train : bool
+        False: only load a finished estimator of exactly these settings; raise
+        :class:`agglib.training.NotTrainedError` rather than train (or retrain) anything.
     """
     run_dir = Path(run_dir)
     grid_store = grid_store if isinstance(grid_store, DatasetStore) else DatasetStore(grid_store)
@@ -109,7 +112,7 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     roles = continuous_store.continuous_roles()
     extra = [(continuous_store, roles["encoder"])] if roles["encoder"].size else []
     train_encoder(grid_store.path, enc_config, run_dir / "encoder", show_progress_bars=show_progress_bars,
-                  extra_training=extra)
+                  extra_training=extra, train=train)
     encoder = TrainedEncoder.load(run_dir / "encoder" / "encoder.pt")
     grid = ThetaGrid.from_profile(profile)
     meta = {"kind": "set_posterior", "agglib": agglib.__version__, "in_dim": int(encoder.model.heads.out_features),
@@ -125,6 +128,10 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
         if found is not None and all(found.metadata.get(k) == v for k, v in meta.items() if k != "agglib") \
                 and weights_digest(found.encoder.model.state_dict()) == weights_digest(encoder.model.state_dict()):
             return found
+    if not train:
+        from agglib.training._contracts import NotTrainedError
+
+        raise NotTrainedError(f"no set-level posterior of these settings in {out}")
     summaries = cached_summaries(encoder, continuous_store, run_dir, show_progress_bars=show_progress_bars)
     t_idx = roles["posterior"]
     model, history = train_posterior(summaries[t_idx], continuous_store.theta[t_idx], continuous_store.config_id[t_idx],
