@@ -174,6 +174,23 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    import yaml
+
+    from agglib.sweep import run_sweep
+
+    grid = {}
+    for item in args.parameter:
+        if len(item) < 2:
+            raise ValueError(f"-p {' '.join(item)}: give a parameter name and at least one value")
+        grid[item[0]] = [yaml.safe_load(v) for v in item[1:]]
+    table = run_sweep(args.notebook, grid, args.out, profile=args.profile, fixed=_parse_sets(args.fixed),
+                      workers=args.workers, timeout=args.timeout)
+    print(table.to_string(index=False))
+    print(f"{len(table)} runs in {args.out}/ (one folder per parameter set); the table is {args.out}/sweep.csv")
+    return 0
+
+
 def _cmd_profiles(args) -> int:
     from agglib.profiles import available_profiles, load_profile
 
@@ -327,6 +344,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "each, instead of stopping at the first")
     f.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     f.set_defaults(func=_cmd_fit)
+
+    s = sub.add_parser("sweep", help="run a notebook with papermill over a grid of parameters, in parallel, "
+                                     "one folder per parameter set; collect what it records into one table",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("notebook", help="notebook path or name in notebooks/, e.g. 10_fit_your_images or 10")
+    s.add_argument("-p", "--parameter", nargs="+", action="append", required=True, metavar="NAME VALUE",
+                   help="a parameter and its values, e.g. -p dose_e_per_A2 40 149 600 (repeatable: the grid is "
+                        "every combination; values are read as YAML)")
+    s.add_argument("-f", "--fixed", action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter set the same in every run (repeatable)")
+    s.add_argument("--profile", default="tiny", help="run-size profile of the notebooks")
+    s.add_argument("--out", required=True, help="sweep folder (resumable: finished runs are skipped)")
+    s.add_argument("--workers", type=int, default=2, help="notebooks executed at once")
+    s.add_argument("--timeout", type=int, default=None, help="per-cell timeout [s] (None: no limit)")
+    s.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("profiles", help="list the run-size profiles")
     p.set_defaults(func=_cmd_profiles)

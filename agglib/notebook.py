@@ -23,10 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import agglib
 from agglib.profiles import Profile, load_profile
+from agglib.sweep import RECORD_ENV
 
 __all__ = ["setup_notebook", "NotebookRun", "parameter_tag"]
 
@@ -128,6 +130,11 @@ class NotebookRun:
         known[self.notebook] = {"command": self.command, "profile": self.profile.name, "seed": self.seed,
                                 "overrides": self.overrides, "parameters": self.parameters}
         atomic_write_text(path, json.dumps(known, indent=1, ensure_ascii=False, default=str))
+        extra = os.environ.get(RECORD_ENV)
+        if extra:                                   # a sweep's run: a copy in the run's own folder
+            atomic_write_text(Path(extra), json.dumps({"command": self.command, "parameters": self.parameters,
+                                                       "results": {k: float(v) for k, v in results.items()}},
+                                                      indent=1, ensure_ascii=False, default=str))
         return results_table(results, self.profile.name, self.command, self.run_dir, self.notebook, trivial=trivial)
 
 
