@@ -39,6 +39,7 @@ PERTURBATIONS = {
     "counts ×10 (wrong units)": {"intensity_scale": 10.0},
     "counts ×0.1 (wrong dose)": {"intensity_scale": 0.1},
     "offset +1000 counts at 2.9 nm": {"offset_fraction": 1000.0 / (149.0 * 29.0 ** 2)},
+    "uint16 counts, gain 0.2, +500 at 2.9 nm": {"intensity_scale": 0.2, "offset_fraction": 500.0 / (149.0 * 29.0 ** 2)},
 }
 
 
