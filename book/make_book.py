@@ -55,7 +55,8 @@ def execute_notebooks(site: Path, profile: str, only: list[str] | None, timeout:
             params["overrides"] = overrides
         papermill.execute_notebook(str(nb), str(site / "notebooks" / nb.name), parameters=params,
                                    kernel_name="python3", cwd=str(ROOT / "notebooks"),
-                                   progress_bar=False, execution_timeout=timeout)
+                                   progress_bar=sys.stderr.isatty(), log_output=False, execution_timeout=timeout)
+        print(f"[book] {nb.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
         prepare_for_book(site / "notebooks" / nb.name)
         times[nb.name] = time.perf_counter() - t0
     return times
@@ -82,6 +83,24 @@ def prepare_for_book(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+def remove_thebe(html_dir: Path) -> int:
+    """Drop the live-code (Thebe) scripts from every page: the book is static and offline (Thebe
+    loads from a CDN), and sphinx-thebe declares ``THEBE_JS_URL`` twice, a console error on every
+    page. Returns the number of pages changed."""
+    import re
+
+    pattern = re.compile(r'\s*<script>const THEBE_JS_URL = [^<]*</script>|\s*<script async="async" '
+                         r'src="[^"]*sphinx-thebe\.js[^"]*"></script>')
+    changed = 0
+    for page in html_dir.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        new = pattern.sub("", text)
+        if new != text:
+            page.write_text(new, encoding="utf-8")
+            changed += 1
+    return changed
+
+
 RESULTS_MARKER = "<!-- agglib:results-table -->"
 
 
@@ -92,8 +111,9 @@ def write_results_page(site: Path, profile: str, overrides: dict, seed: int = 0)
     page = site / "book" / "results.md"
     if not page.is_file():
         return 0
-    tag = profile if not overrides else profile + "-custom"
-    records = sorted((default_run_dir(tag, seed) / "results").glob("*.json"))
+    from agglib.notebook import parameter_tag
+
+    records = sorted((default_run_dir(parameter_tag(profile, overrides), seed) / "results").glob("*.json"))
     lines = ["| quantity | paper | agglib | trivial predictor | profile | notebook | command |",
              "|---|---|---|---|---|---|---|"]
     for path in records:
@@ -151,6 +171,7 @@ def main(argv=None) -> int:
     if jb.exists():
         cmd[0] = str(jb)
     rc = subprocess.call(cmd)
+    remove_thebe(out / "_build" / "html")
     times["jupyter-book build"] = time.perf_counter() - t_build
     print("\n[book] wall time per step:")
     for name, t in times.items():

@@ -42,3 +42,12 @@ def test_book_builds_with_figures(tmp_path, executed_notebooks):
         assert 'class="math' not in text, f"{nb.name}: LaTeX math needs MathJax from a CDN"
     for page in (html_dir / "book").glob("*.html"):
         assert 'class="math' not in page.read_text(), f"{page.name}: LaTeX math"
+    # No page declares THEBE_JS_URL (sphinx-thebe did so twice: a console error on every page),
+    # none shows a local absolute path, and the quick start leads the book.
+    for page in html_dir.rglob("*.html"):
+        text = page.read_text()
+        assert "THEBE_JS_URL" not in text, f"{page.name}: Thebe scripts left in"
+        assert "/tmp/" not in text and "/work/" not in text and "/root/" not in text, f"{page.name}: local path"
+    quick = (html_dir / "book" / "quickstart.html").read_text()
+    assert "agglib fit tests/data/fit_sample" in quick and "doi.org/10.1088/2632-2153/ad38fd" in \
+        (html_dir / "book" / "intro.html").read_text()

@@ -250,7 +250,9 @@ def build_dataset(path, profile: str | Profile | None = None, seed: int = 0, *,
         if root.attrs.get("complete"):
             _remove_build_state(root)
             store = DatasetStore(path)
-            print(f"dataset at {path} is already complete: {store.summary()}")
+            s = store.summary()
+            print(f"dataset {path.name} is already complete: {s['samples']} samples (T {s['T']}, E {s['E']}, "
+                  f"{s['configurations']} configurations, {s['MB']} MB)")
             return store
         shard_size = int(root.attrs["build"]["shard_size"])    # resume with the original shards
     else:
@@ -289,5 +291,5 @@ def build_dataset(path, profile: str | Profile | None = None, seed: int = 0, *,
                                   "scheduler": scheduler, "shard_size": shard_size,
                                   "computed_shards": len(todo)}, indent=1))
     print(f"dataset {prof.name}: {summary['samples']} samples (T {summary['T']}, E {summary['E']}, "
-          f"{summary['configurations']} configurations) in {elapsed:.0f} s → {path} ({summary['MB']} MB)")
+          f"{summary['configurations']} configurations) in {elapsed:.0f} s → {path.name} ({summary['MB']} MB)")
     return store
