@@ -102,6 +102,31 @@ def remove_thebe(html_dir: Path) -> int:
 
 
 RESULTS_MARKER = "<!-- agglib:results-table -->"
+SWEEP_MARKER = "<!-- agglib:sweep-table -->"
+#: The sweep the how-to page shows: notebook 10's θ̂ errors against dose and pixel size.
+HOWTO_SWEEP = {"dose_e_per_A2": [40, 149, 600], "measured_pixel_nm": [1.7, 2.9]}
+
+
+def write_sweep_section(site: Path, out: Path, profile: str) -> int:
+    """Run the how-to's sweep (``agglib sweep``) and put its table on the page; returns its rows."""
+    from agglib.sweep import run_sweep
+
+    page = site / "book" / "howto.md"
+    if not page.is_file() or SWEEP_MARKER not in page.read_text():
+        return 0
+    folder = out / "_build" / "sweeps" / f"fit-{profile}"
+    table = run_sweep("10", HOWTO_SWEEP, folder, profile=profile, fixed={"robustness": False}, workers=2)
+    grid = " ".join(f"-p {k} {' '.join(map(str, v))}" for k, v in HOWTO_SWEEP.items())
+    command = f"agglib sweep 10 {grid} -f robustness=false --profile {profile} --out sweeps/fit"
+    cols = [c for c in table.columns if c in HOWTO_SWEEP or "error" in c or "intervals" in c]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in table[cols].iterrows():
+        lines.append("| " + " | ".join(f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in cols) + " |")
+    text = (f"```bash\n{command}\n```\n\n" + "\n".join(lines) +
+            f"\n\n(profile {profile}; errors are |θ̂ − θ| of the one sample, so they scatter from run to run — "
+            "a sweep over seeds, `-p seed 1 2 3 …`, averages that out.)")
+    page.write_text(page.read_text().replace(SWEEP_MARKER, text))
+    return len(table)
 
 
 def write_results_page(site: Path, profile: str, overrides: dict, seed: int = 0) -> int:
@@ -147,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,02")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per notebook cell")
     ap.add_argument("--overrides", default="{}", help="JSON dict of profile-field overrides")
+    ap.add_argument("--no-sweep", dest="sweep", action="store_false",
+                    help="skip the how-to page's parameter sweep (its table says so)")
     ap.add_argument("--executed", default=None,
                     help="folder of notebooks already executed at this profile (skips papermill)")
     args = ap.parse_args(argv)
@@ -165,6 +192,13 @@ def main(argv=None) -> int:
                               Path(args.executed) if args.executed else None)
     rows = write_results_page(site, profile, json.loads(args.overrides))
     print(f"[book] results page: {rows} recorded numbers")
+    if args.sweep:
+        t_sweep = time.perf_counter()
+        print(f"[book] how-to sweep: {write_sweep_section(site, out, profile)} runs", flush=True)
+        times["how-to sweep (agglib sweep)"] = time.perf_counter() - t_sweep
+    elif (site / "book" / "howto.md").is_file():
+        page = site / "book" / "howto.md"
+        page.write_text(page.read_text().replace(SWEEP_MARKER, "*This build skipped the sweep (`make_book.py --no-sweep`).*"))
     t_build = time.perf_counter()
     cmd = ["jupyter-book", "build", str(site), "--path-output", str(out), "-W", "-n", "--keep-going"]
     jb = Path(sys.executable).with_name("jupyter-book")

@@ -15,7 +15,7 @@ def test_book_builds_with_figures(tmp_path, executed_notebooks):
     failed = [name for name, (_, err) in results.items() if err is not None]
     assert not failed, f"notebooks failed at the tiny profile: {failed}"
     cmd = [sys.executable, str(ROOT / "book" / "make_book.py"), "--profile", "tiny",
-           "--out", str(tmp_path), "--executed", str(executed_dir)]
+           "--out", str(tmp_path), "--executed", str(executed_dir), "--no-sweep"]   # tests/test_sweep.py
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     html_dir = tmp_path / "_build" / "html"

@@ -43,6 +43,26 @@ REFERENCE_IMAGES = 8
 
 @lru_cache(maxsize=8)
 def _reference(key: str) -> dict:
+    """The simulated reference for ``key``, cached in memory and in the user data folder."""
+    import hashlib
+
+    from agglib.core.files import atomic_open
+    from agglib.core.locations import user_data_dir
+
+    path = user_data_dir() / "cache" / f"intensity-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as cached:
+                return {k: cached[k] for k in ("background", "signal")}
+        except (OSError, ValueError, KeyError):
+            pass                                    # damaged cache: simulate again
+    stats = _simulate_reference(key)
+    with atomic_open(path) as fh:
+        np.savez(fh, **stats)
+    return stats
+
+
+def _simulate_reference(key: str) -> dict:
     import agglib
     from agglib.stem import ExtrapolationWarning, StemSettings
     from agglib.stem.acquisition import AcquisitionRanges, acquire_image, draw_acquisition

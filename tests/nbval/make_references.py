@@ -1,0 +1,52 @@
+"""Regenerate the nbval reference notebooks: the deterministic notebooks executed at the tiny profile.
+
+    python tests/nbval/make_references.py
+
+Each reference is the notebook executed by papermill (``profile = "tiny"`` injected), with the
+outputs of :data:`CHECKED` cells kept and tagged ``nbval-check-output`` and every other output
+dropped. ``pytest --nbval-lax tests/nbval`` re-executes them and compares the checked cells: a
+number that changes is a regression (or a deliberate change: rerun this script and review the
+diff). Figures are not compared (their HTML carries random ids); tables of numbers are.
+"""
+
+from pathlib import Path
+
+import nbformat
+import papermill
+
+HERE = Path(__file__).resolve().parent
+NOTEBOOKS = HERE.parents[1] / "notebooks"
+#: notebook -> substrings identifying the cells whose outputs are references
+CHECKED = {
+    "01_aggregate_generation": ['summary = table.groupby("theta_df")'],
+    "02_stem_simulation": ["summary = pd.DataFrame({f\"{t} nm\"", "pd.concat({\"ideal detector (the table)\""],
+}
+
+
+def main():
+    for name, markers in CHECKED.items():
+        out = HERE / f"{name}.ipynb"
+        papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters={"profile": "tiny"},
+                                   kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False)
+        nb = nbformat.read(out, as_version=4)
+        found = 0
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            tags = [t for t in cell.metadata.get("tags", []) if t != "nbval-check-output"]
+            if any(m in cell.source for m in markers):
+                tags.append("nbval-check-output")
+                found += 1
+            else:
+                cell.outputs = []
+            cell.metadata["tags"] = tags
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+        nb.metadata.pop("papermill", None)
+        assert found == len(markers), f"{name}: {found} of {len(markers)} checked cells found"
+        nbformat.write(nb, out)
+        print(f"{out.name}: {found} checked cells")
+
+
+if __name__ == "__main__":
+    main()
