@@ -18,13 +18,18 @@ feature extractors of θ0 and θ1 when a profile asks for it (``pretrain_epochs`
 
 The classifier sees homogeneous aggregates (ρ(A) = 0 or 1, ~10 % of images) oversampled to
 balanced classes. Training images are augmented (rotations, reflections, shifts); validation
-on E is not. Each epoch writes ``last.pt`` and, when the validation loss improved, ``best.pt``
-(atomically, with everything :func:`agglib.estimate.load_estimator` needs). Calling
-:func:`train_network` again with the same directory resumes from ``last.pt``.
+on E is not (a fixed subset of E per epoch with ``val_images``, all of E after the last epoch).
+Each epoch writes ``last.pt`` and, when the validation loss improved, ``best.pt`` (atomically,
+with everything :func:`agglib.estimate.load_estimator` needs); with ``checkpoint_every_steps``
+``last.pt`` is also written within an epoch. Calling :func:`train_network` again with the same
+directory resumes from ``last.pt`` — mid-epoch too, to the same weights: the order of the
+samples (:func:`epoch_order`) and each sample's augmentation are functions of (seed, epoch,
+sample), not of a generator's history.
 
-Multi-GPU: launch the same script with ``torchrun --nproc_per_node=K``; each rank trains on a
-shard of the data (DistributedSampler) and DistributedDataParallel averages gradients (NCCL on
-GPUs, gloo on CPUs). Only rank 0 writes checkpoints and shows progress.
+Multi-GPU: launch the same script with ``torchrun --nproc_per_node=K``; each rank trains on its
+round-robin share of the epoch's order (the classifier's oversampling included) and
+DistributedDataParallel averages gradients (NCCL on GPUs, gloo on CPUs). Only rank 0 writes
+checkpoints and shows progress; rank 0 decides for all when a time budget ends training.
 """
 
 from __future__ import annotations
@@ -38,8 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 import agglib
@@ -221,14 +225,22 @@ def sample_labels(store: DatasetStore, spec: TargetSpec) -> np.ndarray:
 class _Labelled(Dataset):
     """Preprocessed (and, for training, augmented) images with their labels."""
 
-    def __init__(self, labels, preprocess, augment):
+    def __init__(self, labels, preprocess, augment, seed: int = 0):
         self.labels = labels
         self.preprocess, self.augment = preprocess, augment
+        self.seed, self.epoch = int(seed), 0
 
-    def _prepare(self, counts):
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _prepare(self, counts, key: int):
+        """Preprocess, and augment with a generator seeded by (seed, epoch, item): the same
+        augmentation whatever the worker, rank or resumption."""
         x = self.preprocess(counts)
         if self.augment is None:
             return x
+        state = np.random.SeedSequence([self.seed, self.epoch, int(key)]).generate_state(1, dtype=np.uint64)[0]
+        self.augment.generator = torch.Generator().manual_seed(int(state) & (2**63 - 1))
         if x.dim() == 4:                        # a group of ν images: each augmented on its own
             return torch.stack([self.augment(im) for im in x])
         return self.augment(x)
@@ -239,8 +251,8 @@ class _Labelled(Dataset):
 
 
 class _SingleImages(_Labelled):
-    def __init__(self, path, split, labels, preprocess, augment):
-        super().__init__(labels, preprocess, augment)
+    def __init__(self, path, split, labels, preprocess, augment, seed: int = 0):
+        super().__init__(labels, preprocess, augment, seed)
         self.images = StemImageDataset(path, split=split)
         keep = np.isfinite(labels[self.images.indices]).reshape(len(self.images.indices), -1).all(axis=1)
         self.images.indices = self.images.indices[keep]
@@ -256,12 +268,12 @@ class _SingleImages(_Labelled):
 
     def __getitem__(self, k):
         item = self.images[k]
-        return self._prepare(item["image"]), torch.tensor(self.labels[item["index"]])
+        return self._prepare(item["image"], k), torch.tensor(self.labels[item["index"]])
 
 
 class _ImageGroups(_Labelled):
     def __init__(self, path, split, nu, seed, labels, preprocess, augment, repeats=1):
-        super().__init__(labels, preprocess, augment)
+        super().__init__(labels, preprocess, augment, seed)
         self.groups = ConfigurationBatchDataset(path, split=split, nu=nu, seed=seed, repeats=repeats)
         self.source = self.groups
 
@@ -271,6 +283,7 @@ class _ImageGroups(_Labelled):
         return self.groups.sample_indices
 
     def set_epoch(self, epoch):
+        super().set_epoch(epoch)
         self.groups.set_epoch(epoch)
 
     def __len__(self):
@@ -278,7 +291,7 @@ class _ImageGroups(_Labelled):
 
     def __getitem__(self, k):
         item = self.groups[k]
-        return self._prepare(item["images"]), torch.tensor(self.labels[int(item["indices"][0])])
+        return self._prepare(item["images"], k), torch.tensor(self.labels[int(item["indices"][0])])
 
 
 def make_datasets(store_path, config: TrainConfig, preprocess: Preprocess):
@@ -290,7 +303,7 @@ def make_datasets(store_path, config: TrainConfig, preprocess: Preprocess):
                              repeats=config.repeats)
         val = _ImageGroups(store_path, "E", config.nu, 10_000 + config.seed, labels, preprocess, None)
     else:
-        train = _SingleImages(store_path, "T", labels, preprocess, augment)
+        train = _SingleImages(store_path, "T", labels, preprocess, augment, seed=config.seed)
         val = _SingleImages(store_path, "E", labels, preprocess, None)
     return store, train, val
 
@@ -409,7 +422,8 @@ class _BCELogitsModel(nn.Module):
 
 
 def train_network(store_path, config: TrainConfig, checkpoint_dir, *, show_progress_bars: bool | None = None,
-                  time_budget_s: float | None = None) -> dict:
+                  time_budget_s: float | None = None, checkpoint_every_steps: int | None = None,
+                  stop_after_steps: int | None = None) -> dict:
     """Train (or resume training) one network; returns the training history.
 
     Parameters
@@ -422,7 +436,13 @@ def train_network(store_path, config: TrainConfig, checkpoint_dir, *, show_progr
     show_progress_bars : bool, optional
         Epoch and step bars with the loss (default: ``config['progress_bars']``).
     time_budget_s : float, optional
-        Stop after the epoch during which this wall time was exceeded.
+        Stop after the epoch during which this wall time was exceeded (rank 0 decides for all).
+    checkpoint_every_steps : int, optional
+        Also write ``last.pt`` every this many steps within an epoch: a run killed mid-epoch
+        resumes from there to the weights an uninterrupted run reaches (the sample order and the
+        augmentation are functions of the seed, epoch and sample).
+    stop_after_steps : int, optional
+        Return after this many optimizer steps of this call, as an interruption would (tests).
     """
     env = DistEnv.from_env()
     device = pick_device(config.device)
@@ -431,12 +451,42 @@ def train_network(store_path, config: TrainConfig, checkpoint_dir, *, show_progr
     init_distributed(env, device)
     try:
         return _train(Path(store_path), config, Path(checkpoint_dir), env, device, show_progress_bars,
-                      time_budget_s)
+                      time_budget_s, checkpoint_every_steps, stop_after_steps)
     finally:
         cleanup_distributed()
 
 
-def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, time_budget_s):
+def epoch_order(n: int, seed: int, epoch: int, *, weights=None, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """The training samples of one epoch for one rank, a pure function of (seed, epoch).
+
+    A permutation of ``range(n)`` (or ``n`` draws with replacement by ``weights``: the classifier's
+    oversampling), padded by wrapping to a multiple of ``world_size`` and split round-robin: the
+    ranks together see what one process sees, and a resumed run sees what an uninterrupted one saw.
+    """
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    if weights is None:
+        order = rng.permutation(n)
+    else:
+        p = np.asarray(weights, dtype=np.float64)
+        order = rng.choice(n, size=n, replace=True, p=p / p.sum())
+    per_rank = math.ceil(n / world_size)
+    order = np.resize(order, per_rank * world_size)
+    return order[rank::world_size]
+
+
+def _all_agree(flag: bool, env, device) -> bool:
+    """``flag`` of rank 0 on every rank (so that all ranks stop at the same epoch)."""
+    if not env.distributed:
+        return bool(flag)
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item() > 0.5)
+
+
+def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, time_budget_s,
+           checkpoint_every_steps=None, stop_after_steps=None):
     torch.manual_seed(config.seed)
     store0 = DatasetStore(store_path)
     settings = store0.identity["stem_settings"]
@@ -452,15 +502,19 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
     steps_per_epoch = per_rank // config.images_per_step if per_rank > config.images_per_step else 1
     if config.steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    history, start_epoch, best = [], 0, math.inf
+    history, start_epoch, start_step, best = [], 0, 0, math.inf
     last = checkpoint_dir / "last.pt"
     if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
+        from agglib.checkpoint import read_torch_file
+
+        state = read_torch_file(last, "cpu")
         differ = _resume_mismatch(state["metadata"], meta)
         if differ:
             raise ValueError(f"{last} belongs to another run ({', '.join(differ)} differ); "
                              "use another checkpoint_dir")
-        history, start_epoch, best = state["history"], state["epoch"] + 1, state["best_val_loss"]
+        history, best = state["history"], state["best_val_loss"]
+        start_step = int(state.get("step", 0))            # > 0: saved in the middle of an epoch
+        start_epoch = state["epoch"] + (0 if start_step else 1)
         if start_epoch >= config.epochs:     # finished: nothing to read or train
             if env.is_main and not (checkpoint_dir / "history.json").is_file():
                 _write_history(checkpoint_dir, history)
@@ -477,7 +531,8 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         budget = int(agglib.config.get("preload_mb")) * 1024**2
         for ds in (train_set, val_set):
             ds.preload(budget // 2)
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch, done_steps=start_epoch * steps_per_epoch)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch,
+                               done_steps=start_epoch * steps_per_epoch + start_step)
     val_subset = val_set
     if config.val_images is not None and config.val_images < len(val_set):
         keep = np.sort(np.random.default_rng(config.seed).choice(len(val_set), config.val_images, replace=False))
@@ -489,67 +544,78 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
     loss_fn = _loss_fn(config.spec)
     show = (agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars) \
         and env.is_main
-    g = torch.Generator().manual_seed(config.seed)
+    weights = None
+    if config.spec.oversample:           # classes balanced on every rank (DDP included)
+        labels = train_set.labels[train_set.sample_indices]
+        pos = max(float(labels.sum()), 1.0)
+        neg = max(float(len(labels) - labels.sum()), 1.0)
+        weights = np.where(labels > 0.5, 0.5 / pos, 0.5 / neg)
+    pin = device.type == "cuda"
     started = time.perf_counter()
+    steps_this_call = 0
     epoch_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.target} epochs", disable=not show,
                      initial=start_epoch, total=config.epochs)
     for epoch in epoch_bar:
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
-        if env.distributed:
-            sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank,
-                                         shuffle=True, seed=config.seed)
-            sampler.set_epoch(epoch)
-        elif config.spec.oversample:
-            labels = train_set.labels[train_set.sample_indices]
-            pos = max(float(labels.sum()), 1.0)
-            neg = max(float(len(labels) - labels.sum()), 1.0)
-            weights = np.where(labels > 0.5, 0.5 / pos, 0.5 / neg)
-            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels),
-                                            replacement=True, generator=g)
-        else:
-            sampler = torch.utils.data.RandomSampler(train_set, generator=g)
-        loader = DataLoader(train_set, batch_size=config.images_per_step, sampler=sampler,
-                            num_workers=config.num_workers, drop_last=len(train_set) > config.images_per_step,
-                            persistent_workers=False)
+        train_set.set_epoch(epoch)
+        order = epoch_order(len(train_set), config.seed, epoch, weights=weights, rank=env.rank,
+                            world_size=env.world_size)
+        n_steps = max(1, len(order) // config.images_per_step) if len(order) > config.images_per_step else 1
+        n_steps = min(n_steps, steps_per_epoch)
+        first = start_step if epoch == start_epoch else 0
+        loader = DataLoader(train_set, batch_size=config.images_per_step,
+                            sampler=order[first * config.images_per_step:n_steps * config.images_per_step].tolist(),
+                            num_workers=config.num_workers, pin_memory=pin, drop_last=False)
         wrapped.train()
-        n_steps = min(len(loader), steps_per_epoch)
-        t0, seen, running = time.perf_counter(), 0, 0.0
-        step_bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
-        for step, (x, y) in enumerate(loader):
-            if step >= n_steps:
-                break
-            x, y = x.to(device), y.to(device)
+        t0, seen = time.perf_counter(), 0
+        running = torch.zeros((), device=device)
+        step_bar = tqdm(total=n_steps, initial=first, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
+        interrupted = False
+        for step, (x, y) in enumerate(loader, start=first):
+            x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(wrapped(x), y)
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            running += float(loss.detach()) * len(y)
+            running += loss.detach() * len(y)             # read back once per epoch, not per step
             seen += len(y)
+            steps_this_call += 1
             step_bar.update()
-            step_bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+            if step % 25 == 0:
+                step_bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+            done = step + 1
+            if env.is_main and done < n_steps and checkpoint_every_steps and done % checkpoint_every_steps == 0:
+                save_checkpoint(last, {"metadata": meta, "model": model.state_dict(),
+                                       "optimizer": optimizer.state_dict(), "epoch": epoch, "step": done,
+                                       "history": history, "best_val_loss": best,
+                                       "torch_rng": torch.get_rng_state()})
+            if stop_after_steps is not None and steps_this_call >= stop_after_steps and done < n_steps:
+                interrupted = True                        # as a kill would: the mid-epoch last.pt stays
+                break
         step_bar.close()
+        if interrupted:
+            break
         train_seconds = time.perf_counter() - t0
-        record = {"epoch": epoch, "train_loss": running / max(seen, 1),
+        record = {"epoch": epoch, "train_loss": float(running) / max(seen, 1),
                   "images_per_s": seen * config.group_size / max(train_seconds, 1e-9),
                   "train_seconds": train_seconds}
         if env.is_main:
-            val_loader = DataLoader(val_subset, batch_size=config.images_per_step * 2, shuffle=False,
-                                    num_workers=config.num_workers)
-            record.update(evaluate(model, val_loader, config.spec, device))
+            final = epoch == config.epochs - 1
+            val_loader = DataLoader(val_set if final else val_subset, batch_size=config.images_per_step * 2,
+                                    shuffle=False, num_workers=config.num_workers, pin_memory=pin)
+            record.update(evaluate(model, val_loader, config.spec, device))   # the full E at the end
             history.append(record)
             improved = record["val_loss"] < best
             best = min(best, record["val_loss"])
             payload = {"metadata": meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "epoch": epoch, "history": history, "best_val_loss": best,
+                       "epoch": epoch, "step": 0, "history": history, "best_val_loss": best,
                        "torch_rng": torch.get_rng_state()}
             if improved:
                 save_checkpoint(checkpoint_dir / "best.pt", {**payload, "metadata": {**meta, "epoch": epoch}})
             save_checkpoint(last, payload)
             epoch_bar.set_postfix(val_loss=f"{record['val_loss']:.4g}", val_mae=f"{record['val_mae']:.3g}")
-        if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+        if time_budget_s is not None and _all_agree(time.perf_counter() - started > time_budget_s, env, device):
             break
     epoch_bar.close()
     if env.is_main:

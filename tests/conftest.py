@@ -4,6 +4,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+# What agglib makes during the tests (datasets, runs, caches) goes to a fresh folder, never to data/.
+if "AGGLIB_DATA_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["AGGLIB_DATA_DIR"] = tempfile.mkdtemp(prefix="agglib-test-data-")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

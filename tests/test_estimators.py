@@ -7,6 +7,8 @@ import socket
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import agglib
 
@@ -335,3 +337,70 @@ def test_auto_device_is_cpu_without_cuda_and_cuda_request_fails_clearly():
     assert pick_device("auto").type == "cpu"
     with pytest.raises(ValueError, match="no CUDA device is available"):
         pick_device("cuda")
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_path):
+    """Interrupted after 5 steps of epoch 2 (a mid-epoch last.pt every 2 steps), then resumed:
+    the weights equal those of the run that was never interrupted."""
+    torch.set_num_threads(1)
+    cfg = TrainConfig(target="rho_class", epochs=2, lr=1e-3, batch=8, seed=3, max_shift_px=2)
+    whole = train_network(tiny_store.path, cfg, tmp_path / "whole", show_progress_bars=False)
+    steps = len(tiny_store.indices("T")) // 8
+    train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False,
+                  checkpoint_every_steps=2, stop_after_steps=steps + 5)
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["step"] == 4                 # killed after step 5: the step-4 save
+    resumed = train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False,
+                            checkpoint_every_steps=2)
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1]
+    assert resumed["history"][-1]["val_loss"] == pytest.approx(whole["history"][-1]["val_loss"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 200), world=st.integers(1, 5), seed=st.integers(0, 10**6), epoch=st.integers(0, 50),
+       weighted=st.booleans())
+def test_epoch_order_splits_one_process_order_across_ranks(n, world, seed, epoch, weighted):
+    from agglib.train import epoch_order
+
+    weights = np.random.default_rng(seed).random(n) + 0.01 if weighted else None
+    single = epoch_order(n, seed, epoch, weights=weights)
+    parts = [epoch_order(n, seed, epoch, weights=weights, rank=r, world_size=world) for r in range(world)]
+    assert len({len(p) for p in parts}) == 1                            # equal shares: no rank waits
+    merged = np.empty(sum(len(p) for p in parts), dtype=np.int64)
+    for r, p in enumerate(parts):
+        merged[r::world] = p
+    np.testing.assert_array_equal(merged[:n], single)                   # the same samples as one process
+    if not weighted:
+        assert sorted(single.tolist()) == list(range(n))
+    np.testing.assert_array_equal(single, epoch_order(n, seed, epoch, weights=weights))   # a pure function
+
+
+def _ddp_train_worker(rank, world_size, port, store_path, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    cfg = TrainConfig(target="rho_class", epochs=3, lr=1e-3, batch=4, seed=1, device="cpu")
+    # rank 1's clock says the budget is over after its first epoch, rank 0's does not until later:
+    # rank 0 decides, so both stop at the same epoch instead of one waiting forever for the other
+    budget = 0.0 if rank == 1 else 1e9
+    result = train_network(store_path, cfg, os.path.join(out_dir, "ddp"), show_progress_bars=False,
+                           time_budget_s=budget)
+    torch.save({"epochs": len(result["history"]) if rank == 0 else -1}, os.path.join(out_dir, f"r{rank}.pt"))
+
+
+def test_ddp_training_with_gloo_keeps_oversampling_and_stops_together(tiny_store, tmp_path):
+    import torch.multiprocessing as mp
+
+    from agglib.train import epoch_order, sample_labels, TARGETS
+
+    mp.spawn(_ddp_train_worker, args=(2, _free_port(), str(tiny_store.path), str(tmp_path)), nprocs=2, join=True)
+    assert torch.load(tmp_path / "r0.pt")["epochs"] == 3                # rank 0's budget: all epochs
+    assert (tmp_path / "ddp" / "last.pt").is_file()
+    labels = sample_labels(tiny_store, TARGETS["rho_class"])[tiny_store.indices("T")]
+    pos, neg = max(labels.sum(), 1.0), max(len(labels) - labels.sum(), 1.0)
+    weights = np.where(labels > 0.5, 0.5 / pos, 0.5 / neg)
+    drawn = np.concatenate([epoch_order(len(labels), 1, 0, weights=weights, rank=r, world_size=2) for r in range(2)])
+    assert 0.3 < labels[drawn].mean() < 0.7                             # balanced classes under DDP too
