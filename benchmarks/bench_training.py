@@ -1,11 +1,17 @@
 """Training and inference speed of the feature extractors, against the paper's network (the anchor).
 
-    python benchmarks/bench_training.py [--steps 10]
+    python benchmarks/bench_training.py [--steps 10] [--device cuda]
+    python benchmarks/bench_training.py --loop data/datasets/quick-seed0.zarr [--arch compact] [--device cuda]
+
 
 Images per second of one Adam step (forward, backward, update; batch 16, MSE, CNN^Df head) and
 of inference (batch 64), on random 128² and 512² images with the torch threads of this machine.
 The ratio column is against the paper's VGG-like network at the same image size. Accuracy at
 equal training budget is in notebook 9 (Table 6).
+
+``--loop STORE`` measures the training loop itself (``agglib.train.train_network``: data,
+preprocessing, augmentation, optimizer) on a dataset store against the network alone at the
+same batch and image size: the ratio is how well the loop keeps the device busy (goal ≥ 0.8).
 """
 
 from __future__ import annotations
@@ -18,35 +24,71 @@ import torch
 from agglib.nets import build_network, count_parameters
 
 
-def rates(arch: str, size: int, steps: int) -> tuple[float, float, int]:
-    net = build_network(arch, size, activation="scaled_sigmoid")
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rates(arch: str, size: int, steps: int, device="cpu", batch: int = 16) -> tuple[float, float, int]:
+    device = torch.device(device)
+    net = build_network(arch, size, activation="scaled_sigmoid").to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    x, y = torch.randn(16, 1, size, size), torch.rand(16) + 1.5
+    x, y = torch.randn(batch, 1, size, size, device=device), torch.rand(batch, device=device) + 1.5
     for _ in range(2):
         opt.zero_grad()
         torch.nn.functional.mse_loss(net(x), y).backward()
         opt.step()
+    _sync(device)
     t = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad()
         torch.nn.functional.mse_loss(net(x), y).backward()
         opt.step()
-    train = 16 * steps / (time.perf_counter() - t)
+    _sync(device)
+    train = batch * steps / (time.perf_counter() - t)
     net.eval()
-    xi = torch.randn(64, 1, size, size)
+    xi = torch.randn(64, 1, size, size, device=device)
     with torch.no_grad():
         net(xi[:8])
+        _sync(device)
         t = time.perf_counter()
         for _ in range(max(1, steps // 4)):
             net(xi)
+        _sync(device)
         infer = 64 * max(1, steps // 4) / (time.perf_counter() - t)
     return train, infer, count_parameters(net)
+
+
+def loop_rate(store: str, arch: str, device: str, batch: int, steps: int, num_workers: int) -> tuple[float, int]:
+    """Images/s of ``train_network``'s training steps (one epoch capped at ``steps`` steps)."""
+    import tempfile
+
+    from agglib.dataset import open_store
+    from agglib.train import TrainConfig, train_network
+
+    size = int(open_store(store).images.shape[1])
+    cfg = TrainConfig(target="df", arch=arch, epochs=1, batch=batch, steps_per_epoch=steps, device=device,
+                      num_workers=num_workers, val_images=64)
+    with tempfile.TemporaryDirectory() as tmp:
+        history = train_network(store, cfg, tmp, show_progress_bars=False)["history"]
+    return float(history[0]["images_per_s"]), size
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps per case")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    ap.add_argument("--loop", default=None, metavar="STORE", help="measure the training loop on this dataset store")
+    ap.add_argument("--arch", default="compact", help="network of --loop")
+    ap.add_argument("--batch", type=int, default=16, help="images per step of --loop")
+    ap.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of --loop")
     args = ap.parse_args(argv)
+    if args.loop:
+        loop, size = loop_rate(args.loop, args.arch, args.device, args.batch, max(args.steps, 20), args.num_workers)
+        net, _, _ = rates(args.arch, size, args.steps, args.device, args.batch)
+        print(f"{args.arch} at {size}² on {args.device}, batch {args.batch}: training loop {loop:.1f} images/s, "
+              f"network alone {net:.1f} images/s, ratio {loop / net:.2f} (goal ≥ 0.8)")
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, channels-last, batch 16 (train) / 64 (inference)")
     header = f"{'size':>5} {'network':>10} {'parameters':>11} | {'train img/s':>11} {'× paper':>8} | {'infer img/s':>11} {'× paper':>8}"
     print(header)
@@ -55,7 +97,7 @@ def main(argv=None):
     for size, archs in ((128, ("paper", "compact", "resnet18", "inception")), (512, ("paper", "compact"))):
         base = None
         for arch in archs:
-            train, infer, params = rates(arch, size, args.steps if arch != "paper" or size < 512 else 3)
+            train, infer, params = rates(arch, size, args.steps if arch != "paper" or size < 512 else 3, args.device)
             measured[arch, size] = (train, infer)
             if arch == "paper":
                 base = (train, infer)

@@ -62,6 +62,25 @@ def execute_notebooks(site: Path, profile: str, only: list[str] | None, timeout:
     return times
 
 
+def show_parameters_used(nb) -> None:
+    """Write the values papermill injected into the notebook's parameters cell (keeping its
+    comments), so a page run at another profile shows that profile, not the default."""
+    import re
+
+    injected = next((c for c in nb.cells if "injected-parameters" in c.get("metadata", {}).get("tags", [])), None)
+    params = next((c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if injected is None or params is None:
+        return
+    values = dict(re.findall(r"^(\w+) = (.*)$", injected.source, flags=re.M))
+    lines = []
+    for line in params.source.splitlines():
+        m = re.match(r"^(\w+) = (.*?)(\s+#.*)?$", line)
+        if m and m.group(1) in values:
+            line = f"{m.group(1)} = {values[m.group(1)]}{m.group(3) or ''}"
+        lines.append(line)
+    params.source = "\n".join(lines)
+
+
 def prepare_for_book(path: Path) -> None:
     """Tidy a staged, executed notebook for the static book.
 
@@ -72,6 +91,7 @@ def prepare_for_book(path: Path) -> None:
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
+    show_parameters_used(nb)
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
