@@ -74,7 +74,7 @@ def plot_aggregate_gallery(aggs, titles=None, cols: int = 2, resolution: int = 6
     rows = -(-len(aggs) // cols)
     titles = titles or [str(a.params) for a in aggs]
     fig = make_subplots(rows=rows, cols=cols, specs=[[{"type": "scene"}] * cols] * rows,
-                        subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.04)
+                        subplot_titles=titles, horizontal_spacing=0.03, vertical_spacing=0.06)
     extent = _extent(aggs)
     for k, agg in enumerate(aggs):
         r, c = divmod(k, cols)
@@ -85,7 +85,8 @@ def plot_aggregate_gallery(aggs, titles=None, cols: int = 2, resolution: int = 6
                 mesh.legendgroup = MATERIAL_NAMES[mat]
                 fig.add_trace(mesh, row=r + 1, col=c + 1)
         fig.layout[f"scene{k + 1 if k else ''}"].update(_scene(extent))
-    fig.update_layout(height=380 * rows, margin=dict(l=0, r=0, t=40, b=0))
+    fig.update_layout(height=420 * rows, margin=dict(l=10, r=10, t=50, b=10),
+                      legend=dict(orientation="h", y=-0.02, x=0.5, xanchor="center"))
     return fig
 
 

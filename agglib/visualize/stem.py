@@ -69,13 +69,17 @@ def plot_aggregate_and_image(aggregate: Aggregate, result, title: str | None = N
     oriented = aggregate.rotated(result.rotation)
     fig = make_subplots(rows=1, cols=2, specs=[[{"type": "scene"}, {"type": "xy"}]],
                         subplot_titles=("3D aggregate (beam along z)", "virtual HAADF-STEM image"),
-                        horizontal_spacing=0.04)
+                        horizontal_spacing=0.12, column_widths=[0.45, 0.55])
     for mesh in (_material_mesh(oriented, WO3, 8), _material_mesh(oriented, TIO2, 8)):
         if mesh is not None:
             fig.add_trace(mesh, row=1, col=1)
     fig.add_trace(image_trace(result.image, result.settings.pixel_size_nm), row=1, col=2)
-    fig.update_xaxes(title_text="x [nm]", row=1, col=2)
-    fig.update_yaxes(title_text="y [nm]", row=1, col=2)
+    lo, hi = float(result.image.min()), float(result.image.max())
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                             marker=dict(colorscale="gray", cmin=lo, cmax=hi, color=[lo],
+                                         colorbar=dict(title="counts", thickness=12, x=1.02))), row=1, col=2)
+    fig.update_xaxes(title_text="x [nm]", nticks=6, row=1, col=2)
+    fig.update_yaxes(title_text="y [nm]", nticks=6, row=1, col=2)
     fig.update_layout(title=title or (str(aggregate.params) if aggregate.params else None),
                       scene=_scene(_extent([oriented])), height=560, margin=dict(l=0, r=10, t=60, b=40),
                       scene_camera=dict(eye=dict(x=0, y=0, z=-1.6), up=dict(x=0, y=-1, z=0)))
