@@ -106,7 +106,8 @@ def _cmd_train(args) -> int:
 
     config = TrainConfig(target=args.target, arch=args.arch, epochs=args.epochs, lr=args.lr, nu=args.nu,
                          schedule=args.schedule, repeats=args.repeats, init_features=args.init_features,
-                         batch=args.batch, seed=args.seed, device=args.device, num_workers=args.num_workers)
+                         batch=args.batch, seed=args.seed, device=args.device, num_workers=args.num_workers,
+                         bf16=args.bf16)
     result = train_network(args.store, config, args.out)
     last = result["history"][-1] if result["history"] else {}
     print(f"{args.target}: {len(result['history'])} epochs, best validation loss {result['best_val_loss']:.4g}, "
@@ -296,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=None, help="images (groups) per step; default 16 (8)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    t.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    t.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader worker processes (None: 0 on a CPU, one per core up to 8 on a GPU)")
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on GPUs and AVX-512 CPUs)")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("train-estimator", help="train (or resume) the new method for a profile: the image encoder "

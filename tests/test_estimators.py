@@ -339,12 +339,15 @@ def test_auto_device_is_cpu_without_cuda_and_cuda_request_fails_clearly():
         pick_device("cuda")
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_path, workers):
     """Interrupted after 5 steps of epoch 2 (a mid-epoch last.pt every 2 steps), then resumed:
-    the weights equal those of the run that was never interrupted."""
+    the weights equal those of the run that was never interrupted — with DataLoader workers too,
+    and whatever the number of workers of the uninterrupted run."""
     torch.set_num_threads(1)
-    cfg = TrainConfig(target="rho_class", epochs=2, lr=1e-3, batch=8, seed=3, max_shift_px=2)
-    whole = train_network(tiny_store.path, cfg, tmp_path / "whole", show_progress_bars=False)
+    cfg = TrainConfig(target="rho_class", epochs=2, lr=1e-3, batch=8, seed=3, max_shift_px=2, num_workers=workers)
+    whole = train_network(tiny_store.path, TrainConfig(**{**cfg.__dict__, "num_workers": 0}), tmp_path / "whole",
+                          show_progress_bars=False)
     steps = len(tiny_store.indices("T")) // 8
     train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False,
                   checkpoint_every_steps=2, stop_after_steps=steps + 5)
@@ -404,3 +407,13 @@ def test_ddp_training_with_gloo_keeps_oversampling_and_stops_together(tiny_store
     weights = np.where(labels > 0.5, 0.5 / pos, 0.5 / neg)
     drawn = np.concatenate([epoch_order(len(labels), 1, 0, weights=weights, rank=r, world_size=2) for r in range(2)])
     assert 0.3 < labels[drawn].mean() < 0.7                             # balanced classes under DDP too
+
+
+def test_bf16_autocast_training_runs_and_learns(tiny_store, tmp_path):
+    torch.set_num_threads(2)
+    cfg = TrainConfig(target="df", epochs=4, lr=3e-3, schedule="onecycle", batch=8, seed=0, bf16=True)
+    losses = [h["train_loss"] for h in train_network(tiny_store.path, cfg, tmp_path / "bf16",
+                                                     show_progress_bars=False)["history"]]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert load_estimator(tmp_path / "bf16" / "last.pt").predict(
+        tiny_store.read_images(tiny_store.indices("E")[:4])).dtype == np.float32
