@@ -255,6 +255,8 @@ def build_dataset(path, profile: str | Profile | None = None, seed: int = 0, *,
                   f"{s['configurations']} configurations, {s['MB']} MB)")
             return store
         shard_size = int(root.attrs["build"]["shard_size"])    # resume with the original shards
+        for partial in path.rglob("*.partial"):              # zarr's temporary files of a killed write
+            partial.unlink()
     else:
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             from agglib.core.files import OutputFolderError
