@@ -50,7 +50,7 @@ def test_widget_explorers_run_headless(tmp_path):
     out = tmp_path / path.name
     papermill.execute_notebook(str(path), str(out), parameters={"profile": "tiny", "widgets": True},
                                kernel_name="python3", cwd=str(path.parent), progress_bar=False,
-                               execution_timeout=300)
+                               execution_timeout=60)          # a hang fails, not waits
     nb = nbformat.read(out, as_version=4)
     views = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]

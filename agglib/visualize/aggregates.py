@@ -91,7 +91,8 @@ def plot_aggregate_gallery(aggs, titles=None, cols: int = 2, resolution: int = 6
 
 
 def aggregate_explorer(n_particles: int = 50, seed: int = 0):
-    """ipywidgets sliders for θ driving a 3D view (JupyterLab only; the book shows a static figure)."""
+    """ipywidgets sliders for θ driving a 3D view (JupyterLab only; the book shows a static figure).
+    Returns the view (a plotly ``FigureWidget``, needs anywidget: the ``lab`` extra)."""
     import ipywidgets as widgets
     from IPython.display import display
 
@@ -106,10 +107,25 @@ def aggregate_explorer(n_particles: int = 50, seed: int = 0):
         seed=widgets.IntText(value=seed, description="seed"),
     )
 
-    def redraw(df, rho, theta0, theta1, n_particles, seed):
-        agg = generate_aggregate(ModelParams(df, rho, theta0, theta1), n_particles, seed=seed)
-        plot_aggregate(agg).show()
+    def figure():
+        v = {k: s.value for k, s in sliders.items()}
+        agg = generate_aggregate(ModelParams(v["df"], v["rho"], v["theta0"], v["theta1"]), v["n_particles"],
+                                 seed=v["seed"])
+        return plot_aggregate(agg)
 
-    out = widgets.interactive_output(redraw, sliders)
+    # A plotly FigureWidget redrawn in place: no Output widget capturing .show() inside a callback,
+    # which left headless kernels (papermill, nbclient) waiting until their timeout.
+    view = go.FigureWidget(figure())
+
+    def redraw(_change=None):
+        new = figure()
+        with view.batch_update():
+            view.data = []
+            view.add_traces(list(new.data))
+            view.layout = new.layout
+
+    for slider in sliders.values():
+        slider.observe(redraw, names="value")
     items = list(sliders.values())
-    display(widgets.VBox([widgets.HBox(items[:3]), widgets.HBox(items[3:]), out]))
+    display(widgets.VBox([widgets.HBox(items[:3]), widgets.HBox(items[3:]), view]))
+    return view
