@@ -313,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "<data>: $AGGLIB_DATA_DIR, a checkout's data/ or the user data folder; <tag>: the "
                         "profile, with a digest of the --set changes to its datasets)")
     e.add_argument("--continuous-store", default=None,
-                   help="continuous dataset store (None: <data>/datasets/<profile>-seed<seed>-continuous.zarr)")
-    e.add_argument("--run-dir", default=None, help="training folder (None: <data>/runs/<profile>-seed<seed>)")
+                   help="continuous dataset store (None: <data>/datasets/<tag>-seed<seed>-continuous.zarr)")
+    e.add_argument("--run-dir", default=None,
+                   help="training folder (None: <data>/runs/<tag>-seed<seed>; <tag>: the profile, with a digest of "
+                        "the --set changes)")
     e.add_argument("--out", default=None, help="also write encoder.pt and posterior.pt here")
     e.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     e.add_argument("--workers", type=int, default=None, help="dataset build processes (None: all cores)")
@@ -337,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="estimate even when the intensity scale is far from the training images' (warns)")
     f.add_argument("--models", default=None, help="folder of a trained estimator: encoder.pt + posterior.pt "
                                                   "(new method) or the five networks of the paper method "
-                                                  "(default: the shipped new-method estimator, agglib/data/models/sets-quick)")
+                                                  "(default: the shipped new-method estimator trained on a randomised acquisition, "
+                                                  "agglib/data/models/sets-quick-robust)")
     f.add_argument("--out", required=True, help="output folder for the shadows and summary.json")
     f.add_argument("--shadows", type=int, default=200, help="digital shadows to draw")
     f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the images")

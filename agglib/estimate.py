@@ -88,8 +88,24 @@ def load_estimator(path, device: str | torch.device = "cpu") -> TrainedNetwork:
     return TrainedNetwork(model, meta, Preprocess(**meta["preprocess"]))
 
 
+class _TrainedOnImages:
+    """What the estimators share about their training images (from ``training_metadata``)."""
+
+    @property
+    def stem_settings(self):
+        """The STEM settings of the training images (:class:`agglib.stem.StemSettings`)."""
+        from agglib.stem import StemSettings
+
+        return StemSettings(**self.training_metadata["stem_settings"])
+
+    @property
+    def dose_e_per_A2(self) -> float:
+        """Electron dose of the training images [e/Å²]."""
+        return float(self.training_metadata["stem_settings"]["dose_e_per_A2"])
+
+
 @dataclass
-class ParameterEstimator:
+class ParameterEstimator(_TrainedOnImages):
     """The five networks that together estimate θ = (θ_Df, θ_ρ, θ0, θ1) from images of one sample."""
 
     df: TrainedNetwork
@@ -127,11 +143,6 @@ class ParameterEstimator:
     @property
     def nu(self) -> int:
         return self.theta0.nu
-
-    @property
-    def dose_e_per_A2(self) -> float:
-        """Electron dose of the training images [e/Å²]."""
-        return float(self.df.metadata["stem_settings"]["dose_e_per_A2"])
 
     @property
     def training_metadata(self) -> dict:
@@ -245,7 +256,7 @@ def combine_per_image(df, rho, rho_reg=None) -> dict:
 
 
 @dataclass
-class SampleEstimator:
+class SampleEstimator(_TrainedOnImages):
     """The new method: one image encoder and a set-level posterior over θ (any number of images).
 
     ``estimate(images)`` gives a :class:`agglib.posterior.PosteriorEstimate`: posterior
@@ -265,11 +276,6 @@ class SampleEstimator:
     @property
     def image_size_px(self) -> int:
         return self.encoder.image_size_px
-
-    @property
-    def dose_e_per_A2(self) -> float:
-        """Electron dose of the training images [e/Å²]."""
-        return float(self.encoder.metadata["stem_settings"]["dose_e_per_A2"])
 
     @property
     def training_metadata(self) -> dict:

@@ -54,6 +54,7 @@ class NotebookRun:
     seed: int
     overrides: dict
     parameters: dict = field(default_factory=dict)
+    _stores: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def tag(self) -> str:
@@ -90,18 +91,22 @@ class NotebookRun:
 
         return default_store_path(self.data_tag, self.seed, design)
 
-    def grid_store(self):
-        """The profile's grid dataset (built, or resumed, if missing: same parameters, same data)."""
+    def _store(self, design: str):
+        """The profile's dataset of ``design``, built (or resumed) once per run object."""
         from agglib.dataset import build_dataset
 
-        return build_dataset(self.store_path("grid"), self.profile, seed=self.seed, show_progress_bars=False)
+        if design not in self._stores:
+            self._stores[design] = build_dataset(self.store_path(design), self.profile, seed=self.seed,
+                                                 design=design, show_progress_bars=False)
+        return self._stores[design]
+
+    def grid_store(self):
+        """The profile's grid dataset (built, or resumed, if missing: same parameters, same data)."""
+        return self._store("grid")
 
     def continuous_store(self):
         """The profile's continuous dataset (built, or resumed, if missing)."""
-        from agglib.dataset import build_dataset
-
-        return build_dataset(self.store_path("continuous"), self.profile, seed=self.seed, design="continuous",
-                             show_progress_bars=False)
+        return self._store("continuous")
 
     def sample_estimator(self, train: bool = False):
         """The new method's estimator of this run: trained here with ``train=True`` (notebooks 4

@@ -80,6 +80,12 @@ class ThetaGrid:
         """Cell centres of each parameter."""
         return {p: ((np.asarray(e[1:]) + np.asarray(e[:-1])) / 2).tolist() for p, e in self.edges_.items()}
 
+    def support(self) -> dict:
+        """The prior's support: ``[low, high]`` of θ_Df and θ_ρ, the integer values of θ0 and θ1."""
+        out = {p: [float(self.edges(p)[0]), float(self.edges(p)[-1])] for p in CONTINUOUS}
+        out.update({p: [int(round(v)) for v in self.values[p]] for p in PARAMETERS if p not in CONTINUOUS})
+        return out
+
     def sizes(self) -> list[int]:
         return [len(self.edges_[p]) - 1 for p in PARAMETERS]
 

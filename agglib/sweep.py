@@ -59,7 +59,9 @@ def _run_one(notebook: str, folder: str, parameters: dict, timeout: int | None) 
     papermill.execute_notebook(str(path), str(folder / path.name), parameters=parameters, kernel_name="python3",
                                cwd=str(path.parent), progress_bar=False, execution_timeout=timeout)
     if not (folder / "results.json").is_file():                # a notebook that records nothing
-        (folder / "results.json").write_text(json.dumps({"parameters": parameters, "results": {}}))
+        from agglib.core.files import atomic_write_text
+
+        atomic_write_text(folder / "results.json", json.dumps({"parameters": parameters, "results": {}}))
     return str(folder)
 
 

@@ -612,8 +612,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         train_set.set_epoch(epoch)
         order = epoch_order(len(train_set), config.seed, epoch, weights=weights, rank=env.rank,
                             world_size=env.world_size)
-        n_steps = max(1, len(order) // config.images_per_step) if len(order) > config.images_per_step else 1
-        n_steps = min(n_steps, steps_per_epoch)
+        n_steps = min(max(1, len(order) // config.images_per_step), steps_per_epoch)
         first = start_step if epoch == start_epoch else 0
         sampler.set_order(epoch, order[first * config.images_per_step:n_steps * config.images_per_step])
         wrapped.train()

@@ -50,8 +50,11 @@ class StoreDamagedError(ValueError):
     """A dataset store whose files cannot be read, naming the file and what to do."""
 
 
-_REBUILD = ("the store is damaged (a disk error or an interrupted copy): delete it and run the same "
-            "`agglib dataset build` command again — the same profile and seed give the same data")
+def _damaged(where, err: Exception, verb: str = "read") -> StoreDamagedError:
+    """The error for a store file that cannot be ``verb``, with what to do."""
+    return StoreDamagedError(f"{where} cannot be {verb} ({type(err).__name__}: {str(err)[:200]}); the store is "
+                             "damaged (a disk error or an interrupted copy): delete it and run the same "
+                             "`agglib dataset build` command again — the same profile and seed give the same data")
 
 
 class StoreMismatchError(ValueError):
@@ -106,8 +109,7 @@ class DatasetStore:
             self.root = zarr.open_group(str(self.path), mode="r")
             attrs = dict(self.root.attrs)
         except Exception as err:              # unparsable zarr.json, missing metadata
-            raise StoreDamagedError(f"{self.path / 'zarr.json'} cannot be read ({type(err).__name__}: "
-                                    f"{str(err)[:200]}); {_REBUILD}") from None
+            raise _damaged(self.path / "zarr.json", err) from None
         if attrs.get("identity", {}).get("format") != FORMAT:
             raise ValueError(f"{self.path} is not an agglib dataset store")
         if not attrs.get("complete"):
@@ -122,8 +124,7 @@ class DatasetStore:
             try:
                 self._cache[name] = self.root[name][...]
             except Exception as err:
-                raise StoreDamagedError(f"{self.path / name} cannot be read ({type(err).__name__}: "
-                                        f"{str(err)[:200]}); {_REBUILD}") from None
+                raise _damaged(self.path / name, err) from None
         return self._cache[name]
 
     def _read_image_block(self, selection):
@@ -136,8 +137,7 @@ class DatasetStore:
             bad = next((int(i) for i in indices if not self._image_readable(int(i))), None)
             where = (f"the chunk {self.path / 'images' / 'c' / str(bad) / '0' / '0'} (sample {bad})"
                      if bad is not None else f"{self.path / 'images'}")
-            raise StoreDamagedError(f"{where} cannot be decoded ({type(err).__name__}: {str(err)[:200]}); "
-                                    f"{_REBUILD}") from None
+            raise _damaged(where, err, "decoded") from None
 
     def _image_readable(self, i: int) -> bool:
         try:

@@ -94,15 +94,13 @@ def robustness_table(estimators: dict, n_configs: int, images_per_config: int, s
 
     import agglib
     from agglib.fit.intensity import check_intensity, intensity_reference
-    from agglib.stem import StemSettings
 
     perturbations = PERTURBATIONS if perturbations is None else perturbations
     first = next(iter(estimators.values()))
-    settings = StemSettings(**first.training_metadata["stem_settings"])
-    grid = first.grid
-    prior = {p: (float(grid.edges(p)[0]), float(grid.edges(p)[-1])) for p in ("df", "rho")}
-    prior.update({p: np.rint(grid.values[p]).astype(int) for p in ("theta0", "theta1")})
+    settings = first.stem_settings
+    prior = first.grid.support()
     aggs, theta, config_id = _aggregates(prior, n_configs, images_per_config, seed)
+    references = {name: intensity_reference(est) for name, est in estimators.items()}
     groups = [np.flatnonzero(config_id == c) for c in range(n_configs)]
     show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
     rows = []
@@ -110,8 +108,7 @@ def robustness_table(estimators: dict, n_configs: int, images_per_config: int, s
         images = perturbed_images(aggs, settings, change, seed)
         fractions = images / settings.electrons_per_pixel
         for est_name, est in estimators.items():
-            reference = intensity_reference(est)
-            accepted = np.array([not check_intensity(fractions[g], reference)[0] for g in groups])
+            accepted = np.array([not check_intensity(fractions[g], references[est_name])[0] for g in groups])
             row = {"perturbation": name, "estimator": est_name, "refused": float(1.0 - accepted.mean())}
             if accepted.any():
                 encoded = est.encoder.encode(images)

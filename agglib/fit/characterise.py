@@ -149,8 +149,9 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     paths_or_images : sequence of path-like or MeasuredImage
         One aggregate per image.
     estimator : SampleEstimator or ParameterEstimator, optional
-        Default: the new method's estimator shipped in ``agglib/data/models/sets-quick`` (any number of
-        images; posterior intervals). A :class:`ParameterEstimator` (the paper's five networks)
+        Default: :func:`agglib.estimate.load_default_estimator`, the new method trained on a
+        randomised acquisition (``agglib/data/models/sets-quick-robust``; any number of images;
+        posterior intervals). A :class:`ParameterEstimator` (the paper's five networks)
         needs at least ν images and gives bootstrap intervals.
     pixel_size_nm : float, optional
         Pixel size [nm] for files without one (or to override theirs).
@@ -202,8 +203,7 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
                               + " (check_intensity_scale=False / --skip-intensity-check to estimate anyway)")
     warnings += refusals + scale_warnings
     warnings += _resampling_warnings(items, estimator)
-    electrons = estimator.dose_e_per_A2 * (estimator.pixel_size_nm * 10.0) ** 2
-    images = (fractions * electrons).astype(np.float32)
+    images = (fractions * estimator.stem_settings.electrons_per_pixel).astype(np.float32)
     m = images.shape[0]
     if m < MIN_STABLE_IMAGES:
         warnings.append(f"only {m} images: the intervals are wide (see the book's error against the number "

@@ -93,8 +93,7 @@ def intensity_reference(estimator, count: int = 256, seed: int = 0) -> dict:
 
     grid = getattr(estimator, "grid", None)
     if isinstance(grid, ThetaGrid):
-        prior = {p: [float(grid.edges(p)[0]), float(grid.edges(p)[-1])] for p in ("df", "rho")}
-        prior.update({p: [int(round(v)) for v in grid.values[p]] for p in ("theta0", "theta1")})
+        prior = grid.support()
     else:
         fields = estimator.training_metadata.get("profile_fields", {})
         prior = {"df": [min(fields.get("df_values", [1.5])), max(fields.get("df_values", [2.5]))], "rho": [0.0, 1.0],
@@ -106,7 +105,7 @@ def intensity_reference(estimator, count: int = 256, seed: int = 0) -> dict:
     return _reference(key)
 
 
-def check_intensity(fractions: np.ndarray, reference: dict, names=None) -> tuple[list, list]:
+def check_intensity(fractions: np.ndarray, reference: dict) -> tuple[list, list]:
     """Compare a sample's images (fractions of the beam, (M, H, W)) with ``reference``.
 
     Returns ``(refusals, warnings)``: messages with the numbers and what to do. A refusal means
