@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from agglib.nets import CompactFeatures
-from agglib.preprocess import INVERSE_THRESHOLD, inverse_intensity, scale_and_quantize
+from agglib.preprocess import INVERSE_THRESHOLD, augment_batch, inverse_intensity, scale_and_quantize
 
 __all__ = ["EncoderTarget", "ENCODER_TARGETS", "encoder_inputs", "encoder_labels", "label_scaling",
-           "augment_batch", "ImageEncoder", "EMBEDDING_DIM", "INPUT_CHANNELS", "Encoded", "TrainedEncoder",
+           "augment_counts", "ImageEncoder", "EMBEDDING_DIM", "INPUT_CHANNELS", "Encoded", "TrainedEncoder",
            "standardised_labels", "multitask_loss", "unscale_predictions", "natural_labels", "per_image_errors"]
 
 EMBEDDING_DIM = 128
@@ -154,27 +154,18 @@ def encoder_inputs(counts: torch.Tensor, electrons_per_pixel: float) -> torch.Te
     return torch.stack([scaled, inverse, absolute], dim=1)
 
 
-def augment_batch(counts: torch.Tensor, generator: torch.Generator, max_shift_px: int = 4) -> torch.Tensor:
+def augment_counts(counts: torch.Tensor, generator: torch.Generator, max_shift_px: int = 4) -> torch.Tensor:
     """Random rotation by k·90°, reflection and integer shift (vacuum, 0 counts, shifted in) per image.
 
     Every random number comes from ``generator``, so a batch's augmentation is a function of its
-    seed alone (a resumed training run repeats it exactly).
+    seed alone (a resumed training run repeats it exactly); the transform is
+    :func:`agglib.preprocess.augment_batch`.
     """
     b = counts.shape[0]
     rot = torch.randint(0, 4, (b,), generator=generator)
     flip = torch.randint(0, 2, (b,), generator=generator)
     shift = torch.randint(-max_shift_px, max_shift_px + 1, (b, 2), generator=generator)
-    out = torch.zeros_like(counts)
-    h, w = counts.shape[-2:]
-    for i in range(b):
-        x = torch.rot90(counts[i], int(rot[i]), dims=(-2, -1))
-        if flip[i]:
-            x = torch.flip(x, dims=(-1,))
-        dy, dx = int(shift[i, 0]), int(shift[i, 1])
-        ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-        xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-        out[i, yd, xd] = x[ys, xs]
-    return out
+    return augment_batch(counts, torch.stack([rot, flip, shift[:, 0], shift[:, 1]], dim=1), fill=0.0)
 
 
 class ImageEncoder(nn.Module):

@@ -24,8 +24,8 @@ import torch
 
 from agglib.core.validation import check_range
 
-__all__ = ["scale_and_quantize", "inverse_intensity", "Preprocess", "Augment", "N_LEVELS",
-           "INVERSE_THRESHOLD"]
+__all__ = ["scale_and_quantize", "inverse_intensity", "Preprocess", "Augment", "augment_batch",
+           "augmentation_params", "AUGMENT_COLUMNS", "N_LEVELS", "INVERSE_THRESHOLD"]
 
 N_LEVELS = 256
 INVERSE_THRESHOLD = 0.001
@@ -85,11 +85,122 @@ class Preprocess:
         return asdict(self)
 
 
+#: Columns of an augmentation parameter array: quarter turns k, reflection (0/1), shift dy, dx [px].
+AUGMENT_COLUMNS = ("quarter_turns", "reflect", "dy", "dx")
+
+_MASK64 = np.uint64(2**64 - 1)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser: a bijective mix of 64-bit integers (vectorised)."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+        return x ^ (x >> np.uint64(31))
+
+
+def augmentation_params(seed: int, epoch: int, keys, max_shift_px: int, images_per_key: int = 1) -> np.ndarray:
+    """The augmentation of every image of a batch, a pure function of (seed, epoch, key, image).
+
+    Parameters
+    ----------
+    seed, epoch : int
+        The training run's seed and the epoch.
+    keys : array of int
+        The batch's samples (or groups of ``images_per_key`` images) by their index in the split.
+    max_shift_px : int
+        Largest shift along each axis [px].
+    images_per_key : int
+        Images per key (ν for the multi-image targets: each image augmented on its own).
+
+    Returns
+    -------
+    int64 array (len(keys) · images_per_key, 4)
+        :data:`AUGMENT_COLUMNS` per image: the same whichever process, worker, rank or resumed run
+        draws it, so batches augmented on a GPU equal those augmented one by one on a CPU.
+    """
+    check_range("max_shift_px", max_shift_px, low=0, integer=True, unit="px")
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    image = np.arange(images_per_key, dtype=np.uint64)
+    h = _splitmix64(np.full(1, np.uint64(int(seed) & (2**64 - 1))))
+    h = _splitmix64(h ^ np.uint64(int(epoch) & (2**64 - 1)))
+    h = _splitmix64(h ^ keys.astype(np.uint64)[:, None])
+    h = _splitmix64(h ^ image[None, :]).reshape(-1)
+    span = np.uint64(2 * max_shift_px + 1)
+    out = np.empty((h.size, 4), dtype=np.int64)
+    out[:, 0] = (h & np.uint64(3)).astype(np.int64)
+    out[:, 1] = ((h >> np.uint64(2)) & np.uint64(1)).astype(np.int64)
+    out[:, 2] = ((h >> np.uint64(8)) % span).astype(np.int64) - max_shift_px
+    out[:, 3] = ((h >> np.uint64(32)) % span).astype(np.int64) - max_shift_px
+    return out
+
+
+_SOURCE_MAPS: dict = {}
+
+
+def _source_maps(size: int, device) -> torch.Tensor:
+    """(8, size, size) flat source pixel of every output pixel after ``rot90(·, k)`` then an optional
+    reflection (index ``2k + reflect``), found by transforming an image of pixel indices."""
+    key = (int(size), str(device))
+    if key not in _SOURCE_MAPS:
+        index = torch.arange(size * size, dtype=torch.int64).reshape(size, size)
+        maps = []
+        for k in range(4):
+            turned = torch.rot90(index, k, dims=(-2, -1))
+            maps += [turned, torch.flip(turned, dims=(-1,))]
+        _SOURCE_MAPS[key] = torch.stack(maps).to(device)
+    return _SOURCE_MAPS[key]
+
+
+def augment_batch(images: torch.Tensor, params, fill: float | None = None) -> torch.Tensor:
+    """Rotate, reflect and shift every (H, W) image of a batch by its own parameters, in one gather.
+
+    Parameters
+    ----------
+    images : tensor (B, ..., H, W), H = W
+        Preprocessed images, on any device; the leading dimensions hold B·m images in order.
+    params : array or tensor (B·m, 4)
+        :data:`AUGMENT_COLUMNS` per image (:func:`augmentation_params`).
+    fill : float, optional
+        Value of the shifted-in pixels; default each image's minimum (the background after
+        :func:`scale_and_quantize`). Raw counts take 0 (vacuum).
+
+    Returns
+    -------
+    tensor of ``images``' shape
+        ``shift(flip?(rot90(image, k)), dy, dx)``; equal to :class:`Augment` image by image.
+    """
+    h, w = images.shape[-2:]
+    if h != w:
+        raise ValueError(f"augment_batch needs square images; got {h}×{w} px")
+    flat = images.reshape(-1, h * w)
+    p = params if isinstance(params, torch.Tensor) else torch.as_tensor(np.asarray(params))
+    p = p.to(device=images.device, dtype=torch.int64)
+    if p.shape != (flat.shape[0], 4):
+        raise ValueError(f"params of shape {tuple(p.shape)} for {flat.shape[0]} images; expected ({flat.shape[0]}, 4)")
+    maps = _source_maps(h, images.device)
+    grid = torch.arange(h, device=images.device)
+    rows = grid[None, :] - p[:, 2:3]                       # output row i reads row i − dy
+    cols = grid[None, :] - p[:, 3:4]
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    source = maps[(2 * p[:, 0] + p[:, 1])[:, None, None], rows.clamp(0, h - 1)[:, :, None],
+                  cols.clamp(0, w - 1)[:, None, :]]
+    out = torch.gather(flat, 1, source.reshape(flat.shape[0], -1)).reshape(-1, h, w)
+    if fill is None:
+        background = flat.min(dim=1).values[:, None, None].expand_as(out)
+    else:
+        background = torch.full_like(out, float(fill))
+    return torch.where(inside, out, background).reshape(images.shape)
+
+
 class Augment:
     """Random rotation by k·90°, reflection and an integer shift of up to ``max_shift_px`` pixels.
 
     Works on (..., H, W) tensors; the same transform is applied to every image of one call.
     Shifted-in pixels take the image's minimum (the background after :func:`scale_and_quantize`).
+    Training draws its parameters with :func:`augmentation_params` and applies them to whole
+    batches with :func:`augment_batch`; this class is the one-image form of the same transform.
 
     Parameters
     ----------
@@ -108,14 +219,9 @@ class Augment:
         return int(torch.randint(0, high, (1,), generator=self.generator).item())
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        x = torch.rot90(image, self._randint(4), dims=(-2, -1))
-        if self._randint(2):
-            x = torch.flip(x, dims=(-1,))
-        if self.max_shift_px:
-            dy = self._randint(2 * self.max_shift_px + 1) - self.max_shift_px
-            dx = self._randint(2 * self.max_shift_px + 1) - self.max_shift_px
-            x = shift_image(x, dy, dx)
-        return x
+        s = self.max_shift_px
+        params = [[self._randint(4), self._randint(2), self._randint(2 * s + 1) - s, self._randint(2 * s + 1) - s]]
+        return augment_batch(image.reshape(1, *image.shape[-2:]), params).reshape(image.shape)
 
 
 def shift_image(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

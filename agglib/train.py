@@ -30,11 +30,19 @@ Multi-GPU: launch the same script with ``torchrun --nproc_per_node=K``; each ran
 round-robin share of the epoch's order (the classifier's oversampling included) and
 DistributedDataParallel averages gradients (NCCL on GPUs, gloo on CPUs). Only rank 0 writes
 checkpoints and shows progress; rank 0 decides for all when a time budget ends training.
+
+Data path: a split that fits on the device (40 % of free GPU memory, or ``preload_mb`` in RAM) is
+read once, as integer counts, into device memory; each step indexes a batch there, preprocesses
+it (:class:`~agglib.preprocess.Preprocess`) and augments it (:func:`~agglib.preprocess.augment_batch`)
+as batched tensor operations on the device. A split that does not fit is read by DataLoader
+workers into pinned memory and copied without blocking; the same batch operations follow, so
+both paths train the same weights. The loss is read back from the device once per epoch (and
+every 25 steps for the progress bar, when shown).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 import json
 import math
 import time
@@ -52,10 +60,10 @@ from agglib.checkpoint import save_paper_checkpoint as save_checkpoint
 from agglib.core.distributed import DistEnv, cleanup_distributed, init_distributed, pick_device
 from agglib.core.files import atomic_write_text
 from agglib.core.validation import check_range
-from agglib.dataset.pytorch import ConfigurationBatchDataset, StemImageDataset
+from agglib.dataset.pytorch import ConfigurationBatchDataset, ResidentImages, StemImageDataset
 from agglib.dataset.store import DatasetStore
 from agglib.nets import ARCHITECTURES, build_network, count_parameters
-from agglib.preprocess import Augment, Preprocess
+from agglib.preprocess import Preprocess, augment_batch, augmentation_params
 
 __all__ = ["TARGETS", "TargetSpec", "TrainConfig", "train_network", "train_for_profile", "train_estimator",
            "CHECKPOINT_FORMAT"]
@@ -138,11 +146,16 @@ class TrainConfig:
     device : str
         ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
     num_workers : int or None
-        DataLoader worker processes; ``None``: chosen from the machine (0 on a CPU, where the
-        split is preloaded and workers only add copies; on a GPU one per core up to 8, so that
-        reading and augmenting keep up with the device).
+        DataLoader worker processes reading a split that does not fit on the device (a split
+        that fits, :func:`resident_budget`, is read once and needs none); ``None``: chosen from
+        the machine (0 on a CPU; on a GPU one per core up to 8).
     bf16 : bool
         bfloat16 autocast for the forward pass (faster on GPUs and AVX-512 CPUs; check accuracy).
+    bn_batches : int
+        Before each validation, set the BatchNorm running statistics to their averages over this
+        many batches of T (:func:`recalibrate_batchnorm`; 0: keep the running averages of
+        training, as the paper). The history then also records ``val_mae_running_bn``, the
+        validation error with the running averages, measured first.
     """
 
     target: str
@@ -161,6 +174,7 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int | None = 0
     bf16: bool = False
+    bn_batches: int = 0
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -181,6 +195,7 @@ class TrainConfig:
             check_range("batch", self.batch, low=1, integer=True)
         if self.steps_per_epoch is not None:
             check_range("steps_per_epoch", self.steps_per_epoch, low=1, integer=True)
+        check_range("bn_batches", self.bn_batches, low=0, integer=True)
 
     @property
     def spec(self) -> TargetSpec:
@@ -229,12 +244,16 @@ def sample_labels(store: DatasetStore, spec: TargetSpec) -> np.ndarray:
 
 
 class _Labelled(Dataset):
-    """Preprocessed (and, for training, augmented) images with their labels."""
+    """Raw detector counts of one split's items with their labels.
 
-    def __init__(self, labels, preprocess, augment, seed: int = 0):
+    Preprocessing and augmentation are not done here but on whole batches on the training device
+    (:func:`prepare_batch`); as a Dataset (DataLoader workers, for splits that do not fit on the
+    device) an item is ``(counts, label, key)``.
+    """
+
+    def __init__(self, labels):
         self.labels = labels
-        self.preprocess, self.augment = preprocess, augment
-        self.seed, self.epoch = int(seed), 0
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -248,21 +267,16 @@ class _Labelled(Dataset):
                 self.set_epoch(epoch)
         return int(key)
 
-    def _prepare(self, counts, key: int):
-        """Preprocess, and augment with a generator seeded by (seed, epoch, item): the same
-        augmentation whatever the worker, rank or resumption."""
-        x = self.preprocess(counts)
-        if self.augment is None:
-            return x
-        state = np.random.SeedSequence([self.seed, self.epoch, int(key)]).generate_state(1, dtype=np.uint64)[0]
-        self.augment.generator = torch.Generator().manual_seed(int(state) & (2**63 - 1))
-        if x.dim() == 4:                        # a group of ν images: each augmented on its own
-            return torch.stack([self.augment(im) for im in x])
-        return self.augment(x)
+    def item_indices(self, keys) -> np.ndarray:
+        """Store indices of items ``keys`` in the current epoch: (B,), or (B, ν) for groups."""
+        raise NotImplementedError
 
-    def preload(self, max_bytes: int) -> bool:
-        """Read the images behind this dataset into memory if they fit in ``max_bytes``."""
-        return self.source.preload(max_bytes)
+    def __getitem__(self, key):
+        k = self._key(key)
+        idx = self.item_indices(np.array([k]))[0]
+        counts = torch.from_numpy(np.stack([self.store.image(int(i)) for i in np.atleast_1d(idx)]))
+        counts = counts[:, None] if idx.ndim else counts         # (ν, 1, H, W) or (1, H, W)
+        return counts, torch.tensor(self.labels[int(np.atleast_1d(idx)[0])]), k
 
 
 class _EpochSampler(torch.utils.data.Sampler):
@@ -283,63 +297,114 @@ class _EpochSampler(torch.utils.data.Sampler):
 
 
 class _SingleImages(_Labelled):
-    def __init__(self, path, split, labels, preprocess, augment, seed: int = 0):
-        super().__init__(labels, preprocess, augment, seed)
-        self.images = StemImageDataset(path, split=split)
-        keep = np.isfinite(labels[self.images.indices]).reshape(len(self.images.indices), -1).all(axis=1)
-        self.images.indices = self.images.indices[keep]
-        self.source = self.images
-
-    @property
-    def sample_indices(self) -> np.ndarray:
-        """Store indices of the samples this dataset draws from."""
-        return self.images.indices
+    def __init__(self, path, split, labels):
+        super().__init__(labels)
+        images = StemImageDataset(path, split=split)
+        keep = np.isfinite(labels[images.indices]).reshape(len(images.indices), -1).all(axis=1)
+        self.sample_indices = images.indices[keep]           # store indices of the samples drawn from
+        self.store = images._data
 
     def __len__(self):
-        return len(self.images)
+        return int(self.sample_indices.size)
 
-    def __getitem__(self, k):
-        k = self._key(k)
-        item = self.images[k]
-        return self._prepare(item["image"], k), torch.tensor(self.labels[item["index"]])
+    def item_indices(self, keys) -> np.ndarray:
+        return self.sample_indices[np.asarray(keys, dtype=np.int64)]
 
 
 class _ImageGroups(_Labelled):
-    def __init__(self, path, split, nu, seed, labels, preprocess, augment, repeats=1):
-        super().__init__(labels, preprocess, augment, seed)
+    def __init__(self, path, split, nu, seed, labels, repeats=1):
+        super().__init__(labels)
         self.groups = ConfigurationBatchDataset(path, split=split, nu=nu, seed=seed, repeats=repeats)
-        self.source = self.groups
-
-    @property
-    def sample_indices(self) -> np.ndarray:
-        """Store indices of the samples this dataset draws from."""
-        return self.groups.sample_indices
+        self.sample_indices = self.groups.sample_indices
+        self.store = self.groups._data
 
     def set_epoch(self, epoch):
+        if int(epoch) != self.epoch:          # the groups start at epoch 0
+            self.groups.set_epoch(epoch)
         super().set_epoch(epoch)
-        self.groups.set_epoch(epoch)
 
     def __len__(self):
         return len(self.groups)
 
-    def __getitem__(self, k):
-        k = self._key(k)
-        item = self.groups[k]
-        return self._prepare(item["images"], k), torch.tensor(self.labels[int(item["indices"][0])])
+    def item_indices(self, keys) -> np.ndarray:
+        return self.groups.groups[np.asarray(keys, dtype=np.int64)]
 
 
-def make_datasets(store_path, config: TrainConfig, preprocess: Preprocess):
+def make_datasets(store_path, config: TrainConfig):
+    """The store, and T (training) and E (validation) of ``config``'s target."""
     store = DatasetStore(store_path)
     labels = sample_labels(store, config.spec)
-    augment = Augment(config.max_shift_px)
     if config.spec.multi_image:
-        train = _ImageGroups(store_path, "T", config.nu, config.seed, labels, preprocess, augment,
-                             repeats=config.repeats)
-        val = _ImageGroups(store_path, "E", config.nu, 10_000 + config.seed, labels, preprocess, None)
+        train = _ImageGroups(store_path, "T", config.nu, config.seed, labels, repeats=config.repeats)
+        val = _ImageGroups(store_path, "E", config.nu, 10_000 + config.seed, labels)
     else:
-        train = _SingleImages(store_path, "T", labels, preprocess, augment, seed=config.seed)
-        val = _SingleImages(store_path, "E", labels, preprocess, None)
+        train = _SingleImages(store_path, "T", labels)
+        val = _SingleImages(store_path, "E", labels)
     return store, train, val
+
+
+def resident_budget(device: torch.device) -> int:
+    """Bytes one split may take when held on ``device``: 40 % of the free GPU memory (T and E
+    together leave a fifth of it to the network), or the ``preload_mb`` setting in RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.4 * free)
+    return int(agglib.config.get("preload_mb")) * 1024**2
+
+
+class _Feed:
+    """Batches ``(counts, labels, keys)`` of one split on the training device.
+
+    A split that fits (:func:`resident_budget`) is read once into device memory
+    (:class:`~agglib.dataset.pytorch.ResidentImages`) and each batch is indexed there; otherwise
+    a DataLoader with persistent workers reads it, into pinned memory with non-blocking copies.
+    Either way the batches, and so the training, are the same.
+    """
+
+    def __init__(self, items: _Labelled, store_path, device, batch: int, num_workers: int,
+                 show_progress: bool = False, resident: bool | None = None):
+        import os
+
+        self.items, self.device, self.batch = items, device, int(batch)
+        self.labels = torch.from_numpy(np.ascontiguousarray(items.labels)).to(device)
+        if resident is None:
+            resident = ResidentImages.nbytes(store_path, items.sample_indices.size) <= resident_budget(device)
+        self.resident = None
+        self.loader = None
+        if resident:
+            blocks = -(-items.sample_indices.size // ResidentImages.BLOCK)
+            readers = 0 if blocks < 8 else min(16, os.cpu_count() or 1, blocks)
+            self.resident = ResidentImages(store_path, items.sample_indices, device, num_workers=readers,
+                                           show_progress=show_progress)
+        else:
+            self.sampler = _EpochSampler()
+            self.loader = DataLoader(items, batch_size=self.batch, sampler=self.sampler, num_workers=num_workers,
+                                     pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+
+    def batches(self, epoch: int, keys):
+        """Consecutive batches of the items ``keys`` of ``epoch`` (the last one may be shorter)."""
+        keys = np.asarray(keys, dtype=np.int64)
+        self.items.set_epoch(epoch)
+        if self.resident is not None:
+            for a in range(0, keys.size, self.batch):
+                k = keys[a:a + self.batch]
+                idx = self.items.item_indices(k)
+                first = torch.from_numpy(idx if idx.ndim == 1 else idx[:, 0]).to(self.device)
+                yield self.resident.counts(idx).unsqueeze(-3), self.labels[first], k
+            return
+        self.sampler.set_order(epoch, keys)
+        for counts, y, k in self.loader:
+            yield counts.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), k.numpy()
+
+
+def prepare_batch(counts: torch.Tensor, keys, epoch: int, preprocess: Preprocess, config: TrainConfig,
+                  augment: bool) -> torch.Tensor:
+    """Preprocess a batch of counts on its device and, for training, augment every image by
+    :func:`~agglib.preprocess.augmentation_params` of (seed, epoch, item, image)."""
+    x = preprocess(counts)
+    if augment:
+        x = augment_batch(x, augmentation_params(config.seed, epoch, keys, config.max_shift_px, config.group_size))
+    return x
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -376,36 +441,73 @@ def _loss_fn(spec: TargetSpec):
     return nn.MSELoss()
 
 
-def evaluate(model, loader, spec, device) -> dict:
-    """Validation loss and mean absolute error (accuracy for the classifier) on a loader."""
+def evaluate(model, batches, spec, preprocess: Preprocess) -> dict:
+    """Validation loss and mean absolute error (accuracy for the classifier) over ``batches`` of
+    ``(counts, labels, keys)`` (:meth:`_Feed.batches`); one read-back from the device at the end."""
     model.eval()
     loss_fn = _loss_fn(spec)
-    total, n, abs_err, correct = 0.0, 0, 0.0, 0
     core = model.module if hasattr(model, "module") else model
+    total = abs_err = correct = None
+    n = 0
     with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
+        for counts, y, _ in batches:
+            x = preprocess(counts)
             if spec.loss == "bce":
-                logits = core.logits(x)
+                logits = core.logits(x).float()
                 pred = torch.sigmoid(logits)
-                total += float(loss_fn(logits, y)) * len(y)
-                correct += int(((pred > 0.5).float() == y).sum())
+                loss = loss_fn(logits, y)
+                right = ((pred > 0.5).float() == y).sum()
+                correct = right if correct is None else correct + right
             else:
-                pred = core(x)
-                total += float(loss_fn(pred, y)) * len(y)
-            abs_err += float((pred - y).abs().reshape(len(y), -1).mean(dim=1).sum())
+                pred = core(x).float()
+                loss = loss_fn(pred, y)
+            err = (pred - y).abs().reshape(len(y), -1).mean(dim=1).sum()
+            total = loss * len(y) if total is None else total + loss * len(y)
+            abs_err = err if abs_err is None else abs_err + err
             n += len(y)
-    out = {"val_loss": total / max(n, 1), "val_mae": abs_err / max(n, 1)}
+    n = max(n, 1)
+    out = {"val_loss": float(total) / n if total is not None else math.nan,
+           "val_mae": float(abs_err) / n if abs_err is not None else math.nan}
     if spec.loss == "bce":
-        out["val_accuracy"] = correct / max(n, 1)
+        out["val_accuracy"] = float(correct) / n if correct is not None else math.nan
     return out
+
+
+def recalibrate_batchnorm(model: nn.Module, batches) -> int:
+    """Replace the BatchNorm running statistics by their averages over ``batches`` of inputs.
+
+    Training updates the running mean and variance with momentum 0.1, so at batch 16 they follow
+    the last few dozen batches; a network whose weights still move (the paper's, at a constant
+    rate) then meets statistics in eval mode that no longer match its weights, and its validation
+    error jumps from epoch to epoch while the training loss falls. Averaging the statistics over
+    many batches with the final weights (Wu & Johnson 2021, "Rethinking 'batch' in BatchNorm",
+    precise BN) removes that mismatch. Returns the number of BatchNorm layers recalibrated.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                        # a cumulative average over the batches
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return len(norms)
 
 
 def _resume_mismatch(saved: dict, meta: dict) -> list[str]:
     """What differs between a checkpoint's run and this one (the number of epochs may grow)."""
     differ = [k for k in ("dataset_sha256", "arch", "parameters") if saved.get(k) != meta.get(k)]
-    old = {k: v for k, v in saved["train_config"].items() if k != "epochs"}
-    new = {k: v for k, v in meta["train_config"].items() if k != "epochs"}
+    defaults = {f.name: f.default for f in fields(TrainConfig)}     # fields added since it was saved
+    old = {**defaults, **{k: v for k, v in saved["train_config"].items() if k != "epochs"}}
+    new = {**defaults, **{k: v for k, v in meta["train_config"].items() if k != "epochs"}}
+    old.pop("epochs"), new.pop("epochs")
     differ += [f"train_config.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
                and k not in ("device", "num_workers", "bf16")]
     return differ
@@ -520,8 +622,8 @@ def _all_agree(flag: bool, env, device) -> bool:
 
 
 def default_num_workers(device: torch.device) -> int:
-    """DataLoader workers for ``device``: 0 on a CPU (the split is preloaded), else one per core
-    left to this rank, at most 8."""
+    """DataLoader workers for ``device`` when a split is streamed: 0 on a CPU (workers would take
+    the cores the network needs), else one per core left to this rank, at most 8."""
     import os
 
     if device.type != "cuda":
@@ -541,7 +643,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
     settings = store0.identity["stem_settings"]
     preprocess = Preprocess(inverse=config.spec.inverse,
                             electrons_per_pixel=store0.stem_settings.electrons_per_pixel)
-    store, train_set, val_set = make_datasets(store_path, config, preprocess)
+    store, train_set, val_set = make_datasets(store_path, config)
     outputs = 1 if train_set.labels.ndim == 1 else int(train_set.labels.shape[1])
     model = build_network(config.arch, int(settings["image_size_px"]), nu=config.group_size,
                           activation=config.spec.activation, outputs=outputs).to(device)
@@ -576,52 +678,47 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
             init_features_from(model, config.init_features, config.arch, int(settings["image_size_px"]))
         if config.spec.loss == "mse":
             model.start_at(np.nanmean(train_set.labels[train_set.sample_indices], axis=0))
-    if config.num_workers == 0:          # one bulk read instead of one read per image and epoch
-        budget = int(agglib.config.get("preload_mb")) * 1024**2
-        for ds in (train_set, val_set):
-            ds.preload(budget // 2)
+    show = (agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars) \
+        and env.is_main
+    step_batch = config.images_per_step
+    train_feed = _Feed(train_set, store_path, device, step_batch, config.num_workers, show_progress=show)
+    val_feed = _Feed(val_set, store_path, device, step_batch * 2, config.num_workers, show_progress=show) \
+        if env.is_main else None
     scheduler = make_scheduler(optimizer, config, steps_per_epoch,
                                done_steps=start_epoch * steps_per_epoch + start_step)
-    val_subset = val_set
+    val_keys = np.arange(len(val_set))
     if config.val_images is not None and config.val_images < len(val_set):
-        keep = np.sort(np.random.default_rng(config.seed).choice(len(val_set), config.val_images, replace=False))
-        val_subset = torch.utils.data.Subset(val_set, keep.tolist())
+        val_subset = np.sort(np.random.default_rng(config.seed).choice(len(val_set), config.val_images, replace=False))
+    else:
+        val_subset = val_keys
     wrapped = _BCELogitsModel(model) if config.spec.loss == "bce" else model
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel
         wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = _loss_fn(config.spec)
-    show = (agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars) \
-        and env.is_main
     weights = None
     if config.spec.oversample:           # classes balanced on every rank (DDP included)
         labels = train_set.labels[train_set.sample_indices]
         pos = max(float(labels.sum()), 1.0)
         neg = max(float(len(labels) - labels.sum()), 1.0)
         weights = np.where(labels > 0.5, 0.5 / pos, 0.5 / neg)
-    pin = device.type == "cuda"
-    sampler = _EpochSampler()
-    loader = DataLoader(train_set, batch_size=config.images_per_step, sampler=sampler,
-                        num_workers=config.num_workers, pin_memory=pin, drop_last=False,
-                        persistent_workers=config.num_workers > 0)
     started = time.perf_counter()
     steps_this_call = 0
     epoch_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.target} epochs", disable=not show,
                      initial=start_epoch, total=config.epochs)
     for epoch in epoch_bar:
-        train_set.set_epoch(epoch)
         order = epoch_order(len(train_set), config.seed, epoch, weights=weights, rank=env.rank,
                             world_size=env.world_size)
-        n_steps = min(max(1, len(order) // config.images_per_step), steps_per_epoch)
+        n_steps = min(max(1, len(order) // step_batch), steps_per_epoch)
         first = start_step if epoch == start_epoch else 0
-        sampler.set_order(epoch, order[first * config.images_per_step:n_steps * config.images_per_step])
         wrapped.train()
         t0, seen = time.perf_counter(), 0
         running = torch.zeros((), device=device)
         step_bar = tqdm(total=n_steps, initial=first, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
         interrupted = False
-        for step, (x, y) in enumerate(loader, start=first):
-            x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+        batches = train_feed.batches(epoch, order[first * step_batch:n_steps * step_batch])
+        for step, (counts, y, keys) in enumerate(batches, start=first):
+            x = prepare_batch(counts, keys, epoch, preprocess, config, augment=True)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 out = wrapped(x)
@@ -634,7 +731,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
             seen += len(y)
             steps_this_call += 1
             step_bar.update()
-            if step % 25 == 0:
+            if show and step % 25 == 0:                   # the only other read-back: the bar's loss
                 step_bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
             done = step + 1
             if env.is_main and done < n_steps and checkpoint_every_steps and done % checkpoint_every_steps == 0:
@@ -648,15 +745,18 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         step_bar.close()
         if interrupted:
             break
-        train_seconds = time.perf_counter() - t0
+        train_seconds = time.perf_counter() - t0 if device.type != "cuda" else _synced_seconds(t0, device)
         record = {"epoch": epoch, "train_loss": float(running) / max(seen, 1),
                   "images_per_s": seen * config.group_size / max(train_seconds, 1e-9),
                   "train_seconds": train_seconds}
         if env.is_main:
             final = epoch == config.epochs - 1
-            val_loader = DataLoader(val_set if final else val_subset, batch_size=config.images_per_step * 2,
-                                    shuffle=False, num_workers=config.num_workers, pin_memory=pin)
-            record.update(evaluate(model, val_loader, config.spec, device))   # the full E at the end
+            keys = val_keys if final else val_subset              # the full E at the end
+            if config.bn_batches:
+                record["val_mae_running_bn"] = evaluate(model, val_feed.batches(0, keys), config.spec,
+                                                        preprocess)["val_mae"]
+                recalibrate_batchnorm(model, _bn_inputs(train_feed, train_set, config, epoch, preprocess))
+            record.update(evaluate(model, val_feed.batches(0, keys), config.spec, preprocess))
             history.append(record)
             improved = record["val_loss"] < best
             best = min(best, record["val_loss"])
@@ -674,6 +774,19 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         _write_history(checkpoint_dir, history)
     return {"history": history, "best_val_loss": best, "metadata": meta}
 
+
+def _synced_seconds(t0: float, device) -> float:
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _bn_inputs(feed: _Feed, items: _Labelled, config: TrainConfig, epoch: int, preprocess: Preprocess):
+    """``config.bn_batches`` preprocessed batches of T for :func:`recalibrate_batchnorm`: a
+    subset drawn from (seed, epoch), augmented as in training."""
+    n = min(len(items), config.bn_batches * config.images_per_step)
+    keys = np.sort(np.random.default_rng([config.seed, epoch, 1]).choice(len(items), n, replace=False))
+    for counts, _, k in feed.batches(epoch, keys):
+        yield prepare_batch(counts, k, epoch, preprocess, config, augment=True)
 
 
 def train_for_profile(profile, target: str, store_path, run_dir, seed: int = 0,

@@ -339,15 +339,25 @@ def test_auto_device_is_cpu_without_cuda_and_cuda_request_fails_clearly():
         pick_device("cuda")
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_path, workers):
+@pytest.fixture(params=["resident", "streamed-0", "streamed-2"])
+def feed(request, monkeypatch):
+    """The training data path: the split held in device memory, or streamed by 0 or 2 DataLoader
+    workers (a split that does not fit: the budget is set to 0 bytes)."""
+    if request.param.startswith("streamed"):
+        monkeypatch.setattr("agglib.train.resident_budget", lambda device: 0)
+    return 0 if request.param == "resident" else int(request.param.split("-")[1])
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_path, feed, monkeypatch):
     """Interrupted after 5 steps of epoch 2 (a mid-epoch last.pt every 2 steps), then resumed:
-    the weights equal those of the run that was never interrupted — with DataLoader workers too,
-    and whatever the number of workers of the uninterrupted run."""
+    the weights equal those of the run that was never interrupted (held in memory) — whether the
+    interrupted run held its data in memory or streamed it with DataLoader workers."""
     torch.set_num_threads(1)
-    cfg = TrainConfig(target="rho_class", epochs=2, lr=1e-3, batch=8, seed=3, max_shift_px=2, num_workers=workers)
-    whole = train_network(tiny_store.path, TrainConfig(**{**cfg.__dict__, "num_workers": 0}), tmp_path / "whole",
-                          show_progress_bars=False)
+    cfg = TrainConfig(target="rho_class", epochs=2, lr=1e-3, batch=8, seed=3, max_shift_px=2, num_workers=feed)
+    with monkeypatch.context() as m:
+        m.undo()                                                   # the reference holds T and E in memory
+        whole = train_network(tiny_store.path, TrainConfig(**{**cfg.__dict__, "num_workers": 0}),
+                              tmp_path / "whole", show_progress_bars=False)
     steps = len(tiny_store.indices("T")) // 8
     train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False,
                   checkpoint_every_steps=2, stop_after_steps=steps + 5)
@@ -360,6 +370,91 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["epoch"] for h in resumed["history"]] == [0, 1]
     assert resumed["history"][-1]["val_loss"] == pytest.approx(whole["history"][-1]["val_loss"])
+
+
+def test_groups_train_the_same_weights_held_or_streamed(tiny_store, tmp_path, monkeypatch):
+    """θ0's groups of ν images, regrouped each epoch: the data path does not change the weights."""
+    torch.set_num_threads(1)
+    cfg = TrainConfig(target="theta0", epochs=2, lr=1e-3, nu=4, batch=2, seed=5, steps_per_epoch=4)
+    held = train_network(tiny_store.path, cfg, tmp_path / "held", show_progress_bars=False)
+    monkeypatch.setattr("agglib.train.resident_budget", lambda device: 0)
+    streamed = train_network(tiny_store.path, cfg, tmp_path / "streamed", show_progress_bars=False)
+    a = torch.load(tmp_path / "held" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "streamed" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert held["history"][-1]["val_mae"] == streamed["history"][-1]["val_mae"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(size=st.integers(6, 12), n=st.integers(1, 6), shift=st.integers(0, 5), seed=st.integers(0, 2**40),
+       epoch=st.integers(0, 100))
+def test_batched_augmentation_equals_the_image_by_image_transform(size, n, shift, seed, epoch):
+    from agglib.preprocess import augment_batch, augmentation_params
+
+    x = scale_and_quantize(torch.rand(n, 2, 1, size, size, generator=torch.Generator().manual_seed(seed % 1000)))
+    keys = np.arange(n) * 7 + 3
+    params = augmentation_params(seed, epoch, keys, shift, images_per_key=2)
+    assert params.shape == (2 * n, 4) and np.all(np.abs(params[:, 2:]) <= shift)
+    # a pure function of (seed, epoch, key, image): the same whichever batch the key arrives in
+    assert np.array_equal(params[2:], augmentation_params(seed, epoch, keys[1:], shift, images_per_key=2))
+    y = augment_batch(x, params).reshape(-1, size, size)
+    for image, (k, reflect, dy, dx), out in zip(x.reshape(-1, size, size), params, y):
+        expected = torch.rot90(image, int(k), dims=(-2, -1))
+        expected = torch.flip(expected, dims=(-1,)) if reflect else expected
+        assert torch.equal(out, shift_image(expected, int(dy), int(dx)))
+
+
+def test_augmentation_parameters_are_uniform():
+    from agglib.preprocess import augmentation_params
+
+    p = augmentation_params(0, 0, np.arange(20_000), 4)
+    for column, levels in ((0, 4), (1, 2), (2, 9), (3, 9)):
+        counts = np.bincount(p[:, column] - p[:, column].min(), minlength=levels)
+        assert counts.size == levels and counts.min() > 0.8 * 20_000 / levels
+
+
+@settings(max_examples=30, deadline=None)
+@given(high=st.sampled_from([1, 2**16 - 1, 2**16, 2**24]), seed=st.integers(0, 1000), floats=st.booleans())
+def test_counts_are_held_exactly(high, seed, floats):
+    from agglib.dataset.pytorch import decode_counts, encode_counts
+
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, high + 1, size=(3, 5, 5)).astype(np.uint32)
+    counts.flat[0] = high
+    if floats:
+        counts = counts.astype(np.float32) * 0.37
+    encoded = encode_counts(counts)
+    assert encoded.itemsize == (2 if not floats and high < 2**16 else 4)
+    assert np.array_equal(decode_counts(torch.from_numpy(encoded)).numpy(), counts.astype(np.float32))
+
+
+def test_batchnorm_recalibration_sets_the_statistics_of_the_batches():
+    from agglib.train import recalibrate_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3))
+    batches = [torch.randn(8, 1, 4, 4) * 3 + 2 for _ in range(5)]
+    net.eval()
+    assert recalibrate_batchnorm(net, batches) == 1 and not net.training
+    with torch.no_grad():
+        z = torch.cat([net[0](b) for b in batches])
+    bn = net[1]
+    assert torch.allclose(bn.running_mean, z.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 5
+
+
+def test_training_with_recalibrated_batchnorm_records_both_validation_errors(tiny_store, tmp_path):
+    torch.set_num_threads(1)
+    cfg = TrainConfig(target="df", epochs=2, lr=1e-3, batch=8, seed=0, steps_per_epoch=3, bn_batches=2)
+    history = train_network(tiny_store.path, cfg, tmp_path / "bn", show_progress_bars=False)["history"]
+    assert all(np.isfinite(h["val_mae_running_bn"]) and np.isfinite(h["val_mae"]) for h in history)
+    # a checkpoint of a run from before bn_batches existed resumes (a missing field is its default)
+    plain = TrainConfig(**{**cfg.__dict__, "bn_batches": 0, "epochs": 1})
+    train_network(tiny_store.path, plain, tmp_path / "old", show_progress_bars=False)
+    state = torch.load(tmp_path / "old" / "last.pt", weights_only=True)
+    del state["metadata"]["train_config"]["bn_batches"]
+    torch.save(state, tmp_path / "old" / "last.pt")
+    longer = TrainConfig(**{**plain.__dict__, "epochs": 2})
+    assert len(train_network(tiny_store.path, longer, tmp_path / "old", show_progress_bars=False)["history"]) == 2
 
 
 @settings(max_examples=40, deadline=None)

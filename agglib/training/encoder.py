@@ -25,7 +25,7 @@ from agglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from agglib.core.distributed import pick_device
 from agglib.core.files import atomic_write_text
 from agglib.dataset.store import DatasetStore
-from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, augment_batch, encoder_inputs, encoder_labels,
+from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, augment_counts, encoder_inputs, encoder_labels,
                             label_scaling, multitask_loss, per_image_errors, unscale_predictions)
 from agglib.lr_schedule import one_cycle_lr, set_lr
 from agglib.training._contracts import EncoderConfig
@@ -159,7 +159,7 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
         steps = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=not show)
         for step in steps:
             batch = torch.from_numpy(order[step * config.batch:(step + 1) * config.batch])
-            x = encoder_inputs(augment_batch(images[batch], gen, config.max_shift_px), epp).to(device)
+            x = encoder_inputs(augment_counts(images[batch], gen, config.max_shift_px), epp).to(device)
             set_lr(optimizer, one_cycle_lr(epoch * steps_per_epoch + step, total_steps, config.lr))
             with autocast:
                 _, out = model(x)
