@@ -107,8 +107,9 @@ def _cmd_train(args) -> int:
     config = TrainConfig(target=args.target, arch=args.arch, epochs=args.epochs, lr=args.lr, nu=args.nu,
                          schedule=args.schedule, repeats=args.repeats, init_features=args.init_features,
                          batch=args.batch, seed=args.seed, device=args.device, num_workers=args.num_workers,
-                         bf16=args.bf16)
-    result = train_network(args.store, config, args.out)
+                         bf16=args.bf16, val_images=args.val_images, bn_batches=args.bn_batches)
+    result = train_network(args.store, config, args.out, checkpoint_every_steps=args.checkpoint_every,
+                           time_budget_s=args.time_budget_s)
     last = result["history"][-1] if result["history"] else {}
     print(f"{args.target}: {len(result['history'])} epochs, best validation loss {result['best_val_loss']:.4g}, "
           f"last validation MAE {last.get('val_mae', float('nan')):.4g}; checkpoints in {args.out}/")
@@ -298,8 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     t.add_argument("--num-workers", type=int, default=None,
-                   help="DataLoader worker processes (None: 0 on a CPU, one per core up to 8 on a GPU)")
+                   help="DataLoader workers for a split that does not fit on the device "
+                        "(None: 0 on a CPU, one per core up to 8 on a GPU)")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on GPUs and AVX-512 CPUs)")
+    t.add_argument("--val-images", type=int, default=None,
+                   help="validate on this many samples (groups) of E per epoch, all of E after the last (None: all)")
+    t.add_argument("--bn-batches", type=int, default=0,
+                   help="recompute the BatchNorm statistics over this many batches of T before each validation "
+                        "(0: the running averages of training, as the paper)")
+    t.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="also write last.pt every STEPS steps within an epoch (None: once per epoch)")
+    t.add_argument("--time-budget-s", type=float, default=None,
+                   help="stop after the epoch during which this many seconds passed (None: no limit)")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("train-estimator", help="train (or resume) the new method for a profile: the image encoder "

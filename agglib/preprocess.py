@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from agglib.core.distributed import host_to_device
 from agglib.core.validation import check_range
 
 __all__ = ["scale_and_quantize", "inverse_intensity", "Preprocess", "Augment", "augment_batch",
@@ -175,8 +176,8 @@ def augment_batch(images: torch.Tensor, params, fill: float | None = None) -> to
     if h != w:
         raise ValueError(f"augment_batch needs square images; got {h}×{w} px")
     flat = images.reshape(-1, h * w)
-    p = params if isinstance(params, torch.Tensor) else torch.as_tensor(np.asarray(params))
-    p = p.to(device=images.device, dtype=torch.int64)
+    p = host_to_device(np.asarray(params, dtype=np.int64) if not isinstance(params, torch.Tensor) else params,
+                       images.device).to(torch.int64)
     if p.shape != (flat.shape[0], 4):
         raise ValueError(f"params of shape {tuple(p.shape)} for {flat.shape[0]} images; expected ({flat.shape[0]}, 4)")
     maps = _source_maps(h, images.device)

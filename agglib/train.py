@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 import agglib
 from agglib.checkpoint import PAPER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from agglib.checkpoint import save_paper_checkpoint as save_checkpoint
-from agglib.core.distributed import DistEnv, cleanup_distributed, init_distributed, pick_device
+from agglib.core.distributed import DistEnv, cleanup_distributed, host_to_device, init_distributed, pick_device
 from agglib.core.files import atomic_write_text
 from agglib.core.validation import check_range
 from agglib.dataset.pytorch import ConfigurationBatchDataset, ResidentImages, StemImageDataset
@@ -389,7 +389,7 @@ class _Feed:
             for a in range(0, keys.size, self.batch):
                 k = keys[a:a + self.batch]
                 idx = self.items.item_indices(k)
-                first = torch.from_numpy(idx if idx.ndim == 1 else idx[:, 0]).to(self.device)
+                first = host_to_device(idx if idx.ndim == 1 else idx[:, 0], self.device)
                 yield self.resident.counts(idx).unsqueeze(-3), self.labels[first], k
             return
         self.sampler.set_order(epoch, keys)

@@ -329,6 +329,64 @@ def test_training_and_inference_on_cuda(tiny_store, tmp_path):
     assert next(net.model.parameters()).is_cuda
 
 
+@pytest.mark.gpu
+def test_cuda_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_path):
+    """On the GPU (data held in device memory): last.pt resumes mid-epoch; deterministic cuDNN
+    kernels make the resumed weights those of the uninterrupted run up to float rounding."""
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    cfg = TrainConfig(target="rho_class", epochs=2, lr=1e-3, batch=8, seed=3, max_shift_px=2, device="cuda")
+    train_network(tiny_store.path, cfg, tmp_path / "whole", show_progress_bars=False)
+    steps = len(tiny_store.indices("T")) // 8
+    train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False,
+                  checkpoint_every_steps=2, stop_after_steps=steps + 5)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True, map_location="cpu")["step"] == 4
+    train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False, checkpoint_every_steps=2)
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True, map_location="cpu")["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True, map_location="cpu")["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-6) for k in a)
+    # a run folder written on the GPU continues on a CPU (another machine)
+    more = TrainConfig(**{**cfg.__dict__, "epochs": 3, "device": "cpu"})
+    assert len(train_network(tiny_store.path, more, tmp_path / "cut", show_progress_bars=False)["history"]) == 3
+
+
+@pytest.mark.gpu
+def test_cuda_batches_equal_cpu_batches(tiny_store):
+    """Held on the GPU, indexed, preprocessed and augmented there: the CPU's batches."""
+    from agglib.train import _Feed, make_datasets, prepare_batch
+
+    cfg = TrainConfig(target="theta1", nu=4, batch=3, seed=2, max_shift_px=3)
+    pre = Preprocess(inverse=True, electrons_per_pixel=tiny_store.stem_settings.electrons_per_pixel)
+    _, items, _ = make_datasets(tiny_store.path, cfg)
+    keys = np.arange(len(items))[::-1][:6]
+    out = {}
+    for device in ("cpu", "cuda"):
+        feed = _Feed(items, tiny_store.path, torch.device(device), 3, 0)
+        out[device] = [(prepare_batch(c, k, 1, pre, cfg, augment=True).cpu(), y.cpu()) for c, y, k in feed.batches(1, keys)]
+    for (xc, yc), (xg, yg) in zip(out["cpu"], out["cuda"]):
+        assert torch.equal(yc, yg) and xc.shape == xg.shape == (3, 4, 1, 96, 96)
+        assert (xc != xg).float().mean() < 1e-3 and (xc - xg).abs().max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.gpu
+def test_estimators_predict_the_same_on_cuda_and_cpu(tiny_store, tmp_path):
+    cfg = TrainConfig(target="df", epochs=1, batch=8, steps_per_epoch=3)
+    train_network(tiny_store.path, cfg, tmp_path / "df", show_progress_bars=False)
+    images = tiny_store.read_images(tiny_store.indices("E")[:10])
+    cpu = load_estimator(tmp_path / "df" / "best.pt").predict(images)
+    gpu = load_estimator(tmp_path / "df" / "best.pt", device="cuda").predict(images)
+    assert np.allclose(cpu, gpu, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_ddp_training_with_nccl_on_two_gpus(tiny_store, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_train_worker, args=(2, _free_port(), str(tiny_store.path), str(tmp_path), "cuda"), nprocs=2,
+             join=True)
+    assert torch.load(tmp_path / "r0.pt")["epochs"] == 3 and (tmp_path / "ddp" / "last.pt").is_file()
+
+
 def test_auto_device_is_cpu_without_cuda_and_cuda_request_fails_clearly():
     from agglib.core.distributed import pick_device
 
@@ -476,11 +534,11 @@ def test_epoch_order_splits_one_process_order_across_ranks(n, world, seed, epoch
     np.testing.assert_array_equal(single, epoch_order(n, seed, epoch, weights=weights))   # a pure function
 
 
-def _ddp_train_worker(rank, world_size, port, store_path, out_dir):
+def _ddp_train_worker(rank, world_size, port, store_path, out_dir, device="cpu"):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
-    cfg = TrainConfig(target="rho_class", epochs=3, lr=1e-3, batch=4, seed=1, device="cpu")
+    cfg = TrainConfig(target="rho_class", epochs=3, lr=1e-3, batch=4, seed=1, device=device)
     # rank 1's clock says the budget is over after its first epoch, rank 0's does not until later:
     # rank 0 decides, so both stop at the same epoch instead of one waiting forever for the other
     budget = 0.0 if rank == 1 else 1e9

@@ -340,3 +340,14 @@ def test_fraction_units_give_the_same_estimate_as_counts_at_their_dose():
         assert as_double_dose.estimate[k] == pytest.approx(as_counts.estimate[k], rel=1e-4)
     with pytest.raises(ValueError, match="units='electrons'; accepted: counts, fraction"):
         characterise([MeasuredImage(counts[0], 2.9, "c", "given")], units="electrons")
+
+
+@pytest.mark.gpu
+def test_characterise_with_networks_on_cuda_agrees_with_cpu(tmp_path, tiny_models):
+    """An estimator loaded on the GPU: inputs move to its device, θ̂ equals the CPU's."""
+    paths = write_measured(tmp_path / "m", count=6)
+    on_cpu = characterise(paths, ParameterEstimator.load(tiny_models), n_bootstrap=20, seed=1)
+    on_gpu = characterise(paths, ParameterEstimator.load(tiny_models, device="cuda"), n_bootstrap=20, seed=1)
+    for k in ("df", "rho"):
+        assert on_gpu.estimate[k] == pytest.approx(on_cpu.estimate[k], abs=1e-4)
+    assert (on_gpu.estimate["theta0"], on_gpu.estimate["theta1"]) == (on_cpu.estimate["theta0"], on_cpu.estimate["theta1"])

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["pick_device", "DistEnv", "init_distributed", "cleanup_distributed"]
+__all__ = ["pick_device", "host_to_device", "DistEnv", "init_distributed", "cleanup_distributed"]
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -42,6 +43,20 @@ class DistEnv:
         """Read ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` as set by ``torchrun``."""
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def host_to_device(array, device) -> torch.Tensor:
+    """A NumPy array (or CPU tensor) on ``device`` without making the host wait for the device.
+
+    A plain copy from pageable memory to a GPU synchronises the stream, so the host would idle
+    until the queued steps finish and could not prepare the next one; from pinned memory the copy
+    is queued like a kernel.
+    """
+    t = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def init_distributed(env: DistEnv, device: torch.device) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from agglib.core.distributed import host_to_device
 from agglib.dataset.store import DatasetStore
 
 __all__ = ["StemImageDataset", "ConfigurationBatchDataset", "ResidentImages", "encode_counts", "decode_counts"]
@@ -257,4 +258,4 @@ class ResidentImages:
         rows = self.row[idx]
         if np.any(rows < 0):
             raise IndexError(f"samples {idx[rows < 0][:5].tolist()} are not held by this ResidentImages")
-        return decode_counts(self.images[torch.from_numpy(rows).to(self.device)])
+        return decode_counts(self.images[host_to_device(rows, self.device)])

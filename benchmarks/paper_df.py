@@ -1,0 +1,132 @@
+"""CNN^Df at the paper profile on one GPU: the paper's training, its validation curve and θ̂_Df on E.
+
+    python benchmarks/paper_df.py --work /scratch/paper --out benchmarks/results/paper_df_h100.json \
+        [--device cuda] [--workers 16] [--epochs 30] [--bn-batches 200] [--val-images 2000] [--time-budget-s 420]
+
+Builds (or finds) the paper profile's dataset (32,400 aggregates, 512² px at 0.85 nm/px, seed 0)
+in ``--work``, trains the paper's network for D_f(A) as the paper does (Adam 1e-4, constant rate,
+batch 16, MSE, 30 epochs; best checkpoint by validation loss) and scores it on E: the per-image
+MAE of D̂_f(A) against D_f(A), and the MAE of θ̂_Df (the mean of D̂_f over disjoint groups of ν = 12
+images of one configuration, Eq. 13) against the preset θ_Df, beside the paper's 0.041 and the
+trivial predictor (the mean θ_Df of T). With ``--bn-batches`` > 0 the BatchNorm statistics are
+recomputed over that many batches of T before each validation; the history keeps the validation
+MAE with training's running averages too (``val_mae_running_bn``), so one run shows both.
+
+Rerunning with the same ``--work`` resumes the training where it stopped (also on another machine
+with the folder copied: the dataset is identified by its content, not its path). The JSON holds
+the command, the device, the timings, the history and the scores; notebook 7 plots it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+PAPER_THETA_DF_MAE = 0.041          # Table 4 of the paper (θ̂_Df from ν = 12 images)
+
+
+def predict_on_device(net, store, indices, device, workers: int, chunk: int = 256) -> np.ndarray:
+    """D̂_f(A) of the images ``indices``: read once onto the device in parallel, preprocessed there."""
+    from agglib.dataset.pytorch import ResidentImages
+
+    held = ResidentImages(store.path, indices, device, num_workers=workers)
+    out = []
+    with torch.no_grad():
+        for k in range(0, len(indices), chunk):
+            x = net.preprocess(held.counts(indices[k:k + chunk]))[:, None]
+            out.append(net.model(x).float().cpu())
+    del held
+    return torch.cat(out).numpy()
+
+
+def score(checkpoint: Path, store, device, workers: int, nu: int) -> dict:
+    from agglib.estimate import load_estimator
+    from agglib.evaluate.estimators import batch_estimates, mae, trivial_mae
+
+    net = load_estimator(checkpoint, device)
+    idx = store.indices("E")
+    pred = predict_on_device(net, store, idx, device, workers)
+    truth = store.descriptors["df"].to_numpy()[idx]
+    per_image = pd.DataFrame({"index": idx, "prediction": pred})
+    groups = batch_estimates(per_image, store, nu, split="E", seed=0)
+    return {"checkpoint": checkpoint.name, "epoch": int(net.metadata.get("epoch", len(json.loads((checkpoint.parent / "history.json").read_text())) - 1)),
+            "theta_df_mae": mae(groups["estimate"], groups["theta_df"]),
+            "theta_df_mae_trivial": trivial_mae(store, groups["theta_df"].to_numpy(), "df"),
+            "theta_df_groups": int(len(groups)),
+            "per_image_df_mae": mae(pred, truth),
+            "per_image_df_mae_trivial": trivial_mae(store, truth, "df"),
+            "images": int(idx.size)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", required=True, help="folder for the dataset store and the run (resumed if present)")
+    ap.add_argument("--out", required=True, help="JSON file of the results")
+    ap.add_argument("--device", default="cuda", help="cuda, cuda:1, cpu (default: %(default)s)")
+    ap.add_argument("--workers", type=int, default=16, help="processes building and reading the dataset (default: %(default)s)")
+    ap.add_argument("--epochs", type=int, default=30, help="epochs (paper: 30; default: %(default)s)")
+    ap.add_argument("--bn-batches", type=int, default=200,
+                    help="batches of T for the BatchNorm statistics before each validation (default: %(default)s)")
+    ap.add_argument("--val-images", type=int, default=2000,
+                    help="images of E validated per epoch, all of E after the last (default: %(default)s)")
+    ap.add_argument("--time-budget-s", type=float, default=None,
+                    help="stop training after the epoch during which this many seconds passed (default: none)")
+    ap.add_argument("--profile", default="paper", help="profile of the dataset (default: %(default)s)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a profile field of the dataset (repeatable; for trial runs)")
+    args = ap.parse_args(argv)
+
+    from agglib.dataset import build_dataset
+    from agglib.dataset.store import DatasetStore
+    from agglib.profiles import load_profile
+    from agglib.train import TrainConfig, train_network
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    changes = dict(item.split("=", 1) for item in args.set)
+    profile = load_profile(args.profile, **{k: json.loads(v) for k, v in changes.items()})
+    path = work / f"{args.profile}-seed0.zarr"
+    t = time.perf_counter()
+    store = build_dataset(path, profile, seed=0, workers=args.workers)
+    build_seconds = time.perf_counter() - t
+    store = DatasetStore(path)
+    config = TrainConfig(target="df", arch="paper", epochs=args.epochs, lr=1e-4, schedule="constant",
+                         device=args.device, num_workers=None, val_images=args.val_images, bn_batches=args.bn_batches)
+    t = time.perf_counter()
+    result = train_network(path, config, work / "df", time_budget_s=args.time_budget_s, checkpoint_every_steps=400)
+    train_seconds = time.perf_counter() - t
+    device = torch.device(args.device)
+    scores = [score(work / "df" / name, store, device, args.workers, profile.batch_size)
+              for name in ("best.pt", "last.pt")]
+    report = {
+        "command": "python benchmarks/paper_df.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+        "torch": torch.__version__, "profile": args.profile, "profile_changes": changes,
+        "dataset": {"samples": len(store), "T": int(store.indices("T").size), "E": int(store.indices("E").size),
+                    "image_size_px": int(store.images.shape[1]), "build_seconds_this_call": build_seconds},
+        "train_config": result["metadata"]["train_config"], "train_seconds_this_call": train_seconds,
+        "epochs_done": len(result["history"]), "history": result["history"], "scores": scores,
+        "paper": {"theta_df_mae": PAPER_THETA_DF_MAE, "nu": profile.batch_size},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    best = scores[0]
+    print(f"CNN^Df, {args.profile} profile, {len(result['history'])} epochs on {report['device']}: "
+          f"θ̂_Df MAE {best['theta_df_mae']:.4f} (paper {PAPER_THETA_DF_MAE}, trivial {best['theta_df_mae_trivial']:.4f}); "
+          f"per-image D̂_f MAE {best['per_image_df_mae']:.4f} (trivial {best['per_image_df_mae_trivial']:.4f}); "
+          f"build {build_seconds:.0f} s, training {train_seconds:.0f} s → {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
