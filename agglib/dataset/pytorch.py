@@ -252,10 +252,18 @@ class ResidentImages:
         store = DatasetStore(path)
         return int(n) * int(np.prod(store.images.shape[1:])) * 4
 
-    def counts(self, store_indices) -> torch.Tensor:
-        """float32 counts of ``store_indices`` (any shape S), a tensor (*S, H, W) on the device."""
+    def rows(self, store_indices) -> np.ndarray:
+        """Rows of :attr:`images` holding ``store_indices`` (any shape)."""
         idx = np.asarray(store_indices, dtype=np.int64)
         rows = self.row[idx]
         if np.any(rows < 0):
             raise IndexError(f"samples {idx[rows < 0][:5].tolist()} are not held by this ResidentImages")
-        return decode_counts(self.images[host_to_device(rows, self.device)])
+        return rows
+
+    def counts_at(self, rows: torch.Tensor) -> torch.Tensor:
+        """float32 counts of the rows ``rows`` (a tensor of any shape S on the device): (*S, H, W)."""
+        return decode_counts(self.images[rows])
+
+    def counts(self, store_indices) -> torch.Tensor:
+        """float32 counts of ``store_indices`` (any shape S), a tensor (*S, H, W) on the device."""
+        return self.counts_at(host_to_device(self.rows(store_indices), self.device))
