@@ -36,10 +36,8 @@ read once, as integer counts, into device memory; each step indexes a batch ther
 it (:class:`~agglib.preprocess.Preprocess`) and augments it (:func:`~agglib.preprocess.augment_batch`)
 as batched tensor operations on the device. A split that does not fit is read by DataLoader
 workers into pinned memory and copied without blocking; the same batch operations follow, so
-both paths train the same weights. On a GPU a second thread launches the preparation of the next
-batches on its own CUDA stream (:class:`~agglib.core.streams.Prefetcher`) while the device trains.
-The loss is read back from the device once per epoch (and every 25 steps for the progress bar,
-when shown).
+both paths train the same weights. The loss is read back from the device once per epoch (and
+every 25 steps for the progress bar, when shown).
 """
 
 from __future__ import annotations
@@ -61,7 +59,6 @@ from agglib.checkpoint import PAPER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
 from agglib.checkpoint import save_paper_checkpoint as save_checkpoint
 from agglib.core.distributed import DistEnv, cleanup_distributed, host_to_device, init_distributed, pick_device
 from agglib.core.files import atomic_write_text
-from agglib.core.streams import Prefetcher
 from agglib.core.validation import check_range
 from agglib.dataset.pytorch import ConfigurationBatchDataset, ResidentImages, StemImageDataset
 from agglib.dataset.store import DatasetStore
@@ -722,37 +719,32 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         running = torch.zeros((), device=device)
         step_bar = tqdm(total=n_steps, initial=first, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
         interrupted = False
-        batches = _prepared(train_feed, epoch, order[first * step_batch:n_steps * step_batch], preprocess, config)
-        if device.type == "cuda":                        # the next batches are launched by a second thread
-            batches = Prefetcher(batches, device, depth=3)
-        try:
-            for step, (x, y) in enumerate(batches, start=first):
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                    out = wrapped(x)
-                loss = loss_fn(out.float(), y)
-                loss.backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                running.add_(loss.detach(), alpha=len(y))    # read back once per epoch, not per step
-                seen += len(y)
-                steps_this_call += 1
-                step_bar.update()
-                if show and step % 25 == 0:                   # the only other read-back: the bar's loss
-                    step_bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
-                done = step + 1
-                if env.is_main and done < n_steps and checkpoint_every_steps and done % checkpoint_every_steps == 0:
-                    save_checkpoint(last, {"metadata": meta, "model": model.state_dict(),
-                                           "optimizer": optimizer.state_dict(), "epoch": epoch, "step": done,
-                                           "history": history, "best_val_loss": best,
-                                           "torch_rng": torch.get_rng_state()})
-                if stop_after_steps is not None and steps_this_call >= stop_after_steps and done < n_steps:
-                    interrupted = True                        # as a kill would: the mid-epoch last.pt stays
-                    break
-        finally:
-            if isinstance(batches, Prefetcher):
-                batches.close()
+        batches = train_feed.batches(epoch, order[first * step_batch:n_steps * step_batch])
+        for step, (counts, y, keys) in enumerate(batches, start=first):
+            x = prepare_batch(counts, keys, epoch, preprocess, config, augment=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                out = wrapped(x)
+            loss = loss_fn(out.float(), y)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            running += loss.detach() * len(y)             # read back once per epoch, not per step
+            seen += len(y)
+            steps_this_call += 1
+            step_bar.update()
+            if show and step % 25 == 0:                   # the only other read-back: the bar's loss
+                step_bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+            done = step + 1
+            if env.is_main and done < n_steps and checkpoint_every_steps and done % checkpoint_every_steps == 0:
+                save_checkpoint(last, {"metadata": meta, "model": model.state_dict(),
+                                       "optimizer": optimizer.state_dict(), "epoch": epoch, "step": done,
+                                       "history": history, "best_val_loss": best,
+                                       "torch_rng": torch.get_rng_state()})
+            if stop_after_steps is not None and steps_this_call >= stop_after_steps and done < n_steps:
+                interrupted = True                        # as a kill would: the mid-epoch last.pt stays
+                break
         step_bar.close()
         if interrupted:
             break
@@ -791,19 +783,13 @@ def _synced_seconds(t0: float, device) -> float:
     return time.perf_counter() - t0
 
 
-def _prepared(feed: _Feed, epoch: int, keys, preprocess: Preprocess, config: TrainConfig):
-    """Training batches ``(x, y)``: read, preprocessed and augmented on the device."""
-    for counts, y, k in feed.batches(epoch, keys):
-        yield prepare_batch(counts, k, epoch, preprocess, config, augment=True), y
-
-
 def _bn_inputs(feed: _Feed, items: _Labelled, config: TrainConfig, epoch: int, preprocess: Preprocess):
     """``config.bn_batches`` preprocessed batches of T for :func:`recalibrate_batchnorm`: a
     subset drawn from (seed, epoch), augmented as in training."""
     n = min(len(items), config.bn_batches * config.images_per_step)
     keys = np.sort(np.random.default_rng([config.seed, epoch, 1]).choice(len(items), n, replace=False))
-    for x, _ in _prepared(feed, epoch, keys, preprocess, config):
-        yield x
+    for counts, _, k in feed.batches(epoch, keys):
+        yield prepare_batch(counts, k, epoch, preprocess, config, augment=True)
 
 
 def train_for_profile(profile, target: str, store_path, run_dir, seed: int = 0,

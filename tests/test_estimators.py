@@ -571,27 +571,3 @@ def test_bf16_autocast_training_runs_and_learns(tiny_store, tmp_path):
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert load_estimator(tmp_path / "bf16" / "last.pt").predict(
         tiny_store.read_images(tiny_store.indices("E")[:4])).dtype == np.float32
-
-
-def test_prefetcher_keeps_order_raises_and_stops_early():
-    from agglib.core.streams import Prefetcher
-
-    items = [(torch.full((2,), float(i)), i) for i in range(20)]
-    assert [k for _, k in Prefetcher(items, "cpu", depth=3)] == list(range(20))
-
-    def failing():
-        yield torch.zeros(1)
-        raise RuntimeError("a damaged chunk")
-
-    with pytest.raises(RuntimeError, match="a damaged chunk"):
-        list(Prefetcher(failing(), "cpu"))
-    produced = []
-
-    def endless():
-        for i in range(10**9):
-            produced.append(i)
-            yield torch.zeros(1)
-
-    with Prefetcher(endless(), "cpu", depth=2) as ahead:
-        next(iter(ahead))
-    assert not ahead.thread.is_alive() and len(produced) < 10     # stopped, at most depth + a few ahead
