@@ -68,6 +68,11 @@ class Profile:
     val_images : int
         Images of E validated after each training epoch, to pick the best epoch (multi-image
         networks: val_images // ν groups); 0 validates on all of E.
+    bn_batches : int
+        Batches of T over which the paper networks' BatchNorm statistics are recomputed before
+        each validation (:func:`agglib.train.recalibrate_batchnorm`); 0 keeps training's running
+        averages (the paper). At the paper profile (constant rate, batch 16) the running averages
+        make the validation error jump between epochs; recomputed, it falls steadily.
     shadow_configs : int
         Configurations of E compared through digital shadows (paper: 50).
     shadow_aggregates : int
@@ -158,12 +163,13 @@ class Profile:
     robustness_configs: int = 60
     robustness_images: int = 12
     acquisition: str = "fixed"
+    bn_batches: int = 0
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int":
-                check_range(f"{self.name}.{f.name}", value, low=0 if f.name in ("pretrain_epochs", "val_images", "encoder_configs_T") else 1,
+                check_range(f"{self.name}.{f.name}", value, low=0 if f.name in ("pretrain_epochs", "val_images", "encoder_configs_T", "bn_batches") else 1,
                             integer=True)
             elif f.type == "tuple":
                 if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or len(value) == 0:

@@ -793,13 +793,15 @@ def _bn_inputs(feed: _Feed, items: _Labelled, config: TrainConfig, epoch: int, p
 
 
 def train_for_profile(profile, target: str, store_path, run_dir, seed: int = 0,
-                      show_progress_bars: bool | None = None, **changes) -> dict:
+                      show_progress_bars: bool | None = None, *, time_budget_s: float | None = None,
+                      checkpoint_every_steps: int | None = None, **changes) -> dict:
     """Train ``target`` with the profile's architecture, schedule, epochs and ν into ``run_dir/target``.
 
     Resumes (or returns at once) when the run directory already holds the finished epochs. For
     θ0 and θ1 with ``profile.pretrain_epochs > 0`` the ``descriptors`` network named in
     :data:`PRETRAINED_FROM` is trained first (or found) and initialises f. ``changes`` override
-    :class:`TrainConfig` fields.
+    :class:`TrainConfig` fields; ``time_budget_s`` and ``checkpoint_every_steps`` go to
+    :func:`train_network`.
     """
     if target not in TARGETS:
         raise ValueError(f"target={target!r}; accepted: {sorted(TARGETS)}")
@@ -813,6 +815,8 @@ def train_for_profile(profile, target: str, store_path, run_dir, seed: int = 0,
                     repeats=profile.group_repeats if multi else 1)
     if profile.val_images > 0:
         settings["val_images"] = max(1, profile.val_images // nu) if multi else profile.val_images
+    if profile.bn_batches > 0:
+        settings["bn_batches"] = profile.bn_batches
     if spec.label == "descriptors":
         settings["epochs"] = max(1, profile.pretrain_epochs)
     if target in PRETRAINED_FROM and profile.pretrain_epochs > 0 and "init_features" not in changes:
@@ -820,7 +824,8 @@ def train_for_profile(profile, target: str, store_path, run_dir, seed: int = 0,
         train_for_profile(profile, source, store_path, run_dir, seed=seed, show_progress_bars=show_progress_bars)
         settings["init_features"] = str(Path(run_dir) / source / "best.pt")
     config = TrainConfig(**{**settings, **changes})
-    return train_network(store_path, config, Path(run_dir) / target, show_progress_bars=show_progress_bars)
+    return train_network(store_path, config, Path(run_dir) / target, show_progress_bars=show_progress_bars,
+                         time_budget_s=time_budget_s, checkpoint_every_steps=checkpoint_every_steps)
 
 
 def train_estimator(profile, store_path, run_dir, seed: int = 0, show_progress_bars: bool | None = None):

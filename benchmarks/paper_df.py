@@ -1,11 +1,12 @@
 """CNN^Df at the paper profile on one GPU: the paper's training, its validation curve and θ̂_Df on E.
 
     python benchmarks/paper_df.py --work /scratch/paper --out benchmarks/results/paper_df_h100.json \
-        [--device cuda] [--workers 16] [--epochs 30] [--bn-batches 200] [--val-images 2000] [--time-budget-s 420]
+        [--device cuda] [--workers 16] [--time-budget-s 420] [--set FIELD=VALUE ...]
 
 Builds (or finds) the paper profile's dataset (32,400 aggregates, 512² px at 0.85 nm/px, seed 0)
-in ``--work``, trains the paper's network for D_f(A) as the paper does (Adam 1e-4, constant rate,
-batch 16, MSE, 30 epochs; best checkpoint by validation loss) and scores it on E: the per-image
+in ``--work``, trains the paper's network for D_f(A) with the profile's settings, which are the
+paper's (Adam 1e-4, constant rate, batch 16, MSE, 30 epochs; best checkpoint by validation loss)
+with the profile's ``val_images`` and ``bn_batches``, and scores it on E: the per-image
 MAE of D̂_f(A) against D_f(A), and the MAE of θ̂_Df (the mean of D̂_f over disjoint groups of ν = 12
 images of one configuration, Eq. 13) against the preset θ_Df, beside the paper's 0.041 and the
 trivial predictor (the mean θ_Df of T). With ``--bn-batches`` > 0 the BatchNorm statistics are
@@ -73,22 +74,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="JSON file of the results")
     ap.add_argument("--device", default="cuda", help="cuda, cuda:1, cpu (default: %(default)s)")
     ap.add_argument("--workers", type=int, default=16, help="processes building and reading the dataset (default: %(default)s)")
-    ap.add_argument("--epochs", type=int, default=30, help="epochs (paper: 30; default: %(default)s)")
-    ap.add_argument("--bn-batches", type=int, default=200,
-                    help="batches of T for the BatchNorm statistics before each validation (default: %(default)s)")
-    ap.add_argument("--val-images", type=int, default=2000,
-                    help="images of E validated per epoch, all of E after the last (default: %(default)s)")
     ap.add_argument("--time-budget-s", type=float, default=None,
                     help="stop training after the epoch during which this many seconds passed (default: none)")
     ap.add_argument("--profile", default="paper", help="profile of the dataset (default: %(default)s)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="override a profile field of the dataset (repeatable; for trial runs)")
+                    help="override a profile field, e.g. --set epochs_single=2 (repeatable; for trial runs)")
     args = ap.parse_args(argv)
 
     from agglib.dataset import build_dataset
     from agglib.dataset.store import DatasetStore
     from agglib.profiles import load_profile
-    from agglib.train import TrainConfig, train_network
+    from agglib.train import train_for_profile
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -99,10 +95,9 @@ def main(argv=None) -> int:
     store = build_dataset(path, profile, seed=0, workers=args.workers)
     build_seconds = time.perf_counter() - t
     store = DatasetStore(path)
-    config = TrainConfig(target="df", arch="paper", epochs=args.epochs, lr=1e-4, schedule="constant",
-                         device=args.device, num_workers=None, val_images=args.val_images, bn_batches=args.bn_batches)
     t = time.perf_counter()
-    result = train_network(path, config, work / "df", time_budget_s=args.time_budget_s, checkpoint_every_steps=400)
+    result = train_for_profile(profile, "df", path, work, device=args.device, num_workers=None,
+                               time_budget_s=args.time_budget_s, checkpoint_every_steps=400)
     train_seconds = time.perf_counter() - t
     device = torch.device(args.device)
     scores = [score(work / "df" / name, store, device, args.workers, profile.batch_size)

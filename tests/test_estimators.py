@@ -571,3 +571,20 @@ def test_bf16_autocast_training_runs_and_learns(tiny_store, tmp_path):
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert load_estimator(tmp_path / "bf16" / "last.pt").predict(
         tiny_store.read_images(tiny_store.indices("E")[:4])).dtype == np.float32
+
+
+def test_the_recorded_paper_profile_run_is_complete_and_plots_both_validation_curves():
+    """The GPU run shipped for notebook 7: the paper's 30 epochs, both validation MAEs per epoch,
+    scores of the best and the last checkpoint on all of E."""
+    import agglib.visualize as viz
+    from agglib.evaluate import recorded_run
+
+    run = recorded_run("paper_df_h100")
+    assert run["epochs_done"] == len(run["history"]) == run["train_config"]["epochs"] == 30
+    assert run["train_config"]["arch"] == "paper" and run["train_config"]["schedule"] == "constant"
+    assert [s["checkpoint"] for s in run["scores"]] == ["best.pt", "last.pt"]
+    assert all(s["images"] == run["dataset"]["E"] for s in run["scores"])
+    fig = viz.plot_validation_error(run["history"])
+    assert [len(trace.y) for trace in fig.data] == [30, 30]
+    with pytest.raises(ValueError, match="recorded: \\['paper_df_h100'\\]"):
+        recorded_run("missing")

@@ -60,7 +60,7 @@ def test_wheel_holds_the_package_data(installed):
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
     for required in ("agglib/data/haadf_reference.json", "agglib/data/models/sets-quick/encoder.pt",
                      "agglib/data/models/sets-quick/posterior.pt", "agglib/data/models/compact-quick/df/best.pt",
-                     "agglib/profiles.yaml", "agglib/config.yaml"):
+                     "agglib/data/runs/paper_df_h100.json", "agglib/profiles.yaml", "agglib/config.yaml"):
         assert required in names, required
     assert not any(n.startswith(("data/", "tests/", "notebooks/")) for n in names)
 

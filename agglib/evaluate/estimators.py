@@ -15,7 +15,7 @@ from agglib.estimate import TrainedNetwork
 from agglib.train import TARGETS, sample_labels
 
 __all__ = ["PAPER_RESULTS", "predict_split", "descriptor_scores", "batch_groups", "batch_estimates", "batch_size_study",
-           "integer_accuracy", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir",
+           "integer_accuracy", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir", "recorded_run",
            "results_table", "paper_method_estimates"]
 
 #: The paper's headline numbers (§3.1–3.3), on its E with ν = 12.
@@ -234,3 +234,17 @@ def paper_method_estimates(estimator, store: DatasetStore, nu: int, split: str =
         theta.append(store.theta[members[0]])
     per_image = pd.DataFrame({"index": idx, **per, "rho_true": store.descriptors["rho"].to_numpy()[idx]})
     return {"estimate": np.array(estimates), "theta": np.array(theta), "per_image": per_image}
+
+
+def recorded_run(name: str = "paper_df_h100") -> dict:
+    """A training run recorded by ``benchmarks/paper_df.py`` on a GPU and shipped in
+    ``agglib/data/runs/`` (its command, device, timings, history and scores on E)."""
+    import json
+
+    from agglib.core.locations import shipped_data_path
+
+    path = shipped_data_path("runs", f"{name}.json")
+    if not path.is_file():
+        known = sorted(q.stem for q in shipped_data_path("runs").glob("*.json"))
+        raise ValueError(f"no recorded run {name!r} in {path.parent}; recorded: {known}")
+    return json.loads(path.read_text())

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-__all__ = ["plot_training_history", "plot_prediction_vs_truth", "plot_error_by_preset",
+__all__ = ["plot_training_history", "plot_validation_error", "plot_prediction_vs_truth", "plot_error_by_preset",
            "plot_batch_size_study", "plot_confusion", "plot_shadow_histograms", "plot_shadow_means"]
 
 
@@ -19,6 +19,23 @@ def plot_training_history(history: list, title: str | None = None) -> go.Figure:
                                 mode="lines+markers")])
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="loss (MSE or BCE)", yaxis_type="log",
                       height=360)
+    return fig
+
+
+def plot_validation_error(history: list, quantity: str = "D_f(A)", title: str | None = None) -> go.Figure:
+    """Validation MAE per epoch: with training's running BatchNorm averages and, where the run
+    recomputed them before validating (``bn_batches``), with the recomputed statistics."""
+    df = pd.DataFrame(history)
+    traces = []
+    if "val_mae_running_bn" in df:
+        traces.append(go.Scatter(x=df["epoch"] + 1, y=df["val_mae_running_bn"], mode="lines+markers",
+                                 name="running BatchNorm averages (as trained in the paper)"))
+    traces.append(go.Scatter(x=df["epoch"] + 1, y=df["val_mae"], mode="lines+markers",
+                             name="BatchNorm statistics recomputed on T" if "val_mae_running_bn" in df
+                             else "validation MAE"))
+    fig = go.Figure(traces)
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=f"validation MAE of {quantity} (E)",
+                      height=380, legend=dict(orientation="h", y=-0.25))
     return fig
 
 
