@@ -588,3 +588,22 @@ def test_the_recorded_paper_profile_run_is_complete_and_plots_both_validation_cu
     assert [len(trace.y) for trace in fig.data] == [30, 30]
     with pytest.raises(ValueError, match="recorded: \\['paper_df_h100'\\]"):
         recorded_run("missing")
+
+
+def test_a_run_folder_copied_to_another_machine_continues(tiny_store, tmp_path):
+    """The run folder and a store rebuilt elsewhere from the same profile and seed (another path,
+    another machine): training resumes, since a checkpoint names its dataset by content."""
+    import shutil
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig(target="df", epochs=1, lr=1e-3, batch=8, seed=0, steps_per_epoch=3)
+    train_network(tiny_store.path, cfg, tmp_path / "here" / "df", show_progress_bars=False)
+    shutil.copytree(tmp_path / "here", tmp_path / "there")
+    rebuilt = build_dataset(tmp_path / "elsewhere" / "tiny.zarr", "tiny", seed=11, workers=1, show_progress_bars=False)
+    longer = TrainConfig(**{**cfg.__dict__, "epochs": 2})
+    history = train_network(rebuilt.path, longer, tmp_path / "there" / "df", show_progress_bars=False)["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    other = build_dataset(tmp_path / "other" / "tiny.zarr", "tiny", seed=12, workers=1, show_progress_bars=False)
+    with pytest.raises(ValueError, match="belongs to another run \\(dataset_sha256 differ"):
+        train_network(other.path, TrainConfig(**{**cfg.__dict__, "epochs": 3}), tmp_path / "there" / "df",
+                      show_progress_bars=False)
