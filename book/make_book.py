@@ -158,17 +158,27 @@ def write_results_page(site: Path, profile: str, overrides: dict, seed: int = 0)
         return 0
     from agglib.notebook import parameter_tag
 
-    records = sorted((default_run_dir(parameter_tag(profile, overrides), seed) / "results").glob("*.json"))
-    lines = ["| quantity | paper | agglib | trivial predictor | profile | notebook | command |",
-             "|---|---|---|---|---|---|---|"]
-    for path in records:
-        rec = json.loads(path.read_text())
+    records = [json.loads(path.read_text()) for path in
+               sorted((default_run_dir(parameter_tag(profile, overrides), seed) / "results").glob("*.json"))]
+    profiles = sorted({rec["profile"] for rec in records})
+    several = len(profiles) > 1
+    header = ["quantity", "paper", "agglib", "trivial predictor", *(["profile"] if several else []), "notebook"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    commands = []
+    for rec in records:
         for key, value in rec["results"].items():
             paper, trivial = PAPER_RESULTS.get(key), rec.get("trivial", {}).get(key)
-            lines.append(f"| {key} | {'' if paper is None else f'{paper:g}'} | {value:.4g} | "
-                         f"{'' if trivial is None else f'{trivial:.4g}'} | {rec['profile']} | "
-                         f"{rec['notebook']} | `{rec['command']}` |")
-    table = "\n".join(lines) if len(lines) > 2 else "*No results were recorded in this build.*"
+            cells = [key, "" if paper is None else f"{paper:g}", f"{value:.4g}",
+                     "" if trivial is None else f"{trivial:.4g}", *([rec["profile"]] if several else []),
+                     rec["notebook"]]
+            lines.append("| " + " | ".join(cells) + " |")
+        commands.append(f"**{rec['notebook']}** (profile {rec['profile']}):\n\n```bash\n{rec['command']}\n```")
+    if len(lines) > 2:
+        # the commands below the table, one block each: in a table column they would be cut off
+        table = (("" if several else f"All rows: profile `{profiles[0]}`.\n\n") + "\n".join(lines) +
+                 "\n\nThe commands that reproduce them:\n\n" + "\n\n".join(commands))
+    else:
+        table = "*No results were recorded in this build.*"
     page.write_text(page.read_text().replace(RESULTS_MARKER, table))
     return len(lines) - 2
 

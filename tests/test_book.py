@@ -1,5 +1,8 @@
 """The book builds (strict, offline) and its pages carry visible plotly figures."""
 
+import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +51,44 @@ def test_book_builds_with_figures(tmp_path, executed_notebooks):
         text = page.read_text()
         assert "THEBE_JS_URL" not in text, f"{page.name}: Thebe scripts left in"
         assert "/tmp/" not in text and "/work/" not in text and "/root/" not in text, f"{page.name}: local path"
-    import re
-
     quick = re.sub(r"<[^>]+>", "", (html_dir / "book" / "quickstart.html").read_text())   # code is highlighted
     assert "agglib fit tests/data/fit_sample" in quick and "doi.org/10.1088/2632-2153/ad38fd" in \
         (html_dir / "book" / "intro.html").read_text()
+
+    # The results table keeps to the text column: its reproducing commands follow it as code blocks
+    results = (html_dir / "book" / "results.html").read_text()
+    assert "The commands that reproduce them" in results and "<th class=\"head\"><p>command</p></th>" not in results
+    # Figures fit their frames: none is wider than the text column (690 px in a 1280 px window), and
+    # every 3D scene is seen from far enough that its cube stays inside the scene — with tick labels
+    # from ≥ 2.3 (plotly's default camera, 2.17, cut the corners and labels of notebook 1's gallery
+    # and notebook 2's Fig. 3), without from ≥ 1.8
+    for page in sorted((html_dir / "notebooks").glob("*.html")):
+        for layout in plotly_layouts(page.read_text()):
+            assert layout.get("width", 0) <= 680, f"{page.name}: a figure {layout['width']} px wide"
+            for name, scene in layout.items():
+                if name.startswith("scene"):
+                    eye = scene.get("camera", {}).get("eye", {})
+                    distance = sum(eye.get(k, 1.25) ** 2 for k in "xyz") ** 0.5
+                    labelled = any(scene.get(axis, {}).get("showticklabels", True) for axis in ("xaxis", "yaxis", "zaxis"))
+                    assert distance >= (2.3 if labelled else 1.8), \
+                        f"{page.name}: 3D {name} seen from {distance:.2f}: its corners and labels are cut"
+    # In a browser (where Chromium is installed): the pages the quick start leads to log no errors
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium:
+        shots = subprocess.run([sys.executable, str(ROOT / "book" / "screenshots.py"), str(html_dir),
+                                "--out", str(tmp_path / "shots"), "--height", "8000"],
+                               capture_output=True, text=True, timeout=600)
+        assert shots.returncode == 0, shots.stdout[-3000:] + shots.stderr[-3000:]
+        assert len(list((tmp_path / "shots").glob("*.png"))) >= 5
+
+
+def plotly_layouts(html: str) -> list:
+    """The layout of every ``Plotly.newPlot(id, data, layout, config)`` call of a page."""
+    decoder = json.JSONDecoder()
+    layouts = []
+    for match in re.finditer(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*", html):
+        _, end = decoder.raw_decode(html, match.end())                  # the data
+        start = re.compile(r"\s*,\s*").match(html, end).end()
+        layout, _ = decoder.raw_decode(html, start)
+        layouts.append(layout)
+    return layouts

@@ -40,10 +40,14 @@ def _material_mesh(agg: Aggregate, material: int, resolution: int) -> go.Mesh3d 
                      lighting=dict(ambient=0.45, diffuse=0.8, specular=0.2))
 
 
-def _scene(extent: float) -> dict:
-    ax = dict(range=[-extent, extent], title="", showbackground=False, zeroline=False)
+def _scene(extent: float, ticks: bool = True) -> dict:
+    """A cube of side 2·extent [nm] seen from far enough that its tick labels stay inside the frame
+    (plotly's default camera puts the cube's near corners outside a narrow scene)."""
+    ax = dict(range=[-extent, extent], showbackground=False, zeroline=False, nticks=5, showticklabels=ticks,
+              tickfont=dict(size=10))
     return dict(xaxis={**ax, "title": "x [nm]"}, yaxis={**ax, "title": "y [nm]"},
-                zaxis={**ax, "title": "z [nm]"}, aspectmode="cube")
+                zaxis={**ax, "title": "z [nm]"}, aspectmode="cube",
+                camera=dict(eye=dict(x=1.55, y=1.55, z=1.0), center=dict(x=0, y=0, z=-0.08)))
 
 
 def _extent(aggs) -> float:
@@ -64,12 +68,14 @@ def plot_aggregate(agg: Aggregate, title: str | None = None, resolution: int = 8
     fig = go.Figure([m for m in (_material_mesh(agg, WO3, resolution),
                                  _material_mesh(agg, TIO2, resolution)) if m is not None])
     fig.update_layout(title=title or (str(agg.params) if agg.params else None),
-                      scene=_scene(_extent([agg])), height=520, margin=dict(l=0, r=0, t=40, b=0))
+                      scene=_scene(_extent([agg])), height=520, margin=dict(l=0, r=0, t=60, b=0),
+                      legend=dict(orientation="h", y=1.0, x=1.0, xanchor="right", yanchor="bottom"))
     return fig
 
 
 def plot_aggregate_gallery(aggs, titles=None, cols: int = 2, resolution: int = 6) -> go.Figure:
-    """Several aggregates side by side on a common scale (the paper's Fig. 2)."""
+    """Several aggregates side by side on a common scale (the paper's Fig. 2): each in a cube of the
+    same side, without tick labels (the side is given in the title) so that narrow panels are not cut."""
     aggs = list(aggs)
     rows = -(-len(aggs) // cols)
     titles = titles or [str(a.params) for a in aggs]
@@ -84,8 +90,9 @@ def plot_aggregate_gallery(aggs, titles=None, cols: int = 2, resolution: int = 6
                 mesh.showlegend = k == 0
                 mesh.legendgroup = MATERIAL_NAMES[mat]
                 fig.add_trace(mesh, row=r + 1, col=c + 1)
-        fig.layout[f"scene{k + 1 if k else ''}"].update(_scene(extent))
-    fig.update_layout(height=420 * rows, margin=dict(l=10, r=10, t=50, b=10),
+        fig.layout[f"scene{k + 1 if k else ''}"].update(_scene(extent, ticks=False))
+    fig.update_layout(height=380 * rows, margin=dict(l=10, r=10, t=90, b=10),
+                      title=dict(text=f"common scale: cubes of side {2 * extent:.0f} nm", font=dict(size=13)),
                       legend=dict(orientation="h", y=-0.02, x=0.5, xanchor="center"))
     return fig
 

@@ -81,8 +81,10 @@ def plot_aggregate_and_image(aggregate: Aggregate, result, title: str | None = N
     fig.update_xaxes(title_text="x [nm]", nticks=6, row=1, col=2)
     fig.update_yaxes(title_text="y [nm]", nticks=6, row=1, col=2)
     fig.update_layout(title=title or (str(aggregate.params) if aggregate.params else None),
-                      scene=_scene(_extent([oriented])), height=560, margin=dict(l=0, r=10, t=60, b=40),
-                      scene_camera=dict(eye=dict(x=0, y=0, z=-1.6), up=dict(x=0, y=-1, z=0)))
+                      scene=_scene(_extent([oriented]), ticks=False), height=580, margin=dict(l=0, r=10, t=60, b=40),
+                      scene_camera=dict(eye=dict(x=0, y=0, z=-1.9), up=dict(x=0, y=-1, z=0),
+                                        center=dict(x=0, y=0, z=0)),
+                      legend=dict(orientation="h", x=0.0, y=-0.08))     # beside the colour bar it would overlap
     return fig
 
 
@@ -115,9 +117,9 @@ def plot_render_maps(result, crop: bool = True) -> go.Figure:
         trace.x0, trace.y0 = lo[1] * px, lo[0] * px
         fig.add_trace(trace, row=r, col=c)
         fig.update_xaxes(title_text="x [nm]", row=r, col=c)
-        fig.update_yaxes(title_text="y [nm]", row=r, col=c)
-    fig.update_layout(height=720, margin=dict(l=50, r=20, t=60, b=40),
-                      title="Thickness (top) and noise-free HAADF maps (bottom, one grey scale) per material")
+        fig.update_yaxes(title_text="y [nm]" if c == 1 else None, row=r, col=c)   # beside a panel it would overlap
+    fig.update_layout(height=740, margin=dict(l=50, r=20, t=90, b=40),
+                      title="Thickness (top) and noise-free HAADF maps (bottom) per material<br>(the WO3 and TiO2 HAADF maps share one grey scale)")
     return fig
 
 
@@ -202,11 +204,15 @@ def plot_field_of_view(extents_nm: np.ndarray, df_values: np.ndarray, fov_nm: fl
     fig = go.Figure(go.Bar(x=[f"{d:.1f}" for d in grid], y=share, name="per θ_Df",
                            hovertemplate="θ_Df %{x}: %{y:.1%}<extra></extra>"))
     overall = float(np.mean(extents_nm <= fov_nm))
-    fig.add_hline(y=overall, line_dash="dash",
-                  annotation_text=f"all: {overall:.1%}", annotation_position="bottom right")
-    fig.add_hline(y=0.95, line_dash="dot", line_color="red", annotation_text="95 %",
-                  annotation_position="top left")
-    fig.update_layout(title=f"Aggregates wholly inside {fov_nm:.0f} nm ({pixel_size_nm:g} nm/px × 512 px)",
-                      xaxis_title="θ_Df", yaxis_title="share inside the field of view",
+    xs = [f"{d:.1f}" for d in grid]
+    # reference lines as legend entries: annotations over the bars collide with them and the ticks
+    fig.add_trace(go.Scatter(x=xs, y=[overall] * len(xs), mode="lines", line=dict(dash="dash", color="black"),
+                             name=f"all θ_Df: {overall:.1%}"))
+    fig.add_trace(go.Scatter(x=xs, y=[0.95] * len(xs), mode="lines", line=dict(dash="dot", color="red"),
+                             name="target: 95 %"))
+    fig.update_layout(title=f"Aggregates wholly inside {fov_nm:.0f} nm ({pixel_size_nm:g} nm/px × "
+                            f"{round(fov_nm / pixel_size_nm)} px)",
+                      xaxis_title="θ_Df [-]", yaxis_title="share inside the field of view",
+                      legend=dict(orientation="h", y=-0.25),
                       yaxis_tickformat=".0%", yaxis_range=[0, 1.05], height=400)
     return fig
