@@ -180,7 +180,14 @@ def augment_batch(images: torch.Tensor, params, fill: float | None = None) -> to
         raise ValueError(f"params of shape {p.shape} for {flat.shape[0]} images; expected ({flat.shape[0]}, 4)")
     # the index arithmetic is done on the host and sent in one copy: a handful of kernels per
     # batch on the device instead of dozens (the launches, not the arithmetic, cost the time)
-    plan = host_to_device(_augment_plan(p, h), images.device)
+    return augment_with_plan(images, host_to_device(augment_plan(p, h), images.device), fill)
+
+
+def augment_with_plan(images: torch.Tensor, plan: torch.Tensor, fill: float | None = None) -> torch.Tensor:
+    """:func:`augment_batch` with its :func:`augment_plan` already on the images' device (device
+    operations only: a CUDA graph can hold them)."""
+    h, w = images.shape[-2:]
+    flat = images.reshape(-1, h * w)
     combo, rows, cols = plan[:, 0], plan[:, 1:1 + h], plan[:, 1 + h:]
     source = _source_maps(h, images.device)[combo[:, None, None], rows.clamp(min=0)[:, :, None],
                                             cols.clamp(min=0)[:, None, :]]
@@ -190,7 +197,7 @@ def augment_batch(images: torch.Tensor, params, fill: float | None = None) -> to
     return torch.where(inside, out, background).reshape(images.shape)
 
 
-def _augment_plan(params: np.ndarray, size: int) -> np.ndarray:
+def augment_plan(params: np.ndarray, size: int) -> np.ndarray:
     """(n, 1 + 2·size) int64 per image: the source map (2k + reflect), then the row and the column
     each output row and column reads after the shift (−1: shifted in from outside)."""
     p = np.asarray(params, dtype=np.int64)

@@ -63,7 +63,7 @@ from agglib.core.validation import check_range
 from agglib.dataset.pytorch import ConfigurationBatchDataset, ResidentImages, StemImageDataset
 from agglib.dataset.store import DatasetStore
 from agglib.nets import ARCHITECTURES, build_network, count_parameters
-from agglib.preprocess import Preprocess, augment_batch, augmentation_params
+from agglib.preprocess import Preprocess, augment_batch, augment_plan, augment_with_plan, augmentation_params
 
 __all__ = ["TARGETS", "TargetSpec", "TrainConfig", "train_network", "train_for_profile", "train_estimator",
            "CHECKPOINT_FORMAT"]
@@ -371,6 +371,8 @@ class _Feed:
             resident = ResidentImages.nbytes(store_path, items.sample_indices.size) <= resident_budget(device)
         self.resident = None
         self.loader = None
+        self.graphs: dict = {}
+        self.use_graphs = True
         if resident:
             blocks = -(-items.sample_indices.size // ResidentImages.BLOCK)
             readers = 0 if blocks < 8 else min(16, os.cpu_count() or 1, blocks)
@@ -380,6 +382,37 @@ class _Feed:
             self.sampler = _EpochSampler()
             self.loader = DataLoader(items, batch_size=self.batch, sampler=self.sampler, num_workers=num_workers,
                                      pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+
+    def prepared(self, epoch: int, keys, preprocess: Preprocess, config: TrainConfig, augment: bool):
+        """Batches ``(x, y)`` ready for the network (:func:`prepare_batch`). With the split held on
+        a GPU each batch shape's preparation is one captured CUDA graph (:class:`_PreparedGraph`),
+        whose outputs the next batch overwrites; otherwise the same operations run one by one."""
+        if self.resident is None or self.device.type != "cuda" or not self.use_graphs:
+            for counts, y, k in self.batches(epoch, keys):
+                yield prepare_batch(counts, k, epoch, preprocess, config, augment), y
+            return
+        keys = np.asarray(keys, dtype=np.int64)
+        self.items.set_epoch(epoch)
+        size = self.resident.image_shape[-1]
+        for a in range(0, keys.size, self.batch):
+            k = keys[a:a + self.batch]
+            idx = self.items.item_indices(k)
+            parts = [self.resident.rows(idx).reshape(-1), idx if idx.ndim == 1 else idx[:, 0]]
+            if augment:
+                params = augmentation_params(config.seed, epoch, k, config.max_shift_px, config.group_size)
+                parts.append(augment_plan(params, size).reshape(-1))
+            key = (idx.shape, augment, id(preprocess))
+            if key not in self.graphs:
+                try:
+                    self.graphs[key] = _PreparedGraph(self, idx.shape, preprocess, augment)
+                except RuntimeError as err:         # a device or driver without graph capture
+                    import warnings
+
+                    warnings.warn(f"CUDA graph capture failed ({err}); preparing batches op by op")
+                    self.use_graphs = False
+                    yield from self.prepared(epoch, keys[a:], preprocess, config, augment)
+                    return
+            yield self.graphs[key](np.concatenate(parts))
 
     def batches(self, epoch: int, keys):
         """Consecutive batches of the items ``keys`` of ``epoch`` (the last one may be shorter)."""
@@ -398,6 +431,46 @@ class _Feed:
         self.sampler.set_order(epoch, keys)
         for counts, y, k in self.loader:
             yield counts.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), k.numpy()
+
+
+class _PreparedGraph:
+    """One batch shape's indexing, decoding, preprocessing and augmentation, captured as a CUDA graph.
+
+    A small network at 128² finishes a training step in a few milliseconds of kernel launches on a
+    large GPU; the two dozen small operations that prepare its batch would add to each step.
+    Captured once, they are one launch per step. The inputs (rows of the held images, label rows,
+    augmentation plan) go to one device buffer per step; the outputs are the graph's own tensors,
+    overwritten by the next replay (later on the same stream, so after the step that reads them).
+    """
+
+    def __init__(self, feed: "_Feed", shape: tuple, preprocess: Preprocess, augment: bool, fill=None):
+        self.n = int(np.prod(shape))
+        self.b = int(shape[0])
+        size = feed.resident.image_shape[-1]
+        self.length = self.n + self.b + (self.n * (1 + 2 * size) if augment else 0)
+        self.buffer = torch.zeros(self.length, dtype=torch.int64, device=feed.device)
+
+        def body():
+            rows = self.buffer[:self.n].view(shape)
+            x = preprocess(feed.resident.counts_at(rows).unsqueeze(-3))
+            if augment:
+                x = augment_with_plan(x, self.buffer[self.n + self.b:].view(self.n, 1 + 2 * size), fill)
+            return x, feed.labels[self.buffer[self.n:self.n + self.b]]
+
+        side = torch.cuda.Stream(feed.device)
+        side.wait_stream(torch.cuda.current_stream(feed.device))
+        with torch.cuda.stream(side):                    # warm-up outside the graph, as CUDA graphs need
+            for _ in range(2):
+                body()
+        torch.cuda.current_stream(feed.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = body()
+
+    def __call__(self, host: np.ndarray):
+        self.buffer.copy_(torch.from_numpy(host).pin_memory(), non_blocking=True)
+        self.graph.replay()
+        return self.out
 
 
 def prepare_batch(counts: torch.Tensor, keys, epoch: int, preprocess: Preprocess, config: TrainConfig,
@@ -719,9 +792,9 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         running = torch.zeros((), device=device)
         step_bar = tqdm(total=n_steps, initial=first, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
         interrupted = False
-        batches = train_feed.batches(epoch, order[first * step_batch:n_steps * step_batch])
-        for step, (counts, y, keys) in enumerate(batches, start=first):
-            x = prepare_batch(counts, keys, epoch, preprocess, config, augment=True)
+        batches = train_feed.prepared(epoch, order[first * step_batch:n_steps * step_batch], preprocess, config,
+                                      augment=True)
+        for step, (x, y) in enumerate(batches, start=first):
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 out = wrapped(x)
@@ -788,8 +861,8 @@ def _bn_inputs(feed: _Feed, items: _Labelled, config: TrainConfig, epoch: int, p
     subset drawn from (seed, epoch), augmented as in training."""
     n = min(len(items), config.bn_batches * config.images_per_step)
     keys = np.sort(np.random.default_rng([config.seed, epoch, 1]).choice(len(items), n, replace=False))
-    for counts, _, k in feed.batches(epoch, keys):
-        yield prepare_batch(counts, k, epoch, preprocess, config, augment=True)
+    for x, _ in feed.prepared(epoch, keys, preprocess, config, augment=True):
+        yield x
 
 
 def train_for_profile(profile, target: str, store_path, run_dir, seed: int = 0,
