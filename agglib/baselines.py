@@ -15,7 +15,7 @@ from scipy.optimize import curve_fit
 
 from agglib.core.validation import check_range
 
-__all__ = ["box_counts", "box_counting_dimension", "foreground_mask", "fit_power_law", "apply_power_law",
+__all__ = ["threshold_rho_on_store", "box_counts", "box_counting_dimension", "foreground_mask", "fit_power_law", "apply_power_law",
            "threshold_areas", "threshold_mixing_ratio", "fit_thresholds", "mean_projected_area_nm2",
            "image_fractions", "box_counting_per_image"]
 
@@ -145,3 +145,13 @@ def box_counting_per_image(store, indices, threshold: float = 0.001) -> np.ndarr
         mask = f > threshold
         out.append(box_counting_dimension(mask) if mask.any() else np.nan)
     return np.array(out)
+
+
+def threshold_rho_on_store(store, fit_indices, indices) -> np.ndarray:
+    """The paper's §4 threshold estimate ρ̂(I) of the images ``indices`` of a store, with the two
+    thresholds fitted on the images ``fit_indices`` (:func:`fit_thresholds`); NaN where an image
+    shows no particle above the lower threshold."""
+    rho = store.descriptors["rho"].to_numpy()
+    thresholds = fit_thresholds(image_fractions(store, fit_indices), rho[np.asarray(fit_indices)], store.pixel_size_nm)
+    return np.array([threshold_mixing_ratio(f, thresholds["t_low"], thresholds["t_high"], store.pixel_size_nm)
+                     for f in image_fractions(store, indices)])
