@@ -172,7 +172,7 @@ class TrainConfig:
     max_shift_px: int = 4
     seed: int = 0
     device: str = "auto"
-    num_workers: int | None = 0
+    num_workers: int | None = None
     bf16: bool = False
     bn_batches: int = 0
 
