@@ -167,7 +167,9 @@ def write_results_page(site: Path, profile: str, overrides: dict, seed: int = 0)
     commands = []
     for rec in records:
         for key, value in rec["results"].items():
-            paper, trivial = PAPER_RESULTS.get(key), rec.get("trivial", {}).get(key)
+            # the paper's numbers are its method's: they stand beside the paper-method rows too
+            paper = PAPER_RESULTS.get(key, PAPER_RESULTS.get(key.removeprefix("paper method: ")))
+            trivial = rec.get("trivial", {}).get(key)
             cells = [key, "" if paper is None else f"{paper:g}", f"{value:.4g}",
                      "" if trivial is None else f"{trivial:.4g}", *([rec["profile"]] if several else []),
                      rec["notebook"]]

@@ -69,7 +69,8 @@ def test_book_builds_with_figures(tmp_path, executed_notebooks):
                 if name.startswith("scene"):
                     eye = scene.get("camera", {}).get("eye", {})
                     distance = sum(eye.get(k, 1.25) ** 2 for k in "xyz") ** 0.5
-                    labelled = any(scene.get(axis, {}).get("showticklabels", True) for axis in ("xaxis", "yaxis", "zaxis"))
+                    labelled = any(scene.get(axis, {}).get("visible", True) and scene.get(axis, {}).get("showticklabels", True)
+                                   for axis in ("xaxis", "yaxis", "zaxis"))
                     assert distance >= (2.3 if labelled else 1.8), \
                         f"{page.name}: 3D {name} seen from {distance:.2f}: its corners and labels are cut"
     # In a browser (where Chromium is installed): the pages the quick start leads to log no errors

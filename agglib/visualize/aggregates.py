@@ -42,12 +42,14 @@ def _material_mesh(agg: Aggregate, material: int, resolution: int) -> go.Mesh3d 
 
 def _scene(extent: float, ticks: bool = True) -> dict:
     """A cube of side 2·extent [nm] seen from far enough that its tick labels stay inside the frame
-    (plotly's default camera puts the cube's near corners outside a narrow scene)."""
-    ax = dict(range=[-extent, extent], showbackground=False, zeroline=False, nticks=5, showticklabels=ticks,
-              tickfont=dict(size=10))
+    (plotly's default camera puts the cube's near corners outside a narrow scene); without ticks,
+    no axes and a closer camera (the aggregate lies within the cube's inscribed sphere)."""
+    ax = dict(range=[-extent, extent], showbackground=False, zeroline=False, nticks=5, tickfont=dict(size=10),
+              visible=ticks)                   # without ticks, no axes at all (the paper's Fig. 2 has none)
     return dict(xaxis={**ax, "title": "x [nm]"}, yaxis={**ax, "title": "y [nm]"},
                 zaxis={**ax, "title": "z [nm]"}, aspectmode="cube",
-                camera=dict(eye=dict(x=1.55, y=1.55, z=1.0), center=dict(x=0, y=0, z=-0.08)))
+                camera=dict(eye=dict(x=1.55, y=1.55, z=1.0) if ticks else dict(x=1.2, y=1.2, z=0.8),
+                            center=dict(x=0, y=0, z=-0.08 if ticks else 0.0)))
 
 
 def _extent(aggs) -> float:
