@@ -15,7 +15,7 @@ from agglib.estimate import TrainedNetwork
 from agglib.train import TARGETS, sample_labels
 
 __all__ = ["PAPER_RESULTS", "predict_split", "descriptor_scores", "batch_groups", "batch_estimates", "batch_size_study",
-           "integer_accuracy", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir", "recorded_run",
+           "integer_accuracy", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir", "recorded_run", "recorded_run_scores",
            "results_table", "paper_method_estimates"]
 
 #: The paper's headline numbers (§3.1–3.3), on its E with ν = 12.
@@ -248,3 +248,19 @@ def recorded_run(name: str = "paper_df_h100") -> dict:
         known = sorted(q.stem for q in shipped_data_path("runs").glob("*.json"))
         raise ValueError(f"no recorded run {name!r} in {path.parent}; recorded: {known}")
     return json.loads(path.read_text())
+
+
+def recorded_run_scores(run: dict) -> pd.DataFrame:
+    """θ̂_Df and per-image D̂_f(A) MAE on E of a :func:`recorded_run`: the paper's, the best and
+    the last checkpoint's, and the trivial predictor's (the mean of T)."""
+    best, last = run["scores"]
+    theta = f"θ̂_Df MAE (ν = {run['paper']['nu']})"
+    per_image = "per-image D̂_f(A) MAE"
+    return pd.DataFrame({
+        "paper": {theta: run["paper"]["theta_df_mae"], per_image: np.nan},
+        f"best epoch ({best['epoch'] + 1}, chosen on {run['train_config']['val_images']} images of E)":
+            {theta: best["theta_df_mae"], per_image: best["per_image_df_mae"]},
+        f"last epoch ({last['epoch'] + 1}, chosen by nothing)":
+            {theta: last["theta_df_mae"], per_image: last["per_image_df_mae"]},
+        "trivial predictor": {theta: best["theta_df_mae_trivial"], per_image: best["per_image_df_mae_trivial"]},
+    })

@@ -34,7 +34,7 @@ def plot_validation_error(history: list, quantity: str = "D_f(A)", title: str | 
                              name="BatchNorm statistics recomputed on T" if "val_mae_running_bn" in df
                              else "validation MAE"))
     fig = go.Figure(traces)
-    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=f"validation MAE of {quantity} (E)",
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=f"validation MAE of {quantity} on E [-]",
                       height=380, legend=dict(orientation="h", y=-0.25))
     return fig
 
