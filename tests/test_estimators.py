@@ -353,7 +353,7 @@ def test_cuda_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_p
 def test_cuda_batches_equal_cpu_batches(tiny_store):
     """Held on the GPU, indexed, preprocessed and augmented there: the CPU's batches, up to one
     quantisation level in a few pixels (CUDA divides by a scalar through its reciprocal)."""
-    from agglib.train import _Feed, make_datasets, prepare_batch
+    from agglib.train.data import _Feed, make_datasets, prepare_batch
 
     cfg = TrainConfig(target="theta1", nu=4, batch=3, seed=2, max_shift_px=3)
     pre = Preprocess(inverse=True, electrons_per_pixel=tiny_store.stem_settings.electrons_per_pixel)
@@ -373,7 +373,7 @@ def test_cuda_batches_equal_cpu_batches(tiny_store):
 def test_cuda_graph_batches_equal_op_by_op_batches(tiny_store, target):
     """The captured preparation (one CUDA graph per batch shape) gives the batches the same
     operations give one by one, bit for bit, for single images and groups, across epochs."""
-    from agglib.train import _Feed, make_datasets
+    from agglib.train.data import _Feed, make_datasets
 
     cfg = TrainConfig(target=target, nu=4, batch=3, seed=2, max_shift_px=3)
     pre = Preprocess(inverse=cfg.spec.inverse, electrons_per_pixel=tiny_store.stem_settings.electrons_per_pixel)
@@ -425,7 +425,7 @@ def feed(request, monkeypatch):
     """The training data path: the split held in device memory, or streamed by 0 or 2 DataLoader
     workers (a split that does not fit: the budget is set to 0 bytes)."""
     if request.param.startswith("streamed"):
-        monkeypatch.setattr("agglib.train.resident_budget", lambda device: 0)
+        monkeypatch.setattr("agglib.train.data.resident_budget", lambda device: 0)
     return 0 if request.param == "resident" else int(request.param.split("-")[1])
 
 
@@ -458,7 +458,7 @@ def test_groups_train_the_same_weights_held_or_streamed(tiny_store, tmp_path, mo
     torch.set_num_threads(1)
     cfg = TrainConfig(target="theta0", epochs=2, lr=1e-3, nu=4, batch=2, seed=5, steps_per_epoch=4)
     held = train_network(tiny_store.path, cfg, tmp_path / "held", show_progress_bars=False)
-    monkeypatch.setattr("agglib.train.resident_budget", lambda device: 0)
+    monkeypatch.setattr("agglib.train.data.resident_budget", lambda device: 0)
     streamed = train_network(tiny_store.path, cfg, tmp_path / "streamed", show_progress_bars=False)
     a = torch.load(tmp_path / "held" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "streamed" / "last.pt", weights_only=True)["model"]

@@ -1,0 +1,59 @@
+"""Training the estimator networks (paper §2.3): Adam, MSE (BCE for the classifier), best checkpoint.
+
+Targets (what each network learns, from which labels):
+
+========== ======================= ============ =============== ==================
+target     label                   images/step  output          loss
+========== ======================= ============ =============== ==================
+df         D_f(A) of the aggregate 16 images    1.4·σ + 1.3     MSE
+rho_reg    ρ(A) of the aggregate   16 images    σ               MSE
+rho_class  ρ(A) ∈ {0, 1}           16 images    σ               BCE (on logits)
+theta0     θ0 of the batch         8 groups × ν ReLU            MSE
+theta1     θ1 of the batch         8 groups × ν ReLU            MSE, inverse-intensity input
+========== ======================= ============ =============== ==================
+
+``descriptors`` and ``descriptors_inverse`` are auxiliary single-image networks (not part of
+the estimator) predicting :data:`PRETRAIN_DESCRIPTORS` of the aggregate; they pretrain the
+feature extractors of θ0 and θ1 when a profile asks for it (``pretrain_epochs``).
+
+The classifier sees homogeneous aggregates (ρ(A) = 0 or 1, ~10 % of images) oversampled to
+balanced classes. Training images are augmented (rotations, reflections, shifts); validation
+on E is not (a fixed subset of E per epoch with ``val_images``, all of E after the last epoch).
+Each epoch writes ``last.pt`` and, when the validation loss improved, ``best.pt`` (atomically,
+with everything :func:`agglib.estimate.load_estimator` needs); with ``checkpoint_every_steps``
+``last.pt`` is also written within an epoch. Calling :func:`train_network` again with the same
+directory resumes from ``last.pt`` — mid-epoch too, to the same weights: the order of the
+samples (:func:`epoch_order`) and each sample's augmentation are functions of (seed, epoch,
+sample), not of a generator's history.
+
+Multi-GPU: launch the same script with ``torchrun --nproc_per_node=K``; each rank trains on its
+round-robin share of the epoch's order (the classifier's oversampling included) and
+DistributedDataParallel averages gradients (NCCL on GPUs, gloo on CPUs). Only rank 0 writes
+checkpoints and shows progress; rank 0 decides for all when a time budget ends training.
+
+Data path (:mod:`agglib.train.data`): a split that fits on the device (40 % of free GPU memory,
+or ``preload_mb`` in RAM) is read once, as integer counts, into device memory; each step indexes a
+batch there, preprocesses it (:class:`~agglib.preprocess.Preprocess`) and augments it
+(:func:`~agglib.preprocess.augment_batch`) as batched tensor operations on the device — for small
+batches on a GPU replayed as one captured CUDA graph. A split that does not fit is read by
+DataLoader workers into pinned memory and copied without blocking; the same batch operations
+follow, so every path trains the same weights. The loss is read back from the device once per
+epoch (and every 25 steps for the progress bar, when shown).
+
+Modules: :mod:`agglib.train._contracts` (targets, :class:`TrainConfig`), :mod:`agglib.train.data`,
+:mod:`agglib.train.loop` (:func:`train_network` and the epoch loop).
+"""
+
+from agglib.train._contracts import (PRETRAIN_DESCRIPTORS, PRETRAINED_FROM, SCHEDULES, TARGETS, TargetSpec,
+                                     TrainConfig)
+from agglib.train.data import (GRAPH_MAX_PIXELS, descriptor_scaling, descriptor_table, make_datasets, prepare_batch,
+                               resident_budget, sample_labels)
+from agglib.train.loop import (CHECKPOINT_FORMAT, checkpoint_metadata, dataset_hash, default_num_workers,
+                               epoch_order, evaluate, init_features_from, make_scheduler, recalibrate_batchnorm,
+                               train_estimator, train_for_profile, train_network)
+
+__all__ = ["TARGETS", "TargetSpec", "TrainConfig", "PRETRAIN_DESCRIPTORS", "PRETRAINED_FROM", "SCHEDULES",
+           "train_network", "train_for_profile", "train_estimator", "epoch_order", "evaluate", "recalibrate_batchnorm",
+           "make_scheduler", "checkpoint_metadata", "dataset_hash", "default_num_workers", "init_features_from",
+           "descriptor_table", "descriptor_scaling", "sample_labels", "make_datasets", "resident_budget",
+           "prepare_batch", "GRAPH_MAX_PIXELS", "CHECKPOINT_FORMAT"]
