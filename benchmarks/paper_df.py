@@ -1,6 +1,6 @@
 """CNN^Df at the paper profile on one GPU: the paper's training, its validation curve and θ̂_Df on E.
 
-    python benchmarks/paper_df.py --work /scratch/paper --out benchmarks/results/paper_df_h100.json \
+    python benchmarks/paper_df.py --work /scratch/paper --out agglib/data/runs/paper_df_h100.json \
         [--device cuda] [--workers 16] [--time-budget-s 420] [--set FIELD=VALUE ...]
 
 Builds (or finds) the paper profile's dataset (32,400 aggregates, 512² px at 0.85 nm/px, seed 0)
@@ -32,34 +32,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-PAPER_THETA_DF_MAE = 0.041          # Table 4 of the paper (θ̂_Df from ν = 12 images)
-
-
-def predict_on_device(net, store, indices, device, workers: int, chunk: int = 256) -> np.ndarray:
-    """D̂_f(A) of the images ``indices``: read once onto the device in parallel, preprocessed there."""
-    from agglib.dataset.pytorch import ResidentImages
-
-    held = ResidentImages(store.path, indices, device, num_workers=workers)
+def predict_on_device(net, held, indices, chunk: int = 256) -> np.ndarray:
+    """D̂_f(A) of the images ``indices``, held on the device (``ResidentImages``) and preprocessed there."""
     out = []
     with torch.no_grad():
         for k in range(0, len(indices), chunk):
             x = net.preprocess(held.counts(indices[k:k + chunk]))[:, None]
             out.append(net.model(x).float().cpu())
-    del held
     return torch.cat(out).numpy()
 
 
-def score(checkpoint: Path, store, device, workers: int, nu: int) -> dict:
+def score(checkpoint: Path, epoch: int, store, held, device, nu: int) -> dict:
+    """θ̂_Df and per-image D̂_f(A) MAE on all of E of one checkpoint, beside the trivial predictor's."""
     from agglib.estimate import load_estimator
     from agglib.evaluate.estimators import batch_estimates, mae, trivial_mae
 
     net = load_estimator(checkpoint, device)
     idx = store.indices("E")
-    pred = predict_on_device(net, store, idx, device, workers)
+    pred = predict_on_device(net, held, idx)
     truth = store.descriptors["df"].to_numpy()[idx]
-    per_image = pd.DataFrame({"index": idx, "prediction": pred})
-    groups = batch_estimates(per_image, store, nu, split="E", seed=0)
-    return {"checkpoint": checkpoint.name, "epoch": int(net.metadata.get("epoch", len(json.loads((checkpoint.parent / "history.json").read_text())) - 1)),
+    groups = batch_estimates(pd.DataFrame({"index": idx, "prediction": pred}), store, nu, split="E", seed=0)
+    return {"checkpoint": checkpoint.name, "epoch": int(epoch),
             "theta_df_mae": mae(groups["estimate"], groups["theta_df"]),
             "theta_df_mae_trivial": trivial_mae(store, groups["theta_df"].to_numpy(), "df"),
             "theta_df_groups": int(len(groups)),
@@ -82,7 +75,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from agglib.dataset import build_dataset
-    from agglib.dataset.store import DatasetStore
+    from agglib.dataset.pytorch import ResidentImages
+    from agglib.estimate import load_estimator
+    from agglib.evaluate import PAPER_RESULTS
     from agglib.profiles import load_profile
     from agglib.train import train_for_profile
 
@@ -94,14 +89,16 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     store = build_dataset(path, profile, seed=0, workers=args.workers)
     build_seconds = time.perf_counter() - t
-    store = DatasetStore(path)
     t = time.perf_counter()
     result = train_for_profile(profile, "df", path, work, device=args.device, num_workers=None,
                                time_budget_s=args.time_budget_s, checkpoint_every_steps=400)
     train_seconds = time.perf_counter() - t
     device = torch.device(args.device)
-    scores = [score(work / "df" / name, store, device, args.workers, profile.batch_size)
-              for name in ("best.pt", "last.pt")]
+    held = ResidentImages(store.path, store.indices("E"), device, num_workers=args.workers)   # E read once
+    best_epoch = int(load_estimator(work / "df" / "best.pt").metadata["epoch"])
+    scores = [score(work / "df" / name, epoch, store, held, device, profile.batch_size)
+              for name, epoch in (("best.pt", best_epoch), ("last.pt", len(result["history"]) - 1))]
+    paper_mae = PAPER_RESULTS["θ̂_Df MAE"]
     report = {
         "command": "python benchmarks/paper_df.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
@@ -111,13 +108,13 @@ def main(argv=None) -> int:
                     "image_size_px": int(store.images.shape[1]), "build_seconds_this_call": build_seconds},
         "train_config": result["metadata"]["train_config"], "train_seconds_this_call": train_seconds,
         "epochs_done": len(result["history"]), "history": result["history"], "scores": scores,
-        "paper": {"theta_df_mae": PAPER_THETA_DF_MAE, "nu": profile.batch_size},
+        "paper": {"theta_df_mae": paper_mae, "nu": profile.batch_size},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     best = scores[0]
     print(f"CNN^Df, {args.profile} profile, {len(result['history'])} epochs on {report['device']}: "
-          f"θ̂_Df MAE {best['theta_df_mae']:.4f} (paper {PAPER_THETA_DF_MAE}, trivial {best['theta_df_mae_trivial']:.4f}); "
+          f"θ̂_Df MAE {best['theta_df_mae']:.4f} (paper {paper_mae}, trivial {best['theta_df_mae_trivial']:.4f}); "
           f"per-image D̂_f MAE {best['per_image_df_mae']:.4f} (trivial {best['per_image_df_mae_trivial']:.4f}); "
           f"build {build_seconds:.0f} s, training {train_seconds:.0f} s → {args.out}")
     return 0

@@ -216,31 +216,6 @@ class DatasetStore:
             return block                     # already sorted and distinct: no reordering copy
         return block[inverse]
 
-    def iter_image_blocks(self, indices, block: int = 256, threads: int | None = None):
-        """Yield ``(start, images)`` for consecutive blocks of ``indices``, decoded in parallel threads.
-
-        The native dtype of the store (uint32 counts, or float32 for randomised acquisitions) is
-        kept; blocks come in order. For reading a whole split once (training on a device that
-        holds it) without a float32 copy of everything in memory.
-        """
-        import os
-        from concurrent.futures import ThreadPoolExecutor
-
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        starts = range(0, indices.size, block)
-        threads = threads or min(16, os.cpu_count() or 1)
-        def read(a):
-            return self.read_images(indices[a:a + block], dtype=self.images.dtype)
-
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            pending = [(a, pool.submit(read, a)) for a in starts[:2 * threads]]   # a bounded window
-            for a in starts[2 * threads:]:
-                start, future = pending.pop(0)
-                pending.append((a, pool.submit(read, a)))
-                yield start, future.result()
-            for start, future in pending:
-                yield start, future.result()
-
     def _decoded_images(self, large: bool):
         """The whole image array from the per-process cache (decoding it if ``large``), or None."""
         import agglib

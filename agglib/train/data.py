@@ -205,20 +205,15 @@ class _Feed:
         """Batches ``(x, y)`` ready for the network (:func:`prepare_batch`). With the split held on
         a GPU each batch shape's preparation is one captured CUDA graph (:class:`_PreparedGraph`),
         whose outputs the next batch overwrites; otherwise the same operations run one by one."""
-        if self.resident is None or self.device.type != "cuda" or not self.use_graphs:
+        if not self.use_graphs:
             for counts, y, k in self.batches(epoch, keys):
                 yield prepare_batch(counts, k, epoch, preprocess, config, augment), y
             return
-        keys = np.asarray(keys, dtype=np.int64)
-        self.items.set_epoch(epoch)
-        size = self.resident.image_shape[-1]
-        for a in range(0, keys.size, self.batch):
-            k = keys[a:a + self.batch]
-            idx = self.items.item_indices(k)
-            parts = [self.resident.rows(idx).reshape(-1), idx if idx.ndim == 1 else idx[:, 0]]
+        size, done = self.resident.image_shape[-1], 0
+        for k, idx, host in self._held_batches(epoch, keys):
             if augment:
                 params = augmentation_params(config.seed, epoch, k, config.max_shift_px, config.group_size)
-                parts.append(augment_plan(params, size).reshape(-1))
+                host = np.concatenate([host, augment_plan(params, size).reshape(-1)])
             key = (idx.shape, augment, id(preprocess))
             if key not in self.graphs:
                 try:
@@ -228,24 +223,30 @@ class _Feed:
 
                     warnings.warn(f"CUDA graph capture failed ({err}); preparing batches op by op")
                     self.use_graphs = False
-                    yield from self.prepared(epoch, keys[a:], preprocess, config, augment)
+                    yield from self.prepared(epoch, np.asarray(keys)[done:], preprocess, config, augment)
                     return
-            yield self.graphs[key](np.concatenate(parts))
+            done += k.size
+            yield self.graphs[key](host)
+
+    def _held_batches(self, epoch: int, keys):
+        """``(keys, store indices, host)`` of consecutive batches of a held split; ``host`` holds the
+        images' rows in the held tensor, then each item's label index (its first image's sample)."""
+        keys = np.asarray(keys, dtype=np.int64)
+        self.items.set_epoch(epoch)
+        for a in range(0, keys.size, self.batch):
+            k = keys[a:a + self.batch]
+            idx = self.items.item_indices(k)
+            yield k, idx, np.concatenate([self.resident.rows(idx).reshape(-1), idx if idx.ndim == 1 else idx[:, 0]])
 
     def batches(self, epoch: int, keys):
         """Consecutive batches of the items ``keys`` of ``epoch`` (the last one may be shorter)."""
-        keys = np.asarray(keys, dtype=np.int64)
-        self.items.set_epoch(epoch)
         if self.resident is not None:
-            for a in range(0, keys.size, self.batch):
-                k = keys[a:a + self.batch]
-                idx = self.items.item_indices(k)
-                first = idx if idx.ndim == 1 else idx[:, 0]
-                rows = host_to_device(np.concatenate([self.resident.rows(idx).reshape(-1), first]), self.device)
-                n = idx.size
-                counts = self.resident.counts_at(rows[:n].reshape(idx.shape))
-                yield counts.unsqueeze(-3), self.labels[rows[n:]], k          # one copy to the device per batch
+            for k, idx, host in self._held_batches(epoch, keys):
+                rows = host_to_device(host, self.device)                # one copy to the device per batch
+                yield self.resident.counts_at(rows[:idx.size].reshape(idx.shape)).unsqueeze(-3), \
+                    self.labels[rows[idx.size:]], k
             return
+        self.items.set_epoch(epoch)
         self.sampler.set_order(epoch, keys)
         for counts, y, k in self.loader:
             yield counts.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), k.numpy()
@@ -265,19 +266,17 @@ class _PreparedGraph:
     overwritten by the next replay (later on the same stream, so after the step that reads them).
     """
 
-    def __init__(self, feed: "_Feed", shape: tuple, preprocess: Preprocess, augment: bool, fill=None):
-        self.n = int(np.prod(shape))
-        self.b = int(shape[0])
+    def __init__(self, feed: "_Feed", shape: tuple, preprocess: Preprocess, augment: bool):
+        n, b = int(np.prod(shape)), int(shape[0])
         size = feed.resident.image_shape[-1]
-        self.length = self.n + self.b + (self.n * (1 + 2 * size) if augment else 0)
-        self.buffer = torch.zeros(self.length, dtype=torch.int64, device=feed.device)
+        self.buffer = torch.zeros(n + b + (n * (1 + 2 * size) if augment else 0), dtype=torch.int64,
+                                  device=feed.device)
 
         def body():
-            rows = self.buffer[:self.n].view(shape)
-            x = preprocess(feed.resident.counts_at(rows).unsqueeze(-3))
+            x = preprocess(feed.resident.counts_at(self.buffer[:n].view(shape)).unsqueeze(-3))
             if augment:
-                x = augment_with_plan(x, self.buffer[self.n + self.b:].view(self.n, 1 + 2 * size), fill)
-            return x, feed.labels[self.buffer[self.n:self.n + self.b]]
+                x = augment_with_plan(x, self.buffer[n + b:].view(n, 1 + 2 * size))
+            return x, feed.labels[self.buffer[n:n + b]]
 
         side = torch.cuda.Stream(feed.device)
         side.wait_stream(torch.cuda.current_stream(feed.device))

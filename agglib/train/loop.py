@@ -263,11 +263,10 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
     if config.num_workers is None:
         config = replace(config, num_workers=default_num_workers(device))
     torch.manual_seed(config.seed)
-    store0 = DatasetStore(store_path)
-    settings = store0.identity["stem_settings"]
-    preprocess = Preprocess(inverse=config.spec.inverse,
-                            electrons_per_pixel=store0.stem_settings.electrons_per_pixel)
     store, train_set, val_set = make_datasets(store_path, config)
+    settings = store.identity["stem_settings"]
+    preprocess = Preprocess(inverse=config.spec.inverse,
+                            electrons_per_pixel=store.stem_settings.electrons_per_pixel)
     outputs = 1 if train_set.labels.ndim == 1 else int(train_set.labels.shape[1])
     model = build_network(config.arch, int(settings["image_size_px"]), nu=config.group_size,
                           activation=config.spec.activation, outputs=outputs).to(device)
@@ -326,6 +325,12 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         pos = max(float(labels.sum()), 1.0)
         neg = max(float(len(labels) - labels.sum()), 1.0)
         weights = np.where(labels > 0.5, 0.5 / pos, 0.5 / neg)
+    def run_state(epoch: int, step: int) -> dict:
+        """What ``last.pt`` holds after ``step`` steps of ``epoch`` (0: the epoch is complete)."""
+        return {"metadata": meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "step": step, "history": history, "best_val_loss": best,
+                "torch_rng": torch.get_rng_state()}
+
     started = time.perf_counter()
     steps_this_call = 0
     epoch_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.target} epochs", disable=not show,
@@ -359,10 +364,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
                 step_bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
             done = step + 1
             if env.is_main and done < n_steps and checkpoint_every_steps and done % checkpoint_every_steps == 0:
-                save_checkpoint(last, {"metadata": meta, "model": model.state_dict(),
-                                       "optimizer": optimizer.state_dict(), "epoch": epoch, "step": done,
-                                       "history": history, "best_val_loss": best,
-                                       "torch_rng": torch.get_rng_state()})
+                save_checkpoint(last, run_state(epoch, done))
             if stop_after_steps is not None and steps_this_call >= stop_after_steps and done < n_steps:
                 interrupted = True                        # as a kill would: the mid-epoch last.pt stays
                 break
@@ -384,9 +386,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
             history.append(record)
             improved = record["val_loss"] < best
             best = min(best, record["val_loss"])
-            payload = {"metadata": meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "epoch": epoch, "step": 0, "history": history, "best_val_loss": best,
-                       "torch_rng": torch.get_rng_state()}
+            payload = run_state(epoch, 0)
             if improved:
                 save_checkpoint(checkpoint_dir / "best.pt", {**payload, "metadata": {**meta, "epoch": epoch}})
             save_checkpoint(last, payload)
