@@ -61,6 +61,14 @@ def score(checkpoint: Path, epoch: int, store, held, device, nu: int) -> dict:
             "images": int(idx.size)}
 
 
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` is a report this script wrote (which a rerun may replace)."""
+    try:
+        return str(json.loads(path.read_text()).get("command", "")).startswith("python benchmarks/paper_df.py")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, help="folder for the dataset store and the run (resumed if present)")
@@ -74,6 +82,7 @@ def main(argv=None) -> int:
                     help="override a profile field, e.g. --set epochs_single=2 (repeatable; for trial runs)")
     args = ap.parse_args(argv)
 
+    from agglib.core.files import atomic_write_text
     from agglib.dataset import build_dataset
     from agglib.dataset.pytorch import ResidentImages
     from agglib.estimate import load_estimator
@@ -81,6 +90,9 @@ def main(argv=None) -> int:
     from agglib.profiles import load_profile
     from agglib.train import train_for_profile
 
+    out = Path(args.out)
+    if out.exists() and not _is_report(out):          # checked before hours of work, not after
+        ap.error(f"--out {out} exists and is not a report of this script; it is never replaced: choose another file")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     changes = dict(item.split("=", 1) for item in args.set)
@@ -110,8 +122,8 @@ def main(argv=None) -> int:
         "epochs_done": len(result["history"]), "history": result["history"], "scores": scores,
         "paper": {"theta_df_mae": paper_mae, "nu": profile.batch_size},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(report, indent=1) + "\n")
     best = scores[0]
     print(f"CNN^Df, {args.profile} profile, {len(result['history'])} epochs on {report['device']}: "
           f"θ̂_Df MAE {best['theta_df_mae']:.4f} (paper {paper_mae}, trivial {best['theta_df_mae_trivial']:.4f}); "
