@@ -107,12 +107,19 @@ def _cmd_train(args) -> int:
     config = TrainConfig(target=args.target, arch=args.arch, epochs=args.epochs, lr=args.lr, nu=args.nu,
                          schedule=args.schedule, repeats=args.repeats, init_features=args.init_features,
                          batch=args.batch, seed=args.seed, device=args.device, num_workers=args.num_workers,
-                         bf16=args.bf16, val_images=args.val_images, bn_batches=args.bn_batches)
+                         bf16=args.bf16, val_share=args.val_share, val_images=args.val_images,
+                         bn_batches=args.bn_batches)
     result = train_network(args.store, config, args.out, checkpoint_every_steps=args.checkpoint_every,
                            time_budget_s=args.time_budget_s)
     last = result["history"][-1] if result["history"] else {}
-    print(f"{args.target}: {len(result['history'])} epochs, best validation loss {result['best_val_loss']:.4g}, "
-          f"last validation MAE {last.get('val_mae', float('nan')):.4g}; checkpoints in {args.out}/")
+    print(f"{args.target}: {len(result['history'])} epochs, best validation loss on V {result['best_val_loss']:.4g}, "
+          f"last validation MAE on V {last.get('val_mae', float('nan')):.4g}; checkpoints in {args.out}/")
+    scores = result.get("E")
+    if scores:                    # reported, not used to choose
+        best = scores["best"] or {}
+        print(f"on E (not used to choose): best.pt (epoch {best.get('epoch', -1) + 1}) MAE "
+              f"{best.get('E_mae', float('nan')):.4g}, last (epoch {scores['last']['epoch'] + 1}) MAE "
+              f"{scores['last']['E_mae']:.4g}")
     return 0
 
 
@@ -302,11 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DataLoader workers for a split that does not fit on the device "
                         "(None: 0 on a CPU, one per core up to 8 on a GPU)")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on GPUs and AVX-512 CPUs)")
+    t.add_argument("--val-share", type=float, default=1 / 6,
+                   help="share of T's configurations held out (all their samples) as the validation split V that "
+                        "picks best.pt; the network trains on the rest; E is only scored after the last epoch "
+                        "(default: 1/6)")
     t.add_argument("--val-images", type=int, default=None,
-                   help="validate on this many samples (groups) of E per epoch, all of E after the last (None: all)")
+                   help="validate on this many samples (groups) of V per epoch, all of V after the last (None: all)")
     t.add_argument("--bn-batches", type=int, default=0,
-                   help="recompute the BatchNorm statistics over this many batches of T before each validation "
-                        "(0: the running averages of training, as the paper)")
+                   help="recompute the BatchNorm statistics over this many batches of T without V before each "
+                        "validation (0: the running averages of training, as the paper)")
     t.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
                    help="also write last.pt every STEPS steps within an epoch (None: once per epoch)")
     t.add_argument("--time-budget-s", type=float, default=None,

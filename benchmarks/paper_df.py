@@ -6,12 +6,16 @@
 Builds (or finds) the paper profile's dataset (32,400 aggregates, 512² px at 0.85 nm/px, seed 0)
 in ``--work``, trains the paper's network for D_f(A) with the profile's settings, which are the
 paper's (Adam 1e-4, constant rate, batch 16, MSE, 30 epochs; best checkpoint by validation loss)
-with the profile's ``val_images`` and ``bn_batches``, and scores it on E: the per-image
-MAE of D̂_f(A) against D_f(A), and the MAE of θ̂_Df (the mean of D̂_f over disjoint groups of ν = 12
-images of one configuration, Eq. 13) against the preset θ_Df, beside the paper's 0.041 and the
-trivial predictor (the mean θ_Df of T). With ``--bn-batches`` > 0 the BatchNorm statistics are
-recomputed over that many batches of T before each validation; the history keeps the validation
-MAE with training's running averages too (``val_mae_running_bn``), so one run shows both.
+with the profile's ``val_images`` and ``bn_batches``, and scores it on E. The validation that
+picks the best checkpoint is on V, 1/6 of T's configurations held out of training
+(:class:`agglib.train.TrainConfig` ``val_share``), never on E; E only scores the best and the last
+checkpoint: the per-image MAE of D̂_f(A) against D_f(A), and the MAE of θ̂_Df (the mean of D̂_f
+over disjoint groups of ν = 12 images of one configuration, Eq. 13) against the preset θ_Df,
+beside the paper's 0.041 and the trivial predictor (the mean θ_Df of T). With ``--bn-batches`` > 0
+the BatchNorm statistics are recomputed over that many batches of T∖V before each validation; the
+history keeps the validation MAE with training's running averages too (``val_mae_running_bn``),
+so one run shows both. A ``--work`` run made before V existed is not resumed (its best epoch was
+chosen on E): use a new ``--work`` folder.
 
 Rerunning with the same ``--work`` resumes the training where it stopped (also on another machine
 with the folder copied: the dataset is identified by its content, not its path). The JSON holds
@@ -119,6 +123,7 @@ def main(argv=None) -> int:
         "dataset": {"samples": len(store), "T": int(store.indices("T").size), "E": int(store.indices("E").size),
                     "image_size_px": int(store.images.shape[1]), "build_seconds_this_call": build_seconds},
         "train_config": result["metadata"]["train_config"], "train_seconds_this_call": train_seconds,
+        "validation": result["metadata"]["validation"],          # the best epoch is chosen on V, not on E
         "epochs_done": len(result["history"]), "history": result["history"], "scores": scores,
         "paper": {"theta_df_mae": paper_mae, "nu": profile.batch_size},
     }

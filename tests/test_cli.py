@@ -75,7 +75,8 @@ def test_train_command_trains_and_resumes(tmp_path, capsys):
     args = ["train", "--store", str(store.path), "--target", "rho_reg", "--out", str(tmp_path / "m"),
             "--epochs", "1", "--batch", "8"]
     assert main(args) == 0
-    assert "rho_reg: 1 epochs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rho_reg: 1 epochs, best validation loss on V" in out and "on E (not used to choose)" in out
     assert main([*args[:-4], "--epochs", "2", "--batch", "8"]) == 0
     assert "rho_reg: 2 epochs" in capsys.readouterr().out
     assert main([*args[:-4], "--epochs", "0"]) == 2

@@ -16,7 +16,7 @@ from agglib.dataset import build_dataset
 from agglib.estimate import ParameterEstimator, load_estimator
 from agglib.nets import build_network, count_parameters, paper_parameter_table
 from agglib.preprocess import Augment, Preprocess, inverse_intensity, scale_and_quantize, shift_image
-from agglib.train import TrainConfig, train_for_profile, train_network
+from agglib.train import TrainConfig, make_datasets, train_for_profile, train_network
 
 # Table 3 of the paper: weights + biases of the convolutional and dense layers.
 TABLE3 = [80, 1168, 4640, 18496, 36928, 73856, 147584, 295168, 590080, 8257760, 25200]
@@ -181,7 +181,7 @@ def test_profile_val_images_caps_validation_in_images(tiny_store, tmp_path):
     single = torch.load(tmp_path / "df" / "last.pt", weights_only=False)["metadata"]["train_config"]
     multi = torch.load(tmp_path / "theta0" / "last.pt", weights_only=False)["metadata"]["train_config"]
     assert single["val_images"] == 8 and multi["val_images"] == 8 // multi["nu"]   # groups of ν images
-    assert agglib.load_profile("tiny").val_images == 0                               # 0: all of E
+    assert agglib.load_profile("tiny").val_images == 0                               # 0: all of V
     with pytest.raises(ValueError, match="val_images"):
         agglib.load_profile("tiny", val_images=-1)
 
@@ -336,7 +336,7 @@ def test_cuda_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_p
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     cfg = TrainConfig(target="rho_class", epochs=2, lr=1e-3, batch=8, seed=3, max_shift_px=2, device="cuda")
     train_network(tiny_store.path, cfg, tmp_path / "whole", show_progress_bars=False)
-    steps = len(tiny_store.indices("T")) // 8
+    steps = len(make_datasets(tiny_store.path, cfg)[1]) // 8                  # steps of an epoch on T∖V
     train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False,
                   checkpoint_every_steps=2, stop_after_steps=steps + 5)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True, map_location="cpu")["step"] == 4
@@ -436,10 +436,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_path
     torch.set_num_threads(1)
     cfg = TrainConfig(target="rho_class", epochs=2, lr=1e-3, batch=8, seed=3, max_shift_px=2, num_workers=feed)
     with monkeypatch.context() as m:
-        m.undo()                                                   # the reference holds T and E in memory
+        m.undo()                                                   # the reference holds T∖V and V in memory
         whole = train_network(tiny_store.path, TrainConfig(**{**cfg.__dict__, "num_workers": 0}),
                               tmp_path / "whole", show_progress_bars=False)
-    steps = len(tiny_store.indices("T")) // 8
+    steps = len(make_datasets(tiny_store.path, cfg)[1]) // 8                  # steps of an epoch on T∖V
     train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False,
                   checkpoint_every_steps=2, stop_after_steps=steps + 5)
     saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
@@ -451,6 +451,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["epoch"] for h in resumed["history"]] == [0, 1]
     assert resumed["history"][-1]["val_loss"] == pytest.approx(whole["history"][-1]["val_loss"])
+    for which in ("best", "last"):                                    # and the same report on E
+        assert resumed["E"][which]["epoch"] == whole["E"][which]["epoch"]
+        assert resumed["E"][which]["E_loss"] == pytest.approx(whole["E"][which]["E_loss"])
 
 
 def test_groups_train_the_same_weights_held_or_streamed(tiny_store, tmp_path, monkeypatch):

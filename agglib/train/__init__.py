@@ -16,10 +16,16 @@ theta1     θ1 of the batch         8 groups × ν ReLU            MSE, inverse-
 the estimator) predicting :data:`PRETRAIN_DESCRIPTORS` of the aggregate; they pretrain the
 feature extractors of θ0 and θ1 when a profile asks for it (``pretrain_epochs``).
 
+Model selection: ``val_share`` (default 1/6) of T's parameter configurations, with all their T
+samples, form the validation split V (:func:`validation_split`, drawn from the dataset's and the
+run's seed; the same V for every network of a run). The networks train on T∖V only; V picks the
+best epoch; E is only scored — the best and the last weights, after the last epoch
+(``result["E"]``, ``E.json``) — never used to choose.
+
 The classifier sees homogeneous aggregates (ρ(A) = 0 or 1, ~10 % of images) oversampled to
 balanced classes. Training images are augmented (rotations, reflections, shifts); validation
-on E is not (a fixed subset of E per epoch with ``val_images``, all of E after the last epoch).
-Each epoch writes ``last.pt`` and, when the validation loss improved, ``best.pt`` (atomically,
+on V is not (a fixed subset of V per epoch with ``val_images``, all of V after the last epoch).
+Each epoch writes ``last.pt`` and, when the validation loss on V improved, ``best.pt`` (atomically,
 with everything :func:`agglib.estimate.load_estimator` needs); with ``checkpoint_every_steps``
 ``last.pt`` is also written within an epoch. Calling :func:`train_network` again with the same
 directory resumes from ``last.pt`` — mid-epoch too, to the same weights: the order of the
@@ -46,8 +52,8 @@ Modules: :mod:`agglib.train._contracts` (targets, :class:`TrainConfig`), :mod:`a
 
 from agglib.train._contracts import (PRETRAIN_DESCRIPTORS, PRETRAINED_FROM, SCHEDULES, TARGETS, TargetSpec,
                                      TrainConfig)
-from agglib.train.data import (GRAPH_MAX_PIXELS, descriptor_scaling, descriptor_table, make_datasets, prepare_batch,
-                               resident_budget, sample_labels)
+from agglib.train.data import (GRAPH_MAX_PIXELS, descriptor_scaling, descriptor_table, make_datasets,
+                               make_eval_dataset, prepare_batch, resident_budget, sample_labels, validation_split)
 from agglib.train.loop import (CHECKPOINT_FORMAT, checkpoint_metadata, dataset_hash, default_num_workers,
                                epoch_order, evaluate, init_features_from, make_scheduler, recalibrate_batchnorm,
                                train_estimator, train_for_profile, train_network)
@@ -55,5 +61,5 @@ from agglib.train.loop import (CHECKPOINT_FORMAT, checkpoint_metadata, dataset_h
 __all__ = ["TARGETS", "TargetSpec", "TrainConfig", "PRETRAIN_DESCRIPTORS", "PRETRAINED_FROM", "SCHEDULES",
            "train_network", "train_for_profile", "train_estimator", "epoch_order", "evaluate", "recalibrate_batchnorm",
            "make_scheduler", "checkpoint_metadata", "dataset_hash", "default_num_workers", "init_features_from",
-           "descriptor_table", "descriptor_scaling", "sample_labels", "make_datasets", "resident_budget",
-           "prepare_batch", "GRAPH_MAX_PIXELS", "CHECKPOINT_FORMAT"]
+           "descriptor_table", "descriptor_scaling", "sample_labels", "validation_split", "make_datasets",
+           "make_eval_dataset", "resident_budget", "prepare_batch", "GRAPH_MAX_PIXELS", "CHECKPOINT_FORMAT"]

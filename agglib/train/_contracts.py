@@ -35,10 +35,11 @@ TARGETS = {
 }
 
 #: Per-aggregate descriptors the ``descriptors`` networks learn from single images (standardised
-#: on T), with the transform applied first. Their f initialises θ0's (``descriptors``) and θ1's
-#: (``descriptors_inverse``, inverse-intensity input) f: cluster sizes and the mixing ratio are
-#: what θ0 and θ1 act on (paper §2.2.2, Fig. 5), and 18 images per configuration are too few for
-#: the multi-image networks to find such features from scratch on the quick profile's budget.
+#: on the samples they train on, T∖V), with the transform applied first. Their f initialises
+#: θ0's (``descriptors``) and θ1's (``descriptors_inverse``, inverse-intensity input) f: cluster
+#: sizes and the mixing ratio are what θ0 and θ1 act on (paper §2.2.2, Fig. 5), and 18 images per
+#: configuration are too few for the multi-image networks to find such features from scratch on
+#: the quick profile's budget.
 PRETRAIN_DESCRIPTORS = {"rho": "identity", "s_wo3": "log1p", "s_tio2": "log1p", "df": "identity",
                         "n_particles": "log"}
 
@@ -76,8 +77,17 @@ class TrainConfig:
     repeats : int
         Multi-image targets: independent regroupings of each configuration's images per epoch
         (more distinct groups of ν from few images per configuration).
+    val_share : float
+        Share of T's parameter configurations held out, with all their T samples, as the
+        validation split V [fraction of configurations, 0 < val_share < 1; default 1/6]. The
+        network trains on T∖V only; after each epoch it is validated on V, and ``best.pt`` is
+        the epoch with the lowest loss on V. E is never used for selection: it is only scored
+        (best and last weights) after the last epoch. V is rounded to a whole number of
+        configurations (at least one, and at least one left for training) and drawn from the
+        dataset's and this run's ``seed``, so all networks of one run share it; whole
+        configurations keep V and T∖V apart for the groups of ν images of θ0 and θ1 too.
     val_images : int, optional
-        Validate on this many samples (groups) of E, drawn once with ``seed`` (default: all).
+        Validate on this many samples (groups) of V, drawn once with ``seed`` (default: all).
     init_features : str, optional
         A checkpoint (``best.pt`` of another network with the same architecture and input size)
         whose feature extractor f initialises this network's f; g starts fresh.
@@ -95,7 +105,7 @@ class TrainConfig:
         bfloat16 autocast for the forward pass (faster on GPUs and AVX-512 CPUs; check accuracy).
     bn_batches : int
         Before each validation, set the BatchNorm running statistics to their averages over this
-        many batches of T (:func:`recalibrate_batchnorm`; 0: keep the running averages of
+        many batches of T∖V (:func:`recalibrate_batchnorm`; 0: keep the running averages of
         training, as the paper). The history then also records ``val_mae_running_bn``, the
         validation error with the running averages, measured first.
     """
@@ -109,6 +119,7 @@ class TrainConfig:
     batch: int | None = None
     steps_per_epoch: int | None = None
     repeats: int = 1
+    val_share: float = 1 / 6
     val_images: int | None = None
     init_features: str | None = None
     max_shift_px: int = 4
@@ -129,6 +140,7 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r}; accepted: {list(SCHEDULES)}")
         check_range("repeats", self.repeats, low=1, integer=True)
+        check_range("val_share", self.val_share, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
         if self.val_images is not None:
             check_range("val_images", self.val_images, low=1, integer=True)
         if self.num_workers is not None:

@@ -1,4 +1,7 @@
-"""What training reads: each target's labels, T and E as datasets, and their batches on the device.
+"""What training reads: each target's labels, T∖V, V and E as datasets, and their batches on the device.
+
+V, the validation split that picks the best epoch, is a share of T's configurations
+(:func:`validation_split`); the network trains on the rest, T∖V. E is only scored.
 
 A split that fits on the device (:func:`resident_budget`) is held there as integer counts and each
 batch is indexed, preprocessed and augmented there (for small batches as one CUDA graph); a split
@@ -14,13 +17,14 @@ from torch.utils.data import DataLoader, Dataset
 
 import agglib
 from agglib.core.distributed import host_to_device
+from agglib.core.validation import check_range
 from agglib.dataset.pytorch import ConfigurationBatchDataset, ResidentImages, StemImageDataset
 from agglib.dataset.store import DatasetStore
 from agglib.preprocess import Preprocess, augment_batch, augment_plan, augment_with_plan, augmentation_params
 from agglib.train._contracts import PRETRAIN_DESCRIPTORS, TargetSpec, TrainConfig
 
-__all__ = ["descriptor_table", "descriptor_scaling", "sample_labels", "make_datasets", "resident_budget",
-           "prepare_batch", "GRAPH_MAX_PIXELS"]
+__all__ = ["descriptor_table", "descriptor_scaling", "sample_labels", "validation_split", "make_datasets",
+           "make_eval_dataset", "resident_budget", "prepare_batch", "GRAPH_MAX_PIXELS"]
 
 
 def descriptor_table(store: DatasetStore) -> np.ndarray:
@@ -32,19 +36,21 @@ def descriptor_table(store: DatasetStore) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def descriptor_scaling(store: DatasetStore) -> dict:
-    """Mean and SD over T of :func:`descriptor_table` (the standardisation of the labels)."""
-    table = descriptor_table(store)[store.indices("T")]
+def descriptor_scaling(store: DatasetStore, indices=None) -> dict:
+    """Mean and SD of :func:`descriptor_table` over the samples ``indices`` (default: T), the
+    standardisation of the labels; training passes the samples it trains on, T∖V."""
+    table = descriptor_table(store)[store.indices("T") if indices is None else np.asarray(indices, dtype=np.int64)]
     sd = table.std(axis=0)
     return {"names": list(PRETRAIN_DESCRIPTORS), "transforms": list(PRETRAIN_DESCRIPTORS.values()),
             "mean": table.mean(axis=0).tolist(), "sd": np.where(sd > 0, sd, 1.0).tolist()}
 
 
-def sample_labels(store: DatasetStore, spec: TargetSpec) -> np.ndarray:
-    """The label of every sample of the store for a target ((n,), or (n, k) for ``descriptors``)."""
+def sample_labels(store: DatasetStore, spec: TargetSpec, scaling_indices=None) -> np.ndarray:
+    """The label of every sample of the store for a target ((n,), or (n, k) for ``descriptors``,
+    standardised over the samples ``scaling_indices``, default T: :func:`descriptor_scaling`)."""
     kind, _, arg = spec.label.partition(":")
     if kind == "descriptors":
-        scale = descriptor_scaling(store)
+        scale = descriptor_scaling(store, scaling_indices)
         return ((descriptor_table(store) - scale["mean"]) / scale["sd"]).astype(np.float32)
     if kind == "descriptor":
         return store.descriptors[arg].to_numpy(dtype=np.float32)
@@ -108,12 +114,14 @@ class _EpochSampler(torch.utils.data.Sampler):
 
 
 class _SingleImages(_Labelled):
-    def __init__(self, path, split, labels):
+    """The samples ``indices`` of a store (those with a finite label), one image per item."""
+
+    def __init__(self, path, indices, labels):
         super().__init__(labels)
-        images = StemImageDataset(path, split=split)
-        keep = np.isfinite(labels[images.indices]).reshape(len(images.indices), -1).all(axis=1)
-        self.sample_indices = images.indices[keep]           # store indices of the samples drawn from
-        self.store = images._data
+        indices = np.asarray(indices, dtype=np.int64)
+        keep = np.isfinite(labels[indices]).reshape(indices.size, -1).all(axis=1)
+        self.sample_indices = indices[keep]                  # store indices of the samples drawn from
+        self.store = StemImageDataset(path, split=None)._data
 
     def __len__(self):
         return int(self.sample_indices.size)
@@ -123,9 +131,20 @@ class _SingleImages(_Labelled):
 
 
 class _ImageGroups(_Labelled):
-    def __init__(self, path, split, nu, seed, labels, repeats=1):
+    """Groups of ν of the samples ``indices`` of a store, each of one configuration
+    (:class:`~agglib.dataset.pytorch.ConfigurationBatchDataset` restricted to ``indices``)."""
+
+    def __init__(self, path, indices, nu, seed, labels, repeats=1, name="T"):
         super().__init__(labels)
-        self.groups = ConfigurationBatchDataset(path, split=split, nu=nu, seed=seed, repeats=repeats)
+        check_range("nu", nu, low=1, integer=True)
+        self.groups = ConfigurationBatchDataset(path, split=None, nu=1, seed=seed, repeats=repeats)
+        self.groups.nu = int(nu)
+        self.groups.sample_indices = np.asarray(indices, dtype=np.int64)
+        self.groups.set_epoch(0)
+        if len(self.groups) == 0:
+            most = int(np.bincount(self.groups._data.config_id[self.groups.sample_indices]).max(initial=0))
+            raise ValueError(f"nu={nu} is out of range: no configuration has {nu} samples in {name} "
+                             f"(at most {most}); accepted range [1, {most}]")
         self.sample_indices = self.groups.sample_indices
         self.store = self.groups._data
 
@@ -141,22 +160,62 @@ class _ImageGroups(_Labelled):
         return self.groups.groups[np.asarray(keys, dtype=np.int64)]
 
 
+#: Stream of :func:`numpy.random.default_rng` that draws V (apart from the other draws of a seed).
+_V_STREAM = 0x56
+
+
+def validation_split(store: DatasetStore, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Store indices of T∖V (what the network trains on) and of V (what picks its best epoch).
+
+    V is ``config.val_share`` of T's parameter configurations — rounded to a whole number, at
+    least one and at least one left — with all their T samples, drawn by
+    ``np.random.default_rng([dataset seed, config.seed, 0x56])``: the same V for every target of
+    a run (θ0's and θ1's pretrained f never saw V either), disjoint from T∖V image by image and,
+    since whole configurations are held out, for the groups of ν images of θ0 and θ1 too (a share
+    of each configuration's samples would leave too few for a group of ν on one side: the quick
+    profile has 18 T samples per configuration and ν = 12). E is disjoint from both.
+    """
+    t = store.indices("T")
+    ids = store.config_id[t]
+    configs = np.unique(ids)
+    if configs.size < 2:
+        raise ValueError(f"T has {configs.size} parameter configuration(s); a validation split V of whole "
+                         "configurations needs at least 2")
+    n_val = min(max(int(np.floor(config.val_share * configs.size + 0.5)), 1), configs.size - 1)
+    rng = np.random.default_rng([int(store.identity.get("seed") or 0), int(config.seed), _V_STREAM])
+    held = np.isin(ids, rng.choice(configs, n_val, replace=False))
+    return t[~held], t[held]
+
+
 def make_datasets(store_path, config: TrainConfig):
-    """The store, and T (training) and E (validation) of ``config``'s target."""
+    """The store, and T∖V (training) and V (validation, :func:`validation_split`) of ``config``'s target."""
     store = DatasetStore(store_path)
-    labels = sample_labels(store, config.spec)
+    train_idx, val_idx = validation_split(store, config)
+    labels = sample_labels(store, config.spec, scaling_indices=train_idx)
     if config.spec.multi_image:
-        train = _ImageGroups(store_path, "T", config.nu, config.seed, labels, repeats=config.repeats)
-        val = _ImageGroups(store_path, "E", config.nu, 10_000 + config.seed, labels)
+        train = _ImageGroups(store_path, train_idx, config.nu, config.seed, labels, repeats=config.repeats,
+                             name="T∖V")
+        val = _ImageGroups(store_path, val_idx, config.nu, 10_000 + config.seed, labels, name="V")
     else:
-        train = _SingleImages(store_path, "T", labels)
-        val = _SingleImages(store_path, "E", labels)
+        train = _SingleImages(store_path, train_idx, labels)
+        val = _SingleImages(store_path, val_idx, labels)
     return store, train, val
 
 
+def make_eval_dataset(store_path, config: TrainConfig, store: DatasetStore | None = None):
+    """E of ``config``'s target (all of it; fixed groups of ν for θ0 and θ1), labelled as in
+    training: only scored after the last epoch, never used to choose one."""
+    store = DatasetStore(store_path) if store is None else store
+    labels = sample_labels(store, config.spec, scaling_indices=validation_split(store, config)[0])
+    if config.spec.multi_image:
+        return _ImageGroups(store_path, store.indices("E"), config.nu, 10_000 + config.seed, labels, name="E")
+    return _SingleImages(store_path, store.indices("E"), labels)
+
+
 def resident_budget(device: torch.device) -> int:
-    """Bytes one split may take when held on ``device``: 40 % of the free GPU memory (T and E
-    together leave a fifth of it to the network), or the ``preload_mb`` setting in RAM."""
+    """Bytes one split may take when held on ``device``: 40 % of the free GPU memory (T∖V and V
+    together leave a fifth of it to the network; E is read after they are released), or the
+    ``preload_mb`` setting in RAM."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(0.4 * free)

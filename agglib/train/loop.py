@@ -1,5 +1,17 @@
 """The training loop of the paper's networks: epochs, validation, checkpoints, resumption, DDP.
 
+Model selection is honest: a validation split V — ``val_share`` (default 1/6) of T's parameter
+configurations with all their T samples, drawn from the dataset's and the run's seed
+(:func:`agglib.train.data.validation_split`) — is held out of T. The network trains on T∖V only;
+after each epoch it is validated on V (``val_images`` of V, all of V after the last epoch; with
+``bn_batches`` the BatchNorm statistics are first recomputed on T∖V), and ``best.pt`` is the epoch
+with the lowest loss on V. The evaluation split E is never used for selection: after the last
+epoch (or the epoch that ends a time budget) the best and the last weights are scored on all of
+E, and that is recorded apart from the per-epoch history (``result["E"]``, ``E.json`` beside
+``history.json``, and ``last.pt``), labelled as E. A run folder made with another ``val_share``,
+or before V existed (its best epoch was chosen on E), is refused for resuming; such checkpoints
+still load as estimators.
+
 The settings of a run are :class:`agglib.train.TrainConfig`; the batches come from
 :mod:`agglib.train.data`.
 """
@@ -19,6 +31,7 @@ from tqdm.auto import tqdm
 
 import agglib
 from agglib.checkpoint import PAPER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
+from agglib.checkpoint import read_torch_file
 from agglib.checkpoint import save_paper_checkpoint as save_checkpoint
 from agglib.core.distributed import DistEnv, cleanup_distributed, init_distributed, pick_device
 from agglib.core.files import atomic_write_text
@@ -26,7 +39,7 @@ from agglib.dataset.store import DatasetStore
 from agglib.nets import build_network, count_parameters
 from agglib.preprocess import Preprocess
 from agglib.train._contracts import PRETRAINED_FROM, TARGETS, TargetSpec, TrainConfig
-from agglib.train.data import _Feed, _Labelled, descriptor_scaling, make_datasets
+from agglib.train.data import _Feed, _Labelled, descriptor_scaling, make_datasets, make_eval_dataset
 
 __all__ = ["train_network", "train_for_profile", "train_estimator", "epoch_order", "evaluate",
            "recalibrate_batchnorm", "make_scheduler", "checkpoint_metadata", "dataset_hash",
@@ -34,12 +47,19 @@ __all__ = ["train_network", "train_for_profile", "train_estimator", "epoch_order
 
 
 def _write_history(checkpoint_dir: Path, history: list) -> None:
-    """``history.json`` beside the checkpoints: one record per finished epoch."""
+    """``history.json`` beside the checkpoints: one record per finished epoch (validation on V)."""
     atomic_write_text(checkpoint_dir / "history.json", json.dumps(history, indent=1))
 
 
+def _write_scores_on_e(checkpoint_dir: Path, scores: dict) -> None:
+    """``E.json`` beside the checkpoints: the best and the last weights scored on E (not used to choose)."""
+    atomic_write_text(checkpoint_dir / "E.json", json.dumps(scores, indent=1))
+
+
 def checkpoint_metadata(config: TrainConfig, store: DatasetStore, preprocess: Preprocess,
-                        model: nn.Module) -> dict:
+                        model: nn.Module, train_indices=None) -> dict:
+    """What a checkpoint records about its run; ``train_indices``: the samples trained on (T∖V),
+    over which the ``descriptors`` labels are standardised (default: T)."""
     settings = store.identity["stem_settings"]
     return {"format": CHECKPOINT_FORMAT, "agglib": agglib.__version__, "target": config.target,
             "arch": config.arch, "activation": config.spec.activation, "nu": config.group_size,
@@ -49,7 +69,8 @@ def checkpoint_metadata(config: TrainConfig, store: DatasetStore, preprocess: Pr
             "profile_fields": store.identity["profile"], "dataset_seed": store.identity["seed"],
             "dataset_sha256": dataset_hash(store), "train_config": asdict(config),
             "parameters": count_parameters(model), "outputs": model.head.outputs,
-            "label_scaling": descriptor_scaling(store) if config.spec.label == "descriptors" else None}
+            "label_scaling": descriptor_scaling(store, train_indices) if config.spec.label == "descriptors"
+            else None}
 
 
 def dataset_hash(store: DatasetStore) -> str:
@@ -66,7 +87,7 @@ def _loss_fn(spec: TargetSpec):
 
 
 def evaluate(model, batches, spec, preprocess: Preprocess) -> dict:
-    """Validation loss and mean absolute error (accuracy for the classifier) over ``batches`` of
+    """Loss and mean absolute error (accuracy for the classifier) over ``batches`` of
     ``(counts, labels, keys)`` (:meth:`_Feed.batches`); one read-back from the device at the end."""
     model.eval()
     loss_fn = _loss_fn(spec)
@@ -125,10 +146,16 @@ def recalibrate_batchnorm(model: nn.Module, batches) -> int:
     return len(norms)
 
 
+#: TrainConfig fields whose absence from a saved run means another behaviour than their default:
+#: a run from before V existed validated on E and chose its best epoch there.
+_BEFORE_FIELD = {"val_share": None}
+
+
 def _resume_mismatch(saved: dict, meta: dict) -> list[str]:
     """What differs between a checkpoint's run and this one (the number of epochs may grow)."""
     differ = [k for k in ("dataset_sha256", "arch", "parameters") if saved.get(k) != meta.get(k)]
-    defaults = {f.name: f.default for f in fields(TrainConfig)}     # fields added since it was saved
+    # fields added since it was saved: their default, or what a run without them did
+    defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **_BEFORE_FIELD}
     old = {**defaults, **{k: v for k, v in saved["train_config"].items() if k != "epochs"}}
     new = {**defaults, **{k: v for k, v in meta["train_config"].items() if k != "epochs"}}
     old.pop("epochs"), new.pop("epochs")
@@ -186,13 +213,19 @@ def train_network(store_path, config: TrainConfig, checkpoint_dir, *, show_progr
                   stop_after_steps: int | None = None) -> dict:
     """Train (or resume training) one network; returns the training history.
 
+    The result: ``history`` (one record per epoch; ``val_*`` are on V), ``best_val_loss`` (on V),
+    ``metadata``, and ``E``: the best and the last weights scored on all of E after the last epoch
+    (``{"best": {"epoch", "E_loss", "E_mae"[, "E_accuracy"]}, "last": {...}, ...}``; None while
+    the run is unfinished), reported only, never used to choose.
+
     Parameters
     ----------
     store_path : path-like
-        A finished dataset store (T for training, E for validation).
+        A finished dataset store: T∖V for training, V (``config.val_share`` of T's
+        configurations) for choosing the best epoch, E only scored at the end.
     config : TrainConfig
     checkpoint_dir : path-like
-        Receives ``last.pt``, ``best.pt`` and ``history.json``; resumed from if present.
+        Receives ``last.pt``, ``best.pt``, ``history.json`` and ``E.json``; resumed from if present.
     show_progress_bars : bool, optional
         Epoch and step bars with the loss (default: ``config['progress_bars']``).
     time_budget_s : float, optional
@@ -270,7 +303,11 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
     outputs = 1 if train_set.labels.ndim == 1 else int(train_set.labels.shape[1])
     model = build_network(config.arch, int(settings["image_size_px"]), nu=config.group_size,
                           activation=config.spec.activation, outputs=outputs).to(device)
-    meta = checkpoint_metadata(config, store, preprocess, model)
+    meta = checkpoint_metadata(config, store, preprocess, model, train_indices=train_set.sample_indices)
+    meta["validation"] = {"best_epoch_chosen_on": "V", "val_share": config.val_share,
+                          "V_configurations": int(np.unique(store.config_id[val_set.sample_indices]).size),
+                          "V_samples": int(val_set.sample_indices.size),
+                          "trained_on_samples": int(train_set.sample_indices.size)}
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     per_rank = math.ceil(len(train_set) / env.world_size) if env.distributed else len(train_set)
     steps_per_epoch = per_rank // config.images_per_step if per_rank > config.images_per_step else 1
@@ -279,20 +316,29 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
     history, start_epoch, start_step, best = [], 0, 0, math.inf
     last = checkpoint_dir / "last.pt"
     if last.is_file():
-        from agglib.checkpoint import read_torch_file
-
         state = read_torch_file(last, "cpu")
         differ = _resume_mismatch(state["metadata"], meta)
         if differ:
-            raise ValueError(f"{last} belongs to another run ({', '.join(differ)} differ); "
-                             "use another checkpoint_dir")
+            before = "val_share" not in state["metadata"]["train_config"]
+            raise ValueError(f"{last} belongs to another run ({', '.join(differ)} differ"
+                             + ("; it was made before validation on V: its best epoch was chosen on E"
+                                if before else "") + "); use another checkpoint_dir")
         history, best = state["history"], state["best_val_loss"]
         start_step = int(state.get("step", 0))            # > 0: saved in the middle of an epoch
         start_epoch = state["epoch"] + (0 if start_step else 1)
-        if start_epoch >= config.epochs:     # finished: nothing to read or train
-            if env.is_main and not (checkpoint_dir / "history.json").is_file():
-                _write_history(checkpoint_dir, history)
-            return {"history": history, "best_val_loss": best, "metadata": meta}
+        if start_epoch >= config.epochs:     # finished: nothing to train (nor read, once scored on E)
+            scores = state.get("E")
+            if env.is_main:
+                if not (checkpoint_dir / "history.json").is_file():
+                    _write_history(checkpoint_dir, history)
+                if scores is None and history:            # stopped between last.pt and its scores on E
+                    model.load_state_dict(state["model"])
+                    scores = _scores_on_e(model, checkpoint_dir, store_path, store, config, device, preprocess,
+                                          int(history[-1]["epoch"]))
+                    save_checkpoint(last, {**state, "E": scores})
+                if scores is not None and not (checkpoint_dir / "E.json").is_file():
+                    _write_scores_on_e(checkpoint_dir, scores)
+            return {"history": history, "best_val_loss": best, "metadata": meta, "E": scores}
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -333,6 +379,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
 
     started = time.perf_counter()
     steps_this_call = 0
+    interrupted = False
     epoch_bar = tqdm(range(start_epoch, config.epochs), desc=f"{config.target} epochs", disable=not show,
                      initial=start_epoch, total=config.epochs)
     for epoch in epoch_bar:
@@ -377,7 +424,7 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
                   "train_seconds": train_seconds}
         if env.is_main:
             final = epoch == config.epochs - 1
-            keys = val_keys if final else val_subset              # the full E at the end
+            keys = val_keys if final else val_subset              # all of V at the end
             if config.bn_batches:
                 record["val_mae_running_bn"] = evaluate(model, val_feed.batches(0, keys), config.spec,
                                                         preprocess)["val_mae"]
@@ -394,9 +441,45 @@ def _train(store_path, config, checkpoint_dir, env, device, show_progress_bars, 
         if time_budget_s is not None and _all_agree(time.perf_counter() - started > time_budget_s, env, device):
             break
     epoch_bar.close()
+    scores = None
     if env.is_main:
         _write_history(checkpoint_dir, history)
-    return {"history": history, "best_val_loss": best, "metadata": meta}
+        if not interrupted:                  # the last epoch (or the one that ended the budget): report E
+            del train_feed, val_feed                      # E is read after T∖V and V are released
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            scores = _scores_on_e(model, checkpoint_dir, store_path, store, config, device, preprocess,
+                                  int(history[-1]["epoch"]))
+            save_checkpoint(last, {**read_torch_file(last, "cpu"), "E": scores})
+            _write_scores_on_e(checkpoint_dir, scores)
+    return {"history": history, "best_val_loss": best, "metadata": meta, "E": scores}
+
+
+def _scores_on_e(model, checkpoint_dir: Path, store_path, store, config: TrainConfig, device,
+                 preprocess: Preprocess, last_epoch: int) -> dict:
+    """The last weights (``model``'s, restored afterwards) and the best (``best.pt``, chosen on V)
+    scored on all of E — a report only: nothing is chosen by it."""
+    items = make_eval_dataset(store_path, config, store)
+    feed = _Feed(items, store_path, device, config.images_per_step * 2, config.num_workers)
+    keys = np.arange(len(items))
+
+    def on_e(epoch: int) -> dict:
+        out = evaluate(model, feed.batches(0, keys), config.spec, preprocess)
+        return {"epoch": int(epoch), **{"E_" + k[len("val_"):]: v for k, v in out.items()}}
+
+    scores = {"split": "E", "best_epoch_chosen_on": "V", "E_items": len(items),
+              "E_images": int(np.asarray(items.item_indices(keys)).size), "last": on_e(last_epoch), "best": None}
+    if (checkpoint_dir / "best.pt").is_file():           # absent only if no epoch had a finite loss on V
+        best = read_torch_file(checkpoint_dir / "best.pt", "cpu")
+        best_epoch = int(best["metadata"]["epoch"])
+        if best_epoch == last_epoch:
+            scores["best"] = dict(scores["last"])
+        else:
+            last_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(best["model"])
+            scores["best"] = on_e(best_epoch)
+            model.load_state_dict(last_weights)
+    return scores
 
 
 def _synced_seconds(t0: float, device) -> float:
@@ -405,7 +488,7 @@ def _synced_seconds(t0: float, device) -> float:
 
 
 def _bn_inputs(feed: _Feed, items: _Labelled, config: TrainConfig, epoch: int, preprocess: Preprocess):
-    """``config.bn_batches`` preprocessed batches of T for :func:`recalibrate_batchnorm`: a
+    """``config.bn_batches`` preprocessed batches of T∖V for :func:`recalibrate_batchnorm`: a
     subset drawn from (seed, epoch), augmented as in training."""
     n = min(len(items), config.bn_batches * config.images_per_step)
     keys = np.sort(np.random.default_rng([config.seed, epoch, 1]).choice(len(items), n, replace=False))
