@@ -235,6 +235,9 @@ def export_estimators(run_dir, out_dir) -> Path:
 
 # ---------------------------------------------------------------------------- the new method
 
+#: The posterior family ``posterior.pt`` must hold (see :mod:`agglib.posterior`).
+POSTERIOR_FAMILY = "mixed: categorical (θ0, θ1) × Gaussian mixture (logit θ_Df, logit θ_ρ)"
+
 def combine_groups(theta0_outputs, theta1_outputs) -> dict:
     """The paper's θ̂0, θ̂1 (Eq. 15): the multi-image networks' outputs on groups of ν images,
     averaged over the groups, then rounded to integers ≥ 0 (raw values kept)."""
@@ -259,15 +262,22 @@ def combine_per_image(df, rho, rho_reg=None) -> dict:
 class SampleEstimator(_TrainedOnImages):
     """The new method: one image encoder and a set-level posterior over θ (any number of images).
 
-    ``estimate(images)`` gives a :class:`agglib.posterior.PosteriorEstimate`: posterior
-    probabilities over the grid cells of θ_Df, θ_ρ, θ0, θ1, from which come point estimates
-    (mean of θ_Df and θ_ρ, mode of θ0 and θ1), credible intervals and posterior draws.
+    ``estimate(images)`` gives a :class:`agglib.posterior.PosteriorEstimate`: the joint
+    posterior over θ_Df, θ_ρ, θ0, θ1, from which come point estimates (mean of θ_Df and θ_ρ, mode
+    of θ0 and θ1), credible intervals, joint posterior draws and densities.
     """
 
     encoder: "TrainedEncoder"
     posterior: torch.nn.Module
     grid: "ThetaGrid"
     metadata: dict
+
+    def __repr__(self) -> str:
+        s = self.stem_settings
+        acq = "randomised acquisition" if self.training_metadata.get("acquisition_ranges") else "the paper's acquisition"
+        return (f"SampleEstimator(images {s.image_size_px}² px at {s.pixel_size_nm} nm/px, counts at "
+                f"{s.dose_e_per_A2:g} e/Å², trained on {acq}; profile {self.metadata.get('profile', '?')}; "
+                f"prior {self.grid.support()})")
 
     @property
     def pixel_size_nm(self) -> float:
@@ -287,7 +297,7 @@ class SampleEstimator(_TrainedOnImages):
     def from_summaries(self, summaries: np.ndarray, groups) -> "PosteriorEstimate":
         """Posteriors of several samples from per-image summaries (N, K) (the encoder's head outputs,
         :attr:`agglib.encoder.Encoded.outputs`): ``groups`` lists the rows of each sample."""
-        from agglib.posterior import PARAMETERS, PosteriorEstimate
+        from agglib.posterior import PosteriorEstimate
 
         groups = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups]
         if any(g.size == 0 for g in groups):
@@ -298,10 +308,10 @@ class SampleEstimator(_TrainedOnImages):
         for k, g in enumerate(groups):
             idx[k, :g.size], mask[k, :g.size] = g, True
         z = torch.as_tensor(summaries, dtype=torch.float32)[torch.from_numpy(idx)]
-        chunks = [self.posterior.probabilities(z[k:k + 512], torch.from_numpy(mask[k:k + 512]))
+        chunks = [self.posterior.parameters_of(z[k:k + 512], torch.from_numpy(mask[k:k + 512]))
                   for k in range(0, len(groups), 512)]
-        probs = {p: np.concatenate([c[j] for c in chunks]) for j, p in enumerate(PARAMETERS)}
-        return PosteriorEstimate(probs, self.grid, mask.sum(axis=1))
+        params = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+        return PosteriorEstimate(params, self.grid, mask.sum(axis=1))
 
     def per_image(self, images) -> dict:
         """Per-image predictions of the encoder's heads (D_f, ρ, S_WO3, … in natural units)."""
@@ -358,7 +368,12 @@ class SampleEstimator(_TrainedOnImages):
             raise CheckpointError(f"{directory / 'posterior.pt'} was trained on the summaries of another encoder "
                                   f"than {directory / 'encoder.pt'}; train the posterior again")
         grid = ThetaGrid(meta["grid"])
-        model = SetPosterior(int(meta["in_dim"]), grid.sizes(), int(meta["hidden"]))
+        if meta.get("family") != POSTERIOR_FAMILY:
+            raise CheckpointError(f"{directory / 'posterior.pt'} holds a posterior of another family "
+                                  f"({meta.get('family', 'independent categorical marginals')}; this agglib reads "
+                                  f"{POSTERIOR_FAMILY!r}); train it again with agglib train-estimator")
+        model = SetPosterior(int(meta["in_dim"]), grid.integers("theta0").size, grid.integers("theta1").size,
+                             int(meta["hidden"]), int(meta["components"]))
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as err:

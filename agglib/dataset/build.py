@@ -52,7 +52,18 @@ def sample_identity(profile: Profile, seed: int, design: str = "grid") -> dict:
         from agglib.stem.acquisition import AcquisitionRanges
 
         identity["acquisition_ranges"] = AcquisitionRanges().to_dict()
+        if design == "continuous":           # a sample's images share one microscope session
+            identity["acquisition_scope"] = "configuration"
     return identity
+
+
+def configuration_acquisition(dataset_seed: int, config_id: int, ranges) -> dict:
+    """The acquisition shared by every image of configuration ``config_id`` of a store
+    (``acquisition_scope = "configuration"``): a function of the dataset's seed and the
+    configuration alone, so any shard draws the same one."""
+    from agglib.stem.acquisition import draw_acquisition
+
+    return draw_acquisition(np.random.default_rng([int(dataset_seed), 2, int(config_id)]), ranges)
 
 
 def _acquisition_ranges(identity: dict):
@@ -63,22 +74,26 @@ def _acquisition_ranges(identity: dict):
     return None if ranges is None else AcquisitionRanges.from_dict(ranges)
 
 
-def generate_sample(theta, sample_seed: int, settings, acquisition_ranges=None):
+def generate_sample(theta, sample_seed: int, settings, acquisition_ranges=None, acquisition: dict | None = None):
     """Aggregate, image [counts] and descriptors of one sample, from its seed alone.
 
-    With ``acquisition_ranges`` (:class:`agglib.stem.acquisition.AcquisitionRanges`) the image is
-    recorded with an acquisition drawn from them (returned as a fourth item, else ``None``).
+    With ``acquisition`` (a dict of :data:`agglib.stem.acquisition.ACQUISITION_KEYS`) the image
+    is recorded with it; else, with ``acquisition_ranges``
+    (:class:`agglib.stem.acquisition.AcquisitionRanges`), with an acquisition drawn for this image
+    from them. The acquisition used is returned as a fourth item (``None``: the simulator's own
+    settings). The shot and scan noise always come from the sample's seed.
     """
     from agglib.stem import render_stem
     from agglib.stem.acquisition import acquire_image, draw_acquisition
 
     agg_seed, image_seed = np.random.SeedSequence(int(sample_seed)).spawn(2)
     agg = agglib.generate_aggregate(agglib.ModelParams(*map(float, theta)), seed=agg_seed)
-    if acquisition_ranges is None:
-        image, acquisition = render_stem(agg, seed=image_seed, settings=settings), None
+    if acquisition is None and acquisition_ranges is None:
+        image = render_stem(agg, seed=image_seed, settings=settings)
     else:
         rng = np.random.default_rng(image_seed)
-        acquisition = draw_acquisition(rng, acquisition_ranges)
+        if acquisition is None:
+            acquisition = draw_acquisition(rng, acquisition_ranges)
         image = acquire_image(agg, settings, acquisition, seed=rng)
     d = agglib.describe(agg)
     return agg, image, np.array([d[k] for k in DESCRIPTOR_NAMES], dtype=np.float64), acquisition
@@ -96,8 +111,10 @@ def _build_shard(path: str, shard: int, start: int, stop: int) -> int:
     identity = root.attrs["identity"]
     settings = StemSettings(**identity["stem_settings"])
     ranges = _acquisition_ranges(identity)
+    shared = identity.get("acquisition_scope") == "configuration"
     theta = root["theta"][start:stop]
     seeds = root["sample_seed"][start:stop]
+    configs = root["config_id"][start:stop]
     images = np.empty((stop - start, settings.image_size_px, settings.image_size_px),
                       dtype=np.uint32 if ranges is None else np.float32)
     acquisitions = np.empty((stop - start, len(ACQUISITION_KEYS)))
@@ -106,7 +123,8 @@ def _build_shard(path: str, shard: int, start: int, stop: int) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExtrapolationWarning)   # rare > 60 nm chords; see the book
         for k in range(stop - start):
-            agg, image, desc, acquisition = generate_sample(theta[k], seeds[k], settings, ranges)
+            fixed = configuration_acquisition(identity["seed"], configs[k], ranges) if shared else None
+            agg, image, desc, acquisition = generate_sample(theta[k], seeds[k], settings, ranges, fixed)
             images[k] = image
             if acquisition is not None:
                 acquisitions[k] = [acquisition[key] for key in ACQUISITION_KEYS]

@@ -157,34 +157,75 @@ def true_summaries(store: DatasetStore, estimator) -> np.ndarray:
     return standardised_labels(store.theta, store.descriptors, estimator.encoder.metadata["label_scaling"])
 
 
-def fresh_configurations(profile, n_configs: int, images_per_config: int, seed: int, *, workers: int | None = None,
+def fresh_configurations(profile, n_configs: int, images_per_config: int, seed: int, *, prior: str = "grid",
+                         acquisition=None, workers: int | None = None,
                          show_progress_bars: bool | None = None) -> dict:
-    """Configurations drawn anew from the profile's grid, with aggregates and images made in memory.
+    """Configurations drawn anew, with aggregates and images made in memory (never stored, never
+    seen in training).
 
-    Each configuration: θ_ρ, θ0, θ1 drawn uniformly from the grid and θ_Df from its values (not
-    the pairs of any stored dataset), then ``images_per_config`` aggregates and images with seeds
-    spawned from ``seed``. Nothing is written to disk.
+    Parameters
+    ----------
+    profile : Profile
+        Its grid, prior and STEM settings (image size [px], pixel size [nm]).
+    n_configs, images_per_config : int
+        Configurations (samples) and the images M of each.
+    seed : int
+        Seeds θ, the aggregates and the images; the same seed with another ``acquisition`` gives
+        the same aggregates recorded differently (a paired design).
+    prior : {"grid", "continuous"}
+        ``"grid"``: θ_ρ, θ0, θ1 uniform on the profile's grid values and θ_Df on its values (the
+        paper's design, for errors comparable with its E); ``"continuous"``: θ_Df and θ_ρ
+        uniform on :func:`agglib.dataset.plan.prior_ranges`, θ0 and θ1 uniform on their values —
+        the prior the posterior was trained under, so calibration checks apply.
+    acquisition : None, dict or AcquisitionRanges
+        ``None``: the simulator's own settings; a dict (keys of
+        :data:`agglib.stem.acquisition.ACQUISITION_KEYS`): that acquisition for every image;
+        :class:`agglib.stem.acquisition.AcquisitionRanges`: one acquisition drawn per
+        configuration and shared by its images (a sample recorded in one microscope session).
 
-    Returns ``{"images": (n, H, W) [counts], "theta": (n, 4), "config_id": (n,), "descriptors": DataFrame}``.
+    Returns
+    -------
+    dict
+        ``images`` (n, H, W) [counts], ``theta`` (n, 4), ``config_id`` (n,), ``descriptors``
+        (DataFrame) and ``acquisitions`` (list of one dict per configuration, or None).
     """
     from agglib.core.parallel import ordered_map
     from agglib.dataset.build import stem_settings_for
+    from agglib.dataset.plan import prior_ranges
     from agglib.descriptors import DESCRIPTOR_NAMES
+    from agglib.stem.acquisition import AcquisitionRanges, draw_acquisition
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 99]))
-    configs = np.stack([rng.choice(profile.df_values, n_configs), rng.choice(profile.rho_values, n_configs),
-                        rng.choice(profile.theta0_values, n_configs), rng.choice(profile.theta1_values, n_configs)],
-                       axis=1).astype(np.float64)
+    if prior == "grid":
+        configs = np.stack([rng.choice(profile.df_values, n_configs), rng.choice(profile.rho_values, n_configs),
+                            rng.choice(profile.theta0_values, n_configs), rng.choice(profile.theta1_values, n_configs)],
+                           axis=1).astype(np.float64)
+    elif prior == "continuous":
+        box = prior_ranges(profile)
+        configs = np.stack([rng.uniform(*box["df"], n_configs), rng.uniform(*box["rho"], n_configs),
+                            rng.choice(profile.theta0_values, n_configs), rng.choice(profile.theta1_values, n_configs)],
+                           axis=1).astype(np.float64)
+    else:
+        raise ValueError(f"prior={prior!r}; accepted: 'grid', 'continuous'")
+    if isinstance(acquisition, AcquisitionRanges):
+        acq_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 101]))
+        acquisitions = [draw_acquisition(acq_rng, acquisition) for _ in range(n_configs)]
+    elif acquisition is None or isinstance(acquisition, dict):
+        acquisitions = None if not acquisition else [dict(acquisition)] * n_configs
+    else:
+        raise TypeError(f"acquisition={acquisition!r}; accepted: None, a dict, AcquisitionRanges")
     config_id = np.repeat(np.arange(n_configs), images_per_config)
     seeds = [int(s.generate_state(1, dtype=np.uint64)[0])
              for s in np.random.SeedSequence([int(seed), 100]).spawn(config_id.size)]
     settings = stem_settings_for(profile)
-    items = [(configs[c], s, settings) for c, s in zip(config_id, seeds)]
+    items = [(configs[c], s, settings, None if acquisitions is None else acquisitions[c])
+             for c, s in zip(config_id, seeds)]
     results = ordered_map(_fresh_sample, items, workers=workers, desc="fresh configurations",
                            show_progress_bars=show_progress_bars)
     images = np.stack([r[0] for r in results])
     descriptors = pd.DataFrame(np.stack([r[1] for r in results]), columns=list(DESCRIPTOR_NAMES))
-    return {"images": images, "theta": configs[config_id], "config_id": config_id, "descriptors": descriptors}
+    return {"images": images, "theta": configs[config_id], "config_id": config_id, "descriptors": descriptors,
+            "acquisitions": acquisitions}
 
 
 def _fresh_sample(item):
@@ -193,8 +234,8 @@ def _fresh_sample(item):
     from agglib.dataset.build import generate_sample
     from agglib.stem import ExtrapolationWarning
 
-    theta, seed, settings = item
+    theta, seed, settings, acquisition = item
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExtrapolationWarning)
-        _, image, desc, _ = generate_sample(theta, seed, settings)
+        _, image, desc, _ = generate_sample(theta, seed, settings, acquisition=acquisition)
     return image.astype(np.float32), desc

@@ -29,6 +29,9 @@ class EncoderConfig:
         Images of E scored after each epoch (0: none; the final scores use all of E).
     bf16 : bool
         bfloat16 autocast for forward and backward (CPU with AVX-512 or a GPU).
+    bn_batches : int
+        Batches of training images over which the BatchNorm statistics are recomputed in
+        float32 with the final weights (0: keep training's running averages).
     seed : int
         Seeds initialisation, the order of the images and the augmentation of every epoch.
     device : str
@@ -42,6 +45,7 @@ class EncoderConfig:
     max_shift_px: int = 4
     val_images: int = 1000
     bf16: bool = False
+    bn_batches: int = 100
     seed: int = 0
     device: str = "auto"
 
@@ -52,6 +56,7 @@ class EncoderConfig:
         check_range("weight_decay", self.weight_decay, low=0.0)
         check_range("max_shift_px", self.max_shift_px, low=0, integer=True, unit="px")
         check_range("val_images", self.val_images, low=0, integer=True)
+        check_range("bn_batches", self.bn_batches, low=0, integer=True)
 
     def identity(self) -> dict:
         """The fields that define the run (a resumed run must match them; epochs may grow)."""
@@ -74,14 +79,16 @@ class PosteriorConfig:
     lr : float
         Peak learning rate (one-cycle).
     hidden : int
-        Width of the per-image and the pooled networks.
+        Width of the summary network and of the posterior's heads.
+    components : int
+        Gaussians in the mixture over (θ_Df, θ_ρ) given (θ0, θ1).
     weight_decay : float
         AdamW weight decay.
-    embedding_noise : float
-        SD of Gaussian noise added to the standardised per-image summaries during training.
-    calibration_share : float
-        Share of the training configurations held out to fit the post-hoc recalibration maps
-        (per parameter and range of M); 0: none.
+    validation_share : float
+        Share of the training configurations held out of the gradient steps; the weights with
+        the lowest loss on them are kept (0: the last step's).
+    validate_every : int
+        Steps between validations (and history records).
     seed : int
     """
 
@@ -90,9 +97,10 @@ class PosteriorConfig:
     max_images: int = 24
     lr: float = 2e-3
     hidden: int = 128
+    components: int = 8
     weight_decay: float = 1e-4
-    embedding_noise: float = 0.0
-    calibration_share: float = 0.15
+    validation_share: float = 0.1
+    validate_every: int = 100
     seed: int = 0
 
     def __post_init__(self):
@@ -101,8 +109,9 @@ class PosteriorConfig:
         check_range("max_images", self.max_images, low=1, integer=True)
         check_range("lr", self.lr, low=0.0, high=1.0, low_inclusive=False)
         check_range("hidden", self.hidden, low=4, integer=True)
-        check_range("embedding_noise", self.embedding_noise, low=0.0)
-        check_range("calibration_share", self.calibration_share, low=0.0, high=0.5)
+        check_range("components", self.components, low=1, integer=True)
+        check_range("validation_share", self.validation_share, low=0.0, high=0.5)
+        check_range("validate_every", self.validate_every, low=1, integer=True)
 
 
 class NotTrainedError(RuntimeError):

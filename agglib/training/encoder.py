@@ -7,6 +7,13 @@ after every epoch; calling :func:`train_encoder` again on the same folder contin
 gives the same weights as a run that was never interrupted. No weights are chosen by their
 score on E (that would leak the evaluation set into the estimator): the final epoch's weights
 are the encoder, written to ``encoder.pt``.
+
+Before it is written, the BatchNorm statistics are recomputed in float32 over ``bn_batches``
+batches of training images with the final weights (precise BatchNorm, as the paper networks'
+:func:`agglib.train.recalibrate_batchnorm`). Under bf16 autocast the running averages that
+training keeps are accumulated from bf16 activations and lag the moving weights; in eval mode
+they made the size heads collapse (R_g and N errors 2–5 × those of a float32 run,
+``benchmarks/bench_encoder.py``).
 """
 
 from __future__ import annotations
@@ -51,6 +58,19 @@ def _scores(model, images, labels_raw, names, scaling, epp, device, batch=256) -
         else:
             result[f"{name}_mae"] = err
     return result
+
+
+def _precise_batchnorm(model, images: torch.Tensor, epp: float, device, config: EncoderConfig) -> None:
+    """BatchNorm statistics in float32 over ``config.bn_batches`` batches of the training images
+    (a seeded choice, unaugmented)."""
+    from agglib.train.loop import recalibrate_batchnorm
+
+    if config.bn_batches == 0:
+        return
+    order = np.random.default_rng([config.seed, 2]).permutation(images.shape[0])
+    batches = [order[k:k + config.batch] for k in range(0, min(order.size, config.bn_batches * config.batch), config.batch)]
+    recalibrate_batchnorm(model, (encoder_inputs(images[torch.from_numpy(b)], epp).to(device) for b in batches))
+    model.eval()
 
 
 def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_bars: bool | None = None,
@@ -177,7 +197,9 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
         save_checkpoint(last, "encoder", meta, model.state_dict(), optimizer_state=optimizer.state_dict(),
                         progress={"epoch": epoch, "step": (epoch + 1) * steps_per_epoch}, history=history)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}")
-    save_checkpoint(final, "encoder", {**meta, "epochs_trained": len(history)}, model.state_dict(), history=history)
+    _precise_batchnorm(model, images, epp, device, config)
+    save_checkpoint(final, "encoder", {**meta, "epochs_trained": len(history), "bn_recalibrated": config.bn_batches},
+                    model.state_dict(), history=history)
     atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
     return {"history": history, "path": final}
 

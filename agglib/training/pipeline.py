@@ -43,7 +43,7 @@ def encoder_config(profile, seed: int = 0, **changes) -> EncoderConfig:
 
 def posterior_config(profile, seed: int = 0, **changes) -> PosteriorConfig:
     """The set-posterior settings of a profile (set sizes up to 24 images)."""
-    return PosteriorConfig(**{"steps": profile.posterior_steps, "seed": seed, "hidden": 64, **changes})
+    return PosteriorConfig(**{"steps": profile.posterior_steps, "seed": seed, **changes})
 
 
 def cached_summaries(encoder: TrainedEncoder, store: DatasetStore, cache_dir, *,
@@ -115,8 +115,11 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
                   extra_training=extra, train=train)
     encoder = TrainedEncoder.load(run_dir / "encoder" / "encoder.pt")
     grid = ThetaGrid.from_profile(profile)
+    from agglib.estimate import POSTERIOR_FAMILY
+
     meta = {"kind": "set_posterior", "agglib": agglib.__version__, "in_dim": int(encoder.model.heads.out_features),
-            "hidden": post_config.hidden, "inputs": "encoder head outputs", "grid": grid.to_dict(),
+            "hidden": post_config.hidden, "components": post_config.components, "family": POSTERIOR_FAMILY,
+            "inputs": "encoder head outputs", "grid": grid.to_dict(),
             "train_config": asdict(post_config), "continuous_dataset_sha256": continuous_store.identity_sha256(),
             "profile": profile.name, "method": "sets"}
     out = run_dir / "sets"

@@ -1,0 +1,156 @@
+"""Is a posterior calibrated? The checks of simulation-based inference, on fresh simulations.
+
+For θ drawn from the prior the posterior was trained under and images simulated from it, a
+calibrated posterior's credible regions at level L hold the truth a share L of the time. Checked
+here as the field checks it (Talts et al. 2018; Hermans et al. 2022; Lemos et al. 2023), per set
+size M, with the implementations of ``sbi.diagnostics`` (sbi 0.27) where it has them:
+
+* **SBC ranks** of the truth among posterior draws, per parameter, and their Kolmogorov–Smirnov
+  test of uniformity (``sbi.diagnostics.sbc``; θ0, θ1 dequantised, θ + U(−½, ½));
+* **central coverage** per parameter: the share of central credible intervals at level L that
+  hold the truth (from the exact marginal CDF, :func:`agglib.posterior.pit_values`);
+* **HPD coverage** per parameter: the share of marginal highest-density regions at level L that
+  hold the truth (:meth:`agglib.posterior.PosteriorEstimate.hpd_level`);
+* **joint checks**: the expected coverage of the *joint* highest-density region (ranks of the
+  truth's joint log density among the draws', sbi's ``run_sbc`` with the posterior's
+  ``log_prob`` as reduction) and TARP (``sbi.diagnostics.tarp``: coverage of random balls
+  around reference points; its ECP at L and the KS p-value of ``check_tarp``).
+
+A check that cannot fail proves nothing: :func:`negative_controls` runs the same checks on a
+deliberately over-confident and a deliberately shifted copy of the posterior
+(:func:`agglib.posterior.overconfident`, :func:`agglib.posterior.shifted`), which must fail them.
+
+The configurations are drawn anew (:func:`agglib.evaluate.sets.fresh_configurations`,
+``prior="continuous"``); no training, tuning or model selection saw them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from agglib.posterior import CONTINUOUS, DISCRETE, PARAMETERS, PosteriorEstimate, overconfident, pit_values, shifted
+
+__all__ = ["calibration_checks", "calibration_report", "negative_controls", "ACCEPTED_COVERAGE",
+           "coverage_columns", "within_accepted"]
+
+#: Coverage of 90 % regions accepted as calibrated (≥ 300 posteriors: ± about 3 binomial SDs):
+#: θ_Df, θ_ρ and the joint checks; θ0 and θ1 (integer credible sets cover at least their level).
+ACCEPTED_COVERAGE = {"continuous": (0.85, 0.95), "discrete": (0.85, 0.97)}
+
+
+def _dequantise(theta: np.ndarray, rng) -> np.ndarray:
+    out = np.array(theta, dtype=np.float64, copy=True)
+    for k, p in enumerate(PARAMETERS):
+        if p in DISCRETE:
+            out[..., k] += rng.random(out.shape[:-1]) - 0.5
+    return out
+
+
+def calibration_checks(estimate: PosteriorEstimate, theta: np.ndarray, level: float = 0.9, draws: int = 500,
+                       seed: int = 0) -> dict:
+    """Every check of the module docstring for S posteriors and their true θ (S, 4).
+
+    Returns a flat dict: ``<parameter> central``, ``<parameter> HPD`` (coverage at ``level``),
+    ``<parameter> SBC KS p`` (uniformity of the ranks), ``joint HPD`` (expected coverage of the
+    joint highest-density region at ``level``), ``TARP`` (TARP's expected coverage at ``level``),
+    ``TARP KS p`` and ``posteriors`` (S).
+    """
+    import torch
+    from sbi.diagnostics.sbc import _run_sbc, check_uniformity_frequentist
+    from sbi.diagnostics.tarp import _run_tarp, check_tarp, get_tarp_references
+
+    theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
+    if theta.shape != (len(estimate), 4):
+        raise ValueError(f"theta has shape {theta.shape}; expected ({len(estimate)}, 4), one θ per posterior")
+    rng = np.random.default_rng([int(seed), 31])
+    samples = estimate.sample_all(draws, seed=rng.integers(2**32))                    # (L, S, 4)
+    out = {"posteriors": len(estimate)}
+    pit = pit_values(estimate, theta, seed=int(rng.integers(2**32)))
+    for k, p in enumerate(PARAMETERS):
+        out[f"{p} central"] = float(np.mean(np.abs(pit[p].to_numpy() - 0.5) <= level / 2))
+        out[f"{p} HPD"] = float(np.mean(estimate.hpd_level(p, theta[:, k], seed=int(rng.integers(2**32))) <= level))
+    # SBC ranks per parameter (sbi), θ0 and θ1 dequantised
+    deq_samples = torch.as_tensor(_dequantise(samples, rng), dtype=torch.float32)
+    deq_theta = torch.as_tensor(_dequantise(theta, rng), dtype=torch.float32)
+    xs = torch.arange(len(estimate), dtype=torch.float32)[:, None]
+    ranks = _run_sbc(deq_theta, xs, deq_samples, reduce_fns="marginals", show_progress_bar=False)
+    for p, pval in zip(PARAMETERS, check_uniformity_frequentist(ranks, draws)):
+        out[f"{p} SBC KS p"] = float(pval)
+    # joint highest-density region: ranks of the truth's joint log density (sbi's expected coverage)
+    log_p_samples = estimate.log_prob(samples)                                       # (L, S)
+    log_p_truth = estimate.log_prob(theta[None])[0]                                  # (S,)
+    table = torch.as_tensor(np.concatenate([log_p_samples, log_p_truth[None]]).T, dtype=torch.float64)
+
+    def joint_density(thetas, x):                 # sbi passes (draws or truth, x); x holds the row
+        row = int(x.item())
+        return table[row, :-1] if thetas.shape[0] == draws else table[row, -1:]
+
+    joint_ranks = _run_sbc(torch.as_tensor(theta, dtype=torch.float32), xs, torch.as_tensor(samples, dtype=torch.float32),
+                           reduce_fns=[joint_density], show_progress_bar=False)
+    out["joint HPD"] = float(np.mean(1.0 - joint_ranks[:, 0].numpy() / draws <= level))
+    # TARP (sbi), on the dequantised draws, z-scored
+    with torch.random.fork_rng():
+        torch.manual_seed(int(rng.integers(2**31)))
+        references = get_tarp_references(deq_theta)
+    ecp, alpha = _run_tarp(deq_samples, deq_theta, references, z_score_theta=True,
+                           num_bins=max(10, len(estimate) // 10))
+    out["TARP"] = float(np.interp(level, alpha.numpy(), ecp.numpy()))
+    out["TARP KS p"] = float(check_tarp(ecp, alpha)[1])
+    return out
+
+
+def coverage_columns(level: float = 0.9) -> list[str]:
+    """The coverage columns of :func:`calibration_checks` that :func:`within_accepted` judges."""
+    return [f"{p} {kind}" for p in PARAMETERS for kind in ("central", "HPD")] + ["joint HPD", "TARP"]
+
+
+def within_accepted(row: dict) -> dict:
+    """Column → True where a coverage at 90 % lies in :data:`ACCEPTED_COVERAGE`."""
+    out = {}
+    for col in coverage_columns():
+        lo, hi = ACCEPTED_COVERAGE["discrete" if col.split()[0] in DISCRETE else "continuous"]
+        out[col] = bool(lo <= row[col] <= hi)
+    return out
+
+
+def calibration_report(estimator, profile, n_configs: int, sizes=(1, 4, 12, 24), seed: int = 0, *,
+                       acquisition=None, level: float = 0.9, draws: int = 500, fresh: dict | None = None,
+                       show_progress_bars: bool | None = None) -> pd.DataFrame:
+    """:func:`calibration_checks` of ``estimator`` at each set size M on fresh configurations.
+
+    ``n_configs`` configurations are drawn from the continuous prior, each with ``max(sizes)``
+    images recorded with ``acquisition`` (see :func:`agglib.evaluate.sets.fresh_configurations`:
+    ``None``, a fixed dict, or :class:`agglib.stem.acquisition.AcquisitionRanges` for one
+    acquisition per sample); the posterior of each configuration from its first M images is
+    checked against its θ. Pass ``fresh`` (the dict that function returns) to reuse images.
+    One row per M.
+    """
+    from agglib.evaluate.sets import fresh_configurations
+
+    sizes = sorted(int(m) for m in sizes)
+    if fresh is None:
+        fresh = fresh_configurations(profile, n_configs, sizes[-1], seed, prior="continuous", acquisition=acquisition,
+                                     show_progress_bars=show_progress_bars)
+    summaries = estimator.encoder.encode(fresh["images"]).outputs
+    per = np.bincount(fresh["config_id"])
+    rows = []
+    for m in sizes:
+        if m > per.min():
+            raise ValueError(f"M = {m} needs {m} images per configuration; the fresh set has {per.min()}")
+        starts = np.concatenate([[0], np.cumsum(per)[:-1]])
+        groups = [np.arange(s, s + m) for s in starts]
+        post = estimator.from_summaries(summaries, groups)
+        truth = fresh["theta"][starts]
+        rows.append({"M": m, **calibration_checks(post, truth, level=level, draws=draws, seed=seed + m)})
+    return pd.DataFrame(rows).set_index("M")
+
+
+def negative_controls(estimate: PosteriorEstimate, theta: np.ndarray, level: float = 0.9, draws: int = 500,
+                      seed: int = 0) -> pd.DataFrame:
+    """The checks on ``estimate`` and on two copies that must fail them: over-confident (3 ×
+    narrower, :func:`agglib.posterior.overconfident`) and shifted (by one mixture SD and one
+    integer, :func:`agglib.posterior.shifted`). One row each."""
+    rows = {"as trained": estimate, "over-confident (3 × narrower)": overconfident(estimate, 3.0),
+            "shifted (1 SD, θ0/θ1 + 1)": shifted(estimate, 1.0)}
+    return pd.DataFrame({name: calibration_checks(est, theta, level, draws, seed) for name, est in rows.items()}).T

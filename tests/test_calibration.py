@@ -1,0 +1,87 @@
+"""The calibration checks (agglib.evaluate.calibration) pass a posterior that is right by
+construction and fail an over-confident and a shifted one (negative controls)."""
+
+import numpy as np
+import pytest
+
+import agglib
+from agglib.evaluate.calibration import calibration_checks, negative_controls, within_accepted
+from agglib.posterior import PosteriorEstimate, ThetaGrid, overconfident, shifted
+
+
+def random_posteriors(n: int, seed: int, components: int = 3) -> PosteriorEstimate:
+    """n joint posteriors of the family with random parameters (varied widths, correlations,
+    mixtures, discrete shapes)."""
+    grid = ThetaGrid.from_profile(agglib.load_profile("quick"))
+    rng = np.random.default_rng(seed)
+    pairs = 36
+    logits = rng.normal(0, 2.0, (n, pairs))
+    discrete = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    log_w = rng.normal(0, 1, (n, pairs, components))
+    log_w -= np.log(np.exp(log_w).sum(axis=2, keepdims=True))
+    params = {"discrete": discrete, "log_w": log_w,
+              "mean": rng.normal(0, 1.2, (n, pairs, components, 2)),
+              "log_scale": rng.uniform(-3.0, 0.0, (n, pairs, components, 2)),
+              "offdiag": rng.normal(0, 0.1, (n, pairs, components))}
+    return PosteriorEstimate(params, grid, np.full(n, 12))
+
+
+@pytest.fixture(scope="module")
+def known():
+    """Posteriors and truths drawn from them: calibrated by construction (the known-posterior case)."""
+    post = random_posteriors(400, seed=1)
+    truth = post.sample_all(1, seed=2)[0]
+    return post, truth
+
+
+def test_known_posterior_passes(known):
+    post, truth = known
+    row = calibration_checks(post, truth, draws=300, seed=0)
+    assert all(within_accepted(row).values()), row
+    assert min(row[f"{p} SBC KS p"] for p in ("df", "rho", "theta0", "theta1")) > 1e-3
+
+
+@pytest.mark.parametrize("control", [lambda p: overconfident(p, 3.0), lambda p: shifted(p, 1.0)],
+                         ids=["overconfident", "shifted"])
+def test_negative_controls_fail(known, control):
+    post, truth = known
+    row = calibration_checks(control(post), truth, draws=300, seed=0)
+    verdict = within_accepted(row)
+    assert not verdict["df central"] and not verdict["rho HPD"] and not verdict["joint HPD"], row
+    assert not verdict["theta0 central"] or not verdict["theta0 HPD"]
+
+
+def test_negative_controls_table(known):
+    post, truth = known
+    table = negative_controls(post.select(np.arange(120)), truth[:120], draws=200)
+    assert list(table.index) == ["as trained", "over-confident (3 × narrower)", "shifted (1 SD, θ0/θ1 + 1)"]
+    assert table.loc["over-confident (3 × narrower)", "joint HPD"] < table.loc["as trained", "joint HPD"] - 0.2
+
+
+def test_marginals_agree_with_draws(known):
+    """The exact marginal CDF, mean and HPD levels agree with joint draws (one posterior)."""
+    post, _ = known
+    one = post.select([3])
+    draws = one.sample_all(20000, seed=5)[:, 0]
+    for k, p in enumerate(("df", "rho")):
+        x = np.quantile(draws[:, k], [0.1, 0.5, 0.9])
+        assert np.allclose([one.cdf(p, v)[0] for v in x], [0.1, 0.5, 0.9], atol=0.01)
+        assert abs(one.mean(p)[0] - draws[:, k].mean()) < 0.01 * (one.grid.bounds(p)[1] - one.grid.bounds(p)[0])
+        assert abs(one.sd(p)[0] - draws[:, k].std()) < 0.05 * draws[:, k].std() + 1e-3
+    for p, k in (("theta0", 2), ("theta1", 3)):
+        freq = np.bincount(draws[:, k].astype(int) - 1, minlength=6) / len(draws)
+        assert np.allclose(freq, one.probabilities(p)[0], atol=0.015)
+
+
+def test_log_prob_normalised():
+    """The joint density integrates to 1 over the box × the integers (one posterior, a grid sum)."""
+    post = random_posteriors(1, seed=9, components=2)
+    x = np.linspace(1.5, 2.5, 401)[1:-1]
+    y = np.linspace(0.0, 1.0, 401)[1:-1]
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    total = 0.0
+    for t0 in range(1, 7):
+        for t1 in range(1, 7):
+            th = np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, t0), np.full(xx.size, t1)], axis=1)
+            total += np.exp(post.log_prob(th[:, None, :])[:, 0]).sum() * (x[1] - x[0]) * (y[1] - y[0])
+    assert total == pytest.approx(1.0, abs=0.02)
