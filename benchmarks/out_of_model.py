@@ -6,11 +6,11 @@ With the shipped default estimator (``load_default_estimator()``: the encoder tr
 randomised acquisition), on 128² images of the quick profile:
 
 1. *fitting*: ``--fit-configs`` in-model configurations × ``--fit-images`` images simulated as
-   :func:`agglib.fit.misspecification.reference_for_estimator` does
-   (:func:`agglib.fit.misspecification.reference_simulation`: θ_Df, θ_ρ from the grid's values for
+   :func:`agglib.evaluate.out_of_model.reference_for_estimator` does
+   (:func:`agglib.misspecification.reference_simulation`: θ_Df, θ_ρ from the grid's values for
    half of the configurations, from the prior's intervals for the others; a quarter of the
    configurations at the paper's acquisition, the rest each with one acquisition drawn from the
-   estimator's ``AcquisitionRanges``); a :class:`agglib.fit.misspecification.SummaryReference` for
+   estimator's ``AcquisitionRanges``); a :class:`agglib.misspecification.SummaryReference` for
    each feature vector (``outputs``: the encoder's 13 head outputs; ``embedding``: its 128-d
    embedding) and each set statistic (``combined``, ``set_mean``, ``mean_d2``, ``mean_vector``), thresholds
    cross-fitted (and once without, for the default);
@@ -66,7 +66,7 @@ def simulate_and_encode(estimator, args) -> dict:
     import agglib
     from agglib.evaluate import fresh_configurations
     from agglib.evaluate.out_of_model import OUT_OF_MODEL_KINDS, in_model_samples, out_of_model_samples
-    from agglib.fit.misspecification import reference_simulation
+    from agglib.evaluate.out_of_model import reference_simulation
 
     spec = reference_simulation(estimator)                  # as reference_for_estimator simulates
     settings = spec.pop("settings")
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     import torch
 
     import agglib
-    from agglib.fit.misspecification import COMBINED_PARTS, FEATURES, STATISTICS, SummaryReference
+    from agglib.misspecification import COMBINED_PARTS, FEATURES, STATISTICS, SummaryReference
 
     torch.set_num_threads(args.torch_threads)
     agglib.config.set(progress_bars=False)

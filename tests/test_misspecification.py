@@ -1,4 +1,4 @@
-"""The out-of-model warning (agglib.fit.misspecification): calibration on synthetic features, storage,
+"""The out-of-model warning (agglib.misspecification): calibration on synthetic features, storage,
 input checks, and the shipped encoder flagging samples of half-radius particles."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from agglib.fit.misspecification import (COMBINED_PARTS, STATISTICS, SummaryReference, reference_for_estimator,
-                                         shrunk_covariance)
+from agglib.evaluate.out_of_model import reference_for_estimator
+from agglib.misspecification import COMBINED_PARTS, STATISTICS, SummaryReference, shrunk_covariance
 
 D = 6
 IMAGES = 24
@@ -147,7 +147,7 @@ def test_shipped_encoder_flags_half_radius_particles():
     from agglib.encoder import TrainedEncoder
     from agglib.estimate import shipped_models_dir
     from agglib.evaluate.out_of_model import in_model_samples, out_of_model_samples
-    from agglib.fit.misspecification import encoder_features, reference_simulation
+    from agglib.evaluate.out_of_model import encoder_features, reference_simulation
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

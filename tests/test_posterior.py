@@ -206,7 +206,7 @@ def test_finished_pipeline_loads_without_training_again(tiny_stores, tiny_estima
     import agglib.training.pipeline as pipeline
 
     est, run = tiny_estimator
-    monkeypatch.setattr(pipeline, "train_posterior", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(pipeline, "train_posterior_ensemble", lambda *a, **k: pytest.fail("trained again"))
     again = train_sample_estimator(agglib.load_profile("tiny"), *tiny_stores, run, seed=0)
     images = tiny_stores[0].read_images(tiny_stores[0].indices("E")[:3])
     assert np.allclose(again.estimate(images).params["mean"], est.estimate(images).params["mean"])

@@ -31,7 +31,7 @@ import pandas as pd
 
 from agglib.posterior import CONTINUOUS, DISCRETE, PARAMETERS, PosteriorEstimate, overconfident, pit_values, shifted
 
-__all__ = ["calibration_checks", "calibration_report", "negative_controls", "ACCEPTED_COVERAGE",
+__all__ = ["calibration_checks", "calibration_report", "calibration_under_acquisitions", "negative_controls", "ACCEPTED_COVERAGE",
            "coverage_columns", "within_accepted"]
 
 #: Coverage of 90 % regions accepted as calibrated (≥ 300 posteriors: ± about 3 binomial SDs):
@@ -154,3 +154,55 @@ def negative_controls(estimate: PosteriorEstimate, theta: np.ndarray, level: flo
     rows = {"as trained": estimate, "over-confident (3 × narrower)": overconfident(estimate, 3.0),
             "shifted (1 SD, θ0/θ1 + 1)": shifted(estimate, 1.0)}
     return pd.DataFrame({name: calibration_checks(est, theta, level, draws, seed) for name, est in rows.items()}).T
+
+
+def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_configs: int, sizes=(1, 4, 12, 24),
+                                   seed: int = 0, *, level: float = 0.9, draws: int = 500,
+                                   show_progress_bars: bool | None = None) -> pd.DataFrame:
+    """:func:`calibration_report` of ``estimator`` with each sample recorded under each acquisition.
+
+    Parameters
+    ----------
+    acquisitions : dict
+        Name → a fixed acquisition (dict of :data:`agglib.stem.acquisition.ACQUISITION_KEYS`;
+        ``{}``: the simulator's own settings) or an
+        :class:`agglib.stem.acquisition.AcquisitionRanges` (one drawn per sample).
+    n_configs : int
+        Fresh configurations from the continuous prior, the same aggregates under every
+        acquisition (a paired design), ``max(sizes)`` images each.
+
+    Returns
+    -------
+    DataFrame
+        Rows (acquisition, M): ``refused`` (share of samples the intensity check of ``agglib fit``
+        turns away, on all their images) and the checks of :func:`calibration_checks` on the
+        samples it accepts (none where it refuses more than half).
+    """
+    from tqdm.auto import tqdm
+
+    import agglib
+    from agglib.evaluate.sets import fresh_configurations
+    from agglib.fit.intensity import check_intensity, intensity_reference
+
+    sizes = sorted(int(m) for m in sizes)
+    reference = intensity_reference(estimator)
+    epp = estimator.stem_settings.electrons_per_pixel
+    show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
+    tables = []
+    for name, acquisition in tqdm(acquisitions.items(), desc="acquisitions", disable=not show):
+        fresh = fresh_configurations(profile, n_configs, sizes[-1], seed, prior="continuous",
+                                     acquisition=acquisition or None, show_progress_bars=False)
+        groups = [np.flatnonzero(fresh["config_id"] == c) for c in range(n_configs)]
+        accepted = np.array([not check_intensity(fresh["images"][g] / epp, reference)[0] for g in groups])
+        refused = float(1.0 - accepted.mean())
+        if accepted.mean() < 0.5:
+            tables.append(pd.DataFrame([{"acquisition": name, "M": m, "refused": refused} for m in sizes]))
+            continue
+        keep = np.concatenate([groups[c] for c in np.flatnonzero(accepted)])
+        kept = {"images": fresh["images"][keep], "theta": fresh["theta"][keep],
+                "config_id": np.repeat(np.arange(int(accepted.sum())), sizes[-1])}
+        report = calibration_report(estimator, profile, int(accepted.sum()), sizes, seed, level=level, draws=draws,
+                                    fresh=kept).reset_index()
+        tables.append(report.assign(acquisition=name, refused=refused))
+    out = pd.concat(tables, ignore_index=True)
+    return out.set_index(["acquisition", "M"])

@@ -1,4 +1,4 @@
-"""Samples for testing the out-of-model warning (:mod:`agglib.fit.misspecification`).
+"""Samples for testing the out-of-model warning (:mod:`agglib.misspecification`).
 
 A *sample* is a set of M images of one specimen: every image shows another aggregate of the same
 θ, recorded with the same acquisition. Two generators, both rendered with the STEM settings an
@@ -34,9 +34,10 @@ import warnings
 import numpy as np
 
 from agglib.core.validation import check_range
+from agglib.misspecification import FEATURES, SummaryReference
 from agglib.model.params import RadiusDistribution
 
-__all__ = ["OUT_OF_MODEL_KINDS", "HALF_RADII", "DEFAULT_PRIOR", "ACQUISITION_MODES", "EdxSettings",
+__all__ = ["encoder_features", "reference_simulation", "reference_for_estimator", "OUT_OF_MODEL_KINDS", "HALF_RADII", "DEFAULT_PRIOR", "ACQUISITION_MODES", "EdxSettings",
            "in_model_samples", "out_of_model_samples", "edx_map"]
 
 #: Kinds of :func:`out_of_model_samples`.
@@ -284,3 +285,84 @@ def out_of_model_samples(kind: str, settings, n_samples: int, images_per_sample:
             images[k] *= level * settings.electrons_per_pixel / max(peak, 1.0)
         thetas.append([theta.df, theta.rho, theta.theta0, theta.theta1])
     return {"images": images, "theta": np.array(thetas, dtype=np.float64), "kind": kind}
+
+
+# ---------------------------------------------------------------------- references for an estimator
+
+
+def encoder_features(estimator, images, features: str = "outputs") -> np.ndarray:
+    """Per-image feature vectors of images [counts] (M, H, W) → (M, D).
+
+    ``estimator`` is a :class:`agglib.estimate.SampleEstimator` or its
+    :class:`agglib.encoder.TrainedEncoder`; ``features`` one of :data:`FEATURES`.
+    """
+    if features not in FEATURES:
+        raise ValueError(f"features={features!r}; accepted: {', '.join(FEATURES)}")
+    encoder = getattr(estimator, "encoder", estimator)
+    encoded = encoder.encode(images)
+    return np.asarray(getattr(encoded, features), dtype=np.float64)
+
+
+def reference_simulation(estimator, acquisition: str | None = None) -> dict:
+    """Keyword arguments of :func:`agglib.evaluate.out_of_model.in_model_samples` that simulate
+    in-model samples as ``estimator``'s training images (see :func:`reference_for_estimator`)."""
+    from agglib.stem import StemSettings
+    from agglib.stem.acquisition import AcquisitionRanges
+
+    meta = getattr(estimator, "training_metadata", None) or getattr(estimator, "metadata")
+    ranges = meta.get("acquisition_ranges")
+    if acquisition is None:
+        acquisition = "mixed" if ranges else "paper"
+    if acquisition not in ACQUISITION_MODES:
+        raise ValueError(f"acquisition={acquisition!r}; accepted: {', '.join(ACQUISITION_MODES)}")
+    theta_grid = getattr(estimator, "grid", None)
+    prior = theta_grid.support() if theta_grid is not None and hasattr(theta_grid, "support") else DEFAULT_PRIOR
+    fields = meta.get("profile_fields") or {}
+    grid = {"df": list(fields["df_values"]), "rho": list(fields["rho_values"])} \
+        if fields.get("df_values") and fields.get("rho_values") else None
+    return {"settings": StemSettings(**meta["stem_settings"]), "acquisition": acquisition,
+            "ranges": AcquisitionRanges.from_dict(ranges) if ranges else None, "prior": prior, "grid": grid}
+
+
+def reference_for_estimator(estimator, n_configs: int = 240, images_per_config: int = 24, seed: int = 0, *,
+                            max_images: int | None = None, features: str = "outputs", level: float = 0.99,
+                            acquisition: str | None = None, statistic: str = "combined") -> SummaryReference:
+    """Simulate in-model samples as the estimator's training images and fit a reference on them.
+
+    Takes about 25 ms per image on one CPU core (simulation and encoding; 240 × 24 images: ~2.5 min).
+
+    Parameters
+    ----------
+    estimator : SampleEstimator or TrainedEncoder
+        Its encoder reads the images; its ``training_metadata`` (STEM settings, acquisition ranges,
+        the grid's ``df_values`` and ``rho_values`` in ``profile_fields``) and ``grid.support()``
+        (the prior; default :data:`agglib.evaluate.out_of_model.DEFAULT_PRIOR`) say how to simulate
+        them: half of the configurations with θ_Df, θ_ρ from the prior's intervals, half from the
+        grid's values (:func:`agglib.evaluate.out_of_model.in_model_samples`).
+    n_configs : int
+        Configurations simulated, ≥ 4 (split in halves for the thresholds: :meth:`SummaryReference.fit`).
+    images_per_config : int
+        Images per configuration.
+    seed : int
+    max_images : int, optional
+        Largest set size with its own threshold (default ``images_per_config``; a smaller value
+        gives the thresholds of the largest M more subsets per configuration than one).
+    features : {"outputs", "embedding"}
+    level : float
+        Quantile of the thresholds.
+    acquisition : {"paper", "randomised", "mixed"}, optional
+        Default: ``"mixed"`` (a quarter of the configurations at the paper's acquisition) for an
+        estimator trained on a randomised acquisition, else ``"paper"``.
+    statistic : {"combined", "set_mean", "mean_d2", "mean_vector"}
+
+    Returns
+    -------
+    SummaryReference
+    """
+    spec = reference_simulation(estimator, acquisition)
+    sims = in_model_samples(spec.pop("settings"), n_configs, images_per_config, seed, **spec)
+    images = sims.pop("images")
+    x = encoder_features(estimator, images.reshape(-1, *images.shape[2:]), features)
+    config_id = np.repeat(np.arange(n_configs), images_per_config)
+    return SummaryReference.fit(x, config_id, seed, max_images=max_images or images_per_config, level=level,
+                                statistic=statistic, feature_name=features)

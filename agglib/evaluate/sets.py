@@ -122,13 +122,13 @@ def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_pr
     """
     from agglib.estimate import SampleEstimator
     from agglib.training._contracts import PosteriorConfig
-    from agglib.training.posterior import train_posterior
+    from agglib.training.posterior import train_posterior_ensemble
 
     t_idx = continuous.continuous_roles()["posterior"]
     summaries = true_summaries(continuous, estimator)
     config = PosteriorConfig(**estimator.metadata["train_config"])
-    model, _ = train_posterior(summaries[t_idx], continuous.theta[t_idx], continuous.config_id[t_idx],
-                               estimator.grid, config, show_progress_bars=show_progress_bars)
+    model, _ = train_posterior_ensemble(summaries[t_idx], continuous.theta[t_idx], continuous.config_id[t_idx],
+                                        estimator.grid, config, show_progress_bars=show_progress_bars)
     return SampleEstimator(None, model, estimator.grid, {"kind": "ceiling"})
 
 

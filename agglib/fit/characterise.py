@@ -115,6 +115,7 @@ class FitResult:
     warnings: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     posterior: object = None
+    out_of_model: dict | None = None
 
     def table(self) -> pd.DataFrame:
         rows = {}
@@ -133,9 +134,9 @@ class FitResult:
                "n_images": self.n_images, "warnings": self.warnings, "settings": self.settings,
                "per_image": self.per_image.to_dict(orient="list")}
         if self.posterior is not None:
-            out["posterior"] = {k: {"cell_edges": self.posterior.grid.edges(k).tolist(),
-                                    "probabilities": self.posterior.probabilities[k][0].tolist()}
-                                for k in PARAMETERS}
+            out["posterior"] = self.posterior.to_dict(0)
+        if self.out_of_model is not None:
+            out["out_of_model"] = self.out_of_model
         return out
 
 
@@ -230,7 +231,16 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
             if post.cdf(k, lo + 0.02 * (hi - lo))[0] > 0.25 or post.cdf(k, hi - 0.02 * (hi - lo))[0] < 0.75:
                 warnings.append(f"the posterior of {k} piles up at the edge of the training range "
                                 f"[{lo:g}, {hi:g}]: the sample may lie outside what the estimator was trained on")
-        return FitResult(estimate, intervals, m, boot, per_image, warnings, settings, post)
+        check = estimator.out_of_model(encoded.outputs)
+        if check is not None and check["out_of_model"]:
+            worst = int(np.argmax(check["per_image_d2"]))
+            warnings.append(f"the sample does not look like the model's samples: its out-of-model score "
+                            f"{check['statistic']:.3g} exceeds {check['threshold']:.3g}, which "
+                            f"{check['level']:.0%} of simulated in-model samples of {m} images stay below "
+                            f"(most unusual image: {items[worst].path}). Other particles (sizes, shapes), "
+                            "another imaging mode (EDX, bright field) or another magnification than the "
+                            "estimator's? θ̂ and its intervals assume the model; treat them with care")
+        return FitResult(estimate, intervals, m, boot, per_image, warnings, settings, post, check)
     nu = estimator.nu
     if m < nu:
         raise ImageInputError(f"{m} images given; the paper method's estimators of θ0 and θ1 need at least "

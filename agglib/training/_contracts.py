@@ -89,6 +89,11 @@ class PosteriorConfig:
         the lowest loss on them are kept (0: the last step's).
     validate_every : int
         Steps between validations (and history records).
+    set_sizes : {"log-uniform", "uniform"}
+        Law of the set size M of each step (:func:`agglib.training.posterior.set_size`).
+    members : int
+        Posteriors of the ensemble (:class:`agglib.posterior.PosteriorEnsemble`), each trained
+        with its own seed.
     seed : int
     """
 
@@ -101,6 +106,8 @@ class PosteriorConfig:
     weight_decay: float = 1e-4
     validation_share: float = 0.1
     validate_every: int = 100
+    set_sizes: str = "log-uniform"
+    members: int = 5
     seed: int = 0
 
     def __post_init__(self):
@@ -112,6 +119,9 @@ class PosteriorConfig:
         check_range("components", self.components, low=1, integer=True)
         check_range("validation_share", self.validation_share, low=0.0, high=0.5)
         check_range("validate_every", self.validate_every, low=1, integer=True)
+        check_range("members", self.members, low=1, integer=True)
+        if self.set_sizes not in ("log-uniform", "uniform"):
+            raise ValueError(f"set_sizes={self.set_sizes!r}; accepted: 'log-uniform', 'uniform'")
 
 
 class NotTrainedError(RuntimeError):

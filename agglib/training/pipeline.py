@@ -26,12 +26,18 @@ from agglib.core.files import atomic_open
 from agglib.dataset.store import DatasetStore
 from agglib.encoder import TrainedEncoder
 from agglib.estimate import SampleEstimator
+from agglib.misspecification import SummaryReference
 from agglib.posterior import ThetaGrid
 from agglib.training._contracts import EncoderConfig, PosteriorConfig
 from agglib.training.encoder import train_encoder
-from agglib.training.posterior import train_posterior
+from agglib.training.posterior import train_posterior_ensemble
 
-__all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cached_summaries"]
+__all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cached_summaries", "OUT_OF_MODEL"]
+
+#: The out-of-model check fitted with every posterior (:class:`agglib.misspecification.SummaryReference`
+#: on the encoder's head outputs of the posterior's training images: in-model samples of the
+#: estimator's own prior and acquisition). ``level``: the share of in-model samples it lets pass.
+OUT_OF_MODEL = {"features": "encoder head outputs", "level": 0.99}
 
 
 
@@ -43,7 +49,7 @@ def encoder_config(profile, seed: int = 0, **changes) -> EncoderConfig:
 
 def posterior_config(profile, seed: int = 0, **changes) -> PosteriorConfig:
     """The set-posterior settings of a profile (set sizes up to 24 images)."""
-    return PosteriorConfig(**{"steps": profile.posterior_steps, "seed": seed, **changes})
+    return PosteriorConfig(**{"steps": profile.posterior_steps, "seed": seed, "hidden": 64, **changes})
 
 
 def cached_summaries(encoder: TrainedEncoder, store: DatasetStore, cache_dir, *,
@@ -118,8 +124,9 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     from agglib.estimate import POSTERIOR_FAMILY
 
     meta = {"kind": "set_posterior", "agglib": agglib.__version__, "in_dim": int(encoder.model.heads.out_features),
-            "hidden": post_config.hidden, "components": post_config.components, "family": POSTERIOR_FAMILY,
-            "inputs": "encoder head outputs", "grid": grid.to_dict(),
+            "hidden": post_config.hidden, "components": post_config.components, "members": post_config.members,
+            "family": POSTERIOR_FAMILY,
+            "inputs": "encoder head outputs", "grid": grid.to_dict(), "out_of_model": OUT_OF_MODEL,
             "train_config": asdict(post_config), "continuous_dataset_sha256": continuous_store.identity_sha256(),
             "profile": profile.name, "method": "sets"}
     out = run_dir / "sets"
@@ -137,8 +144,13 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
         raise NotTrainedError(f"no set-level posterior of these settings in {out}")
     summaries = cached_summaries(encoder, continuous_store, run_dir, show_progress_bars=show_progress_bars)
     t_idx = roles["posterior"]
-    model, history = train_posterior(summaries[t_idx], continuous_store.theta[t_idx], continuous_store.config_id[t_idx],
+    model, history = train_posterior_ensemble(summaries[t_idx], continuous_store.theta[t_idx], continuous_store.config_id[t_idx],
                                      grid, post_config, show_progress_bars=show_progress_bars)
-    estimator = SampleEstimator(encoder, model, grid, {**meta, "history": history})
+    largest = int(np.unique(continuous_store.config_id[t_idx], return_counts=True)[1].max())
+    reference = SummaryReference.fit(summaries[t_idx], continuous_store.config_id[t_idx], seed=seed,
+                                     max_images=min(post_config.max_images, largest), level=OUT_OF_MODEL["level"],
+                                     feature_name=OUT_OF_MODEL["features"])
+    estimator = SampleEstimator(encoder, model, grid, {**meta, "history": history,
+                                                       "out_of_model_reference": reference.to_dict()})
     estimator.save(out, overwrite=True)
     return SampleEstimator.load(out)

@@ -27,7 +27,15 @@ from agglib.lr_schedule import one_cycle_lr, set_lr
 from agglib.posterior import SetPosterior, ThetaGrid
 from agglib.training._contracts import PosteriorConfig
 
-__all__ = ["train_posterior", "config_members", "draw_sets"]
+__all__ = ["train_posterior", "train_posterior_ensemble", "config_members", "draw_sets", "set_size"]
+
+
+def set_size(rng, max_m: int, law: str) -> int:
+    """One set size M ∈ 1 … ``max_m``: uniform, or log-uniform (as many sets of 1–2 images as of
+    12–24: small sets, where the posterior is widest and hardest to calibrate, get their share)."""
+    if law == "uniform":
+        return int(rng.integers(1, max_m + 1))
+    return int(min(max_m, np.floor(np.exp(rng.uniform(0.0, np.log(max_m + 1))))))
 
 
 def config_members(config_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +90,7 @@ def train_posterior(summaries: np.ndarray, theta: np.ndarray, config_id: np.ndar
     for step in bar:
         rng = np.random.default_rng([config.seed, step])
         rows = rng.integers(0, members.shape[0], config.batch)
-        m = int(rng.integers(1, max_m + 1))
+        m = set_size(rng, max_m, config.set_sizes)
         idx, mask = draw_sets(members, counts, rows, m, rng)
         first = torch.from_numpy(members[rows, 0])
         set_lr(optimizer, one_cycle_lr(step, config.steps, config.lr))
@@ -106,6 +114,24 @@ def train_posterior(summaries: np.ndarray, theta: np.ndarray, config_id: np.ndar
         model.load_state_dict(best[1])
         history.append({"step": best[2], "chosen": True, "val_loss": best[0]})
     return model.eval(), history
+
+
+def train_posterior_ensemble(summaries: np.ndarray, theta: np.ndarray, config_id: np.ndarray, grid: ThetaGrid,
+                             config: PosteriorConfig, *, show_progress_bars: bool | None = None):
+    """``config.members`` posteriors (:func:`train_posterior`, seeds ``seed · 1000 + k``, each with its
+    own held-out configurations) as one :class:`agglib.posterior.PosteriorEnsemble`; returns it and
+    the members' histories (``member`` added to each record)."""
+    from dataclasses import replace
+
+    from agglib.posterior import PosteriorEnsemble
+
+    members, history = [], []
+    for k in range(config.members):
+        model, hist = train_posterior(summaries, theta, config_id, grid, replace(config, seed=config.seed * 1000 + k),
+                                      show_progress_bars=show_progress_bars)
+        members.append(model)
+        history += [{**h, "member": k} for h in hist]
+    return PosteriorEnsemble(members).eval(), history
 
 
 def _validation_sets(members, counts, max_m, seed, per_size: int = 4):

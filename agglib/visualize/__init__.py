@@ -13,7 +13,8 @@ from agglib.visualize.evaluation import (plot_batch_size_study, plot_confusion, 
                                          plot_training_history, plot_validation_error)
 from agglib.visualize.descriptors import plot_batch_means, plot_descriptor_distributions, plot_descriptor_vs_theta
 from agglib.visualize.plotly_book import register_book_renderer
-from agglib.visualize.posterior import plot_calibration, plot_encoder_history, plot_error_by_set_size, plot_posterior
+from agglib.visualize.posterior import (plot_calibration, plot_coverage, plot_encoder_history, plot_error_by_set_size,
+                                        plot_posterior)
 from agglib.visualize.stem import (plot_aggregate_and_image, plot_field_of_view, plot_haadf_curves,
                                    plot_haadf_measurements, plot_image_slider, plot_render_maps, plot_stem_image)
 
@@ -25,4 +26,4 @@ __all__ = ["plot_haadf_measurements", "plot_aggregate", "plot_aggregate_gallery"
            "plot_image_slider", "plot_field_of_view", "plot_grid_coverage", "plot_split_counts",
            "plot_image_grid", "plot_training_history", "plot_validation_error", "plot_prediction_vs_truth", "plot_error_by_preset",
            "plot_batch_size_study", "plot_confusion", "plot_shadow_histograms", "plot_shadow_means",
-           "plot_encoder_history", "plot_error_by_set_size", "plot_calibration", "plot_posterior"]
+           "plot_encoder_history", "plot_error_by_set_size", "plot_calibration", "plot_posterior", "plot_coverage"]

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-__all__ = ["plot_encoder_history", "plot_error_by_set_size", "plot_calibration", "plot_posterior"]
+__all__ = ["plot_encoder_history", "plot_error_by_set_size", "plot_calibration", "plot_posterior", "plot_coverage"]
 
 _LABELS = {"df": "θ_Df [-]", "rho": "θ_ρ [-]", "theta0": "θ0 [particles]", "theta1": "θ1 [particles]"}
 
@@ -73,17 +73,53 @@ def plot_calibration(pit: pd.DataFrame, m: int | None = None, bins: int = 10, ti
     return fig
 
 
-def plot_posterior(estimate, truth=None, sample: int = 0, title: str | None = None) -> go.Figure:
-    """The four marginal posteriors of one sample (densities [1/unit]), with the truth if known."""
-    fig = make_subplots(rows=1, cols=4, subplot_titles=[_LABELS[p] for p in ("df", "rho", "theta0", "theta1")])
-    for k, p in enumerate(("df", "rho", "theta0", "theta1")):
-        e = estimate.grid.edges(p)
-        prob = estimate.probabilities[p][sample]
-        width = e[1:] - e[:-1]
-        fig.add_trace(go.Bar(x=(e[1:] + e[:-1]) / 2, y=prob / width, width=width, showlegend=False,
-                             marker_color="#1f77b4"), 1, k + 1)
-        if truth is not None:
+def plot_posterior(estimate, truth=None, sample: int = 0, title: str | None = None, draws: int = 2000,
+                   seed: int = 0) -> go.Figure:
+    """One sample's posterior: the marginal densities of θ_Df and θ_ρ [1/unit] with their 90 %
+    central intervals, the marginal probabilities of θ0 and θ1, and joint draws of (θ_Df, θ_ρ)
+    (the dependence the marginals do not show); the truth (red) if known."""
+    one = estimate.select([sample])
+    fig = make_subplots(rows=1, cols=5, subplot_titles=[_LABELS[p] for p in ("df", "rho", "theta0", "theta1")]
+                        + ["joint draws: θ_Df, θ_ρ"], horizontal_spacing=0.06)
+    for k, p in enumerate(("df", "rho")):
+        lo, hi = one.grid.bounds(p)
+        x = np.linspace(lo, hi, 401)
+        fig.add_trace(go.Scatter(x=x, y=[float(one.density(p, v)[0]) for v in x], mode="lines", showlegend=False,
+                                 line=dict(color="#1f77b4")), 1, k + 1)
+        a, b = one.interval(p, 0.9)[0]
+        fig.add_vrect(x0=a, x1=b, fillcolor="#1f77b4", opacity=0.12, line_width=0, row=1, col=k + 1)
+    for k, p in enumerate(("theta0", "theta1")):
+        fig.add_trace(go.Bar(x=one.grid.integers(p), y=one.probabilities(p)[0], showlegend=False,
+                             marker_color="#1f77b4"), 1, k + 3)
+    th = one.sample(draws, seed=seed)
+    fig.add_trace(go.Scattergl(x=th[:, 0], y=th[:, 1], mode="markers", marker=dict(size=3, opacity=0.3, color="#1f77b4"),
+                               showlegend=False), 1, 5)
+    if truth is not None:
+        for k in range(4):
             fig.add_vline(x=float(truth[k]), line_color="red", line_dash="dash", row=1, col=k + 1)
-    fig.update_yaxes(title_text="posterior density [1/unit]", col=1)
-    fig.update_layout(title=title or "Marginal posteriors (dashed: truth)", height=320, bargap=0)
+        fig.add_trace(go.Scatter(x=[float(truth[0])], y=[float(truth[1])], mode="markers", showlegend=False,
+                                 marker=dict(color="red", symbol="x", size=10)), 1, 5)
+    fig.update_yaxes(title_text="density [1/unit]", col=1)
+    fig.update_yaxes(title_text="probability [-]", col=3)
+    fig.update_yaxes(title_text="θ_ρ [-]", col=5)
+    fig.update_xaxes(title_text="θ_Df [-]", col=5)
+    fig.update_layout(title=title or "Posterior of one sample (shaded: 90 % central interval; red: truth)",
+                      height=330, bargap=0.2)
+    return fig
+
+
+def plot_coverage(table: pd.DataFrame, columns=None, band=(0.85, 0.95), title: str | None = None) -> go.Figure:
+    """Coverage of 90 % credible regions against the number of images M: one line per check
+    (``table`` from :func:`agglib.evaluate.calibration.calibration_report`, rows M), with the
+    band accepted as calibrated."""
+    columns = columns or [c for c in table.columns if c.endswith((" central", " HPD")) or c == "TARP"]
+    fig = go.Figure()
+    fig.add_hrect(y0=band[0], y1=band[1], fillcolor="grey", opacity=0.15, line_width=0)
+    fig.add_hline(y=0.9, line_dash="dash", line_color="black")
+    for c in columns:
+        fig.add_trace(go.Scatter(x=table.index, y=table[c], mode="lines+markers", name=c))
+    fig.update_xaxes(title_text="M [images of one sample]", type="log", tickvals=list(table.index))
+    fig.update_yaxes(title_text="share of 90 % regions holding the truth [-]", range=[0, 1.02])
+    fig.update_layout(title=title or "Coverage of 90 % credible regions (grey: accepted band)", height=420,
+                      legend=dict(orientation="h", y=-0.25))
     return fig

@@ -58,8 +58,9 @@ samples like the simulated ones are flagged; the benchmark measures 0–1.7 % on
 
 The reference is plain numbers (:meth:`SummaryReference.to_dict`, JSON-serialisable: D² + 2D +
 ``max_images`` floats, ~5 kB of JSON for the 13 head outputs, ~330 kB for the 128-d embedding),
-made for a checkpoint's metadata. :func:`reference_for_estimator` simulates in-model samples as an
-estimator's training images and fits one (~25 ms per image on one CPU core).
+made for a checkpoint's metadata. Every trained :class:`agglib.estimate.SampleEstimator` carries one,
+fitted on its posterior's training images (:mod:`agglib.training.pipeline`);
+:func:`agglib.evaluate.out_of_model.reference_for_estimator` simulates in-model samples anew and fits one.
 """
 
 from __future__ import annotations
@@ -70,8 +71,7 @@ import numpy as np
 
 from agglib.core.validation import check_range
 
-__all__ = ["SummaryReference", "FEATURES", "STATISTICS", "COMBINED_PARTS", "REFERENCE_FORMAT", "shrunk_covariance",
-           "encoder_features", "reference_simulation", "reference_for_estimator"]
+__all__ = ["SummaryReference", "FEATURES", "STATISTICS", "COMBINED_PARTS", "REFERENCE_FORMAT", "shrunk_covariance"]
 
 #: Per-image feature vectors an encoder gives (:func:`encoder_features`): its 13 head outputs
 #: (standardised descriptor and θ predictions, the posterior's inputs; the default) or its 128-d embedding.
@@ -480,86 +480,3 @@ def _set_statistic(name: str, z: np.ndarray, between: np.ndarray) -> np.ndarray:
     if name == "mean_vector":
         return m * np.sum(centre ** 2 / (between + 1.0), axis=1)
     return np.sum(centre ** 2 / (between + 1.0 / m), axis=1)
-
-
-# ---------------------------------------------------------------------- with an estimator
-
-def encoder_features(estimator, images, features: str = "outputs") -> np.ndarray:
-    """Per-image feature vectors of images [counts] (M, H, W) → (M, D).
-
-    ``estimator`` is a :class:`agglib.estimate.SampleEstimator` or its
-    :class:`agglib.encoder.TrainedEncoder`; ``features`` one of :data:`FEATURES`.
-    """
-    if features not in FEATURES:
-        raise ValueError(f"features={features!r}; accepted: {', '.join(FEATURES)}")
-    encoder = getattr(estimator, "encoder", estimator)
-    encoded = encoder.encode(images)
-    return np.asarray(getattr(encoded, features), dtype=np.float64)
-
-
-def reference_simulation(estimator, acquisition: str | None = None) -> dict:
-    """Keyword arguments of :func:`agglib.evaluate.out_of_model.in_model_samples` that simulate
-    in-model samples as ``estimator``'s training images (see :func:`reference_for_estimator`)."""
-    from agglib.evaluate.out_of_model import ACQUISITION_MODES, DEFAULT_PRIOR
-    from agglib.stem import StemSettings
-    from agglib.stem.acquisition import AcquisitionRanges
-
-    meta = getattr(estimator, "training_metadata", None) or getattr(estimator, "metadata")
-    ranges = meta.get("acquisition_ranges")
-    if acquisition is None:
-        acquisition = "mixed" if ranges else "paper"
-    if acquisition not in ACQUISITION_MODES:
-        raise ValueError(f"acquisition={acquisition!r}; accepted: {', '.join(ACQUISITION_MODES)}")
-    theta_grid = getattr(estimator, "grid", None)
-    prior = theta_grid.support() if theta_grid is not None and hasattr(theta_grid, "support") else DEFAULT_PRIOR
-    fields = meta.get("profile_fields") or {}
-    grid = {"df": list(fields["df_values"]), "rho": list(fields["rho_values"])} \
-        if fields.get("df_values") and fields.get("rho_values") else None
-    return {"settings": StemSettings(**meta["stem_settings"]), "acquisition": acquisition,
-            "ranges": AcquisitionRanges.from_dict(ranges) if ranges else None, "prior": prior, "grid": grid}
-
-
-def reference_for_estimator(estimator, n_configs: int = 240, images_per_config: int = 24, seed: int = 0, *,
-                            max_images: int | None = None, features: str = "outputs", level: float = 0.99,
-                            acquisition: str | None = None, statistic: str = "combined") -> SummaryReference:
-    """Simulate in-model samples as the estimator's training images and fit a reference on them.
-
-    Takes about 25 ms per image on one CPU core (simulation and encoding; 240 × 24 images: ~2.5 min).
-
-    Parameters
-    ----------
-    estimator : SampleEstimator or TrainedEncoder
-        Its encoder reads the images; its ``training_metadata`` (STEM settings, acquisition ranges,
-        the grid's ``df_values`` and ``rho_values`` in ``profile_fields``) and ``grid.support()``
-        (the prior; default :data:`agglib.evaluate.out_of_model.DEFAULT_PRIOR`) say how to simulate
-        them: half of the configurations with θ_Df, θ_ρ from the prior's intervals, half from the
-        grid's values (:func:`agglib.evaluate.out_of_model.in_model_samples`).
-    n_configs : int
-        Configurations simulated, ≥ 4 (split in halves for the thresholds: :meth:`SummaryReference.fit`).
-    images_per_config : int
-        Images per configuration.
-    seed : int
-    max_images : int, optional
-        Largest set size with its own threshold (default ``images_per_config``; a smaller value
-        gives the thresholds of the largest M more subsets per configuration than one).
-    features : {"outputs", "embedding"}
-    level : float
-        Quantile of the thresholds.
-    acquisition : {"paper", "randomised", "mixed"}, optional
-        Default: ``"mixed"`` (a quarter of the configurations at the paper's acquisition) for an
-        estimator trained on a randomised acquisition, else ``"paper"``.
-    statistic : {"combined", "set_mean", "mean_d2", "mean_vector"}
-
-    Returns
-    -------
-    SummaryReference
-    """
-    from agglib.evaluate.out_of_model import in_model_samples
-
-    spec = reference_simulation(estimator, acquisition)
-    sims = in_model_samples(spec.pop("settings"), n_configs, images_per_config, seed, **spec)
-    images = sims.pop("images")
-    x = encoder_features(estimator, images.reshape(-1, *images.shape[2:]), features)
-    config_id = np.repeat(np.arange(n_configs), images_per_config)
-    return SummaryReference.fit(x, config_id, seed, max_images=max_images or images_per_config, level=level,
-                                statistic=statistic, feature_name=features)
