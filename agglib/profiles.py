@@ -66,8 +66,9 @@ class Profile:
         Epochs of the ``descriptors`` networks whose f initialises θ0's and θ1's f (0: none,
         the paper's training from scratch).
     val_images : int
-        Images of E validated after each training epoch, to pick the best epoch (multi-image
-        networks: val_images // ν groups); 0 validates on all of E.
+        Images validated after each training epoch, to pick the best epoch (multi-image
+        networks: val_images // ν groups) of the validation split V carved out of T (the best
+        epoch is chosen on V; E is only scored after training); 0 validates on all of V.
     bn_batches : int
         Batches of T over which the paper networks' BatchNorm statistics are recomputed before
         each validation (:func:`agglib.train.recalibrate_batchnorm`); 0 keeps training's running

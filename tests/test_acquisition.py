@@ -119,3 +119,34 @@ def test_robustness_table_refuses_wrong_units_and_scores_the_rest():
     clean = table.set_index("perturbation").loc["paper settings"]
     assert clean["refused"] == 0.0 and clean["θ̂_Df MAE"] < 0.2 and 0 <= clean["Df in 95 %"] <= 1
     assert table.set_index("perturbation").loc["offset +1000 counts", "refused"] == 1.0
+
+
+def test_continuous_randomised_store_shares_one_acquisition_per_sample(tmp_path):
+    """A sample's images come from one microscope session: in a randomised continuous store every
+    image of a configuration has the same acquisition, and configurations differ; the grid store
+    (the encoder's) keeps one per image."""
+    from agglib.dataset import build_dataset
+    from agglib.dataset.build import configuration_acquisition
+    from agglib.stem.acquisition import ACQUISITION_KEYS, AcquisitionRanges
+
+    prof = agglib.load_profile("tiny", acquisition="randomised", posterior_configs_T=4, encoder_configs_T=2,
+                               posterior_configs_E=2)
+    store = build_dataset(tmp_path / "cont.zarr", prof, seed=3, workers=1, design="continuous",
+                          show_progress_bars=False)
+    assert store.identity["acquisition_scope"] == "configuration"
+    import zarr
+
+    acq = zarr.open_group(str(store.path), mode="r")["acquisition"][...]
+    ids = store.config_id
+    for c in np.unique(ids):
+        rows = acq[ids == c]
+        assert np.all(rows == rows[0]), c
+        expected = configuration_acquisition(3, c, AcquisitionRanges())
+        assert np.allclose(rows[0], [expected[k] for k in ACQUISITION_KEYS])
+    firsts = np.stack([acq[ids == c][0] for c in np.unique(ids)])
+    assert len({tuple(r) for r in firsts}) == firsts.shape[0]          # each sample its own session
+    grid = build_dataset(tmp_path / "grid.zarr", prof, seed=3, workers=1, show_progress_bars=False)
+    assert "acquisition_scope" not in grid.identity
+    g = zarr.open_group(str(grid.path), mode="r")["acquisition"][...]
+    first = grid.config_id == grid.config_id[0]
+    assert len({tuple(r) for r in g[first]}) > 1                       # per image in the encoder's data

@@ -146,7 +146,11 @@ def test_new_method_fit_gives_posterior_intervals_for_few_images_and_shadows_fro
     assert len(aggs) == 15 and len({(p.df, p.rho) for p in params}) > 1     # each from its own θ draw
     out = export_shadows(result, aggs, tmp_path / "shadows")
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["posterior"]) == {"df", "rho", "theta0", "theta1"}
+    post = summary["posterior"]
+    assert {"p_theta0_theta1", "df_points", "df_density", "rho_points", "rho_density", "mixture"} <= set(post)
+    assert np.isclose(np.sum(post["p_theta0_theta1"]), 1.0, atol=1e-4)
+    assert np.trapezoid(post["df_density"], post["df_points"]) == pytest.approx(1.0, abs=0.02)
+    assert "out_of_model" in summary and summary["out_of_model"]["M"] == 3
     assert summary["settings"]["method"] == "sets"
     printed_args = ["fit", *map(str, paths), "--models", str(tiny_sets), "--out", str(tmp_path / "cli"),
                     "--bootstrap", "20", "--shadows", "4"]
