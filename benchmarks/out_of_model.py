@@ -1,263 +1,233 @@
-"""Does the out-of-model warning fire on samples the model cannot make, and stay silent on in-model ones?
+"""Does the shipped estimators' out-of-model warning stay silent on in-model samples and fire on others?
 
-    python benchmarks/out_of_model.py [--fit-configs 240] [--test-configs 60] [--oom-samples 40] [--seed 0]
+    OMP_NUM_THREADS=1 python benchmarks/out_of_model.py [--configs 300] [--oom-samples 50]
+        [--fracval-samples 20] [--fracval-aggregates 4] [--seed 0]
 
-With the shipped default estimator (``load_default_estimator()``: the encoder trained on a
-randomised acquisition), on 128² images of the quick profile:
+Measures the reference each estimator stores (fitted during training on its posterior's training
+images; ``est.out_of_model(est.encoder.encode(images).outputs)``, what ``agglib fit`` uses), for
+the default ``sets-quick-robust`` (``load_default_estimator()``: trained on a randomised
+acquisition shared by each sample's images) and ``sets-quick`` (trained on the paper's acquisition):
 
-1. *fitting*: ``--fit-configs`` in-model configurations × ``--fit-images`` images simulated as
-   :func:`agglib.evaluate.out_of_model.reference_for_estimator` does
-   (:func:`agglib.misspecification.reference_simulation`: θ_Df, θ_ρ from the grid's values for
-   half of the configurations, from the prior's intervals for the others; a quarter of the
-   configurations at the paper's acquisition, the rest each with one acquisition drawn from the
-   estimator's ``AcquisitionRanges``); a :class:`agglib.misspecification.SummaryReference` for
-   each feature vector (``outputs``: the encoder's 13 head outputs; ``embedding``: its 128-d
-   embedding) and each set statistic (``combined``, ``set_mean``, ``mean_d2``, ``mean_vector``), thresholds
-   cross-fitted (and once without, for the default);
-2. *false alarms*: fresh in-model configurations with other seeds — ``--test-configs`` from
-   :func:`agglib.evaluate.fresh_configurations` (the quick profile's grid, the paper's acquisition)
-   and as many with one drawn acquisition each — cut into disjoint samples of M = 1, 4, 12, 24 images
-   of one configuration;
-3. *detections*: ``--oom-samples`` samples of ``--oom-images`` images of each out-of-model kind
-   (:func:`agglib.evaluate.out_of_model.out_of_model_samples`: half-radius particles; EDX-like W and
-   Ti maps scaled to a HAADF signal level).
+1. *false alarms*: ``--configs`` fresh in-model configurations × 24 images from
+   :func:`agglib.evaluate.fresh_configurations` (quick profile) with ``prior="continuous"`` and
+   ``prior="grid"``, at the simulator's settings, and — for the robust estimator only, the acquisition
+   it was trained on — with ``acquisition=AcquisitionRanges()`` (one acquisition per configuration,
+   shared by its images; the same θ and aggregates as the paper-acquisition samples of that prior:
+   same seed), cut into disjoint samples of M = 1, 4, 12, 24 images of one configuration;
+2. *detections*: ``--oom-samples`` samples × 12 images of each kind of
+   :func:`agglib.evaluate.out_of_model.out_of_model_samples` (half-radius particles; EDX-like W and
+   Ti maps put on a HAADF signal level), at M = 12 and on disjoint subsets of M = 4;
+3. *another generator* (when ``pyfracval`` is installed, ``pip install pyfracval==0.1.0``):
+   ``--fracval-samples`` samples of FracVAL aggregates (D_f uniform on 1.6–2.2 per sample, k_f 1.3,
+   N uniform on 20–80, the model's radius law; each particle WO3 with a per-sample probability
+   uniform on 0.2–0.8), ``--fracval-aggregates`` aggregates per sample, each rendered with
+   :func:`agglib.stem.render_stem` at 12 / ``--fracval-aggregates`` random orientations
+   (FracVAL takes about 1 s per aggregate, with failed attempts); ``--fracval-budget`` caps its time.
 
-Also reported: the share of each kind of sample the intensity check of ``agglib fit``
-(:mod:`agglib.fit.intensity`) already refuses. Encoded features are cached in ``--cache`` (keyed
-by the arguments) so that other levels or statistics are cheap to compare. Prints markdown tables;
-writes them to ``benchmarks/results/out_of_model.txt``.
+Prints a markdown report; writes it to ``benchmarks/results/out_of_model.txt``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import hashlib
+import logging
 from pathlib import Path
+import sys
 import tempfile
 import time
-from types import SimpleNamespace
+import warnings
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SET_SIZES = (1, 4, 12, 24)
-
-
-def load_estimator():
-    """The default estimator; its encoder alone if the posterior does not load (only the encoder is needed)."""
-    from agglib.estimate import load_default_estimator, shipped_models_dir
-
-    try:
-        return load_default_estimator(), "load_default_estimator()"
-    except Exception as err:                      # noqa: BLE001 — report and fall back
-        from agglib.encoder import TrainedEncoder
-        from agglib.stem import StemSettings
-
-        encoder = TrainedEncoder.load(shipped_models_dir("robust") / "encoder.pt")
-        note = (f"encoder of {shipped_models_dir('robust').name} (the default estimator's; its posterior did not "
-                f"load: {type(err).__name__}: {err})")
-        return SimpleNamespace(encoder=encoder, training_metadata=encoder.metadata,
-                               stem_settings=StemSettings(**encoder.metadata["stem_settings"])), note
-
-
-def simulate_and_encode(estimator, args) -> dict:
-    """Features (both kinds) and intensity statistics of every sample set of the benchmark."""
-    import agglib
-    from agglib.evaluate import fresh_configurations
-    from agglib.evaluate.out_of_model import OUT_OF_MODEL_KINDS, in_model_samples, out_of_model_samples
-    from agglib.evaluate.out_of_model import reference_simulation
-
-    spec = reference_simulation(estimator)                  # as reference_for_estimator simulates
-    settings = spec.pop("settings")
-
-    def encode(images, n_sets, m, fractions=True):
-        flat = images.reshape(-1, *images.shape[-2:])
-        enc = estimator.encoder.encode(flat)
-        out = {"embedding": enc.embedding.reshape(n_sets, m, -1).astype(np.float64),
-               "outputs": enc.outputs.reshape(n_sets, m, -1).astype(np.float64)}
-        if fractions:
-            out["fractions"] = images.reshape(n_sets, m, *images.shape[-2:]) / settings.electrons_per_pixel
-        return out
-
-    out, timing = {}, {}
-    t = time.perf_counter()
-    sims = in_model_samples(settings, args.fit_configs, args.fit_images, args.seed, **spec)
-    out["fit"] = encode(sims["images"], args.fit_configs, args.fit_images, fractions=False)
-    out["fit"]["paper"] = np.array([a is None for a in sims["acquisition"]])
-    timing["fit"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    fresh = fresh_configurations(agglib.load_profile("quick"), args.test_configs, max(SET_SIZES), args.seed + 1,
-                                 workers=1, show_progress_bars=False)
-    out["paper acquisition (fresh_configurations)"] = encode(fresh["images"], args.test_configs, max(SET_SIZES))
-    sims = in_model_samples(settings, args.test_configs, max(SET_SIZES), args.seed + 2,
-                            **{**spec, "acquisition": "randomised", "grid": None})
-    out["randomised acquisition, one per sample"] = encode(sims["images"], args.test_configs, max(SET_SIZES))
-    timing["in-model tests"] = time.perf_counter() - t
-
-    for kind in OUT_OF_MODEL_KINDS:
-        t = time.perf_counter()
-        sims = out_of_model_samples(kind, settings, args.oom_samples, args.oom_images, args.seed + 3,
-                                    prior=spec["prior"])
-        out[kind] = encode(sims["images"], args.oom_samples, args.oom_images)
-        timing[kind] = time.perf_counter() - t
-    return out, timing
-
-
-def intensity_refusals(estimator, sets) -> float:
-    """Share of samples (sets of images, as fractions of the beam) the intensity check refuses."""
-    from agglib.fit.intensity import check_intensity, intensity_reference
-
-    reference = intensity_reference(estimator)
-    return float(np.mean([bool(check_intensity(s, reference)[0]) for s in sets]))
-
-
-def disjoint_sets(features: np.ndarray, m: int) -> np.ndarray:
-    """(configs, n, D) → (configs · ⌊n/m⌋, m, D): disjoint consecutive sets of m images of one configuration."""
-    c, n, d = features.shape
-    k = n // m
-    return features[:, :k * m].reshape(c * k, m, d)
-
-
-def flagged(reference, sets: np.ndarray) -> float:
-    return float(np.mean([reference.score(s)["out_of_model"] for s in sets]))
-
-
+OOM_SIZES = (4, 12)
 OOM_LABELS = {"half_radius": "half-radius particles (6 ± 1.5 nm)", "edx_w": "EDX-like W map (WO3 only)",
-              "edx_ti": "EDX-like Ti map (TiO2 only)"}
+              "edx_ti": "EDX-like Ti map (TiO2 only)", "fracval": "FracVAL aggregates (D_f 1.6–2.2)"}
+
+
+def rates(estimator, outputs: np.ndarray, sizes) -> dict:
+    """outputs (samples, images, K) → {M: (flagged, sets, median statistic / threshold)} over disjoint
+    consecutive sets of M images of each sample."""
+    out = {}
+    for m in sizes:
+        k = outputs.shape[1] // m
+        scores = [estimator.out_of_model(s) for s in outputs[:, :k * m].reshape(-1, m, outputs.shape[-1])]
+        out[m] = (sum(s["out_of_model"] for s in scores), len(scores),
+                  float(np.median([s["statistic"] / s["threshold"] for s in scores])))
+    return out
+
+
+def encode(estimator, images: np.ndarray, n_samples: int) -> np.ndarray:
+    flat = images.reshape(-1, *images.shape[-2:])
+    return np.asarray(estimator.encoder.encode(flat).outputs, dtype=np.float64).reshape(n_samples, -1, 13)
+
+
+def fracval_samples(settings, n_samples, n_aggregates, images_per_sample, seed, budget_s):
+    """Images (samples, M, H, W) [counts] of FracVAL aggregates, the per-sample D_f, and attempts/successes."""
+    from pyfracval.main_runner import run_simulation
+
+    from agglib import Aggregate
+    from agglib.model.params import RadiusDistribution
+    from agglib.stem import ExtrapolationWarning, render_stem
+
+    logging.disable(logging.CRITICAL)
+    law = RadiusDistribution()
+    base = dict(kf=1.3, rp_g=float(np.exp(law.mu_ln)), rp_gstd=float(np.exp(law.sigma_ln)), tol_ov=1e-6,
+                n_subcl_percentage=0.1, ext_case=0)
+    size = settings.image_size_px
+    images, dfs, attempts, t0 = [], [], 0, time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for ss in np.random.SeedSequence([int(seed), 30]).spawn(n_samples):
+            if time.perf_counter() - t0 > budget_s:
+                break
+            rng = np.random.default_rng(ss)
+            df, wo3_share = float(rng.uniform(1.6, 2.2)), float(rng.uniform(0.2, 0.8))
+            sample = np.empty((images_per_sample, size, size), dtype=np.float32)
+            j = 0
+            for a in range(n_aggregates):
+                ok = False
+                while not ok and time.perf_counter() - t0 <= budget_s:
+                    attempts += 1
+                    ok, xyz, r = run_simulation(0, dict(base, N=int(rng.integers(20, 81)), Df=df),
+                                                output_base_dir=tmp, seed=int(rng.integers(2**31 - 1)))
+                if not ok:
+                    break
+                xyz = xyz - np.average(xyz, axis=0, weights=r ** 3)      # about the centre of mass
+                agg = Aggregate(xyz, r, (rng.random(len(r)) >= wo3_share).astype(np.int64))   # 0 = WO3
+                views = images_per_sample // n_aggregates + (a < images_per_sample % n_aggregates)
+                for _ in range(views):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", ExtrapolationWarning)
+                        sample[j] = render_stem(agg, seed=rng, settings=settings)
+                    j += 1
+            if j == images_per_sample:
+                images.append(sample)
+                dfs.append(df)
+    return np.array(images), np.array(dfs), attempts
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--fit-configs", type=int, default=240, help="in-model configurations fitting the reference")
-    ap.add_argument("--fit-images", type=int, default=24, help="images per fitting configuration (= max_images)")
-    ap.add_argument("--test-configs", type=int, default=60,
-                    help="fresh in-model configurations of 24 images for the false alarms, per acquisition kind")
-    ap.add_argument("--oom-samples", type=int, default=40, help="out-of-model samples of each kind")
-    ap.add_argument("--oom-images", type=int, default=12, help="images M per out-of-model sample")
-    ap.add_argument("--level", type=float, default=0.99, help="quantile of the thresholds")
+    ap.add_argument("--configs", type=int, default=300, help="fresh in-model configurations × 24 images per kind")
+    ap.add_argument("--oom-samples", type=int, default=50, help="out-of-model samples × 12 images per kind")
+    ap.add_argument("--fracval-samples", type=int, default=20, help="FracVAL samples × 12 images (0: skip)")
+    ap.add_argument("--fracval-aggregates", type=int, default=4, help="FracVAL aggregates per sample")
+    ap.add_argument("--fracval-budget", type=float, default=150.0, help="FracVAL time cap [s]")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--torch-threads", type=int, default=1, help="CPU threads of the encoder")
-    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "agglib-out-of-model"),
-                    help="folder of cached encoded features")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "out_of_model.txt"))
     args = ap.parse_args(argv)
+    command = "OMP_NUM_THREADS=1 python benchmarks/out_of_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
     import torch
 
     import agglib
-    from agglib.misspecification import COMBINED_PARTS, FEATURES, STATISTICS, SummaryReference
+    from agglib.estimate import SampleEstimator, load_default_estimator, shipped_models_dir
+    from agglib.evaluate import fresh_configurations
+    from agglib.evaluate.out_of_model import OUT_OF_MODEL_KINDS, out_of_model_samples
+    from agglib.stem.acquisition import AcquisitionRanges
 
-    torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(1)
     agglib.config.set(progress_bars=False)
-    estimator, source = load_estimator()
-    key = json.dumps({k: getattr(args, k) for k in ("fit_configs", "fit_images", "test_configs", "oom_samples",
-                                                    "oom_images", "seed")} | {"simulation": 2}, sort_keys=True)
-    cache = Path(args.cache) / f"features-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    t0 = time.perf_counter()
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as f:
-            names = json.loads(str(f["names"]))
-            data = {n: {k: f[f"{i}:{k}"] for k in ("embedding", "outputs")} for i, n in enumerate(names)}
-            data["fit"]["paper"] = f["fit_paper"]
-            refused = json.loads(str(f["refused"]))
-        timing = {"(cached)": 0.0}
-    else:
-        data, timing = simulate_and_encode(estimator, args)
-        refused = {n: intensity_refusals(estimator, [s[:12] for s in d["fractions"]]) for n, d in data.items()
-                   if n != "fit"}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        names = list(data)
-        np.savez(cache, names=json.dumps(names), fit_paper=data["fit"]["paper"], refused=json.dumps(refused),
-                 **{f"{i}:{k}": data[n][k] for i, n in enumerate(names) for k in ("embedding", "outputs")})
-    in_model = [n for n in data if n.startswith(("paper", "randomised"))]
-    oom = [n for n in data if n in OOM_LABELS]
-    n_images = sum(d["outputs"].shape[0] * d["outputs"].shape[1] for d in data.values())
+    estimators = {"sets-quick-robust": load_default_estimator(),
+                  "sets-quick": SampleEstimator.load(shipped_models_dir("sets"))}
+    settings = estimators["sets-quick"].stem_settings
+    assert all(e.stem_settings == settings for e in estimators.values())
+    profile = agglib.load_profile("quick")
+    timing, t_all, n_enc = {}, time.perf_counter(), 0
 
-    fit = data["fit"]
-    config_id = np.repeat(np.arange(args.fit_configs), args.fit_images)
-    m_oom = args.oom_images
-    variants = [(feat, stat, True) for feat in FEATURES for stat in STATISTICS] + [("outputs", "combined", False)]
-    results, refs = [], {}
-    for feat, stat, crossfit in variants:
-        x = fit[feat].reshape(-1, fit[feat].shape[-1])
+    # 1. false alarms: (label, prior, acquisition, seed, estimators)
+    in_model = [("continuous θ, paper acquisition", "continuous", None, args.seed + 1, list(estimators)),
+                ("grid θ, paper acquisition", "grid", None, args.seed + 2, list(estimators)),
+                ("continuous θ, AcquisitionRanges() per sample", "continuous", AcquisitionRanges(), args.seed + 1,
+                 ["sets-quick-robust"]),
+                ("grid θ, AcquisitionRanges() per sample", "grid", AcquisitionRanges(), args.seed + 2,
+                 ["sets-quick-robust"])]
+    results = {}                                   # (estimator, label) → rates
+    for label, prior, acquisition, seed, names in in_model:
         t = time.perf_counter()
-        ref = SummaryReference.fit(x, config_id, args.seed, max_images=args.fit_images, level=args.level,
-                                   statistic=stat, crossfit=crossfit, feature_name=feat)
-        refs[feat, stat, crossfit] = ref
-        row = {"variant": (feat, stat, crossfit), "fit_s": time.perf_counter() - t,
-               "shrinkage": (ref.info["shrinkage_within"], ref.info["shrinkage_means"])}
-        for n in in_model:
-            for m in SET_SIZES:
-                sets = disjoint_sets(data[n][feat], m)
-                row[n, m], row[n, m, "count"] = flagged(ref, sets), len(sets)
-        for n in oom:
-            for m in (1, 4, m_oom):
-                sets = disjoint_sets(data[n][feat], m)
-                row[n, m], row[n, m, "count"] = flagged(ref, sets), len(sets)
-            # separation: median over samples of log10(statistic / threshold) at M = oom_images
-            row[n, "margin"] = float(np.median([np.log10(ref.set_statistic(s) / ref.threshold(len(s)))
-                                                for s in data[n][feat]]))
-        results.append(row)
+        images = fresh_configurations(profile, args.configs, max(SET_SIZES), seed, prior=prior,
+                                      acquisition=acquisition, workers=1, show_progress_bars=False)["images"]
+        timing["in-model: simulate"] = timing.get("in-model: simulate", 0.0) + time.perf_counter() - t
+        for name in names:
+            t = time.perf_counter()
+            results[name, label] = rates(estimators[name], encode(estimators[name], images, args.configs), SET_SIZES)
+            key = "in-model: encode and score"
+            timing[key] = timing.get(key, 0.0) + time.perf_counter() - t
+            n_enc += images.shape[0]
 
-    def name(variant):
-        feat, stat, crossfit = variant
-        return f"{feat} | {stat} | {'yes' if crossfit else 'no'}"
+    # 2. detections
+    oom = {}
+    for i, kind in enumerate(OUT_OF_MODEL_KINDS):
+        t = time.perf_counter()
+        images = out_of_model_samples(kind, settings, args.oom_samples, 12, args.seed + 10 + i)["images"]
+        for name, est in estimators.items():
+            results[name, kind] = rates(est, encode(est, images, args.oom_samples), OOM_SIZES)
+            n_enc += images.shape[0] * images.shape[1]
+        oom[kind] = (args.oom_samples, f"seed {args.seed + 10 + i}")
+        timing[f"{kind} (simulate, encode, score)"] = time.perf_counter() - t
 
-    default = results[variants.index(("outputs", "combined", True))]
-    in_label = {in_model[0]: "in-model, paper acquisition (`fresh_configurations`, grid θ)",
-                in_model[1]: "in-model, randomised acquisition (one per sample, θ from the prior)"}
-    lines = [f"# Out-of-model warning: {source}", "",
-             f"Reference (`reference_simulation`): {args.fit_configs} in-model configurations × {args.fit_images} "
-             f"images, θ_Df and θ_ρ from the quick grid's values for half of them and uniform on the prior's "
-             f"intervals for the others; a quarter at the paper's acquisition ({int(fit['paper'].sum())} here), "
-             f"the rest each with one acquisition drawn from the estimator's AcquisitionRanges. Thresholds at level "
-             f"{args.level} from sets of one half's configurations scored by the model of the other half (cross-fit: "
-             f"both ways); seed {args.seed}. False alarms: {args.test_configs} fresh configurations × 24 images of each "
-             f"acquisition kind (seeds {args.seed + 1}, {args.seed + 2}), disjoint samples of M images of one "
-             f"configuration ({args.test_configs} samples at M = 24, {args.test_configs * 24} at M = 1). Detections: "
-             f"{args.oom_samples} samples × {m_oom} images of each out-of-model kind (seed {args.seed + 3}; smaller M: "
-             f"disjoint subsets). {n_images} images of 128² px encoded in all.", "",
-             "## Rates of the default: head outputs, combined statistic, cross-fitted thresholds", "",
-             "| samples | M | samples tested | flagged out of model | target |", "|---|---|---|---|---|"]
-    for n in in_model:
-        lines += [f"| {in_label[n]} | {m} | {default[n, m, 'count']} | {default[n, m]:.3f} | ≤ 0.05 |" for m in SET_SIZES]
-    for n in oom:
-        lines += [f"| {OOM_LABELS[n]} | {m} | {default[n, m, 'count']} | {default[n, m]:.3f} | "
-                  f"{'≥ 0.90' if m == m_oom else '—'} |" for m in (1, 4, m_oom)]
-    lines += ["", "## Features and statistics compared (share of samples flagged)", "",
-              "| features | statistic | cross-fit | " + " | ".join(
-                  [f"in-model {'paper' if n.startswith('paper') else 'random acq.'} M={m}" for n in in_model
-                   for m in SET_SIZES] + [f"{n} M={m_oom}" for n in oom]) + " |",
-              "|---|---|---|" + "---|" * (len(in_model) * len(SET_SIZES) + len(oom))]
-    for r in results:
-        lines.append(f"| {name(r['variant'])} | "
-                     + " | ".join([f"{r[n, m]:.3f}" for n in in_model for m in SET_SIZES]
-                                  + [f"{r[n, m_oom]:.3f}" for n in oom]) + " |")
-    lines += ["", "## Detection against M, and separation (median over samples of log10(statistic / threshold) at "
-              f"M = {m_oom}; > 0: flagged)", "",
-              "| features | statistic | cross-fit | " + " | ".join(f"{n} M={m}" for n in oom for m in (1, 4, m_oom))
-              + " | " + " | ".join(f"{n} margin" for n in oom) + " | shrinkage λ (within / means) |",
-              "|---|---|---|" + "---|" * (4 * len(oom) + 1)]
-    for r in results:
-        lines.append(f"| {name(r['variant'])} | "
-                     + " | ".join(f"{r[n, m]:.3f}" for n in oom for m in (1, 4, m_oom)) + " | "
-                     + " | ".join(f"{r[n, 'margin']:+.2f}" for n in oom)
-                     + " | {:.3f} / {:.3f} |".format(*r["shrinkage"]))
-    ref = refs["outputs", "combined", True]
-    shown = [m for m in (1, 2, 4, 8, 12, 16, 24) if m <= ref.max_images]
-    lines += ["", "## Thresholds of the default against M", "",
-              "| M | " + " | ".join(str(m) for m in shown) + " |", "|---|" + "---|" * len(shown),
-              *[f"| {part}: {args.level} quantile | " + " | ".join(f"{ref.scales[j, m - 1]:.1f}" for m in shown) + " |"
-                for j, part in enumerate(COMBINED_PARTS)],
-              "| combined: threshold of max(parts / quantiles) | " + " | ".join(f"{ref.threshold(m):.3f}"
-                                                                                for m in shown) + " |",
-              "", "## Share refused by the intensity check of `agglib fit` (first 12 images of each sample)", "",
-              "| samples | refused |", "|---|---|"]
-    lines += [f"| {OOM_LABELS.get(n) or in_label[n]} | {v:.3f} |" for n, v in refused.items()]
-    lines += ["", "Time [s]: " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items())
-              + f"; total {time.perf_counter() - t0:.0f} (torch threads {args.torch_threads})"]
+    # 3. another generator
+    fracval_note = "FracVAL: skipped (--fracval-samples 0)."
+    if args.fracval_samples:
+        try:
+            import pyfracval  # noqa: F401
+        except ImportError:
+            fracval_note = "FracVAL: skipped, pyfracval not installed (pip install pyfracval==0.1.0)."
+        else:
+            t = time.perf_counter()
+            images, dfs, attempts = fracval_samples(settings, args.fracval_samples, args.fracval_aggregates, 12,
+                                                    args.seed + 20, args.fracval_budget)
+            if len(images):
+                for name, est in estimators.items():
+                    results[name, "fracval"] = rates(est, encode(est, images, len(images)), OOM_SIZES)
+                    n_enc += images.shape[0] * images.shape[1]
+                oom["fracval"] = (len(images), f"seed {args.seed + 20}")
+            timing["fracval (generate, render, encode, score)"] = time.perf_counter() - t
+            fracval_note = (f"FracVAL (pyfracval 0.1.0, seed {args.seed + 20}): {len(images)} of "
+                            f"{args.fracval_samples} samples completed within {args.fracval_budget:g} s, 12 images "
+                            f"of each from {args.fracval_aggregates} aggregates at random orientations "
+                            f"({len(images) * args.fracval_aggregates} successful runs of {attempts} attempts); "
+                            f"sample D_f {', '.join(f'{d:.2f}' for d in dfs)}.")
+
+    ref = estimators["sets-quick-robust"].out_of_model_reference
+    ref_info = {"level": ref.level, **ref.info}
+
+    def cell(r):
+        k, n, _ = r
+        return f"{k / n:.3f} ({k}/{n})"
+
+    lines = ["# Out-of-model warning of the shipped estimators' stored references", "",
+             f"Command: `{command}` (torch threads 1). Reference: "
+             f"`est.out_of_model(est.encoder.encode(images).outputs)` — encoder head outputs, combined statistic, "
+             f"level {ref_info['level']}, fitted in training on the posterior's training images "
+             f"({ref_info['configs']} configurations, {ref_info['fit_images']} images). Images: 128² px at 3.4 nm/px, "
+             f"{settings.dose_e_per_A2:g} e/Å² (the quick profile's simulator settings).", "",
+             f"False alarms: {args.configs} fresh configurations × 24 images per row (`fresh_configurations`, quick "
+             f"profile; seed {args.seed + 1} for continuous θ, {args.seed + 2} for grid θ; the AcquisitionRanges rows "
+             f"reuse those seeds: same θ and aggregates, one drawn acquisition per configuration), disjoint samples "
+             f"of M images of one configuration. Entries: share flagged (flagged / samples).", "",
+             "## False alarms on in-model samples (target ≈ 0.01, ≤ 0.05)", "",
+             "| estimator | in-model samples | " + " | ".join(f"M = {m}" for m in SET_SIZES) + " |",
+             "|---|---|" + "---|" * len(SET_SIZES)]
+    for label, _, _, _, names in in_model:
+        for name in names:
+            lines.append(f"| {name} | {label} | " + " | ".join(cell(results[name, label][m]) for m in SET_SIZES)
+                         + " |")
+    lines += ["", "## Detections on out-of-model samples (target ≥ 0.90 at M = 12)", "",
+              "Samples of 12 images (M = 4: disjoint thirds). " + "; ".join(
+                  f"{k}: {n} samples, {s}" for k, (n, s) in oom.items()) + ". Median ratio: median over samples "
+              "of statistic / threshold at M = 12 (> 1: flagged).", "",
+              "| estimator | samples | " + " | ".join(f"M = {m}" for m in OOM_SIZES) + " | median ratio, M = 12 |",
+              "|---|---|" + "---|" * (len(OOM_SIZES) + 1)]
+    for kind in oom:
+        for name in estimators:
+            r = results[name, kind]
+            lines.append(f"| {name} | {OOM_LABELS[kind]} | " + " | ".join(cell(r[m]) for m in OOM_SIZES)
+                         + f" | {r[12][2]:.2f} |")
+    lines += ["", fracval_note, "",
+              "Time [s], one core: " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items())
+              + f"; total {time.perf_counter() - t_all:.0f} ({n_enc} image encodings)."]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)

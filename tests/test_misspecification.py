@@ -165,3 +165,36 @@ def test_shipped_encoder_flags_half_radius_particles():
     assert ref.features == "outputs" and ref.dim == 13
     assert all(flags_half)
     assert sum(flags_fresh) <= 1
+
+
+def test_default_estimator_stored_reference_flags_out_of_model_samples():
+    """The shipped default estimator's stored reference (``est.out_of_model``, as ``agglib fit``
+    uses it) flags samples of 12 images of half-radius particles and of EDX-like W and Ti maps,
+    and mostly passes fresh in-model samples recorded with its own acquisition kind (one drawn per
+    sample). benchmarks/out_of_model.py measures the rates: ~1 % false alarms, 100 % detection."""
+    torch = pytest.importorskip("torch")
+    import agglib
+    from agglib.estimate import load_default_estimator
+    from agglib.evaluate import fresh_configurations
+    from agglib.evaluate.out_of_model import out_of_model_samples
+    from agglib.stem.acquisition import AcquisitionRanges
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        est = load_default_estimator()
+        assert est.out_of_model_reference is not None
+
+        def flags(samples):
+            return [est.out_of_model(est.encoder.encode(s).outputs)["out_of_model"] for s in samples]
+
+        settings = est.stem_settings
+        oom = {kind: flags(out_of_model_samples(kind, settings, n, 12, seed=40 + k)["images"])
+               for k, (kind, n) in enumerate([("half_radius", 3), ("edx_w", 2), ("edx_ti", 2)])}
+        fresh = fresh_configurations(agglib.load_profile("quick"), 6, 12, seed=41, prior="continuous",
+                                     acquisition=AcquisitionRanges(), workers=1, show_progress_bars=False)
+        in_model = flags(fresh["images"].reshape(6, 12, *fresh["images"].shape[1:]))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(all(f) for f in oom.values()), oom
+    assert sum(in_model) <= 1, in_model
