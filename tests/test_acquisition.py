@@ -118,6 +118,7 @@ def test_robustness_table_refuses_wrong_units_and_scores_the_rest():
                              show_progress_bars=False)
     clean = table.set_index("perturbation").loc["paper settings"]
     assert clean["refused"] == 0.0 and clean["θ̂_Df MAE"] < 0.2 and 0 <= clean["Df in 95 %"] <= 1
+    assert 0 <= clean["Df in 90 %"] <= clean["Df in 95 %"] and 0 <= clean["ρ in 90 %"] <= clean["ρ in 95 %"]
     assert table.set_index("perturbation").loc["offset +1000 counts", "refused"] == 1.0
 
 

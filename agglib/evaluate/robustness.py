@@ -118,7 +118,7 @@ def robustness_table(estimators: dict, n_configs: int, images_per_config: int, s
                 for level in (0.9, 0.95):
                     for k, (key, label) in enumerate((("df", "Df"), ("rho", "ρ"))):
                         lo, hi = post.interval(key, level).T
-                        row[f"{label} in {level:.0%}"] = float(np.mean((lo <= truth[:, k]) & (truth[:, k] <= hi)))
+                        row[f"{label} in {level * 100:g} %"] = float(np.mean((lo <= truth[:, k]) & (truth[:, k] <= hi)))
             rows.append(row)
     const = np.array([np.mean(prior["df"]), np.mean(prior["rho"]), np.median(prior["theta0"]),
                       np.median(prior["theta1"])])
