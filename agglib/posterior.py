@@ -408,12 +408,23 @@ class PosteriorEstimate:
         x, cdf, _ = self.table_of(name)
         return np.array([np.interp(q, c, x) for c in cdf])
 
+    def _moment(self, name: str, power: int) -> np.ndarray:
+        """E[θ^power] (S,) of θ_Df or θ_ρ by Gauss–Hermite quadrature over each Gaussian (exact to
+        ~1e-10 for the smooth logistic map; far cheaper than the tabulated CDF)."""
+        nodes, weights = np.polynomial.hermite.hermgauss(24)
+        w, mean, sd = self._component_terms(CONTINUOUS.index(name))
+        lo, hi = self.grid.bounds(name)
+        out = np.zeros(w.shape[0])
+        for x_k, w_k in zip(nodes, weights):
+            theta = lo + (hi - lo) / (1 + np.exp(-(mean + np.sqrt(2.0) * sd * x_k)))
+            out += w_k / np.sqrt(np.pi) * (w * theta ** power).sum(axis=1)
+        return out
+
     def mean(self, name: str) -> np.ndarray:
         """Posterior mean (S,) of one parameter."""
         if name in DISCRETE:
             return self.probabilities(name) @ self.grid.integers(name).astype(float)
-        x, cdf, _ = self.table_of(name)
-        return x[-1] - np.trapezoid(cdf, x, axis=1)
+        return self._moment(name, 1)
 
     def sd(self, name: str) -> np.ndarray:
         """Posterior standard deviation (S,) of one parameter."""
@@ -421,9 +432,7 @@ class PosteriorEstimate:
             v = self.grid.integers(name).astype(float)
             prob = self.probabilities(name)
             return np.sqrt(np.maximum(prob @ v ** 2 - (prob @ v) ** 2, 0.0))
-        x, cdf, _ = self.table_of(name)
-        second = x[0] ** 2 + np.trapezoid(2 * x * (1 - cdf), x, axis=1)
-        return np.sqrt(np.maximum(second - self.mean(name) ** 2, 0.0))
+        return np.sqrt(np.maximum(self._moment(name, 2) - self.mean(name) ** 2, 0.0))
 
     def point(self) -> pd.DataFrame:
         """θ̂ per sample: the posterior mean of θ_Df and θ_ρ, the marginal mode of θ0 and θ1."""
