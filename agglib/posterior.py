@@ -236,7 +236,7 @@ class PosteriorEnsemble(nn.Module):
     family. Ensembles of neural posterior estimators are better calibrated than their members
     (Hermans et al. 2022, "A trust crisis in simulation-based inference?"): on the quick profile
     single members covered the truth with their joint 90 % regions 82–85 % of the time at
-    M ≤ 4, an ensemble of five 83–91 %."""
+    M ≤ 4, the shipped ensemble of five (log-uniform set sizes) 86–91 % at M = 1 … 24."""
 
     def __init__(self, members):
         super().__init__()
