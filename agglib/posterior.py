@@ -108,9 +108,6 @@ class ThetaGrid:
         out.update({p: [int(v) for v in self.integers(p)] for p in DISCRETE})
         return out
 
-    def sizes(self) -> list[int]:
-        return [len(self.edges_[p]) - 1 for p in PARAMETERS]
-
     def edges(self, name: str) -> np.ndarray:
         return np.asarray(self.edges_[name], dtype=np.float64)
 

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-import pandas as pd
-
 import agglib
 from agglib.estimate import SampleEstimator
 from agglib.evaluate import error_by_set_size, fresh_configurations
-from agglib.evaluate.calibration import calibration_checks
+from agglib.evaluate.calibration import calibration_report
 from agglib.stem.acquisition import AcquisitionRanges
 
 MEASURED = {"intensity_scale": 0.72, "wo3_contrast": 0.69}
@@ -55,14 +52,9 @@ def main(argv=None) -> int:
         print(table.round(3).to_markdown(index=False))
     cont = fresh_configurations(prof, args.configs, args.images, seed=2000, prior="continuous",
                                 acquisition=AcquisitionRanges() if args.acquisition == "drawn" else None)
-    summaries = est.encoder.encode(cont["images"]).outputs
-    rows = []
-    for m in sizes:
-        post = est.from_summaries(summaries, [np.arange(c * args.images, c * args.images + m)
-                                              for c in range(args.configs)])
-        rows.append({"M": m, **calibration_checks(post, cont["theta"][::args.images], draws=500, seed=m)})
+    table = calibration_report(est, prof, args.configs, sizes, seed=0, fresh=cont)     # checks seeded M
     print(f"\n### Coverage of 90 % regions (continuous prior, seed 2000, acquisition {args.acquisition})\n")
-    print(pd.DataFrame(rows).set_index("M").round(3).to_markdown())
+    print(table.round(3).to_markdown())
     return 0
 
 

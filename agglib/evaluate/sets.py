@@ -4,8 +4,6 @@
   exact / within ±1 / MAE of θ̂0 and θ̂1 (used for both methods and the trivial predictor).
 * :func:`posterior_on_store` — posteriors of groups of M images of one configuration.
 * :func:`error_by_set_size` — scores against the number of images M (replaces the paper's Fig. 9).
-* :func:`calibration` — probability integral transform and coverage of credible intervals
-  (simulation-based calibration on the continuous dataset's E, whose θ come from the prior).
 * :func:`ceiling` — the same set-level posterior fed the *true* per-image descriptors instead of
   the encoder's: what the images could give with a perfect encoder.
 * :func:`fresh_configurations` — configurations drawn anew from the grid with aggregates and
@@ -20,7 +18,7 @@ import pandas as pd
 from agglib.dataset.store import DatasetStore
 from agglib.evaluate.estimators import batch_groups, disjoint_groups, mae
 
-__all__ = ["theta_scores", "trivial_theta_scores", "posterior_on_store", "error_by_set_size", "calibration",
+__all__ = ["theta_scores", "trivial_theta_scores", "posterior_on_store", "error_by_set_size",
            "ceiling", "true_summaries", "fresh_configurations", "CeilingShadows"]
 
 def theta_scores(estimate, truth) -> dict:
@@ -90,26 +88,6 @@ def error_by_set_size(estimator, summaries, theta, config_id, sizes, seed: int =
                      "mean posterior SD θ_Df": float(post.sd("df").mean()),
                      "mean posterior SD θ_ρ": float(post.sd("rho").mean())})
     return pd.DataFrame(rows)
-
-
-def calibration(estimator, summaries, store: DatasetStore, sizes=(1, 4, 12), split: str = "E", seed: int = 0,
-                levels=(0.5, 0.9)) -> dict:
-    """Simulation-based calibration: PIT values of the truth and coverage of central intervals.
-
-    Returns ``{"pit": DataFrame (one row per posterior: M and a column per parameter),
-    "coverage": DataFrame (rows (M, parameter), a column per level)}``.
-    """
-    from agglib.posterior import coverage, pit_values
-
-    pits, cover = [], []
-    for m in sizes:
-        post, theta = posterior_on_store(estimator, summaries, store, m, split, seed=seed)
-        pit = pit_values(post, theta, seed=seed + m)
-        pits.append(pit.assign(M=m))
-        cov = coverage(pit, levels)
-        cover.append(cov.assign(M=m, posteriors=len(theta)))
-    coverage_table = pd.concat(cover).rename_axis("parameter").reset_index().set_index(["M", "parameter"])
-    return {"pit": pd.concat(pits, ignore_index=True), "coverage": coverage_table}
 
 
 def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_progress_bars: bool | None = False):
