@@ -14,6 +14,8 @@ def _cmd_generate(args) -> int:
     from agglib.core.files import check_output_dir, claim_output_dir
 
     params = agglib.ModelParams(args.df, args.rho, args.theta0, args.theta1)
+    if args.count < 1:
+        raise ValueError(f"--count {args.count}: give at least 1 aggregate")
     width = len(str(max(args.count - 1, 0)))
     names = [f"aggregate_{k:0{width}d}.npz" for k in range(args.count)]
     check_output_dir(args.out, names, overwrite=args.overwrite)
@@ -22,15 +24,16 @@ def _cmd_generate(args) -> int:
     out = claim_output_dir(args.out, names, overwrite=args.overwrite, command="agglib generate")
     for name, agg in zip(names, aggs):
         agg.save(out / name)
-    print(f"wrote {len(aggs)} aggregates with {params} to {out}/")
+    print(f"wrote {_plural(len(aggs), 'aggregate')} with {params} to {out}/")
     return 0
 
 
 def _cmd_describe(args) -> int:
+    aggregates = [agglib.Aggregate.load(path) for path in args.paths]      # every input checked first
     writer = csv.writer(sys.stdout)
     writer.writerow(["file", *agglib.descriptors.DESCRIPTOR_NAMES])
-    for path in args.paths:
-        d = agglib.describe(agglib.Aggregate.load(path))
+    for path, agg in zip(args.paths, aggregates):
+        d = agglib.describe(agg)
         writer.writerow([path, *(d[k] for k in agglib.descriptors.DESCRIPTOR_NAMES)])
     return 0
 
@@ -47,13 +50,14 @@ def _cmd_render(args) -> int:
     names = [Path(path).stem + ".npy" for path in args.paths]
     if len(set(names)) < len(names):
         raise ValueError("two inputs have the same file name; their images would overwrite each other")
+    aggregates = [agglib.Aggregate.load(path) for path in args.paths]      # every input checked first
     out = claim_output_dir(args.out, names, inputs=args.paths, overwrite=args.overwrite, command="agglib render")
     seeds = spawn_seeds(args.seed, len(args.paths))
-    for path, name, seed in zip(args.paths, names, seeds):
-        image = agglib.render_stem(agglib.Aggregate.load(path), seed=seed, settings=settings)
+    for agg, name, seed in zip(aggregates, names, seeds):
+        image = agglib.render_stem(agg, seed=seed, settings=settings)
         with atomic_open(out / name) as fh:
             np.save(fh, image)
-    print(f"wrote {len(args.paths)} images ({settings.image_size_px}² px, "
+    print(f"wrote {_plural(len(args.paths), 'image')} ({settings.image_size_px}² px, "
           f"{settings.pixel_size_nm:g} nm/px, {settings.dose_e_per_A2:g} e/Å²) to {out}/")
     return 0
 
@@ -151,8 +155,16 @@ def _cmd_fit(args) -> int:
 
     files = []
     for p in map(Path, args.paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or folder")
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in SUPPORTED_SUFFIXES)
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES)
+            if not found:
+                others = sorted({f.suffix.lower() or "(no suffix)" for f in p.iterdir() if f.is_file()})
+                raise ValueError(f"{p} holds no image files of the accepted types "
+                                 f"({', '.join(sorted(set(SUPPORTED_SUFFIXES)))})"
+                                 + (f"; it holds {', '.join(others)} files" if others else "; it is empty"))
+            files += found
         else:
             files.append(p)
     out = Path(args.out)
@@ -193,10 +205,16 @@ def _cmd_sweep(args) -> int:
         if len(item) < 2:
             raise ValueError(f"-p {' '.join(item)}: give a parameter name and at least one value")
         grid[item[0]] = [yaml.safe_load(v) for v in item[1:]]
-    table = run_sweep(args.notebook, grid, args.out, profile=args.profile, fixed=_parse_sets(args.fixed),
-                      workers=args.workers, timeout=args.timeout)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = run_sweep(args.notebook, grid, args.out, profile=args.profile, fixed=_parse_sets(args.fixed),
+                          workers=args.workers, timeout=args.timeout)
     print(table.to_string(index=False))
     print(f"{len(table)} runs in {args.out}/ (one folder per parameter set); the table is {args.out}/sweep.csv")
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     return 0
 
 
@@ -213,35 +231,65 @@ def _cmd_profiles(args) -> int:
 
 
 _OVERWRITE_HELP = "replace the files agglib wrote in an existing output folder (never anything else)"
+_SEED_HELP = "root seed of every random draw (same seed, same output; None: fresh entropy)"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default once: not for required options or flags, nor where the help
+    already explains it (``default`` or ``None:`` in the text)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.required or isinstance(action.default, bool) or action.default in (None, argparse.SUPPRESS, [])
+                or "default" in text or "None:" in text or not action.option_strings):
+            return text
+        return super()._get_help_string(action)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="agglib", description=agglib.__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"agglib {agglib.__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
+    commands = ap.add_subparsers(dest="command", required=True)
+
+    class _Sub:                                     # every subcommand with the same help formatter
+        def __init__(self, parent):
+            self.parent = parent
+
+        def add_parser(self, name, **kw):
+            kw.setdefault("description", kw.get("help"))
+            return self.parent.add_parser(name, formatter_class=_HelpFormatter, **kw)
+
+    sub = _Sub(commands)
 
     g = sub.add_parser("generate", help="draw aggregates from θ and save them as .npz files")
     g.add_argument("--df", type=float, required=True, help="θ_Df, fractal dimension (1, 3)")
     g.add_argument("--rho", type=float, required=True, help="θ_ρ, fraction of WO3 particles [0, 1]")
     g.add_argument("--theta0", type=float, required=True, help="θ0, WO3 primary-cluster size >= 1")
     g.add_argument("--theta1", type=float, required=True, help="θ1, TiO2 primary-cluster size >= 1")
-    g.add_argument("--count", type=int, default=1, help="number of aggregates")
-    g.add_argument("--n-particles", type=int, default=None, help="N (default uniform on 20..80)")
-    g.add_argument("--cluster-sizes", choices=["fixed", "poisson"], default="fixed")
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--count", type=int, default=1, help="number of aggregates (at least 1)")
+    g.add_argument("--n-particles", type=int, default=None,
+                   help="particles N per aggregate (None: uniform on 20..80 per aggregate)")
+    g.add_argument("--cluster-sizes", choices=["fixed", "poisson"], default="fixed",
+                   help="primary-cluster sizes: θ0/θ1 particles each, or Poisson around them")
+    g.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
     g.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    g.set_defaults(func=_cmd_generate)
+    g.set_defaults(func=_cmd_generate, compiles=True)
 
-    d = sub.add_parser("describe", help="descriptors of saved aggregates, as CSV on stdout")
-    d.add_argument("paths", nargs="+")
-    d.set_defaults(func=_cmd_describe)
+    d = sub.add_parser("describe", help="descriptors of saved aggregates, as CSV on stdout (D_f(A), ρ(A), "
+                                        "cluster sizes, coordination numbers, N, R_g [nm])")
+    d.add_argument("paths", nargs="+", help="aggregate .npz files written by `agglib generate`")
+    d.set_defaults(func=_cmd_describe, compiles=True)
 
     r = sub.add_parser("render", help="virtual HAADF-STEM images of saved aggregates (.npy, counts)")
     r.add_argument("paths", nargs="+", help="aggregate .npz files")
     r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
     defaults = agglib.StemSettings()
     r.add_argument("--image-size", type=int, default=defaults.image_size_px, help="image side [px]")
     r.add_argument("--pixel-size", type=float, default=defaults.pixel_size_nm, help="pixel size [nm]")
@@ -252,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probe semi-convergence angle [mrad]")
     r.add_argument("--no-noise", action="store_true", help="expected counts, no scan/shot noise")
     r.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    r.set_defaults(func=_cmd_render)
+    r.set_defaults(func=_cmd_render, compiles=True)
 
     h = sub.add_parser("haadf-table", help="(re)compute the HAADF reference table with abTEM "
                                            "(resumable; needs agglib[multislice])")
@@ -269,41 +317,46 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=_cmd_haadf_table)
 
     ds = sub.add_parser("dataset", help="build or inspect a dataset store (Zarr)")
-    ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
+    ds_sub = _Sub(ds.add_subparsers(dest="dataset_command", required=True))
     b = ds_sub.add_parser("build", help="build (or resume) the dataset of a profile with Dask")
     b.add_argument("--profile", default=None, help="tiny, quick or paper (default: config 'profile')")
     b.add_argument("--out", required=True, help="store directory, e.g. data/quick.zarr")
     b.add_argument("--seed", type=int, default=0, help="root seed (same seed, same store)")
-    b.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
-    b.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, tcp://host:8786")
-    b.add_argument("--shard-size", type=int, default=None, help="samples per task")
+    b.add_argument("--workers", type=int, default=None, help="local Dask worker processes (None: all cores)")
+    b.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, tcp://host:8786 "
+                                                     "(None: a local cluster of --workers processes)")
+    b.add_argument("--shard-size", type=int, default=None, help="samples per task (None: the profile's shard_size)")
     b.add_argument("--design", choices=["grid", "continuous"], default="grid",
                    help="the paper's grid of configurations, or θ drawn continuously (the new method's "
                         "posterior trains on those) (default: grid)")
     b.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a profile field, e.g. --set samples_per_config=40 (repeatable)")
-    b.set_defaults(func=_cmd_dataset_build)
+    b.set_defaults(func=_cmd_dataset_build, compiles=True)
     i = ds_sub.add_parser("info", help="summary and provenance of a store")
-    i.add_argument("path")
+    i.add_argument("path", help="a store folder (.zarr)")
     i.set_defaults(func=_cmd_dataset_info)
 
     t = sub.add_parser("train", help="train (or resume) one estimator network on a dataset store; "
                                      "for several GPUs launch with torchrun --nproc_per_node=K")
     t.add_argument("--store", required=True, help="dataset store built by `agglib dataset build`")
-    t.add_argument("--target", required=True, choices=["df", "rho_reg", "rho_class", "theta0", "theta1"])
+    t.add_argument("--target", required=True, choices=["df", "rho_reg", "rho_class", "theta0", "theta1"],
+                   help="what the network estimates (paper §2.3: per-image D_f(A), ρ(A) as regression or class, "
+                        "θ0 or θ1 from groups of --nu images)")
     t.add_argument("--out", required=True, help="checkpoint directory (resumed if it holds last.pt)")
-    t.add_argument("--arch", default="compact", choices=["compact", "paper", "resnet18", "inception"])
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--arch", default="compact", choices=["compact", "paper", "resnet18", "inception"],
+                   help="network: the paper's architecture, a compact one for CPUs, or a torchvision-style baseline")
+    t.add_argument("--epochs", type=int, default=10, help="passes over the training split")
     t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (peak rate for onecycle)")
     t.add_argument("--schedule", choices=["constant", "onecycle"], default="constant",
                    help="learning-rate schedule (paper: constant)")
     t.add_argument("--repeats", type=int, default=1,
                    help="regroupings of each configuration per epoch (theta0, theta1)")
     t.add_argument("--init-features", default=None,
-                   help="checkpoint whose feature extractor f initialises this network")
+                   help="checkpoint whose feature extractor f initialises this network (None: random)")
     t.add_argument("--nu", type=int, default=12, help="images per group (theta0, theta1)")
-    t.add_argument("--batch", type=int, default=None, help="images (groups) per step; default 16 (8)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch", type=int, default=None,
+                   help="images per step (groups for theta0/theta1) (None: 16 images, 8 groups)")
+    t.add_argument("--seed", type=int, default=0, help="seed of training (same seed, same weights)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     t.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader workers for a split that does not fit on the device "
@@ -322,11 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write last.pt every STEPS steps within an epoch (None: once per epoch)")
     t.add_argument("--time-budget-s", type=float, default=None,
                    help="stop after the epoch during which this many seconds passed (None: no limit)")
-    t.set_defaults(func=_cmd_train)
+    t.set_defaults(func=_cmd_train, compiles=True)
 
     e = sub.add_parser("train-estimator", help="train (or resume) the new method for a profile: the image encoder "
-                                               "and the set-level posterior over θ (builds the two datasets if missing)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                               "and the set-level posterior over θ (builds the two datasets if missing)")
     e.add_argument("--profile", default="quick", help="run sizes: tiny, quick or paper")
     e.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a profile field (repeatable)")
@@ -343,13 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     e.add_argument("--workers", type=int, default=None, help="dataset build processes (None: all cores)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    e.set_defaults(func=_cmd_estimator)
+    e.set_defaults(func=_cmd_estimator, compiles=True)
 
-    f = sub.add_parser("fit", help="estimate θ from measured images of one sample; export digital shadows",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f = sub.add_parser("fit", help="estimate θ from measured images of one sample; export digital shadows")
     f.add_argument("paths", nargs="+", help="image files or folders (TIFF, DM3/DM4, EMD, SER, MRC, ...)")
     f.add_argument("--pixel-size", type=float, default=None,
-                   help="pixel size [nm] for files without one (overrides the files' own)")
+                   help="pixel size [nm] for files without one (None: each file's own; a value overrides it)")
     f.add_argument("--units", choices=["counts", "fraction"], default="counts",
                    help="intensity units of the images: 'counts', detector counts [electrons] at --dose; "
                         "'fraction', detector-normalised fraction of the incident beam (vacuum 0, beam 1; "
@@ -363,23 +414,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(new method) or the five networks of the paper method "
                                                   "(default: the shipped new-method estimator trained on a randomised acquisition, "
                                                   "agglib/data/models/sets-quick-robust)")
-    f.add_argument("--out", required=True, help="output folder for the shadows and summary.json")
+    f.add_argument("--out", required=True, help="output folder for the shadows and summary.json (new, empty, "
+                                                "or one agglib wrote)")
     f.add_argument("--shadows", type=int, default=200, help="digital shadows to draw")
     f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the images")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the shadows")
     f.add_argument("--skip-bad", action="store_true",
                    help="leave out images that cannot be used (unreadable, too small) with a warning naming "
                         "each, instead of stopping at the first")
     f.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    f.set_defaults(func=_cmd_fit)
+    f.set_defaults(func=_cmd_fit, compiles=True)
 
     s = sub.add_parser("sweep", help="run a notebook with papermill over a grid of parameters, in parallel, "
-                                     "one folder per parameter set; collect what it records into one table",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     "one folder per parameter set; collect what it records into one table")
     s.add_argument("notebook", help="notebook path or name in notebooks/, e.g. 10_fit_your_images or 10")
     s.add_argument("-p", "--parameter", nargs="+", action="append", required=True, metavar="NAME VALUE",
                    help="a parameter and its values, e.g. -p dose_e_per_A2 40 149 600 (repeatable: the grid is "
-                        "every combination; values are read as YAML)")
+                        "every combination; values are read as YAML, so lists work: -p true_theta "
+                        "'[1.8, 0.6, 2, 3]' '[2.2, 0.3, 1, 4]')")
     s.add_argument("-f", "--fixed", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter set the same in every run (repeatable)")
     s.add_argument("--profile", default="tiny", help="run-size profile of the notebooks")
@@ -395,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "compiles", False):
+        from agglib.core.compilation import announce_first_compilation
+
+        announce_first_compilation()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, agglib.AggregationError) as err:

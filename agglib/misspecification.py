@@ -59,8 +59,7 @@ samples like the simulated ones are flagged; the benchmark measures 0–1.7 % on
 The reference is plain numbers (:meth:`SummaryReference.to_dict`, JSON-serialisable: D² + 2D +
 ``max_images`` floats, ~5 kB of JSON for the 13 head outputs, ~330 kB for the 128-d embedding),
 made for a checkpoint's metadata. Every trained :class:`agglib.estimate.SampleEstimator` carries one,
-fitted on its posterior's training images (:mod:`agglib.training.pipeline`);
-:func:`agglib.evaluate.out_of_model.reference_for_estimator` simulates in-model samples anew and fits one.
+fitted on its posterior's training images (:mod:`agglib.training.pipeline`).
 """
 
 from __future__ import annotations
@@ -151,7 +150,7 @@ def _check_features(features, dim: int | None = None, what: str = "features") ->
 class SummaryReference:
     """What in-model samples look like to an encoder: a random-effects Gaussian and per-M thresholds.
 
-    Make one with :meth:`fit` (or :func:`reference_for_estimator`); read one with :meth:`from_dict`.
+    Make one with :meth:`fit`; read one with :meth:`from_dict`.
 
     Attributes
     ----------

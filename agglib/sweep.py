@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["run_sweep", "collect_sweep", "sweep_grid", "RECORD_ENV"]
+__all__ = ["run_sweep", "collect_sweep", "sweep_grid", "check_parameters", "RECORD_ENV"]
 
 #: Environment variable through which a sweep asks :meth:`NotebookRun.record` for a second copy
 #: of the recorded numbers (in the run's own folder).
@@ -40,19 +40,44 @@ def _notebook_path(notebook: str) -> Path:
     from agglib.core.locations import source_checkout
 
     path = Path(notebook)
-    if path.suffix == ".ipynb" and path.is_file():
+    if path.suffix == ".ipynb":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such notebook")
         return path.resolve()
     root = source_checkout()
-    candidates = sorted((root / "notebooks").glob(f"{path.stem}*.ipynb")) if root else []
+    if root is None:
+        raise ValueError(f"notebook {notebook!r}: agglib's numbered notebooks come with a checkout of the repository "
+                         "(git clone …), not with the installed package; give the path to an .ipynb file")
+    candidates = sorted((root / "notebooks").glob(f"{path.stem}*.ipynb"))
     if len(candidates) != 1:
-        raise ValueError(f"notebook {notebook!r}: give a path to an .ipynb file or the name of one in notebooks/ "
-                         f"(found {[c.name for c in candidates]})")
+        known = ", ".join(c.stem for c in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+        raise ValueError(f"notebook {notebook!r} matches {len(candidates)} notebooks in {root / 'notebooks'}; "
+                         f"give a path to an .ipynb file or one of: {known}")
     return candidates[0]
 
 
-def _run_one(notebook: str, folder: str, parameters: dict, timeout: int | None) -> str:
-    import papermill
+def _papermill():
+    try:
+        import papermill
+    except ImportError:
+        raise ValueError('agglib sweep executes notebooks with papermill, which is not installed: '
+                         'pip install "agglib[lab]"') from None
+    return papermill
 
+
+def check_parameters(path: Path, names) -> dict:
+    """The notebook's parameters (papermill's ``inspect_notebook``: name → default and comment);
+    :class:`ValueError` naming any of ``names`` the notebook does not have."""
+    known = _papermill().inspect_notebook(str(path))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        listed = "; ".join(f"{k} (default {v['default']})" for k, v in known.items())
+        raise ValueError(f"{path.name} has no parameter {', '.join(map(repr, unknown))}; its parameters: {listed}")
+    return known
+
+
+def _run_one(notebook: str, folder: str, parameters: dict, timeout: int | None) -> str:
+    papermill = _papermill()
     folder = Path(folder)
     os.environ[RECORD_ENV] = str(folder / "results.json")
     path = Path(notebook)
@@ -74,7 +99,8 @@ def run_sweep(notebook: str, parameters: dict, out_dir, *, profile: str = "tiny"
     notebook : str
         A path, or the name (or number) of a notebook in the checkout's ``notebooks/``.
     parameters : dict
-        ``{name: [values]}``: the papermill parameters to sweep.
+        ``{name: [values]}``: the papermill parameters to sweep (names the notebook's parameters
+        cell defines; values of any type papermill injects: numbers, strings, lists, dicts).
     out_dir : path-like
         One sub-folder per combination, and ``sweep.csv``.
     profile : str
@@ -92,6 +118,7 @@ def run_sweep(notebook: str, parameters: dict, out_dir, *, profile: str = "tiny"
     from agglib.core.files import claim_output_dir
 
     path = _notebook_path(notebook)
+    check_parameters(path, ["profile", *(fixed or {}), *parameters])
     grid = sweep_grid(parameters)
     out_dir = Path(out_dir)
     folders = [",".join(f"{k}={_label(v)}" for k, v in combo.items()) for combo in grid]
@@ -109,7 +136,14 @@ def run_sweep(notebook: str, parameters: dict, out_dir, *, profile: str = "tiny"
                 for future in as_completed(futures):
                     future.result()
                     bar.update()
-    return collect_sweep(out_dir, grid, folders)
+    table = collect_sweep(out_dir, grid, folders)
+    silent = [f for f in folders if not json.loads((out_dir / f / "results.json").read_text()).get("results")]
+    if silent:
+        import warnings
+
+        warnings.warn(f"{path.name} recorded no numbers in {len(silent)} of {len(folders)} runs (it calls no "
+                      "nb.record(...)): the table holds the parameters only", stacklevel=2)
+    return table
 
 
 def collect_sweep(out_dir, grid: list[dict] | None = None, folders: list[str] | None = None) -> pd.DataFrame:

@@ -24,12 +24,14 @@ acquisition shared by each sample's images) and ``sets-quick`` (trained on the p
    :func:`agglib.stem.render_stem` at 12 / ``--fracval-aggregates`` random orientations
    (FracVAL takes about 1 s per aggregate, with failed attempts); ``--fracval-budget`` caps its time.
 
-Prints a markdown report; writes it to ``benchmarks/results/out_of_model.txt``.
+Prints a markdown report; writes it to ``benchmarks/results/out_of_model.txt`` and the same rows to
+``agglib/data/runs/out_of_model.json`` (``--record``), the recorded run notebook 10 shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 import sys
@@ -116,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fracval-budget", type=float, default=150.0, help="FracVAL time cap [s]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "out_of_model.txt"))
+    ap.add_argument("--record", default=str(ROOT / "agglib" / "data" / "runs" / "out_of_model.json"),
+                    help="the rows as JSON (the recorded run notebook 10 shows)")
     args = ap.parse_args(argv)
     command = "OMP_NUM_THREADS=1 python benchmarks/out_of_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
@@ -233,6 +237,15 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
+    rows = [{"estimator": name, "samples": label, "kind": "in-model", "M": m, "flagged": results[name, label][m][0],
+             "sets": results[name, label][m][1]} for label, _, _, _, names in in_model for name in names
+            for m in SET_SIZES]
+    rows += [{"estimator": name, "samples": OOM_LABELS[kind], "kind": "out-of-model", "M": m,
+              "flagged": results[name, kind][m][0], "sets": results[name, kind][m][1]}
+             for kind in oom for name in estimators for m in OOM_SIZES]
+    record = {"command": command, "date": time.strftime("%Y-%m-%d"), "level": ref_info["level"],
+              "configs": args.configs, "fracval": fracval_note, "rows": rows}
+    Path(args.record).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return 0
 
 

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-from agglib.evaluate.out_of_model import reference_for_estimator
 from agglib.misspecification import COMBINED_PARTS, STATISTICS, SummaryReference, shrunk_covariance
 
 D = 6
@@ -138,33 +137,6 @@ def test_shrunk_covariance():
     assert np.all(np.linalg.eigvalsh(cov) > 0)
     cov, _ = shrunk_covariance(np.column_stack([rng.normal(size=100), np.ones(100)]))    # a constant feature
     assert np.all(np.linalg.eigvalsh(cov) > 0)
-
-
-def test_shipped_encoder_flags_half_radius_particles():
-    """A small reference (32 configurations × 12 images) for the default estimator's encoder flags
-    samples of 12 images of particles with half the model's radius; in-model samples pass."""
-    torch = pytest.importorskip("torch")
-    from agglib.encoder import TrainedEncoder
-    from agglib.estimate import shipped_models_dir
-    from agglib.evaluate.out_of_model import in_model_samples, out_of_model_samples
-    from agglib.evaluate.out_of_model import encoder_features, reference_simulation
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        encoder = TrainedEncoder.load(shipped_models_dir("robust") / "encoder.pt")
-        ref = reference_for_estimator(encoder, n_configs=32, images_per_config=12, seed=0)
-        spec = reference_simulation(encoder)
-        settings = spec.pop("settings")
-        half = out_of_model_samples("half_radius", settings, 3, 12, seed=5)["images"]
-        fresh = in_model_samples(settings, 3, 12, seed=6, **spec)["images"]
-        flags_half = [ref.score(encoder_features(encoder, s))["out_of_model"] for s in half]
-        flags_fresh = [ref.score(encoder_features(encoder, s))["out_of_model"] for s in fresh]
-    finally:
-        torch.set_num_threads(threads)
-    assert ref.features == "outputs" and ref.dim == 13
-    assert all(flags_half)
-    assert sum(flags_fresh) <= 1
 
 
 def test_default_estimator_stored_reference_flags_out_of_model_samples():

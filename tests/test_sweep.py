@@ -33,3 +33,30 @@ def test_sweep_runs_a_notebook_over_two_parameters_and_resumes(tmp_path, monkeyp
     assert main(args) == 0                                              # finished runs are not run again
     assert (out / folders[0] / "results.json").stat().st_mtime_ns == stamp
     assert "2 runs in" in capsys.readouterr().out
+
+
+def test_sweep_refuses_an_unknown_parameter_before_any_run(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "10", "-p", "doze", "40", "600", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no parameter 'doze'" in err and "dose_e_per_A2 (default 149.0)" in err
+    assert not out.exists()                                             # nothing made before the refusal
+
+
+def test_sweep_takes_lists_and_says_when_a_notebook_records_nothing(tmp_path, capsys):
+    import nbformat
+    import pandas as pd
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                          "display_name": "Python 3"}})
+    params = nbformat.v4.new_code_cell('profile = "tiny"\nvalues = [0]  # a list')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("assert isinstance(values, list), type(values)\nprint(sum(values))")]
+    path = tmp_path / "lists.ipynb"
+    nbformat.write(nb, path)
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(path), "-p", "values", "[1, 2]", "[3]", "--out", str(out), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "recorded no numbers in 2 of 2 runs" in err
+    table = pd.read_csv(out / "sweep.csv")
+    assert list(table["values"]) == ["[1, 2]", "[3]"]

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "OUTPUT_MARKER", "OutputFolderError",
+__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "OUTPUT_MARKER", "OutputFolderError", "check_writable",
            "check_outside_inputs", "check_output_dir", "claim_output_dir", "read_output_marker"]
 
 
@@ -89,6 +89,25 @@ def read_output_marker(out_dir) -> dict | None:
     return data
 
 
+def check_writable(out_dir) -> None:
+    """Raise :class:`OutputFolderError` unless files can be created in ``out_dir`` (or, when it does
+    not exist yet, in its nearest existing parent folder). Probed with an anonymous temporary file,
+    which leaves nothing behind."""
+    import tempfile
+
+    out = Path(out_dir).absolute()
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        where = out if probe == out else f"{probe} (to create {out})"
+        raise OutputFolderError(f"cannot write into {where}: {err.strerror or err}; choose an output folder you "
+                                "can write to") from None
+
+
 def check_output_dir(out_dir, names, *, inputs=(), overwrite: bool = False) -> set:
     """Check, without writing, that ``out_dir`` can receive the files ``names`` (see
     :func:`claim_output_dir`); returns the names agglib already owns there."""
@@ -96,6 +115,7 @@ def check_output_dir(out_dir, names, *, inputs=(), overwrite: bool = False) -> s
     check_outside_inputs(out, inputs)
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"{out} is a file, not a folder; choose a folder for the output")
+    check_writable(out)
     marker = read_output_marker(out) if out.is_dir() else None
     if out.is_dir() and marker is None and any(out.iterdir()):
         raise OutputFolderError(f"{out} already holds files agglib did not write; agglib only writes into a "

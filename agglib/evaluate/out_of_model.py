@@ -4,10 +4,9 @@ A *sample* is a set of M images of one specimen: every image shows another aggre
 θ, recorded with the same acquisition. Two generators, both rendered with the STEM settings an
 estimator reads (``estimator.stem_settings``; images in detector counts at that dose):
 
-* :func:`in_model_samples` — what the model makes: θ drawn from the estimator's prior (or from
-  its grid's values), images recorded with the paper's acquisition or with one acquisition drawn
-  from :class:`agglib.stem.acquisition.AcquisitionRanges` and shared by all images of the sample
-  (the default estimator was trained on such images). The warning must stay silent on these.
+* in-model samples are :func:`agglib.evaluate.fresh_configurations` (``acquisition=`` one
+  acquisition per sample, as the default estimator's training images): the warning must stay
+  silent on these;
 * :func:`out_of_model_samples` — what the model does not make (:data:`OUT_OF_MODEL_KINDS`):
 
   ``"half_radius"``
@@ -34,18 +33,12 @@ import warnings
 import numpy as np
 
 from agglib.core.validation import check_range
-from agglib.misspecification import FEATURES, SummaryReference
 from agglib.model.params import RadiusDistribution
 
-__all__ = ["encoder_features", "reference_simulation", "reference_for_estimator", "OUT_OF_MODEL_KINDS", "HALF_RADII", "DEFAULT_PRIOR", "ACQUISITION_MODES", "EdxSettings",
-           "in_model_samples", "out_of_model_samples", "edx_map"]
+__all__ = ["OUT_OF_MODEL_KINDS", "HALF_RADII", "DEFAULT_PRIOR", "EdxSettings", "out_of_model_samples", "edx_map"]
 
 #: Kinds of :func:`out_of_model_samples`.
 OUT_OF_MODEL_KINDS = ("half_radius", "edx_w", "edx_ti")
-
-#: Acquisitions of :func:`in_model_samples`: the paper's, one drawn per sample, or either
-#: (the paper's with probability ``paper_share``).
-ACQUISITION_MODES = ("paper", "randomised", "mixed")
 
 #: The prior of the shipped estimators (``estimator.grid.support()``): θ_Df and θ_ρ uniform on
 #: these intervals, θ0 and θ1 uniform on these values.
@@ -113,80 +106,6 @@ def _draw_theta(rng: np.random.Generator, prior: dict, grid: dict | None = None)
 
 def _sample_seeds(seed: int, stream: int, n_samples: int) -> list:
     return np.random.SeedSequence([int(seed), int(stream)]).spawn(int(n_samples))
-
-
-def in_model_samples(settings, n_samples: int, images_per_sample: int, seed: int, *, acquisition: str = "mixed",
-                     ranges=None, paper_share: float = 0.25, prior: dict | None = None, grid: dict | None = None,
-                     grid_share: float = 0.5) -> dict:
-    """Samples the model makes: per sample one θ and one acquisition, M aggregates.
-
-    Parameters
-    ----------
-    settings : StemSettings
-        The STEM settings the estimator reads (``estimator.stem_settings``); images are in counts
-        at its dose, as :func:`agglib.stem.acquisition.acquire_image` records them.
-    n_samples : int
-        Number of samples (configurations).
-    images_per_sample : int
-        Images M per sample.
-    seed : int
-        Root seed.
-    acquisition : {"paper", "randomised", "mixed"}
-        The paper's acquisition (``settings`` alone), one drawn from ``ranges`` per sample, or the
-        paper's with probability ``paper_share`` and a drawn one otherwise.
-    ranges : AcquisitionRanges, optional
-        Default :class:`agglib.stem.acquisition.AcquisitionRanges` (the default estimator's).
-    paper_share : float
-        Share of samples with the paper's acquisition for ``acquisition="mixed"`` [0–1].
-    prior : dict, optional
-        ``{"df": [lo, hi], "rho": [lo, hi], "theta0": values, "theta1": values}``
-        (default :data:`DEFAULT_PRIOR`; an estimator's is ``estimator.grid.support()``).
-    grid : dict, optional
-        ``{"df": values, "rho": values}``: a share ``grid_share`` of the samples take θ_Df and θ_ρ
-        from these values (as the paper's grid design, e.g. the ``df_values`` and ``rho_values``
-        of ``estimator.training_metadata["profile_fields"]``), the others from the prior's
-        intervals. The estimators were trained on both designs; the grid's end values (θ_Df = 2.5)
-        are rare under the continuous prior, yet in-model.
-    grid_share : float
-        Share of samples with θ from ``grid`` [0–1] (ignored without ``grid``).
-
-    Returns
-    -------
-    dict
-        ``images`` (n_samples, M, H, W) float32 [counts], ``theta`` (n_samples, 4), ``acquisition``
-        (list of dict, ``None`` for the paper's).
-    """
-    from agglib.model.generate import generate_aggregate
-    from agglib.stem import ExtrapolationWarning
-    from agglib.stem.acquisition import AcquisitionRanges, acquire_image, draw_acquisition
-
-    _check_common(settings, n_samples, images_per_sample)
-    if acquisition not in ACQUISITION_MODES:
-        raise ValueError(f"acquisition={acquisition!r}; accepted: {', '.join(ACQUISITION_MODES)}")
-    check_range("paper_share", paper_share, low=0.0, high=1.0)
-    check_range("grid_share", grid_share, low=0.0, high=1.0)
-    if grid is not None and (not len(grid.get("df", ())) or not len(grid.get("rho", ()))):
-        raise ValueError(f"grid needs values of 'df' and 'rho'; got {grid!r}")
-    ranges = ranges or AcquisitionRanges()
-    prior = prior or DEFAULT_PRIOR
-    size = settings.image_size_px
-    images = np.empty((n_samples, images_per_sample, size, size), dtype=np.float32)
-    thetas, acquisitions = [], []
-    for k, ss in enumerate(_sample_seeds(seed, 11, n_samples)):
-        rng = np.random.default_rng(ss)
-        on_grid = grid is not None and rng.random() < grid_share
-        theta = _draw_theta(rng, prior, grid if on_grid else None)
-        paper = acquisition == "paper" or (acquisition == "mixed" and rng.random() < paper_share)
-        acq = None if paper else draw_acquisition(rng, ranges)
-        for j, image_ss in enumerate(ss.spawn(images_per_sample)):
-            agg_ss, img_ss = image_ss.spawn(2)
-            agg = generate_aggregate(theta, seed=agg_ss)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExtrapolationWarning)      # rare > 60 nm chords
-                images[k, j] = acquire_image(agg, settings, acq, seed=np.random.default_rng(img_ss))
-        thetas.append([theta.df, theta.rho, theta.theta0, theta.theta1])
-        acquisitions.append(acq)
-    return {"images": images, "theta": np.array(thetas, dtype=np.float64), "acquisition": acquisitions}
 
 
 def edx_map(aggregate, element: str, settings, seed=None, edx: EdxSettings | None = None) -> np.ndarray:
@@ -285,84 +204,3 @@ def out_of_model_samples(kind: str, settings, n_samples: int, images_per_sample:
             images[k] *= level * settings.electrons_per_pixel / max(peak, 1.0)
         thetas.append([theta.df, theta.rho, theta.theta0, theta.theta1])
     return {"images": images, "theta": np.array(thetas, dtype=np.float64), "kind": kind}
-
-
-# ---------------------------------------------------------------------- references for an estimator
-
-
-def encoder_features(estimator, images, features: str = "outputs") -> np.ndarray:
-    """Per-image feature vectors of images [counts] (M, H, W) → (M, D).
-
-    ``estimator`` is a :class:`agglib.estimate.SampleEstimator` or its
-    :class:`agglib.encoder.TrainedEncoder`; ``features`` one of :data:`FEATURES`.
-    """
-    if features not in FEATURES:
-        raise ValueError(f"features={features!r}; accepted: {', '.join(FEATURES)}")
-    encoder = getattr(estimator, "encoder", estimator)
-    encoded = encoder.encode(images)
-    return np.asarray(getattr(encoded, features), dtype=np.float64)
-
-
-def reference_simulation(estimator, acquisition: str | None = None) -> dict:
-    """Keyword arguments of :func:`agglib.evaluate.out_of_model.in_model_samples` that simulate
-    in-model samples as ``estimator``'s training images (see :func:`reference_for_estimator`)."""
-    from agglib.stem import StemSettings
-    from agglib.stem.acquisition import AcquisitionRanges
-
-    meta = getattr(estimator, "training_metadata", None) or getattr(estimator, "metadata")
-    ranges = meta.get("acquisition_ranges")
-    if acquisition is None:
-        acquisition = "mixed" if ranges else "paper"
-    if acquisition not in ACQUISITION_MODES:
-        raise ValueError(f"acquisition={acquisition!r}; accepted: {', '.join(ACQUISITION_MODES)}")
-    theta_grid = getattr(estimator, "grid", None)
-    prior = theta_grid.support() if theta_grid is not None and hasattr(theta_grid, "support") else DEFAULT_PRIOR
-    fields = meta.get("profile_fields") or {}
-    grid = {"df": list(fields["df_values"]), "rho": list(fields["rho_values"])} \
-        if fields.get("df_values") and fields.get("rho_values") else None
-    return {"settings": StemSettings(**meta["stem_settings"]), "acquisition": acquisition,
-            "ranges": AcquisitionRanges.from_dict(ranges) if ranges else None, "prior": prior, "grid": grid}
-
-
-def reference_for_estimator(estimator, n_configs: int = 240, images_per_config: int = 24, seed: int = 0, *,
-                            max_images: int | None = None, features: str = "outputs", level: float = 0.99,
-                            acquisition: str | None = None, statistic: str = "combined") -> SummaryReference:
-    """Simulate in-model samples as the estimator's training images and fit a reference on them.
-
-    Takes about 25 ms per image on one CPU core (simulation and encoding; 240 × 24 images: ~2.5 min).
-
-    Parameters
-    ----------
-    estimator : SampleEstimator or TrainedEncoder
-        Its encoder reads the images; its ``training_metadata`` (STEM settings, acquisition ranges,
-        the grid's ``df_values`` and ``rho_values`` in ``profile_fields``) and ``grid.support()``
-        (the prior; default :data:`agglib.evaluate.out_of_model.DEFAULT_PRIOR`) say how to simulate
-        them: half of the configurations with θ_Df, θ_ρ from the prior's intervals, half from the
-        grid's values (:func:`agglib.evaluate.out_of_model.in_model_samples`).
-    n_configs : int
-        Configurations simulated, ≥ 4 (split in halves for the thresholds: :meth:`SummaryReference.fit`).
-    images_per_config : int
-        Images per configuration.
-    seed : int
-    max_images : int, optional
-        Largest set size with its own threshold (default ``images_per_config``; a smaller value
-        gives the thresholds of the largest M more subsets per configuration than one).
-    features : {"outputs", "embedding"}
-    level : float
-        Quantile of the thresholds.
-    acquisition : {"paper", "randomised", "mixed"}, optional
-        Default: ``"mixed"`` (a quarter of the configurations at the paper's acquisition) for an
-        estimator trained on a randomised acquisition, else ``"paper"``.
-    statistic : {"combined", "set_mean", "mean_d2", "mean_vector"}
-
-    Returns
-    -------
-    SummaryReference
-    """
-    spec = reference_simulation(estimator, acquisition)
-    sims = in_model_samples(spec.pop("settings"), n_configs, images_per_config, seed, **spec)
-    images = sims.pop("images")
-    x = encoder_features(estimator, images.reshape(-1, *images.shape[2:]), features)
-    config_id = np.repeat(np.arange(n_configs), images_per_config)
-    return SummaryReference.fit(x, config_id, seed, max_images=max_images or images_per_config, level=level,
-                                statistic=statistic, feature_name=features)

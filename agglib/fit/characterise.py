@@ -182,7 +182,10 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     if units not in INTENSITY_UNITS:
         raise ValueError(f"units={units!r}; accepted: {', '.join(INTENSITY_UNITS)} (electron counts at a dose, "
                          "or the fraction of the incident beam)")
-    warnings, items, prepared = [], [], []
+    warnings, items, prepared, bad = [], [], [], []
+    paths_or_images = list(paths_or_images)
+    if not paths_or_images:
+        raise ImageInputError("no images given")
     for p in paths_or_images:
         try:
             item = p if isinstance(p, MeasuredImage) else read_image(p, pixel_size_nm)
@@ -191,11 +194,15 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
             prepared.append(prepare_image(fraction, estimator.pixel_size_nm, estimator.image_size_px))
             items.append(item)
         except ImageInputError as err:
-            if not skip_bad:
-                raise ImageInputError(f"{err}\n(pass --skip-bad / skip_bad=True to leave such images out)") from None
-            warnings.append(f"skipped {err}")
+            bad.append(str(err))
     if not items:
-        raise ImageInputError("no usable images given" + (f": {'; '.join(warnings)}" if warnings else ""))
+        more = f" (and {len(bad) - 1} more like it)" if len(bad) > 1 else ""
+        raise ImageInputError(f"none of the {len(bad)} images can be used: {bad[0]}{more}" if len(bad) > 1
+                              else bad[0])
+    if bad and not skip_bad:
+        raise ImageInputError(f"{bad[0]}\n({len(bad)} of {len(paths_or_images)} images cannot be used; pass "
+                              "--skip-bad / skip_bad=True to leave them out)")
+    warnings += [f"skipped {b}" for b in bad]
     fractions = np.stack(prepared)
     refusals, scale_warnings = check_intensity(fractions, intensity_reference(estimator))
     if refusals and check_intensity_scale:

@@ -151,11 +151,13 @@ def read_image(path, pixel_size_nm: float | None = None) -> MeasuredImage:
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if not path.exists():
+        raise ImageInputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        raise ImageInputError(f"{path} is a folder; give image files (or, on the command line, the folder itself)")
     if suffix not in SUPPORTED_SUFFIXES:
         raise ImageInputError(f"{path}: unknown file type {path.suffix!r}; accepted: "
                               f"{', '.join(sorted(set(SUPPORTED_SUFFIXES)))}")
-    if not path.is_file():
-        raise ImageInputError(f"{path}: no such file")
     readers = {".tif": _read_tiff, ".tiff": _read_tiff, ".png": _read_png}
     data, found = readers.get(suffix, _read_rsciio)(path)
     data = np.asarray(data)

@@ -112,9 +112,29 @@ class Aggregate:
 
     @classmethod
     def load(cls, path) -> "Aggregate":
-        """Read an aggregate written by :meth:`save`."""
-        with np.load(Path(path), allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"]))
-            params = None if meta["params"] is None else ModelParams.from_dict(meta["params"])
-            return cls(f["positions"], f["radii"], f["labels"], f["cluster_ids"], params,
-                       meta.get("info", {}))
+        """Read an aggregate written by :meth:`save` (a ``.npz`` file).
+
+        Raises
+        ------
+        FileNotFoundError
+            ``path`` does not exist.
+        ValueError
+            ``path`` is a folder, or not an aggregate file written by :meth:`save`.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; give the aggregate .npz files in it (e.g. {path}/*.npz)")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if not hasattr(f, "files") or not {"meta", "positions", "radii", "labels", "cluster_ids"} <= set(f.files):
+                    raise ValueError("missing arrays")
+                meta = json.loads(str(f["meta"]))
+                params = None if meta["params"] is None else ModelParams.from_dict(meta["params"])
+                return cls(f["positions"], f["radii"], f["labels"], f["cluster_ids"], params,
+                           meta.get("info", {}))
+        except (ValueError, OSError, KeyError, EOFError, json.JSONDecodeError) as err:
+            why = "not a NumPy .npz archive" if "pickle" in str(err) or "zip" in str(err).lower() else str(err)
+            raise ValueError(f"{path} is not an aggregate file written by agglib ({why}); give .npz files written "
+                             "by `agglib generate` or Aggregate.save") from None
