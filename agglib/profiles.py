@@ -225,6 +225,14 @@ class Profile:
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
+    def __repr__(self) -> str:
+        """One line: the name, the images and the grid (every field: :meth:`to_dict`)."""
+        grid = "×".join(str(len(v)) for v in (self.df_values, self.rho_values, self.theta0_values, self.theta1_values))
+        return (f"Profile({self.name!r}: {self.image_size_px}² px images at {self.pixel_size_nm:g} nm/px "
+                f"({self.image_size_px * self.pixel_size_nm:.0f} nm field of view), {self.n_configs} configurations "
+                f"× {self.samples_per_config} samples from a {grid} grid of (θ_Df, θ_ρ, θ0, θ1), acquisition "
+                f"{self.acquisition}, method {self.method!r}; every field: .to_dict())")
+
 
 def available_profiles() -> list[str]:
     return list(yaml.safe_load(_PROFILES_FILE.read_text()))

@@ -200,7 +200,7 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         raise ImageInputError(f"none of the {len(bad)} images can be used: {bad[0]}{more}" if len(bad) > 1
                               else bad[0])
     if bad and not skip_bad:
-        raise ImageInputError(f"{bad[0]}\n({len(bad)} of {len(paths_or_images)} images cannot be used; pass "
+        raise ImageInputError(f"{bad[0]} ({len(bad)} of {len(paths_or_images)} images cannot be used; pass "
                               "--skip-bad / skip_bad=True to leave them out)")
     warnings += [f"skipped {b}" for b in bad]
     fractions = np.stack(prepared)

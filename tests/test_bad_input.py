@@ -1,0 +1,88 @@
+"""Every command's bad input: exit code 2, one line naming the path or value and what to do,
+before any work — no output folder made, no input byte changed."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agglib.cli import main
+
+UNWRITABLE = "/proc/agglib-out"          # cannot be created, whoever runs the tests (root included)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A folder of inputs: an aggregate, a text file, a fake .npz, an empty folder, a folder of
+    JPEGs, a folder of text files, a TIFF image."""
+    import tifffile
+
+    root = tmp_path_factory.mktemp("inputs")
+    assert main(["generate", "--df", "1.8", "--rho", "0.5", "--theta0", "2", "--theta1", "2", "--seed", "1",
+                 "--out", str(root / "aggs")]) == 0
+    (root / "notes.txt").write_text("not an image\n")
+    (root / "fake.npz").write_bytes(b"not a zip archive")
+    (root / "empty").mkdir()
+    (root / "jpgs").mkdir()
+    (root / "jpgs" / "a.jpg").write_bytes(b"\xff\xd8\xff not really")
+    (root / "texts").mkdir()
+    (root / "texts" / "a.txt").write_text("x")
+    image = np.random.default_rng(0).poisson(5.0, (96, 96)).astype(np.uint16)
+    tifffile.imwrite(root / "image.tif", image, imagej=True, resolution=(1 / 50.0, 1 / 50.0), metadata={"unit": "nm"})
+    return root
+
+
+def _digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+AGG = "aggs/aggregate_0.npz"
+THETA = ["--df", "1.8", "--rho", "0.5", "--theta0", "2", "--theta1", "2"]
+# (command with {in} for the inputs folder and {out} for a fresh output path, what the line must name)
+CASES = {
+    "generate --count 0": (["generate", *THETA, "--count", "0", "--out", "{out}"], "--count 0"),
+    "generate θ_Df out of range": (["generate", "--df", "3.5", "--rho", "0.5", "--theta0", "2", "--theta1", "2",
+                                    "--out", "{out}"], "3.5"),
+    "generate into an unwritable place": (["generate", *THETA, "--out", UNWRITABLE], "cannot write into"),
+    "generate into a file": (["generate", *THETA, "--out", "{in}/notes.txt"], "notes.txt is a file"),
+    "render a folder": (["render", "{in}/aggs", "--out", "{out}"], "aggs is a folder"),
+    "render a text file": (["render", "{in}/notes.txt", "--out", "{out}"], "notes.txt is not an aggregate file"),
+    "render a fake .npz": (["render", "{in}/fake.npz", "--out", "{out}"], "fake.npz is not an aggregate file"),
+    "render into an unwritable place": (["render", "{in}/" + AGG, "--out", UNWRITABLE], "cannot write into"),
+    "render a missing file": (["render", "{in}/missing.npz", "--out", "{out}"], "missing.npz: no such file"),
+    "describe a folder": (["describe", "{in}/aggs"], "aggs is a folder"),
+    "describe a fake .npz": (["describe", "{in}/fake.npz"], "fake.npz is not an aggregate file"),
+    "fit a missing folder": (["fit", "{in}/missing", "--out", "{out}"], "missing: no such file or folder"),
+    "fit an empty folder": (["fit", "{in}/empty", "--out", "{out}"], "empty holds no image files"),
+    "fit a folder of JPEGs": (["fit", "{in}/jpgs", "--out", "{out}"], "it holds .jpg files"),
+    "fit a folder of text": (["fit", "{in}/texts", "--out", "{out}"], "it holds .txt files"),
+    "fit a text file": (["fit", "{in}/notes.txt", "--out", "{out}"], "unknown file type '.txt'"),
+    "fit into an unwritable place": (["fit", "{in}/image.tif", "--out", UNWRITABLE], "cannot write into"),
+    "fit into the inputs": (["fit", "{in}/image.tif", "--out", "{in}"], "input"),
+    "fit pixels too coarse": (["fit", "{in}/image.tif", "--out", "{out}"], "too coarse"),
+    "fit a bad dose": (["fit", "{in}/image.tif", "--dose", "-5", "--out", "{out}"], "dose"),
+    "dataset build, unknown profile": (["dataset", "build", "--profile", "huge", "--out", "{out}"], "huge"),
+    "dataset build, unknown field": (["dataset", "build", "--profile", "tiny", "--set", "sampels=3", "--out",
+                                      "{out}"], "sampels"),
+    "train-estimator, unknown profile": (["train-estimator", "--profile", "huge", "--run-dir", "{out}"], "huge"),
+    "sweep, unknown parameter": (["sweep", "10", "-p", "doze", "40", "--out", "{out}"], "doze"),
+    "sweep, unknown notebook": (["sweep", "{in}/none.ipynb", "-p", "a", "1", "--out", "{out}"], "none.ipynb"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(case, inputs, tmp_path, capsys):
+    command, named = CASES[case]
+    out = tmp_path / "out"
+    argv = [a.replace("{in}", str(inputs)).replace("{out}", str(out)) for a in command]
+    before = _digest(inputs)
+    assert main(argv) == 2, case
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("agglib: compiling")]
+    assert len(err) == 1 and err[0].startswith("agglib: error: "), err
+    assert named in err[0], err[0]
+    if case == "fit pixels too coarse":                       # every image is: --skip-bad would not help
+        assert "--skip-bad" not in err[0]
+    assert not out.exists(), f"{case}: {out} was made before the refusal"
+    assert _digest(inputs) == before
