@@ -72,7 +72,7 @@ from agglib.core.validation import check_range
 
 __all__ = ["SummaryReference", "FEATURES", "STATISTICS", "COMBINED_PARTS", "REFERENCE_FORMAT", "shrunk_covariance"]
 
-#: Per-image feature vectors an encoder gives (:func:`encoder_features`): its 13 head outputs
+#: Per-image feature vectors an encoder gives (:class:`agglib.encoder.Encoded`): its 13 head outputs
 #: (standardised descriptor and θ predictions, the posterior's inputs; the default) or its 128-d embedding.
 FEATURES = ("outputs", "embedding")
 
@@ -227,7 +227,7 @@ class SummaryReference:
         Parameters
         ----------
         features : ndarray (n, D)
-            One feature vector per image (e.g. :func:`encoder_features`).
+            One feature vector per image (e.g. ``encoder.encode(images).outputs``).
         config_id : ndarray (n,) of int
             The configuration (sample) of each image: images of one configuration share θ and the
             acquisition. The configurations are split in two halves (drawn with ``seed``): the model

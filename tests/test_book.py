@@ -55,6 +55,19 @@ def test_book_builds_with_figures(tmp_path, executed_notebooks):
     assert "agglib fit tests/data/fit_sample" in quick and "doi.org/10.1088/2632-2153/ad38fd" in \
         (html_dir / "book" / "intro.html").read_text()
 
+    # The API reference lists every public name (agglib.__all__ and each documented module's) with its docstring
+    import importlib
+
+    api = (html_dir / "book" / "api.html").read_text()
+    documented = re.findall(r"^\.\. automodule:: (\S+)", (ROOT / "book" / "api.md").read_text(), flags=re.M)
+    assert {"agglib", "agglib.model", "agglib.stem", "agglib.estimate", "agglib.posterior", "agglib.fit",
+            "agglib.evaluate", "agglib.visualize"} <= set(documented)
+    for name in documented:
+        module = importlib.import_module(name)
+        for public in getattr(module, "__all__", []):
+            assert f'<span class="pre">{public}</span>' in api, f"{name}.{public} missing from the API reference"
+    assert "Draw one hetero-aggregate from the model" in api          # docstrings, not only names
+
     # The results table keeps to the text column: its reproducing commands follow it as code blocks
     results = (html_dir / "book" / "results.html").read_text()
     assert "The commands that reproduce them" in results and "<th class=\"head\"><p>command</p></th>" not in results

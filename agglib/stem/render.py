@@ -9,7 +9,7 @@ Steps, in the order of the paper:
    ``supersample``² points per pixel);
 4. per particle a random phase and crystal orientation, uniformly among the table's curves of
    its material, turning thickness into the HAADF fraction of the incident probe;
-5. per particle a Gaussian defocus blur with σ = |z|·tan(β), z the particle centre's height
+5. per particle a Gaussian defocus blur with σ = abs(z)·tan(β), z the particle centre's height
    above or below the focal plane. **The focal plane is z = 0, the aggregate's centre of mass**
    (r³-weighted), i.e. the microscopist focuses on the middle of the aggregate;
 6. the sum over particles, times the electrons per pixel (dose × pixel area) — the noise-free
@@ -64,7 +64,7 @@ class StemSettings:
         SD of the per-line beam displacement along the fast scan direction [nm]; the
         paper's 0.01 nm (Jones & Nellist 2013).
     semiangle_mrad : float
-        Probe semi-convergence angle β [mrad]; sets the defocus blur σ = |z|·tan β.
+        Probe semi-convergence angle β [mrad]; sets the defocus blur σ = abs(z)·tan β.
     noise : bool
         Apply scan and shot noise (False: the expected counts).
     blur : bool
