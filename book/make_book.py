@@ -122,6 +122,7 @@ def remove_thebe(html_dir: Path) -> int:
 
 
 RESULTS_MARKER = "<!-- agglib:results-table -->"
+FIGURES_MARKER = "<!-- agglib:results-figures -->"
 SWEEP_MARKER = "<!-- agglib:sweep-table -->"
 #: The sweep the how-to page shows: notebook 10's θ̂ errors against dose and pixel size.
 HOWTO_SWEEP = {"dose_e_per_A2": [40, 149, 600], "measured_pixel_nm": [1.7, 2.9]}
@@ -181,8 +182,37 @@ def write_results_page(site: Path, profile: str, overrides: dict, seed: int = 0)
                  "\n\nThe commands that reproduce them:\n\n" + "\n\n".join(commands))
     else:
         table = "*No results were recorded in this build.*"
-    page.write_text(page.read_text().replace(RESULTS_MARKER, table))
+    text = page.read_text().replace(RESULTS_MARKER, table)
+    page.write_text(text.replace(FIGURES_MARKER, results_figures(records)))
     return len(lines) - 2
+
+
+def results_figures(records: list[dict]) -> str:
+    """The results page's figures (plotly, drawn with the book's shipped plotly.js): the headline
+    numbers beside the paper's and the trivial predictor's, and the coverage of 90 % regions."""
+    import agglib.visualize as viz
+    from agglib.evaluate import recorded_coverage, recorded_headlines
+
+    results = {k: v for rec in records for k, v in rec["results"].items()}
+    trivial = {k: v for rec in records for k, v in rec.get("trivial", {}).items()}
+    figures = []
+    headlines = recorded_headlines(results, trivial)
+    if headlines.shape[1] > 1:
+        figures.append(("The headline numbers", viz.plot_headlines(headlines)))
+    for label, name in (("paper's acquisition", "this book's estimator (paper's acquisition)"),
+                        ("default estimator, drawn acquisition", "the default of fit (one drawn acquisition per sample)")):
+        coverage = recorded_coverage(results, label)
+        if not coverage.empty:
+            columns = [c for c in ("df central", "df HPD", "rho central", "rho HPD", "joint HPD", "TARP") if c in coverage]
+            fig = viz.plot_coverage(coverage, columns, title=f"Coverage of 90 % regions: {name}")
+            figures.append((f"Calibration: {name}", fig.update_layout(width=680)))
+    if not figures:
+        return "*No figures: this build recorded no headline numbers.*"
+    parts = []
+    for heading, fig in figures:
+        html = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+        parts.append(f"**{heading}.**\n\n<div class=\"agglib-figure\">\n{html.strip()}\n</div>")
+    return "\n\n".join(parts)
 
 
 def restrict_toc(site: Path, only: list[str]) -> None:

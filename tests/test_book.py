@@ -71,6 +71,9 @@ def test_book_builds_with_figures(tmp_path, executed_notebooks):
     # The results table keeps to the text column: its reproducing commands follow it as code blocks
     results = (html_dir / "book" / "results.html").read_text()
     assert "The commands that reproduce them" in results and "<th class=\"head\"><p>command</p></th>" not in results
+    # ... and opens with figures: the headline numbers beside the paper's and the trivial predictor's, coverage
+    assert results.count("Plotly.newPlot") >= 2 and results.index("Plotly.newPlot") < results.index("Every recorded number")
+    assert "Headline numbers" in results and "Coverage of 90 % regions" in results
     # Figures fit their frames: none is wider than the text column (690 px in a 1280 px window), and
     # every 3D scene is seen from far enough that its cube stays inside the scene — with tick labels
     # from ≥ 2.3 (plotly's default camera, 2.17, cut the corners and labels of notebook 1's gallery

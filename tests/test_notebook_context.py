@@ -32,7 +32,7 @@ def test_recorded_results_carry_the_exact_command(tmp_path, monkeypatch):
     nb = setup_notebook("06_calibration", "tiny", 3, {"posterior_steps": 100})
     table = nb.record({"θ̂_Df MAE": 0.5})
     saved = json.loads((nb.run_dir / "results" / "06_calibration.json").read_text())
-    assert saved["command"] == nb.command == table["command"].iloc[0]
+    assert saved["command"] == nb.command == table.attrs["command"]
     params = json.loads((nb.run_dir / "parameters.json").read_text())
     assert params["06_calibration"]["overrides"] == {"posterior_steps": 100}
 

@@ -3,13 +3,14 @@
 from agglib.evaluate.estimators import (PAPER_RESULTS, recorded_run, recorded_run_scores, batch_estimates, batch_groups, batch_size_study,
                                         confusion_table, default_run_dir, descriptor_scores,
                                         integer_accuracy, mae, paper_method_estimates, predict_split, r2,
-                                        results_table, trivial_mae)
+                                        results_table, trivial_mae, HEADLINES, recorded_headlines,
+                                        recorded_coverage)
 from agglib.evaluate.sets import (CeilingShadows, ceiling, error_by_set_size, fresh_configurations,
                                   posterior_on_store, theta_scores, trivial_theta_scores, true_summaries)
 from agglib.evaluate.shadows import (PAPER_SHADOW_RESULTS, SHADOW_DESCRIPTORS, error_by_particle_count,
                                     shadow_comparison, shadow_params, shadow_range_coverage, shadow_table)
 
-__all__ = ["recorded_run", "recorded_run_scores", "CeilingShadows", "shadow_range_coverage", "PAPER_SHADOW_RESULTS", "SHADOW_DESCRIPTORS", "error_by_particle_count", "shadow_comparison",
+__all__ = ["HEADLINES", "recorded_headlines", "recorded_coverage", "recorded_run", "recorded_run_scores", "CeilingShadows", "shadow_range_coverage", "PAPER_SHADOW_RESULTS", "SHADOW_DESCRIPTORS", "error_by_particle_count", "shadow_comparison",
            "shadow_params", "shadow_table", "PAPER_RESULTS", "predict_split", "batch_groups", "batch_estimates",
            "batch_size_study", "integer_accuracy", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir",
            "results_table", "descriptor_scores", "paper_method_estimates", "ceiling", "error_by_set_size",

@@ -16,7 +16,7 @@ from agglib.train import TARGETS, sample_labels
 
 __all__ = ["PAPER_RESULTS", "predict_split", "descriptor_scores", "batch_groups", "batch_estimates", "batch_size_study",
            "integer_accuracy", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir", "recorded_run", "recorded_run_scores",
-           "results_table", "paper_method_estimates"]
+           "results_table", "paper_method_estimates", "HEADLINES", "recorded_headlines", "recorded_coverage"]
 
 #: The paper's headline numbers (§3.1–3.3), on its E with ν = 12.
 PAPER_RESULTS = {
@@ -187,7 +187,8 @@ def results_table(ours: dict, profile: str, command: str, run_dir=None, notebook
     trivial predictor's (``trivial``: the same quantity for a constant estimate, the mean of T).
 
     With ``run_dir`` and ``notebook`` the numbers are also recorded in
-    ``run_dir/results/<notebook>.json``, from which the book's results page is generated.
+    ``run_dir/results/<notebook>.json``, from which the book's results page is generated. The
+    profile and the reproducing command are in the table's ``attrs``.
     """
     if run_dir is not None and notebook is not None:
         import json
@@ -201,9 +202,52 @@ def results_table(ours: dict, profile: str, command: str, run_dir=None, notebook
     rows = []
     for key, value in ours.items():
         rows.append({"quantity": key, "paper (E, ν = 12)": PAPER_RESULTS.get(key, np.nan), "agglib": value,
-                     "trivial predictor": (trivial or {}).get(key, np.nan), "profile": profile,
-                     "command": command})
-    return pd.DataFrame(rows).set_index("quantity")
+                     "trivial predictor": (trivial or {}).get(key, np.nan)})
+    table = pd.DataFrame(rows).set_index("quantity").dropna(axis=1, how="all")
+    table.attrs.update(profile=profile, command=command)          # once, not in every row
+    return table
+
+
+#: The paper's headline numbers the results page plots (errors: lower is better; hit rates: higher).
+HEADLINES = {"errors": ("θ̂_Df MAE", "θ̂_ρ MAE"),
+             "hit rates": ("θ̂0 exact", "θ̂0 within ±1", "θ̂1 exact", "θ̂1 within ±1")}
+
+
+def recorded_headlines(results: dict, trivial: dict) -> pd.DataFrame:
+    """The headline numbers of a book build by estimator, from what the notebooks recorded.
+
+    ``results`` and ``trivial`` merge the ``results`` and ``trivial`` of every notebook's record
+    (``run_dir/results/*.json``). Rows: :data:`HEADLINES`; columns: the paper, this book's
+    estimators on E (ν = 12) and on fresh configurations, the default of ``fit``, the paper's
+    networks as trained here, the trivial predictor — those that were recorded.
+    """
+    import re
+
+    fresh = {m.group(1) for k in results if (m := re.match(r"^fresh θ \(M = (\d+)\): ", k))}
+    m = max(fresh, key=int) if fresh else None
+    sources = {"paper (its E, ν = 12)": lambda k: PAPER_RESULTS.get(k),
+               "agglib on E (ν = 12)": lambda k: results.get(k),
+               f"agglib, fresh θ (M = {m})": lambda k: results.get(f"fresh θ (M = {m}): {k}"),
+               f"default of fit, fresh θ (M = {m})": lambda k: results.get(f"default of fit, fresh θ (M = {m}): {k}"),
+               "paper's networks, trained here": lambda k: results.get(f"paper method: {k}"),
+               "trivial predictor": lambda k: trivial.get(k)}
+    rows = [k for names in HEADLINES.values() for k in names]
+    table = pd.DataFrame({name: [get(k) for k in rows] for name, get in sources.items()}, index=rows, dtype=float)
+    return table.dropna(axis=1, how="all")
+
+
+def recorded_coverage(results: dict, label: str) -> pd.DataFrame:
+    """Coverage of 90 % regions against M recorded by notebook 6 for one estimator (``label``:
+    ``"paper's acquisition"`` or ``"default estimator, drawn acquisition"``): rows M, a column per
+    check (as :func:`agglib.evaluate.calibration.calibration_report`)."""
+    import re
+
+    cells = {}
+    for key, value in results.items():
+        found = re.match(rf"^{re.escape(label)}: 90 % (.+) coverage \(M = (\d+)\)$", key)
+        if found:
+            cells.setdefault(int(found.group(2)), {})[found.group(1)] = value
+    return pd.DataFrame.from_dict(cells, orient="index").sort_index().rename_axis("M")
 
 
 def paper_method_estimates(estimator, store: DatasetStore, nu: int, split: str = "E", seed: int = 0,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-__all__ = ["plot_training_history", "plot_validation_error", "plot_prediction_vs_truth", "plot_error_by_preset",
+__all__ = ["plot_headlines", "plot_training_history", "plot_validation_error", "plot_prediction_vs_truth", "plot_error_by_preset",
            "plot_batch_size_study", "plot_confusion", "plot_shadow_histograms", "plot_shadow_means"]
 
 
@@ -129,4 +129,28 @@ def plot_shadow_means(pairs, descriptors=("s_tio2", "z_hetero", "z_total"), titl
         fig.update_xaxes(title_text="mean from θ", row=1, col=col)
         fig.update_yaxes(title_text="mean from θ̂", row=1, col=col)
     fig.update_layout(height=380, title=title or "Descriptor means: digital shadows against the truth")
+    return fig
+
+
+def plot_headlines(table: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """The paper's headline numbers beside this build's (``table`` from
+    :func:`agglib.evaluate.recorded_headlines`): errors (lower is better) and hit rates of θ0, θ1
+    (higher is better), one bar per estimator."""
+    from plotly.subplots import make_subplots
+
+    from agglib.evaluate.estimators import HEADLINES
+
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.36, 0.64], horizontal_spacing=0.1,
+                        subplot_titles=("MAE of θ̂_Df, θ̂_ρ [-] (lower is better)", "θ̂0, θ̂1 hits [share] (higher is better)"))
+    colours = ["#444444", "#1f77b4", "#17becf", "#ff7f0e", "#9467bd", "#bbbbbb"]
+    for k, name in enumerate(table.columns):
+        for col, rows in enumerate(HEADLINES.values(), start=1):
+            values = table.loc[list(rows), name]
+            fig.add_trace(go.Bar(x=[r.replace("within ±1", "±1") for r in rows], y=values, name=name,
+                                 marker_color=colours[k % len(colours)], showlegend=col == 1, legendgroup=name,
+                                 hovertemplate="%{x}: %{y:.3f}<extra>" + name + "</extra>"), row=1, col=col)
+    fig.update_yaxes(title_text="MAE [-]", row=1, col=1)
+    fig.update_yaxes(title_text="share of samples [-]", range=[0, 1], row=1, col=2)
+    fig.update_layout(barmode="group", title=title or "Headline numbers: the paper, agglib, the trivial predictor",
+                      width=680, height=460, legend=dict(orientation="h", y=-0.2), margin=dict(l=60, r=20))
     return fig
