@@ -89,6 +89,13 @@ def test_book_builds_with_figures(tmp_path, executed_notebooks):
                                    for axis in ("xaxis", "yaxis", "zaxis"))
                     assert distance >= (2.3 if labelled else 1.8), \
                         f"{page.name}: 3D {name} seen from {distance:.2f}: its corners and labels are cut"
+    # Tables fit the text column too: their estimated width (the longest cell of each column at the
+    # theme's table font) stays within it, on every notebook page and on the book's own pages
+    for page in sorted((html_dir / "notebooks").glob("*.html")) + sorted((html_dir / "book").glob("*.html")):
+        if page.name == "api.html":
+            continue
+        for k, width in enumerate(table_widths(page.read_text())):
+            assert width <= TEXT_COLUMN_PX, f"{page.name}: table {k + 1} is about {width:.0f} px wide"
     # In a browser (where Chromium is installed): the pages the quick start leads to log no errors
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium:
@@ -97,6 +104,33 @@ def test_book_builds_with_figures(tmp_path, executed_notebooks):
                                capture_output=True, text=True, timeout=600)
         assert shots.returncode == 0, shots.stdout[-3000:] + shots.stderr[-3000:]
         assert len(list((tmp_path / "shots").glob("*.png"))) >= 5
+
+
+#: Width of the book theme's text column [px] in a 1280 px window.
+TEXT_COLUMN_PX = 690
+#: Mean width of a character in a table cell [px] (the theme's 0.9 em table font) and a cell's padding.
+TABLE_CHAR_PX, TABLE_CELL_PADDING_PX = 7.6, 14
+#: Characters after which a cell's text wraps (browsers narrow a wide table's text columns).
+WRAP_CHARS = 24
+
+
+def table_widths(html: str) -> list:
+    """Estimated width [px] of every HTML table of a page (pandas' and markdown's): per column
+    the longest cell text (wrapped at spaces after :data:`WRAP_CHARS` characters), at
+    :data:`TABLE_CHAR_PX` per character plus the cell padding."""
+    import html as html_lib
+
+    widths = []
+    for table in re.findall(r"<table.*?</table>", html, flags=re.S):
+        columns = {}
+        for row in re.findall(r"<tr.*?</tr>", table, flags=re.S):
+            for k, cell in enumerate(re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, flags=re.S)):
+                text = html_lib.unescape(re.sub(r"<[^>]+>", "", cell)).strip()
+                words = max((len(w) for w in text.split()), default=0)     # a cell wraps at spaces,
+                chars = min(len(text), max(words, WRAP_CHARS))                 # down to its longest word
+                columns[k] = max(columns.get(k, 0), chars)
+        widths.append(sum(c * TABLE_CHAR_PX + TABLE_CELL_PADDING_PX for c in columns.values()))
+    return widths
 
 
 def plotly_layouts(html: str) -> list:

@@ -94,6 +94,9 @@ def test_python_blocks_run_as_written(page, outside):
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "bash")])
 def test_shell_blocks_run_as_written(page, outside):
     agglib_cli = Path(sys.executable).parent / "agglib"
+    work = outside / f"shell-{Path(page).stem}"             # each page as a newcomer: its own folder
+    for name in ("tests", "my_images"):
+        shutil.copytree(outside / name, work / name)
     for block in blocks(page, "bash"):
         for line in shell_lines(block):
             assert line.startswith(("agglib ", "papermill ")), line
@@ -102,7 +105,7 @@ def test_shell_blocks_run_as_written(page, outside):
                 argv[0] = str(agglib_cli)
             if line.startswith("agglib sweep") or line.startswith("papermill"):
                 continue                       # run by the book test and tests/test_sweep.py (minutes)
-            run = subprocess.run(" ".join(argv), shell=True, cwd=outside, env=_env(outside), capture_output=True,
+            run = subprocess.run(" ".join(argv), shell=True, cwd=work, env=_env(work), capture_output=True,
                                  text=True, timeout=600)
             assert run.returncode == 0, f"{page}: {line}\n{run.stderr[-3000:]}"
 

@@ -213,8 +213,13 @@ def _client(workers: int, scheduler: str | None):
 
     if scheduler:
         return Client(scheduler), None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=logging.ERROR)
+    try:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=logging.ERROR)
+    except RuntimeError as err:               # e.g. "Nanny failed to start": a script without a main guard
+        raise RuntimeError(f"the {workers} Dask worker processes could not start ({err}). In a script, call "
+                           "build_dataset under `if __name__ == \"__main__\":` (worker processes re-import "
+                           "the script), or pass workers=1 to build in this process") from None
     return Client(cluster), cluster
 
 
@@ -233,7 +238,8 @@ def build_dataset(path, profile: str | Profile | None = None, seed: int = 0, *,
     seed : int
         Root seed: the same seed gives a bit-identical store.
     workers : int, optional
-        Dask worker processes of the local cluster (default: ``config['workers']`` or all cores).
+        Dask worker processes of the local cluster (default: ``config['workers']`` or all cores);
+        1 builds in this process, without a cluster (the store is the same for any number).
     scheduler : str, optional
         Address of a running Dask scheduler (``tcp://host:8786``), e.g. one started by
         dask-jobqueue on a SLURM cluster; then ``workers`` is ignored.
@@ -289,7 +295,11 @@ def build_dataset(path, profile: str | Profile | None = None, seed: int = 0, *,
     workers = resolve_workers(workers)
     with tqdm(total=n, initial=n - sum(min(shard_size, n - s * shard_size) for s in todo),
               desc=f"dataset {prof.name}", unit="sample", disable=not show) as bar:
-        if todo:
+        if todo and workers == 1 and not scheduler:          # in this process: no cluster to start
+            for s in todo:
+                _build_shard(str(path), s, s * shard_size, min(n, (s + 1) * shard_size))
+                bar.update(min(shard_size, n - s * shard_size))
+        elif todo:
             client, cluster = _client(workers, scheduler)
             try:
                 futures = [client.submit(_build_shard, str(path), s, s * shard_size,
