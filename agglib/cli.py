@@ -10,6 +10,13 @@ from pathlib import Path
 import agglib
 
 
+def _compiling() -> None:
+    """The one-line notice before numba compiles the kernels on a first run (after the input checks)."""
+    from agglib.core.compilation import announce_first_compilation
+
+    announce_first_compilation()
+
+
 def _cmd_generate(args) -> int:
     from agglib.core.files import check_output_dir, claim_output_dir
 
@@ -19,6 +26,7 @@ def _cmd_generate(args) -> int:
     width = len(str(max(args.count - 1, 0)))
     names = [f"aggregate_{k:0{width}d}.npz" for k in range(args.count)]
     check_output_dir(args.out, names, overwrite=args.overwrite)
+    _compiling()
     aggs = agglib.generate_aggregates(params, args.count, seed=args.seed, n_particles=args.n_particles,
                                       cluster_sizes=args.cluster_sizes, workers=args.workers)
     out = claim_output_dir(args.out, names, overwrite=args.overwrite, command="agglib generate")
@@ -30,6 +38,7 @@ def _cmd_generate(args) -> int:
 
 def _cmd_describe(args) -> int:
     aggregates = [agglib.Aggregate.load(path) for path in args.paths]      # every input checked first
+    _compiling()
     writer = csv.writer(sys.stdout)
     writer.writerow(["file", *agglib.descriptors.DESCRIPTOR_NAMES])
     for path, agg in zip(args.paths, aggregates):
@@ -53,6 +62,7 @@ def _cmd_render(args) -> int:
     aggregates = [agglib.Aggregate.load(path) for path in args.paths]      # every input checked first
     out = claim_output_dir(args.out, names, inputs=args.paths, overwrite=args.overwrite, command="agglib render")
     seeds = spawn_seeds(args.seed, len(args.paths))
+    _compiling()
     for agg, name, seed in zip(aggregates, names, seeds):
         image = agglib.render_stem(agg, seed=seed, settings=settings)
         with atomic_open(out / name) as fh:
@@ -63,6 +73,11 @@ def _cmd_render(args) -> int:
 
 
 def _cmd_haadf_table(args) -> int:
+    try:
+        import abtem  # noqa: F401
+    except ImportError:
+        raise ValueError('agglib haadf-table runs abTEM multislice simulations, which are not installed: '
+                         'pip install "agglib[multislice]"') from None
     from agglib.stem.multislice import MultisliceSettings
     from agglib.stem.reference import build_reference_table
 
@@ -90,6 +105,10 @@ def _parse_sets(items) -> dict:
 def _cmd_dataset_build(args) -> int:
     from agglib.dataset import build_dataset
 
+    from agglib.profiles import load_profile
+
+    load_profile(args.profile, **_parse_sets(args.set))          # a bad profile or field: refused first
+    _compiling()
     build_dataset(args.out, args.profile, seed=args.seed, workers=args.workers, scheduler=args.scheduler,
                   shard_size=args.shard_size, design=args.design, **_parse_sets(args.set))
     return 0
@@ -106,7 +125,12 @@ def _cmd_dataset_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from agglib.core.files import check_writable
     from agglib.train import TrainConfig, train_network
+
+    if not Path(args.store).is_dir():
+        raise FileNotFoundError(f"--store {args.store}: no such dataset store (build one with `agglib dataset build`)")
+    check_writable(args.out)
 
     config = TrainConfig(target=args.target, arch=args.arch, epochs=args.epochs, lr=args.lr, nu=args.nu,
                          schedule=args.schedule, repeats=args.repeats, init_features=args.init_features,
@@ -136,6 +160,11 @@ def _cmd_estimator(args) -> int:
     changes = _parse_sets(args.set)
     run = NotebookRun("train-estimator", load_profile(args.profile, **changes), args.seed, changes)
     prof = run.profile
+    if args.out:                                   # refused now, not after the datasets and the training
+        from agglib.core.files import check_output_dir
+
+        check_output_dir(args.out, ["encoder.pt", "posterior.pt"], overwrite=args.overwrite)
+    _compiling()
     grid = build_dataset(args.store or run.store_path("grid"), prof, seed=args.seed, workers=args.workers)
     cont = build_dataset(args.continuous_store or run.store_path("continuous"), prof,
                          seed=args.seed, workers=args.workers, design="continuous")
@@ -169,6 +198,13 @@ def _cmd_fit(args) -> int:
             files.append(p)
     out = Path(args.out)
     check_output_dir(out, SHADOW_FILES, inputs=args.paths, overwrite=args.overwrite)
+    if args.shadows < 1:
+        raise ValueError(f"--shadows {args.shadows}: draw at least 1 digital shadow")
+    if args.bootstrap < 10:
+        raise ValueError(f"--bootstrap {args.bootstrap}: give at least 10 resamples")
+    if args.dose is not None and args.dose <= 0:
+        raise ValueError(f"--dose {args.dose:g}: the electron dose must be > 0 e/Å²")
+    _compiling()
     if args.models is None:
         estimator = load_default_estimator()
     elif (Path(args.models) / "posterior.pt").is_file():
@@ -234,6 +270,13 @@ _OVERWRITE_HELP = "replace the files agglib wrote in an existing output folder (
 _SEED_HELP = "root seed of every random draw (same seed, same output; None: fresh entropy)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``agglib fit: error: … (agglib fit --help)``), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default once: not for required options or flags, nor where the help
     already explains it (``default`` or ``None:`` in the text)."""
@@ -251,9 +294,9 @@ def _plural(n: int, word: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="agglib", description=agglib.__doc__.splitlines()[0])
+    ap = _Parser(prog="agglib", description=agglib.__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"agglib {agglib.__version__}")
-    commands = ap.add_subparsers(dest="command", required=True)
+    commands = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     class _Sub:                                     # every subcommand with the same help formatter
         def __init__(self, parent):
@@ -276,15 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cluster-sizes", choices=["fixed", "poisson"], default="fixed",
                    help="primary-cluster sizes: θ0/θ1 particles each, or Poisson around them")
     g.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
-    g.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="processes (None: agglib.config['workers'], else all cores)")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    g.set_defaults(func=_cmd_generate, compiles=True)
+    g.set_defaults(func=_cmd_generate)
 
     d = sub.add_parser("describe", help="descriptors of saved aggregates, as CSV on stdout (D_f(A), ρ(A), "
                                         "cluster sizes, coordination numbers, N, R_g [nm])")
     d.add_argument("paths", nargs="+", help="aggregate .npz files written by `agglib generate`")
-    d.set_defaults(func=_cmd_describe, compiles=True)
+    d.set_defaults(func=_cmd_describe)
 
     r = sub.add_parser("render", help="virtual HAADF-STEM images of saved aggregates (.npy, counts)")
     r.add_argument("paths", nargs="+", help="aggregate .npz files")
@@ -300,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probe semi-convergence angle [mrad]")
     r.add_argument("--no-noise", action="store_true", help="expected counts, no scan/shot noise")
     r.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    r.set_defaults(func=_cmd_render, compiles=True)
+    r.set_defaults(func=_cmd_render)
 
     h = sub.add_parser("haadf-table", help="(re)compute the HAADF reference table with abTEM "
                                            "(resumable; needs agglib[multislice])")
@@ -317,9 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=_cmd_haadf_table)
 
     ds = sub.add_parser("dataset", help="build or inspect a dataset store (Zarr)")
-    ds_sub = _Sub(ds.add_subparsers(dest="dataset_command", required=True))
+    ds_sub = _Sub(ds.add_subparsers(dest="dataset_command", required=True, parser_class=_Parser))
     b = ds_sub.add_parser("build", help="build (or resume) the dataset of a profile with Dask")
-    b.add_argument("--profile", default=None, help="tiny, quick or paper (default: config 'profile')")
+    b.add_argument("--profile", default=None,
+                   help="tiny, quick or paper (None: agglib.config['profile'], quick unless you changed it)")
     b.add_argument("--out", required=True, help="store directory, e.g. data/quick.zarr")
     b.add_argument("--seed", type=int, default=0, help="root seed (same seed, same store)")
     b.add_argument("--workers", type=int, default=None, help="local Dask worker processes (None: all cores)")
@@ -331,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "posterior trains on those) (default: grid)")
     b.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a profile field, e.g. --set samples_per_config=40 (repeatable)")
-    b.set_defaults(func=_cmd_dataset_build, compiles=True)
+    b.set_defaults(func=_cmd_dataset_build)
     i = ds_sub.add_parser("info", help="summary and provenance of a store")
     i.add_argument("path", help="a store folder (.zarr)")
     i.set_defaults(func=_cmd_dataset_info)
@@ -375,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write last.pt every STEPS steps within an epoch (None: once per epoch)")
     t.add_argument("--time-budget-s", type=float, default=None,
                    help="stop after the epoch during which this many seconds passed (None: no limit)")
-    t.set_defaults(func=_cmd_train, compiles=True)
+    t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("train-estimator", help="train (or resume) the new method for a profile: the image encoder "
                                                "and the set-level posterior over θ (builds the two datasets if missing)")
@@ -391,23 +436,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run-dir", default=None,
                    help="training folder (None: <data>/runs/<tag>-seed<seed>; <tag>: the profile, with a digest of "
                         "the --set changes)")
-    e.add_argument("--out", default=None, help="also write encoder.pt and posterior.pt here")
+    e.add_argument("--out", default=None, help="also write encoder.pt and posterior.pt here (None: they stay in "
+                                               "<run-dir>/sets/)")
     e.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     e.add_argument("--workers", type=int, default=None, help="dataset build processes (None: all cores)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    e.set_defaults(func=_cmd_estimator, compiles=True)
+    e.set_defaults(func=_cmd_estimator)
 
     f = sub.add_parser("fit", help="estimate θ from measured images of one sample; export digital shadows")
     f.add_argument("paths", nargs="+", help="image files or folders (TIFF, DM3/DM4, EMD, SER, MRC, ...)")
     f.add_argument("--pixel-size", type=float, default=None,
-                   help="pixel size [nm] for files without one (None: each file's own; a value overrides it)")
+                   help="pixel size [nm] of the images, overriding the files' own (None: each file's own)")
     f.add_argument("--units", choices=["counts", "fraction"], default="counts",
-                   help="intensity units of the images: 'counts', detector counts [electrons] at --dose; "
+                   help="(default: counts) intensity units of the images: 'counts', detector counts [electrons] at --dose; "
                         "'fraction', detector-normalised fraction of the incident beam (vacuum 0, beam 1; "
                         "LeBeau & Stemmer 2008). A sample whose intensity scale is far from the training "
                         "images' is refused")
-    f.add_argument("--dose", type=float, default=None, help="electron dose of images in counts [e/Å²] "
-                                                            "(None: the estimator's training dose, 149)")
+    f.add_argument("--dose", type=float, default=None, help="electron dose of images in counts [e/Å²], with --units "
+                                                            "counts (None: the estimator's training dose; 149 for "
+                                                            "the shipped ones)")
     f.add_argument("--skip-intensity-check", action="store_true",
                    help="estimate even when the intensity scale is far from the training images' (warns)")
     f.add_argument("--models", default=None, help="folder of a trained estimator: encoder.pt + posterior.pt "
@@ -416,24 +463,26 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "agglib/data/models/sets-quick-robust)")
     f.add_argument("--out", required=True, help="output folder for the shadows and summary.json (new, empty, "
                                                 "or one agglib wrote)")
-    f.add_argument("--shadows", type=int, default=200, help="digital shadows to draw")
-    f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the images")
+    f.add_argument("--shadows", type=int, default=200, help="digital shadows to draw (at least 1)")
+    f.add_argument("--bootstrap", type=int, default=200,
+                   help="bootstrap resamples of the images (at least 10; the intervals of the paper method — "
+                        "the default estimator's come from its posterior)")
     f.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the shadows")
     f.add_argument("--skip-bad", action="store_true",
                    help="leave out images that cannot be used (unreadable, too small) with a warning naming "
                         "each, instead of stopping at the first")
     f.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    f.set_defaults(func=_cmd_fit, compiles=True)
+    f.set_defaults(func=_cmd_fit)
 
     s = sub.add_parser("sweep", help="run a notebook with papermill over a grid of parameters, in parallel, "
                                      "one folder per parameter set; collect what it records into one table")
     s.add_argument("notebook", help="notebook path or name in notebooks/, e.g. 10_fit_your_images or 10")
-    s.add_argument("-p", "--parameter", nargs="+", action="append", required=True, metavar="NAME VALUE",
+    s.add_argument("-p", "--parameter", nargs="+", action="append", required=True, metavar=("NAME", "VALUE"),
                    help="a parameter and its values, e.g. -p dose_e_per_A2 40 149 600 (repeatable: the grid is "
                         "every combination; values are read as YAML, so lists work: -p true_theta "
                         "'[1.8, 0.6, 2, 3]' '[2.2, 0.3, 1, 4]')")
     s.add_argument("-f", "--fixed", action="append", default=[], metavar="NAME=VALUE",
-                   help="a parameter set the same in every run (repeatable)")
+                   help="a parameter set the same in every run (repeatable), e.g. -f robustness=false")
     s.add_argument("--profile", default="tiny", help="run-size profile of the notebooks")
     s.add_argument("--out", required=True, help="sweep folder (resumable: finished runs are skipped)")
     s.add_argument("--workers", type=int, default=2, help="notebooks executed at once")
@@ -447,10 +496,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "compiles", False):
-        from agglib.core.compilation import announce_first_compilation
-
-        announce_first_compilation()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, agglib.AggregationError) as err:

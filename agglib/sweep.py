@@ -104,7 +104,7 @@ def run_sweep(notebook: str, parameters: dict, out_dir, *, profile: str = "tiny"
     out_dir : path-like
         One sub-folder per combination, and ``sweep.csv``.
     profile : str
-        The notebooks' run-size profile.
+        The notebooks' run-size profile (passed to notebooks that have a ``profile`` parameter).
     fixed : dict, optional
         Further papermill parameters, the same for every run.
     workers : int
@@ -118,7 +118,7 @@ def run_sweep(notebook: str, parameters: dict, out_dir, *, profile: str = "tiny"
     from agglib.core.files import claim_output_dir
 
     path = _notebook_path(notebook)
-    check_parameters(path, ["profile", *(fixed or {}), *parameters])
+    known = check_parameters(path, [*(fixed or {}), *parameters])
     grid = sweep_grid(parameters)
     out_dir = Path(out_dir)
     folders = [",".join(f"{k}={_label(v)}" for k, v in combo.items()) for combo in grid]
@@ -131,7 +131,7 @@ def run_sweep(notebook: str, parameters: dict, out_dir, *, profile: str = "tiny"
                 futures = []
                 for folder, combo in todo:
                     (out_dir / folder).mkdir(parents=True, exist_ok=True)
-                    params = {"profile": profile, **(fixed or {}), **combo}
+                    params = {**({"profile": profile} if "profile" in known else {}), **(fixed or {}), **combo}
                     futures.append(pool.submit(_run_one, str(path), str(out_dir / folder), params, timeout))
                 for future in as_completed(futures):
                     future.result()

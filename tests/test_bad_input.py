@@ -52,6 +52,7 @@ CASES = {
     "render a fake .npz": (["render", "{in}/fake.npz", "--out", "{out}"], "fake.npz is not an aggregate file"),
     "render into an unwritable place": (["render", "{in}/" + AGG, "--out", UNWRITABLE], "cannot write into"),
     "render a missing file": (["render", "{in}/missing.npz", "--out", "{out}"], "missing.npz: no such file"),
+    "render, no --out": (["render", "{in}/" + AGG], "required: --out"),
     "describe a folder": (["describe", "{in}/aggs"], "aggs is a folder"),
     "describe a fake .npz": (["describe", "{in}/fake.npz"], "fake.npz is not an aggregate file"),
     "fit a missing folder": (["fit", "{in}/missing", "--out", "{out}"], "missing: no such file or folder"),
@@ -60,9 +61,21 @@ CASES = {
     "fit a folder of text": (["fit", "{in}/texts", "--out", "{out}"], "it holds .txt files"),
     "fit a text file": (["fit", "{in}/notes.txt", "--out", "{out}"], "unknown file type '.txt'"),
     "fit into an unwritable place": (["fit", "{in}/image.tif", "--out", UNWRITABLE], "cannot write into"),
-    "fit into the inputs": (["fit", "{in}/image.tif", "--out", "{in}"], "input"),
+    "fit into the inputs": (["fit", "{in}/image.tif", "--out", "{in}"], "agglib never writes where its inputs are"),
     "fit pixels too coarse": (["fit", "{in}/image.tif", "--out", "{out}"], "too coarse"),
-    "fit a bad dose": (["fit", "{in}/image.tif", "--dose", "-5", "--out", "{out}"], "dose"),
+    "fit a bad dose": (["fit", "{in}/image.tif", "--dose", "-5", "--out", "{out}"], "--dose -5"),
+    "fit no shadows": (["fit", "{in}/image.tif", "--shadows", "0", "--out", "{out}"], "--shadows 0"),
+    "fit without --out": (["fit", "{in}/image.tif"], "required: --out"),
+    "fit, unknown units": (["fit", "{in}/image.tif", "--units", "volts", "--out", "{out}"], "'volts'"),
+    "generate, not a number": (["generate", "--df", "x", "--rho", "0.5", "--theta0", "2", "--theta1", "2",
+                                "--out", "{out}"], "'x'"),
+    "train, missing store": (["train", "--store", "{in}/none.zarr", "--target", "df", "--out", "{out}"],
+                             "none.zarr: no such dataset store"),
+    "train into an unwritable place": (["train", "--store", "{in}/aggs", "--target", "df", "--out", UNWRITABLE],
+                                       "cannot write into"),
+    "train-estimator --out into a file": (["train-estimator", "--profile", "tiny", "--out", "{in}/notes.txt"],
+                                          "notes.txt is a file"),
+    "dataset info, not a store": (["dataset", "info", "{in}/empty"], "no dataset store"),
     "dataset build, unknown profile": (["dataset", "build", "--profile", "huge", "--out", "{out}"], "huge"),
     "dataset build, unknown field": (["dataset", "build", "--profile", "tiny", "--set", "sampels=3", "--out",
                                       "{out}"], "sampels"),
@@ -73,16 +86,23 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_exits_2_with_one_line_and_changes_nothing(case, inputs, tmp_path, capsys):
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(case, inputs, tmp_path, capsys, monkeypatch):
     command, named = CASES[case]
     out = tmp_path / "out"
+    data = tmp_path / "agglib-data"                          # where datasets and runs would go
+    monkeypatch.setenv("AGGLIB_DATA_DIR", str(data))
     argv = [a.replace("{in}", str(inputs)).replace("{out}", str(out)) for a in command]
     before = _digest(inputs)
-    assert main(argv) == 2, case
-    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("agglib: compiling")]
-    assert len(err) == 1 and err[0].startswith("agglib: error: "), err
-    assert named in err[0], err[0]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:                              # usage errors (argparse)
+        code = exit_.code
+    assert code == 2, case
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("agglib"), err  # one line, no notice or traceback before it
+    assert ": error: " in err[0] and named in err[0], err[0]
     if case == "fit pixels too coarse":                       # every image is: --skip-bad would not help
         assert "--skip-bad" not in err[0]
     assert not out.exists(), f"{case}: {out} was made before the refusal"
+    assert not data.exists() or not any(data.rglob("*")), f"{case}: work started in {data}"
     assert _digest(inputs) == before

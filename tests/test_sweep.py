@@ -49,7 +49,7 @@ def test_sweep_takes_lists_and_says_when_a_notebook_records_nothing(tmp_path, ca
 
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
                                                           "display_name": "Python 3"}})
-    params = nbformat.v4.new_code_cell('profile = "tiny"\nvalues = [0]  # a list')
+    params = nbformat.v4.new_code_cell('values = [0]  # a list (and no profile parameter: not required)')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell("assert isinstance(values, list), type(values)\nprint(sum(values))")]
     path = tmp_path / "lists.ipynb"
