@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -74,12 +76,14 @@ def error_by_set_size(estimator, summaries, theta, config_id, sizes, seed: int =
     """:func:`theta_scores` of θ̂ from M images for each M in ``sizes`` (disjoint groups per configuration).
 
     ``summaries`` (n, K), ``theta`` (n, 4) and ``config_id`` (n,) describe images of several
-    configurations; configurations with fewer than M images are skipped for that M.
+    configurations; configurations with fewer than M images are skipped for that M. The groups of
+    each M are drawn from ``default_rng([seed, M])``: the same whatever other sizes are scored (the
+    book's notebook 5 and ``benchmarks/estimator_scores.py`` score the same groups).
     """
-    rng = np.random.default_rng(seed)
     rows = []
     for m in sizes:
-        groups = disjoint_groups(np.arange(len(config_id)), config_id, m, rng, repeats)
+        groups = disjoint_groups(np.arange(len(config_id)), config_id, m, np.random.default_rng([seed, int(m)]),
+                                 repeats)
         if not groups:
             continue
         post = estimator.from_summaries(summaries, groups)
@@ -90,23 +94,48 @@ def error_by_set_size(estimator, summaries, theta, config_id, sizes, seed: int =
     return pd.DataFrame(rows)
 
 
-def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_progress_bars: bool | None = False):
+def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_progress_bars: bool | None = False,
+            cache_dir=None):
     """A set-level posterior trained and applied on the *true* per-image descriptors.
 
     Same architecture and settings as ``estimator``'s posterior, trained on the standardised true
     labels of the continuous dataset's T (what a perfect encoder would output). Returns a
     :class:`agglib.estimate.SampleEstimator` whose :meth:`from_summaries` takes
-    :func:`true_summaries` of any store.
+    :func:`true_summaries` of any store. With ``cache_dir`` the trained posterior is kept in
+    ``cache_dir/ceiling.pt`` (keyed by the estimator's posterior, the store and the seed) and
+    loaded instead of trained again (notebooks 5 and 8 use the same ceiling).
     """
+    from agglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, weights_digest
     from agglib.estimate import SampleEstimator
+    from agglib.posterior import PosteriorEnsemble, SetPosterior
     from agglib.training._contracts import PosteriorConfig
     from agglib.training.posterior import train_posterior_ensemble
 
     t_idx = continuous.continuous_roles()["posterior"]
     summaries = true_summaries(continuous, estimator)
     config = PosteriorConfig(**estimator.metadata["train_config"])
+    key = {"posterior_sha256": weights_digest(estimator.posterior.state_dict()),
+           "dataset_sha256": continuous.identity_sha256(), "seed": int(seed), "in_dim": int(summaries.shape[1])}
+    path = Path(cache_dir) / "ceiling.pt" if cache_dir is not None else None
+
+    def empty():
+        g = estimator.grid
+        return PosteriorEnsemble([SetPosterior(summaries.shape[1], g.integers("theta0").size, g.integers("theta1").size,
+                                               config.hidden, config.components) for _ in range(config.members)])
+
+    if path is not None and path.is_file():
+        try:
+            state = load_checkpoint(path, kind="ceiling")
+            if state["metadata"] == key:
+                model = empty()
+                model.load_state_dict(state["model"])
+                return SampleEstimator(None, model.eval(), estimator.grid, {"kind": "ceiling"})
+        except (CheckpointError, RuntimeError):
+            pass                                   # another ceiling: trained again below
     model, _ = train_posterior_ensemble(summaries[t_idx], continuous.theta[t_idx], continuous.config_id[t_idx],
                                         estimator.grid, config, show_progress_bars=show_progress_bars)
+    if path is not None:
+        save_checkpoint(path, "ceiling", key, model.state_dict())
     return SampleEstimator(None, model, estimator.grid, {"kind": "ceiling"})
 
 

@@ -119,7 +119,9 @@ def plot_coverage(table: pd.DataFrame, columns=None, band=(0.85, 0.95), title: s
     for c in columns:
         fig.add_trace(go.Scatter(x=table.index, y=table[c], mode="lines+markers", name=c))
     fig.update_xaxes(title_text="M [images of one sample]", type="log", tickvals=list(table.index))
-    fig.update_yaxes(title_text="share of 90 % regions holding the truth [-]", range=[0, 1.02])
+    low = float(np.nanmin(table[columns].to_numpy())) if len(columns) else band[0]
+    fig.update_yaxes(title_text="share of 90 % regions holding the truth [-]",
+                     range=[min(band[0] - 0.05, np.floor(low * 20) / 20 - 0.02), 1.0])   # the band, not 0–1
     fig.update_layout(title=title or "Coverage of 90 % credible regions (grey: accepted band)", height=420,
                       legend=dict(orientation="h", y=-0.25))
     return fig
