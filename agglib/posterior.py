@@ -7,9 +7,9 @@ pooled by their mean and standard deviation (0 for M = 1) together with log M, a
 network maps the pooled summary s to the posterior. Any M ≥ 1 works.
 
 **The posterior family: joint, mixed, smooth.** θ = (θ_Df, θ_ρ, θ0, θ1) has two continuous and
-two integer parameters. The posterior is factorised as
+two integer parameters. The posterior is factorised as::
 
-.. math:: p(θ | s) = P(θ0, θ1 | s) · p(θ_Df, θ_ρ | θ0, θ1, s),
+    p(θ | s) = P(θ0, θ1 | s) · p(θ_Df, θ_ρ | θ0, θ1, s),
 
 the factorisation of mixed neural posterior estimation (MNPE; Boelts et al. 2022, sbi's
 ``MNPE``): a categorical distribution over the (θ0, θ1) pairs — all 36 of them jointly, no

@@ -611,7 +611,7 @@ def test_the_recorded_paper_profile_run_is_complete_and_plots_both_validation_cu
     assert all(s["images"] == run["dataset"]["E"] for s in run["scores"])
     fig = viz.plot_validation_error(run["history"])
     assert [len(trace.y) for trace in fig.data] == [30, 30]
-    with pytest.raises(ValueError, match="recorded: \\['paper_df_h100', 'robust_calibration'\\]"):
+    with pytest.raises(ValueError, match="recorded: \\['out_of_model', 'paper_df_h100', 'robust_calibration'\\]"):
         recorded_run("missing")
 
 
