@@ -72,7 +72,7 @@ def test_book_builds_with_figures(tmp_path, executed_notebooks):
     results = (html_dir / "book" / "results.html").read_text()
     assert "The commands that reproduce them" in results and "<th class=\"head\"><p>command</p></th>" not in results
     # ... and opens with figures: the headline numbers beside the paper's and the trivial predictor's, coverage
-    assert results.count("Plotly.newPlot") >= 2 and results.index("Plotly.newPlot") < results.index("Every recorded number")
+    assert results.count("Plotly.newPlot") >= 2 and results.index("Plotly.newPlot") < results.index("<h2>Every recorded number")
     assert "Headline numbers" in results and "Coverage of 90 % regions" in results
     # Figures fit their frames: none is wider than the text column (690 px in a 1280 px window), and
     # every 3D scene is seen from far enough that its cube stays inside the scene — with tick labels
