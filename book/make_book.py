@@ -140,7 +140,10 @@ def write_sweep_section(site: Path, out: Path, profile: str) -> int:
     grid = " ".join(f"-p {k} {' '.join(map(str, v))}" for k, v in HOWTO_SWEEP.items())
     command = f"agglib sweep 10 {grid} -f robustness=false --profile {profile} --out sweeps/fit"
     cols = [c for c in table.columns if c in HOWTO_SWEEP or "error" in c or "intervals" in c]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    headers = {"dose_e_per_A2": "dose [e/Å²]", "measured_pixel_nm": "pixel [nm]",
+               "intervals holding the truth (of 4)": "intervals holding θ (of 4)"}
+    short = [headers.get(c, c.replace(" error", " |error|").replace("θ̂_", "")) for c in cols]
+    lines = ["| " + " | ".join(short) + " |", "|" + "---|" * len(cols)]
     for _, row in table[cols].iterrows():
         lines.append("| " + " | ".join(f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in cols) + " |")
     text = (f"```bash\n{command}\n```\n\n" + "\n".join(lines) +
