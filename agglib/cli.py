@@ -104,13 +104,12 @@ def _parse_sets(items) -> dict:
 
 def _cmd_dataset_build(args) -> int:
     from agglib.dataset import build_dataset
-
     from agglib.profiles import load_profile
 
-    load_profile(args.profile, **_parse_sets(args.set))          # a bad profile or field: refused first
+    profile = load_profile(args.profile, **_parse_sets(args.set))          # a bad profile or field: refused first
     _compiling()
-    build_dataset(args.out, args.profile, seed=args.seed, workers=args.workers, scheduler=args.scheduler,
-                  shard_size=args.shard_size, design=args.design, **_parse_sets(args.set))
+    build_dataset(args.out, profile, seed=args.seed, workers=args.workers, scheduler=args.scheduler,
+                  shard_size=args.shard_size, design=args.design)
     return 0
 
 

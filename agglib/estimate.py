@@ -375,7 +375,7 @@ class SampleEstimator(_TrainedOnImages):
         """The encoder and posterior in ``directory`` (``encoder.pt``, ``posterior.pt``)."""
         from agglib.checkpoint import CheckpointError, load_checkpoint, weights_digest
         from agglib.encoder import TrainedEncoder
-        from agglib.posterior import PosteriorEnsemble, SetPosterior, ThetaGrid
+        from agglib.posterior import PosteriorEnsemble, ThetaGrid
 
         directory = Path(directory)
         encoder = TrainedEncoder.load(directory / "encoder.pt", device)
@@ -389,9 +389,7 @@ class SampleEstimator(_TrainedOnImages):
             raise CheckpointError(f"{directory / 'posterior.pt'} holds a posterior of another family "
                                   f"({meta.get('family', 'independent categorical marginals')}; this agglib reads "
                                   f"{POSTERIOR_FAMILY!r}); train it again with agglib train-estimator")
-        model = PosteriorEnsemble([SetPosterior(int(meta["in_dim"]), grid.integers("theta0").size,
-                                                grid.integers("theta1").size, int(meta["hidden"]), int(meta["components"]))
-                                   for _ in range(int(meta["members"]))])
+        model = PosteriorEnsemble.of_shape(meta["in_dim"], grid, meta["hidden"], meta["components"], meta["members"])
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as err:

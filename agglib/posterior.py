@@ -239,6 +239,12 @@ class PosteriorEnsemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
 
+    @classmethod
+    def of_shape(cls, in_dim: int, grid: "ThetaGrid", hidden: int, components: int, members: int) -> "PosteriorEnsemble":
+        """An untrained ensemble of ``members`` posteriors of this shape (to load saved weights into)."""
+        return cls([SetPosterior(int(in_dim), grid.integers("theta0").size, grid.integers("theta1").size, int(hidden),
+                                 int(components)) for _ in range(int(members))])
+
     @torch.no_grad()
     def parameters_of(self, z: torch.Tensor, mask: torch.Tensor | None = None, standardised: bool = False) -> dict:
         """The merged posterior's parameters (see :meth:`SetPosterior.parameters_of`)."""

@@ -137,11 +137,12 @@ def run_sweep(notebook: str, parameters: dict, out_dir, *, profile: str = "tiny"
                     future.result()
                     bar.update()
     table = collect_sweep(out_dir, grid, folders)
-    silent = [f for f in folders if not json.loads((out_dir / f / "results.json").read_text()).get("results")]
+    recorded = table.drop(columns=list(parameters))
+    silent = len(table) if recorded.empty else int(recorded.isna().all(axis=1).sum())
     if silent:
         import warnings
 
-        warnings.warn(f"{path.name} recorded no numbers in {len(silent)} of {len(folders)} runs (it calls no "
+        warnings.warn(f"{path.name} recorded no numbers in {silent} of {len(folders)} runs (it calls no "
                       "nb.record(...)): the table holds the parameters only", stacklevel=2)
     return table
 

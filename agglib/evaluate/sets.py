@@ -107,7 +107,7 @@ def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_pr
     """
     from agglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, weights_digest
     from agglib.estimate import SampleEstimator
-    from agglib.posterior import PosteriorEnsemble, SetPosterior
+    from agglib.posterior import PosteriorEnsemble
     from agglib.training._contracts import PosteriorConfig
     from agglib.training.posterior import train_posterior_ensemble
 
@@ -117,17 +117,12 @@ def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_pr
     key = {"posterior_sha256": weights_digest(estimator.posterior.state_dict()),
            "dataset_sha256": continuous.identity_sha256(), "seed": int(seed), "in_dim": int(summaries.shape[1])}
     path = Path(cache_dir) / "ceiling.pt" if cache_dir is not None else None
-
-    def empty():
-        g = estimator.grid
-        return PosteriorEnsemble([SetPosterior(summaries.shape[1], g.integers("theta0").size, g.integers("theta1").size,
-                                               config.hidden, config.components) for _ in range(config.members)])
-
     if path is not None and path.is_file():
         try:
             state = load_checkpoint(path, kind="ceiling")
             if state["metadata"] == key:
-                model = empty()
+                model = PosteriorEnsemble.of_shape(summaries.shape[1], estimator.grid, config.hidden,
+                                                   config.components, config.members)
                 model.load_state_dict(state["model"])
                 return SampleEstimator(None, model.eval(), estimator.grid, {"kind": "ceiling"})
         except (CheckpointError, RuntimeError):

@@ -196,9 +196,8 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         except ImageInputError as err:
             bad.append(str(err))
     if not items:
-        more = f" (and {len(bad) - 1} more like it)" if len(bad) > 1 else ""
-        raise ImageInputError(f"none of the {len(bad)} images can be used: {bad[0]}{more}" if len(bad) > 1
-                              else bad[0])
+        raise ImageInputError(bad[0] if len(bad) == 1 else
+                              f"none of the {len(bad)} images can be used: {bad[0]} (and {len(bad) - 1} more like it)")
     if bad and not skip_bad:
         raise ImageInputError(f"{bad[0]} ({len(bad)} of {len(paths_or_images)} images cannot be used; pass "
                               "--skip-bad / skip_bad=True to leave them out)")
