@@ -340,14 +340,14 @@ class SampleEstimator(_TrainedOnImages):
         Returns
         -------
         PosteriorEstimate
-            ``.point()`` (θ̂: mean of θ_Df and θ_ρ, mode of θ0 and θ1), ``.interval(name, level)``,
+            ``.point()`` (θ̂: mean of θ_Df and θ_ρ, median of θ0 and θ1), ``.interval(name, level)``,
             ``.sample(count)`` (posterior draws of θ), ``.table()``.
         """
         encoded = self.encoder.encode(images)
         return self.from_summaries(encoded.outputs, [np.arange(encoded.outputs.shape[0])])
 
     def shadow_parameters(self, images, count: int, seed=None, draws: str = "posterior"):
-        """θ̂ (posterior mean of θ_Df, θ_ρ; mode of θ0, θ1) and ``count`` model parameters for
+        """θ̂ (posterior mean of θ_Df, θ_ρ; median of θ0, θ1) and ``count`` model parameters for
         digital shadows: θ drawn from the posterior (``draws="posterior"``: the shadows carry the
         estimate's uncertainty) or θ̂ itself (``"point"``: the paper's protocol, Table 5)."""
         post = self.estimate(images)

@@ -441,10 +441,19 @@ class PosteriorEstimate:
         return np.sqrt(np.maximum(self._moment(name, 2) - self.mean(name) ** 2, 0.0))
 
     def point(self) -> pd.DataFrame:
-        """θ̂ per sample: the posterior mean of θ_Df and θ_ρ, the marginal mode of θ0 and θ1."""
+        """θ̂ per sample: the posterior mean of θ_Df and θ_ρ, the marginal posterior median of θ0 and θ1.
+
+        θ0 and θ1 are ordered integers scored by their exact hits, hits within ±1 and absolute
+        error; the median is the Bayes estimate under absolute error, the mode only under exact
+        hits. Chosen by measurement: on 300 fresh grid configurations (seed 3000, M = 12, not the
+        seed the shipped READMEs report) the median raised ±1 hits of θ0 / θ1 from 85.5 / 81.2 % to
+        90.3 / 84.2 % for ``sets-quick-robust`` and from 90.3 / 85.7 % to 91.7 / 88.5 % for
+        ``sets-quick``, with exact hits within ±3 points of the mode's.
+        """
         out = {p: self.mean(p) for p in CONTINUOUS}
         for p in DISCRETE:
-            out[p] = self.grid.integers(p)[self.probabilities(p).argmax(axis=1)].astype(float)
+            first_half = (np.cumsum(self.probabilities(p), axis=1) >= 0.5 - 1e-12).argmax(axis=1)
+            out[p] = self.grid.integers(p)[first_half].astype(float)
         return pd.DataFrame(out)[list(PARAMETERS)]
 
     def interval(self, name: str, level: float = 0.9) -> np.ndarray:

@@ -97,7 +97,7 @@ class FitResult:
     Attributes
     ----------
     estimate : dict
-        θ̂ (posterior mean of θ_Df and θ_ρ, mode of θ0 and θ1; paper method: Eqs. 13–15).
+        θ̂ (posterior mean of θ_Df and θ_ρ, median of θ0 and θ1; paper method: Eqs. 13–15).
     intervals : dict
         95 % intervals: the posterior's central credible intervals (new method) or the image
         bootstrap's (paper method).
