@@ -392,11 +392,11 @@ class PosteriorEstimate:
             dens = np.empty_like(cdf)
             t = np.clip((x - lo) / (hi - lo), 1e-12, 1 - 1e-12)
             jac = 1.0 / ((hi - lo) * t * (1 - t))
-            for a in range(0, w.shape[0], 64):
-                z = (u[None, None, :] - mean[a:a + 64, :, None]) / sd[a:a + 64, :, None]
-                ww = w[a:a + 64, :, None]
-                cdf[a:a + 64] = (ww * _ndtr(z)).sum(axis=1)
-                dens[a:a + 64] = (ww * np.exp(-0.5 * z ** 2) / (sd[a:a + 64, :, None] * math.sqrt(2 * math.pi))).sum(axis=1) * jac
+            for a in range(w.shape[0]):             # one sample at a time: (components, points) stays in cache
+                z = (u[None, :] - mean[a, :, None]) / sd[a, :, None]
+                ww = w[a, :, None]
+                cdf[a] = (ww * _ndtr(z)).sum(axis=0)
+                dens[a] = (ww * np.exp(-0.5 * z ** 2) / (sd[a, :, None] * math.sqrt(2 * math.pi))).sum(axis=0) * jac
             cdf[:, 0], cdf[:, -1] = 0.0, 1.0
             self._tables[name] = (x, np.maximum.accumulate(np.clip(cdf, 0.0, 1.0), axis=1), dens)
         return self._tables[name]
