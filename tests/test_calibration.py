@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import agglib
-from agglib.evaluate.calibration import calibration_checks, negative_controls, within_accepted
+from agglib.evaluate.calibration import calibration_checks, negative_controls, outside_band, within_accepted
 from agglib.posterior import PosteriorEstimate, ThetaGrid, overconfident, shifted
 
 
@@ -56,6 +56,12 @@ def test_negative_controls_table(known):
     table = negative_controls(post.select(np.arange(120)), truth[:120], draws=200)
     assert list(table.index) == ["as trained", "over-confident (3 × narrower)", "shifted (1 SD, θ0/θ1 + 1)"]
     assert table.loc["over-confident (3 × narrower)", "joint HPD"] < table.loc["as trained", "joint HPD"] - 0.2
+    # the readings outside the band are listed by row and check (notebook 6 prints them)
+    lines = outside_band(table)
+    assert any(line.startswith("over-confident (3 × narrower): df central ") for line in lines), lines
+    assert any(line.startswith("shifted (1 SD, θ0/θ1 + 1): joint HPD ") for line in lines), lines
+    expected = sum(not ok for _, row in table.iterrows() for ok in within_accepted(row).values())
+    assert len(lines) == expected
 
 
 def test_marginals_agree_with_draws(known):

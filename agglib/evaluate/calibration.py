@@ -32,7 +32,7 @@ import pandas as pd
 from agglib.posterior import CONTINUOUS, DISCRETE, PARAMETERS, PosteriorEstimate, overconfident, pit_values, shifted
 
 __all__ = ["calibration_checks", "calibration_report", "calibration_under_acquisitions", "negative_controls", "ACCEPTED_COVERAGE",
-           "coverage_columns", "within_accepted"]
+           "coverage_columns", "within_accepted", "outside_band"]
 
 #: Coverage of 90 % regions accepted as calibrated (≥ 300 posteriors: ± about 3 binomial SDs):
 #: θ_Df, θ_ρ and the joint checks; θ0 and θ1 (integer credible sets cover at least their level).
@@ -111,6 +111,20 @@ def within_accepted(row: dict) -> dict:
     for col in coverage_columns():
         lo, hi = ACCEPTED_COVERAGE["discrete" if col.split()[0] in DISCRETE else "continuous"]
         out[col] = bool(lo <= row[col] <= hi)
+    return out
+
+
+def outside_band(report: pd.DataFrame) -> list[str]:
+    """Every coverage of ``report`` (rows of :func:`calibration_report` or
+    :func:`calibration_under_acquisitions`) outside :data:`ACCEPTED_COVERAGE`, as
+    ``"<row>: <check> <coverage>"`` lines (rows without checks, e.g. refused acquisitions, skipped)."""
+    out = []
+    for key, row in report.iterrows():
+        if pd.isna(row.get("joint HPD", np.nan)):
+            continue
+        label = ", ".join(f"M = {k}" if isinstance(k, (int, np.integer)) else str(k)
+                          for k in (key if isinstance(key, tuple) else (key,)))
+        out += [f"{label}: {col} {row[col]:.3f}" for col, ok in within_accepted(row).items() if not ok]
     return out
 
 
