@@ -9,14 +9,23 @@ the measured detector 0.72 and WO3/TiO2 contrast 0.69), θ̂ from the first M im
 (:func:`agglib.evaluate.error_by_set_size`, M = 1, 4, 12, 24). Calibration: configurations
 from the continuous prior (seed 2000), at the simulator's settings (``none``) or with one
 acquisition drawn per sample (``drawn``), :func:`agglib.evaluate.calibration.calibration_checks`
-with 500 draws at M = 1, 4, 12, 24. Prints markdown tables; nothing is stored or trained.
+with 500 draws at M = 1, 4, 12, 24. Prints markdown tables; nothing is trained. With ``--write``
+the scores also go to ``<models>/scores.json`` and replace the tables of ``<models>/README.md``
+(from its first ``###`` heading to the next bold paragraph): notebook 5 of the book compares its
+own fresh rows with that file (:func:`agglib.evaluate.recorded_scores`).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
 
 import agglib
+from agglib.core.files import atomic_write_text
 from agglib.estimate import SampleEstimator
 from agglib.evaluate import error_by_set_size, fresh_configurations
 from agglib.evaluate.calibration import calibration_report
@@ -32,6 +41,8 @@ def main(argv=None) -> int:
                     help="calibration samples at the simulator's settings or with one drawn acquisition each")
     ap.add_argument("--configs", type=int, default=300, help="fresh configurations per set")
     ap.add_argument("--images", type=int, default=24, help="images per configuration (the largest M)")
+    ap.add_argument("--write", action="store_true",
+                    help="write <models>/scores.json and replace the tables of <models>/README.md")
     args = ap.parse_args(argv)
     agglib.config.set(progress_bars=False)
     from agglib.estimate import shipped_models_dir
@@ -47,14 +58,27 @@ def main(argv=None) -> int:
         errors["measured detector and contrast"] = error_by_set_size(
             est, est.encoder.encode(measured["images"]).outputs, measured["theta"], measured["config_id"], sizes,
             repeats=1)
-    for name, table in errors.items():
-        print(f"\n### Errors, {name} (grid prior, seed 1000)\n")
-        print(table.round(3).to_markdown(index=False))
+    parts = [f"### Errors, {name} (grid prior, seed 1000)\n\n{table.round(3).to_markdown(index=False)}"
+             for name, table in errors.items()]
     cont = fresh_configurations(prof, args.configs, args.images, seed=2000, prior="continuous",
                                 acquisition=AcquisitionRanges() if args.acquisition == "drawn" else None)
-    table = calibration_report(est, prof, args.configs, sizes, seed=0, fresh=cont)     # checks seeded M
-    print(f"\n### Coverage of 90 % regions (continuous prior, seed 2000, acquisition {args.acquisition})\n")
-    print(table.round(3).to_markdown())
+    coverage = calibration_report(est, prof, args.configs, sizes, seed=0, fresh=cont)     # checks seeded M
+    parts.append(f"### Coverage of 90 % regions (continuous prior, seed 2000, acquisition {args.acquisition})\n\n"
+                 + coverage.round(3).to_markdown())
+    tables = "\n\n".join(parts)
+    print(tables)
+    if args.write:
+        folder = Path(args.models or shipped_models_dir("sets"))
+        record = {"command": "python benchmarks/estimator_scores.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                  "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {platform.processor()}",
+                  "agglib": agglib.__version__, "configs": args.configs, "images": args.images,
+                  "errors": {name: table.to_dict(orient="records") for name, table in errors.items()},
+                  "coverage": coverage.reset_index().to_dict(orient="records")}
+        atomic_write_text(folder / "scores.json", json.dumps(record, indent=1, ensure_ascii=False))
+        readme = (folder / "README.md").read_text()
+        start = readme.index("\n### ") + 1
+        end = readme.index("\n**", start) + 1
+        atomic_write_text(folder / "README.md", readme[:start] + tables + "\n\n" + readme[end:])
     return 0
 
 

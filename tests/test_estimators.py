@@ -602,7 +602,7 @@ def test_the_recorded_paper_profile_run_is_complete_and_plots_both_validation_cu
     """The GPU run shipped for notebook 7: the paper's 30 epochs, both validation MAEs per epoch,
     scores of the best and the last checkpoint on all of E."""
     import agglib.visualize as viz
-    from agglib.evaluate import recorded_run
+    from agglib.evaluate import recorded_run, recorded_run_scores
 
     run = recorded_run("paper_df_h100")
     assert run["epochs_done"] == len(run["history"]) == run["train_config"]["epochs"] == 30
@@ -611,6 +611,10 @@ def test_the_recorded_paper_profile_run_is_complete_and_plots_both_validation_cu
     assert all(s["images"] == run["dataset"]["E"] for s in run["scores"])
     fig = viz.plot_validation_error(run["history"])
     assert [len(trace.y) for trace in fig.data] == [30, 30]
+    scores = recorded_run_scores(run)                          # short headers: the table fits the text column
+    best, last = (s["epoch"] + 1 for s in run["scores"])
+    assert list(scores.columns) == ["paper", f"best epoch ({best})", f"last epoch ({last})", "trivial predictor"]
+    assert scores.loc["θ̂_Df MAE (ν = 12)", "paper"] == 0.041 and scores["paper"].isna().sum() == 1
     with pytest.raises(ValueError, match="recorded: \\['out_of_model', 'paper_df_h100', 'robust_calibration'\\]"):
         recorded_run("missing")
 

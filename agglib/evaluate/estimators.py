@@ -204,6 +204,7 @@ def results_table(ours: dict, profile: str, command: str, run_dir=None, notebook
         rows.append({"quantity": key, "paper (E, ν = 12)": PAPER_RESULTS.get(key, np.nan), "agglib": value,
                      "trivial predictor": (trivial or {}).get(key, np.nan)})
     table = pd.DataFrame(rows).set_index("quantity").dropna(axis=1, how="all")
+    table = table.astype(object).where(table.notna(), "–")       # no number (the paper has none): a dash
     table.attrs.update(profile=profile, command=command)          # once, not in every row
     return table
 
@@ -294,17 +295,47 @@ def recorded_run(name: str = "paper_df_h100") -> dict:
     return json.loads(path.read_text())
 
 
+def recorded_scores(method: str = "sets") -> dict:
+    """The scores of a shipped estimator (``"sets"`` or ``"robust"``, see
+    :func:`agglib.estimate.shipped_models_dir`) on fresh configurations, as written by
+    ``python benchmarks/estimator_scores.py --write`` into its folder's ``scores.json`` — the
+    numbers of its README: ``errors`` (name → rows of :func:`agglib.evaluate.error_by_set_size`),
+    ``coverage`` (rows of :func:`agglib.evaluate.calibration.calibration_report`), ``configs``,
+    ``images``, ``command`` and ``date``."""
+    import json
+
+    from agglib.estimate import shipped_models_dir
+
+    path = shipped_models_dir(method) / "scores.json"
+    if not path.is_file():
+        raise ValueError(f"no recorded scores in {path}; write them with "
+                         f"python benchmarks/estimator_scores.py --models {path.parent} --write")
+    return json.loads(path.read_text())
+
+
+def same_as_recorded(table: pd.DataFrame, recorded: dict, errors: str = "simulator's settings",
+                     decimals: int = 3) -> bool:
+    """Whether the rows of ``table`` (:func:`agglib.evaluate.error_by_set_size`) equal, rounded to
+    ``decimals``, the rows of the same M in ``recorded["errors"][errors]`` (:func:`recorded_scores`)."""
+    shipped = pd.DataFrame(recorded["errors"][errors]).set_index("M")
+    ours = table.set_index("M")
+    common = [m for m in shipped.index if m in ours.index]
+    if not common:
+        return False
+    return bool(ours.loc[common, shipped.columns].round(decimals).equals(shipped.loc[common].round(decimals)))
+
+
 def recorded_run_scores(run: dict) -> pd.DataFrame:
     """θ̂_Df and per-image D̂_f(A) MAE on E of a :func:`recorded_run`: the paper's, the best and
-    the last checkpoint's, and the trivial predictor's (the mean of T)."""
+    the last checkpoint's (columns ``best epoch (n)`` and ``last epoch (n)``, numbered from 1: the
+    best chosen on ``train_config["val_images"]`` images of E, the last chosen by nothing),
+    and the trivial predictor's (the mean of T)."""
     best, last = run["scores"]
     theta = f"θ̂_Df MAE (ν = {run['paper']['nu']})"
     per_image = "per-image D̂_f(A) MAE"
     return pd.DataFrame({
         "paper": {theta: run["paper"]["theta_df_mae"], per_image: np.nan},
-        f"best epoch ({best['epoch'] + 1}, chosen on {run['train_config']['val_images']} images of E)":
-            {theta: best["theta_df_mae"], per_image: best["per_image_df_mae"]},
-        f"last epoch ({last['epoch'] + 1}, chosen by nothing)":
-            {theta: last["theta_df_mae"], per_image: last["per_image_df_mae"]},
+        f"best epoch ({best['epoch'] + 1})": {theta: best["theta_df_mae"], per_image: best["per_image_df_mae"]},
+        f"last epoch ({last['epoch'] + 1})": {theta: last["theta_df_mae"], per_image: last["per_image_df_mae"]},
         "trivial predictor": {theta: best["theta_df_mae_trivial"], per_image: best["per_image_df_mae_trivial"]},
     })

@@ -32,20 +32,25 @@ def plot_encoder_history(history: list, scores=("df_mae", "rho_mae", "theta0_mae
 
 
 def plot_error_by_set_size(tables: dict, title: str | None = None) -> go.Figure:
-    """θ̂ error against the number of images M: ``tables = {name: error_by_set_size(...)}``."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("θ̂_Df MAE", "θ̂_ρ MAE", "θ̂0, θ̂1 exact"))
-    dashes = ["solid", "dash", "dot", "dashdot"]
+    """θ̂ error against the number of images M: ``tables = {name: error_by_set_size(...)}``; one
+    colour per table, θ0 solid and θ1 dotted in the exact-hit panel."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("θ̂_Df MAE", "θ̂_ρ MAE", "θ̂0 (solid), θ̂1 (dotted) exact"),
+                        horizontal_spacing=0.1)
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
     for k, (name, t) in enumerate(tables.items()):
-        line = dict(dash=dashes[k % len(dashes)])
-        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂_Df MAE"], mode="lines+markers", name=f"{name}: θ_Df", line=line), 1, 1)
-        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂_ρ MAE"], mode="lines+markers", name=f"{name}: θ_ρ", line=line), 1, 2)
-        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂0 exact"], mode="lines+markers", name=f"{name}: θ0", line=line), 1, 3)
-        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂1 exact"], mode="lines+markers", name=f"{name}: θ1", line=line), 1, 3)
-    fig.update_xaxes(title_text="M [images of one sample]")
+        c = colours[k % len(colours)]
+        common = dict(mode="lines+markers", legendgroup=name, marker=dict(size=5))
+        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂_Df MAE"], name=name, line=dict(color=c), **common), 1, 1)
+        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂_ρ MAE"], name=name, line=dict(color=c), showlegend=False, **common), 1, 2)
+        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂0 exact"], name=f"{name}: θ0", line=dict(color=c), showlegend=False,
+                                 **common), 1, 3)
+        fig.add_trace(go.Scatter(x=t["M"], y=t["θ̂1 exact"], name=f"{name}: θ1", line=dict(color=c, dash="dot"),
+                                 showlegend=False, **common), 1, 3)
+    fig.update_xaxes(title_text="M [images]")
     fig.update_yaxes(title_text="MAE [-]", row=1, col=1)
-    fig.update_yaxes(title_text="MAE [-]", row=1, col=2)
     fig.update_yaxes(title_text="share exact [-]", range=[0, 1], row=1, col=3)
-    fig.update_layout(title=title or "Error against the number of images", height=400)
+    fig.update_layout(title=title or "Error against the number of images", height=440,
+                      legend=dict(orientation="h", y=-0.22, x=0), margin=dict(b=110))
     return fig
 
 
@@ -79,32 +84,36 @@ def plot_posterior(estimate, truth=None, sample: int = 0, title: str | None = No
     central intervals, the marginal probabilities of θ0 and θ1, and joint draws of (θ_Df, θ_ρ)
     (the dependence the marginals do not show); the truth (red) if known."""
     one = estimate.select([sample])
-    fig = make_subplots(rows=1, cols=5, subplot_titles=[_LABELS[p] for p in ("df", "rho", "theta0", "theta1")]
-                        + ["joint draws: θ_Df, θ_ρ"], horizontal_spacing=0.06)
-    for k, p in enumerate(("df", "rho")):
+    fig = make_subplots(rows=2, cols=3, specs=[[{}, {}, {"rowspan": 2}], [{}, {}, None]],
+                        subplot_titles=["θ_Df", "θ_ρ", "joint draws of (θ_Df, θ_ρ)", "θ0", "θ1"],
+                        horizontal_spacing=0.12, vertical_spacing=0.2)
+    cells = {"df": (1, 1), "rho": (1, 2), "theta0": (2, 1), "theta1": (2, 2)}
+    for p in ("df", "rho"):
         lo, hi = one.grid.bounds(p)
         x = np.linspace(lo, hi, 401)
         fig.add_trace(go.Scatter(x=x, y=[float(one.density(p, v)[0]) for v in x], mode="lines", showlegend=False,
-                                 line=dict(color="#1f77b4")), 1, k + 1)
+                                 line=dict(color="#1f77b4")), *cells[p])
         a, b = one.interval(p, 0.9)[0]
-        fig.add_vrect(x0=a, x1=b, fillcolor="#1f77b4", opacity=0.12, line_width=0, row=1, col=k + 1)
-    for k, p in enumerate(("theta0", "theta1")):
+        fig.add_vrect(x0=a, x1=b, fillcolor="#1f77b4", opacity=0.12, line_width=0, row=cells[p][0], col=cells[p][1])
+    for p in ("theta0", "theta1"):
         fig.add_trace(go.Bar(x=one.grid.integers(p), y=one.probabilities(p)[0], showlegend=False,
-                             marker_color="#1f77b4"), 1, k + 3)
+                             marker_color="#1f77b4"), *cells[p])
     th = one.sample(draws, seed=seed)
     fig.add_trace(go.Scattergl(x=th[:, 0], y=th[:, 1], mode="markers", marker=dict(size=3, opacity=0.3, color="#1f77b4"),
-                               showlegend=False), 1, 5)
+                               showlegend=False), 1, 3)
     if truth is not None:
-        for k in range(4):
-            fig.add_vline(x=float(truth[k]), line_color="red", line_dash="dash", row=1, col=k + 1)
+        for k, p in enumerate(("df", "rho", "theta0", "theta1")):
+            fig.add_vline(x=float(truth[k]), line_color="red", line_dash="dash", row=cells[p][0], col=cells[p][1])
         fig.add_trace(go.Scatter(x=[float(truth[0])], y=[float(truth[1])], mode="markers", showlegend=False,
-                                 marker=dict(color="red", symbol="x", size=10)), 1, 5)
-    fig.update_yaxes(title_text="density [1/unit]", col=1)
-    fig.update_yaxes(title_text="probability [-]", col=3)
-    fig.update_yaxes(title_text="θ_ρ [-]", col=5)
-    fig.update_xaxes(title_text="θ_Df [-]", col=5)
+                                 marker=dict(color="red", symbol="x", size=10)), 1, 3)
+    for p, (r, c) in cells.items():
+        fig.update_xaxes(title_text=_LABELS[p], row=r, col=c)
+    fig.update_yaxes(title_text="density [1/unit]", row=1, col=1)
+    fig.update_yaxes(title_text="probability [-]", row=2, col=1)
+    fig.update_xaxes(title_text="θ_Df [-]", row=1, col=3)
+    fig.update_yaxes(title_text="θ_ρ [-]", row=1, col=3)
     fig.update_layout(title=title or "Posterior of one sample (shaded: 90 % central interval; red: truth)",
-                      height=330, bargap=0.2)
+                      height=560, bargap=0.2)
     return fig
 
 
