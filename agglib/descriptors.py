@@ -40,17 +40,6 @@ def radius_of_gyration(positions: np.ndarray, radii: np.ndarray) -> float:
     return float(np.sqrt((m * np.sum((positions - c0) ** 2, axis=1)).sum() / m.sum()))
 
 
-def fractal_dimension(positions: np.ndarray, radii: np.ndarray,
-                      kf: float = FRACTAL_PREFACTOR) -> float:
-    """Empirical D_f of Eq. (5): log(N/k_f) / log(R_g/a), a = mean radius [-].
-
-    NaN where Eq. (5) is undefined, i.e. R_g <= a (a single particle or a dimer).
-    """
-    n = len(radii)
-    rg = radius_of_gyration(positions, radii) if n else 0.0
-    return _df_from_rg(n, rg, float(np.mean(radii)) if n else 1.0, kf)
-
-
 def _df_from_rg(n: int, rg: float, a: float, kf: float) -> float:
     """Eq. (5) from N, R_g and the mean radius a; NaN where R_g <= a."""
     if n < 2 or rg <= a:

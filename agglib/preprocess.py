@@ -250,7 +250,3 @@ def shift_image(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     out[..., yd, xd] = image[..., ys, xs]
     return out
 
-
-def numpy_preprocess(counts: np.ndarray, preprocess: Preprocess) -> np.ndarray:
-    """:class:`Preprocess` applied to a NumPy array (convenience for notebooks)."""
-    return preprocess(torch.from_numpy(np.asarray(counts, dtype=np.float32))).numpy()

@@ -568,9 +568,26 @@ def _ddp_train_worker(rank, world_size, port, store_path, out_dir, device="cpu")
     # rank 1's clock says the budget is over after its first epoch, rank 0's does not until later:
     # rank 0 decides, so both stop at the same epoch instead of one waiting forever for the other
     budget = 0.0 if rank == 1 else 1e9
+    import agglib.train.loop as loop
+
+    drawn, order = [], loop.epoch_order
+
+    def recording_order(*args, **kwargs):                      # what this rank actually trains on
+        out = order(*args, **kwargs)
+        drawn.append(np.asarray(out))
+        return out
+
+    loop.epoch_order = recording_order
     result = train_network(store_path, cfg, os.path.join(out_dir, "ddp"), show_progress_bars=False,
                            time_budget_s=budget)
-    torch.save({"epochs": len(result["history"]) if rank == 0 else -1}, os.path.join(out_dir, f"r{rank}.pt"))
+    torch.save({"epochs": len(result["history"]) if rank == 0 else -1, "drawn": drawn},
+               os.path.join(out_dir, f"r{rank}.pt"))
+
+
+def runs_weights(labels):
+    """The class-balancing sample weights of a binary target (each class half of an epoch)."""
+    pos, neg = max(labels.sum(), 1.0), max(len(labels) - labels.sum(), 1.0)
+    return np.where(labels > 0.5, 0.5 / pos, 0.5 / neg)
 
 
 def test_ddp_training_with_gloo_keeps_oversampling_and_stops_together(tiny_store, tmp_path):
@@ -579,13 +596,24 @@ def test_ddp_training_with_gloo_keeps_oversampling_and_stops_together(tiny_store
     from agglib.train import epoch_order, sample_labels, TARGETS
 
     mp.spawn(_ddp_train_worker, args=(2, _free_port(), str(tiny_store.path), str(tmp_path)), nprocs=2, join=True)
-    assert torch.load(tmp_path / "r0.pt")["epochs"] == 3                # rank 0's budget: all epochs
+    runs = [torch.load(tmp_path / f"r{r}.pt", weights_only=False) for r in range(2)]
+    assert runs[0]["epochs"] == 3                                       # rank 0's budget: all epochs
+    assert len(runs[0]["drawn"]) == len(runs[1]["drawn"]) == 3          # rank 1 stopped with rank 0, not before
     assert (tmp_path / "ddp" / "last.pt").is_file()
-    labels = sample_labels(tiny_store, TARGETS["rho_class"])[tiny_store.indices("T")]
-    pos, neg = max(labels.sum(), 1.0), max(len(labels) - labels.sum(), 1.0)
-    weights = np.where(labels > 0.5, 0.5 / pos, 0.5 / neg)
-    drawn = np.concatenate([epoch_order(len(labels), 1, 0, weights=weights, rank=r, world_size=2) for r in range(2)])
-    assert 0.3 < labels[drawn].mean() < 0.7                             # balanced classes under DDP too
+    from agglib.train.data import validation_split
+
+    train_idx, _ = validation_split(tiny_store, TrainConfig(target="rho_class", seed=1))   # T∖V, as trained
+    labels = sample_labels(tiny_store, TARGETS["rho_class"])[train_idx]
+    assert not 0.3 < labels.mean() < 0.7                                # unbalanced here: oversampling shows
+    for epoch in range(3):
+        a, b = runs[0]["drawn"][epoch], runs[1]["drawn"][epoch]
+        assert len(a) == len(b)                                         # equal shares: no rank waits
+        both = np.concatenate([a, b])
+        assert 0.3 < labels[both].mean() < 0.7                          # balanced classes in what was trained on
+        merged = np.empty(len(both), dtype=np.int64)
+        merged[0::2], merged[1::2] = a, b
+        single = epoch_order(len(labels), 1, epoch, weights=runs_weights(labels))   # one process, same classes
+        np.testing.assert_array_equal(merged[:len(single)], single)     # the samples one process would draw
 
 
 def test_bf16_autocast_training_runs_and_learns(tiny_store, tmp_path):

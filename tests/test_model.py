@@ -112,8 +112,12 @@ def test_eq8_distance_gives_target_radius_of_gyration(n_a, n_c, df, a):
     pc -= pc.mean(0)
     rg2 = lambda p: np.mean(np.sum(p ** 2, axis=1)) + 0.6 * a * a  # noqa: E731
     n = n_a + n_c
-    d2 = kernels.placement_distance_sq(n_a, n_c, rg2(pa), rg2(pc), kernels.target_rg2(n, a, df, kf))
-    if d2 <= 0:
+    target = kernels.target_rg2(n, a, df, kf)
+    d2 = kernels.placement_distance_sq(n_a, n_c, rg2(pa), rg2(pc), target)
+    if d2 <= 0:         # the clusters side by side at distance 0 already exceed the target: none reaches it
+        touching = np.vstack([pa, pc])
+        touching -= touching.mean(0)
+        assert rg2(touching) >= target * (1 - 1e-9)
         return
     union = np.vstack([pa, pc + np.array([np.sqrt(d2), 0, 0])])
     union -= union.mean(0)

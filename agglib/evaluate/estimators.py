@@ -14,8 +14,7 @@ from agglib.dataset.store import DatasetStore
 from agglib.estimate import TrainedNetwork
 from agglib.train import TARGETS, sample_labels
 
-__all__ = ["PAPER_RESULTS", "predict_split", "descriptor_scores", "batch_groups", "batch_estimates", "batch_size_study",
-           "integer_accuracy", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir", "recorded_run", "recorded_run_scores",
+__all__ = ["PAPER_RESULTS", "batch_groups", "batch_estimates", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir", "recorded_run", "recorded_run_scores",
            "results_table", "paper_method_estimates", "HEADLINES", "recorded_headlines", "recorded_coverage"]
 
 #: The paper's headline numbers (§3.1–3.3), on its E with ν = 12.
@@ -65,43 +64,6 @@ def _predict(net: TrainedNetwork, store: DatasetStore, idx: np.ndarray, chunk: i
     return np.concatenate([net.predict(store.read_images(idx[k:k + chunk])) for k in range(0, idx.size, chunk)])
 
 
-def predict_split(net: TrainedNetwork, store: DatasetStore, split: str = "E", chunk: int = 256,
-                  max_images: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """Per-image outputs of a single-image network on a split (or a random subset of
-    ``max_images`` of it), with labels and θ."""
-    if net.nu != 1:
-        raise ValueError(f"{net.target} is a multi-image network; use batch_estimates")
-    idx = store.indices(split)
-    if max_images is not None and max_images < idx.size:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=max_images, replace=False))
-    pred = _predict(net, store, idx, chunk)
-    labels = sample_labels(store, TARGETS[net.target])[idx]
-    theta = store.theta[idx]
-    return pd.DataFrame({"index": idx, "config_id": store.config_id[idx], "label": labels, "prediction": pred,
-                         "theta_df": theta[:, 0], "theta_rho": theta[:, 1], "theta0": theta[:, 2],
-                         "theta1": theta[:, 3]})
-
-
-def descriptor_scores(net: TrainedNetwork, store: DatasetStore, split: str = "E", chunk: int = 256) -> pd.DataFrame:
-    """How well a ``descriptors`` network predicts each descriptor from one image: R² and MAE
-    (natural units: ρ, S [particles], D_f, N [particles]) on the images of ``split``."""
-    from agglib.train import descriptor_table
-
-    scale = net.metadata.get("label_scaling")
-    if not scale:
-        raise ValueError(f"the {net.target} network does not predict descriptors; use a 'descriptors' checkpoint")
-    idx = store.indices(split)
-    pred = _predict(net, store, idx, chunk)
-    pred = pred * np.asarray(scale["sd"]) + np.asarray(scale["mean"])
-    truth = descriptor_table(store)[idx]
-    inverse = {"identity": lambda v: v, "log1p": np.expm1, "log": np.exp}
-    rows = []
-    for k, (name, transform) in enumerate(zip(scale["names"], scale["transforms"])):
-        p, t = inverse[transform](pred[:, k]), inverse[transform](truth[:, k])
-        rows.append({"descriptor": name, "R²": r2(t, p), "MAE": mae(p, t), "SD of the truth": float(np.std(t))})
-    return pd.DataFrame(rows).set_index("descriptor")
-
-
 def disjoint_groups(rows, config_ids, nu: int, rng, repeats: int = 1) -> list:
     """Disjoint groups of ν of ``rows`` that share a configuration (``config_ids`` of each row):
     ⌊m/ν⌋ per configuration and repeat, each repeat a new shuffle drawn from ``rng``."""
@@ -143,25 +105,6 @@ def batch_estimates(per_image: pd.DataFrame | None, store: DatasetStore, nu: int
             row["estimate"] = int(np.rint(max(raw, 0.0)))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def batch_size_study(per_image: pd.DataFrame, truth_column: str, nus, *, column: str = "prediction",
-                     store: DatasetStore, split: str = "E", seed: int = 0, repeats: int = 5) -> pd.DataFrame:
-    """MAE of the batch-mean estimator against the preset θ for each ν (the paper's Fig. 9)."""
-    rows = []
-    max_nu = int(np.bincount(store.config_id[store.indices(split)]).max())
-    for nu in nus:
-        if nu > max_nu:
-            continue
-        est = batch_estimates(per_image, store, nu, column=column, split=split, seed=seed + nu, repeats=repeats)
-        rows.append({"nu": nu, "MAE": mae(est["estimate"], est[truth_column]), "groups": len(est)})
-    return pd.DataFrame(rows)
-
-
-def integer_accuracy(truth, estimate) -> dict:
-    """Shares of exact and within-±1 integer estimates."""
-    d = np.abs(np.asarray(truth) - np.asarray(estimate))
-    return {"exact": float(np.mean(d == 0)), "within ±1": float(np.mean(d <= 1))}
 
 
 def confusion_table(truth, estimate, labels) -> pd.DataFrame:

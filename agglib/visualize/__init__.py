@@ -8,9 +8,9 @@ figures appear in the built book offline without inlining plotly.js per page.
 
 from agglib.visualize.aggregates import aggregate_explorer, plot_aggregate, plot_aggregate_gallery
 from agglib.visualize.dataset import plot_grid_coverage, plot_image_grid, plot_split_counts
-from agglib.visualize.evaluation import (plot_headlines, plot_batch_size_study, plot_confusion, plot_error_by_preset,
+from agglib.visualize.evaluation import (plot_headlines, plot_confusion, plot_error_by_preset,
                                          plot_prediction_vs_truth, plot_shadow_histograms, plot_shadow_means,
-                                         plot_training_history, plot_validation_error)
+                                         plot_validation_error)
 from agglib.visualize.descriptors import plot_batch_means, plot_descriptor_distributions, plot_descriptor_vs_theta
 from agglib.visualize.plotly_book import register_book_renderer
 from agglib.visualize.posterior import (plot_calibration, plot_coverage, plot_encoder_history, plot_error_by_set_size,
@@ -24,6 +24,6 @@ __all__ = ["plot_haadf_measurements", "plot_aggregate", "plot_aggregate_gallery"
            "plot_descriptor_vs_theta", "plot_batch_means", "plot_descriptor_distributions", "register_book_renderer",
            "plot_stem_image", "plot_aggregate_and_image", "plot_render_maps", "plot_haadf_curves",
            "plot_image_slider", "plot_field_of_view", "plot_grid_coverage", "plot_split_counts",
-           "plot_image_grid", "plot_training_history", "plot_validation_error", "plot_prediction_vs_truth", "plot_error_by_preset",
-           "plot_batch_size_study", "plot_confusion", "plot_shadow_histograms", "plot_shadow_means",
+           "plot_image_grid", "plot_validation_error", "plot_prediction_vs_truth", "plot_error_by_preset",
+           "plot_confusion", "plot_shadow_histograms", "plot_shadow_means",
            "plot_encoder_history", "plot_error_by_set_size", "plot_calibration", "plot_posterior", "plot_coverage", "plot_headlines"]

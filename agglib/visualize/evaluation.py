@@ -6,20 +6,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-__all__ = ["plot_headlines", "plot_training_history", "plot_validation_error", "plot_prediction_vs_truth", "plot_error_by_preset",
-           "plot_batch_size_study", "plot_confusion", "plot_shadow_histograms", "plot_shadow_means"]
-
-
-def plot_training_history(history: list, title: str | None = None) -> go.Figure:
-    """Training and validation loss per epoch."""
-    df = pd.DataFrame(history)
-    fig = go.Figure([go.Scatter(x=df["epoch"] + 1, y=df["train_loss"], name="training loss (T, augmented)",
-                                mode="lines+markers"),
-                     go.Scatter(x=df["epoch"] + 1, y=df["val_loss"], name="validation loss (E)",
-                                mode="lines+markers")])
-    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="loss (MSE or BCE)", yaxis_type="log",
-                      height=360)
-    return fig
+__all__ = ["plot_headlines", "plot_validation_error", "plot_prediction_vs_truth", "plot_error_by_preset",
+           "plot_confusion", "plot_shadow_histograms", "plot_shadow_means"]
 
 
 def plot_validation_error(history: list, quantity: str = "D_f(A)", title: str | None = None) -> go.Figure:
@@ -65,15 +53,6 @@ def plot_error_by_preset(est: pd.DataFrame, truth_column: str, parameter_label: 
     fig.add_hline(y=0, line_dash="dash", line_color="black")
     fig.update_layout(title=title, xaxis_title=f"preset {parameter_label}",
                       yaxis_title=f"estimate − preset {parameter_label}", height=400)
-    return fig
-
-
-def plot_batch_size_study(curves: dict, title: str | None = None) -> go.Figure:
-    """MAE of batch-mean estimators against ν (the paper's Fig. 9); ``curves = {name: DataFrame}``."""
-    fig = go.Figure([go.Scatter(x=df["nu"], y=df["MAE"], mode="lines+markers", name=name)
-                     for name, df in curves.items()])
-    fig.update_layout(title=title or "Estimator error against batch size ν", xaxis_title="ν [images]",
-                      yaxis_title="MAE against the preset θ", height=380)
     return fig
 
 
