@@ -217,7 +217,7 @@ def _cmd_fit(args) -> int:
                           n_bootstrap=args.bootstrap, seed=args.seed, skip_bad=args.skip_bad, units=args.units,
                           check_intensity_scale=not args.skip_intensity_check)
     kind = "posterior credible intervals" if result.posterior is not None else "bootstrap intervals over the images"
-    print(f"θ̂ from {result.n_images} images (95 % {kind}):")
+    print(f"θ̂ from {_plural(result.n_images, 'image')} (95 % {kind}):")
     for k, label in (("df", "θ_Df"), ("rho", "θ_ρ"), ("theta0", "θ0"), ("theta1", "θ1")):
         lo, hi = result.intervals[k]
         print(f"  {label:<5} {result.estimate[k]:>7.3f}   [{lo:.3f}, {hi:.3f}]")
@@ -225,7 +225,7 @@ def _cmd_fit(args) -> int:
         print(f"warning: {w}")
     aggregates, _ = draw_shadows(result, args.shadows, seed=args.seed)
     export_shadows(result, aggregates, out, overwrite=args.overwrite, inputs=args.paths)
-    print(f"{len(aggregates)} digital shadows written to {out}/ (summary.json, particles.csv, "
+    print(f"{_plural(len(aggregates), 'digital shadow')} written to {out}/ (summary.json, particles.csv, "
           "particles.parquet, shadows.ply)")
     return 0
 
@@ -278,12 +278,12 @@ class _Parser(argparse.ArgumentParser):
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default once: not for required options or flags, nor where the help
-    already explains it (``default`` or ``None:`` in the text)."""
+    already explains it (``(default:`` or ``None:`` in the text)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
         if (action.required or isinstance(action.default, bool) or action.default in (None, argparse.SUPPRESS, [])
-                or "default" in text or "None:" in text or not action.option_strings):
+                or "(default:" in text or "None:" in text or not action.option_strings):
             return text
         return super()._get_help_string(action)
 
@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--pixel-size", type=float, default=None,
                    help="pixel size [nm] of the images, overriding the files' own (None: each file's own)")
     f.add_argument("--units", choices=["counts", "fraction"], default="counts",
-                   help="(default: counts) intensity units of the images: 'counts', detector counts [electrons] at --dose; "
+                   help="intensity units of the images: 'counts', detector counts [electrons] at --dose; "
                         "'fraction', detector-normalised fraction of the incident beam (vacuum 0, beam 1; "
                         "LeBeau & Stemmer 2008). A sample whose intensity scale is far from the training "
                         "images' is refused")

@@ -27,9 +27,10 @@ def stage_sources(site: Path) -> None:
     (site / "notebooks").mkdir(parents=True)
     shutil.copy(ROOT / "_config.yml", site)
     shutil.copy(ROOT / "_toc.yml", site)
-    shutil.copytree(ROOT / "book", site / "book", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(ROOT / "book", site / "book", ignore=shutil.ignore_patterns("*.py", "*.css", "__pycache__"))
     static = site / "_static"
     static.mkdir()
+    shutil.copy(ROOT / "book" / "agglib.css", static)          # jupyter-book links every _static/*.css
     from agglib.visualize.plotly_book import plotly_js_path
 
     shutil.copy(plotly_js_path(), static / "plotly.min.js")
@@ -138,11 +139,11 @@ def write_sweep_section(site: Path, out: Path, profile: str) -> int:
     folder = out / "_build" / "sweeps" / f"fit-{profile}"
     table = run_sweep("10", HOWTO_SWEEP, folder, profile=profile, fixed={"robustness": False}, workers=2)
     grid = " ".join(f"-p {k} {' '.join(map(str, v))}" for k, v in HOWTO_SWEEP.items())
-    command = f"agglib sweep 10 {grid} -f robustness=false --profile {profile} --out sweeps/fit"
+    command = f"agglib sweep 10 {grid} \\\n    -f robustness=false --profile {profile} --out sweeps/fit"
     cols = [c for c in table.columns if c in HOWTO_SWEEP or "error" in c or "intervals" in c]
     headers = {"dose_e_per_A2": "dose [e/Å²]", "measured_pixel_nm": "pixel [nm]",
                "intervals holding the truth (of 4)": "intervals holding θ (of 4)"}
-    short = [headers.get(c, c.replace(" error", " |error|").replace("θ̂_", "")) for c in cols]
+    short = [headers.get(c, c.replace(" error", " abs. error").replace("θ̂_", "")) for c in cols]
     lines = ["| " + " | ".join(short) + " |", "|" + "---|" * len(cols)]
     for _, row in table[cols].iterrows():
         lines.append("| " + " | ".join(f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in cols) + " |")

@@ -213,7 +213,7 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     images = (fractions * estimator.stem_settings.electrons_per_pixel).astype(np.float32)
     m = images.shape[0]
     if m < MIN_STABLE_IMAGES:
-        warnings.append(f"only {m} images: the intervals are wide (see the book's error against the number "
+        warnings.append(f"only {m} image{'s' if m != 1 else ''}: the intervals are wide (see the book's error against the number "
                         f"of images); {MIN_STABLE_IMAGES} or more are recommended")
     rng = as_generator(seed)
     resamples = [rng.integers(0, m, m) for _ in range(n_bootstrap)]

@@ -21,15 +21,21 @@ def plot_grid_coverage(store) -> go.Figure:
         counts = np.zeros((ys.size, xs.size), dtype=int)
         for x, y in theta[:, [a, b]]:
             counts[np.searchsorted(ys, y), np.searchsorted(xs, x)] += 1
-        fig.add_trace(go.Heatmap(x=[f"{v:g}" for v in xs], y=[f"{v:g}" for v in ys], z=counts,
-                                 colorscale="Blues", showscale=col == 2, colorbar=dict(title="samples"),
+        fig.add_trace(go.Heatmap(x=[f"{v:g}" for v in xs], y=[f"{v:g}" for v in ys], z=counts, coloraxis="coloraxis",
                                  hovertemplate="%{x}, %{y}: %{z} samples<extra></extra>"), row=1, col=col)
     fig.update_xaxes(title_text="θ_Df", row=1, col=1)
     fig.update_yaxes(title_text="θ_ρ", row=1, col=1)
     fig.update_xaxes(title_text="θ0 [particles]", row=1, col=2)
     fig.update_yaxes(title_text="θ1 [particles]", row=1, col=2)
-    fig.update_layout(height=420, title="Grid coverage")
+    fig.update_layout(height=420, title="Grid coverage",       # one colour scale for both panels, from 0
+                      coloraxis=dict(colorscale="Blues", cmin=0, colorbar=dict(title="samples")))
     return fig
+
+
+def _span(counts: np.ndarray) -> str:
+    """``"18"`` when every configuration has as many samples, else ``"12–18"``."""
+    lo, hi = int(counts.min()), int(counts.max())
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
 
 
 def plot_split_counts(store) -> go.Figure:
@@ -40,8 +46,7 @@ def plot_split_counts(store) -> go.Figure:
     fig = go.Figure([go.Histogram(x=t, name="T (training)"), go.Histogram(x=e, name="E (evaluation)")])
     fig.update_layout(barmode="group", height=360, xaxis_title="samples of one configuration [-]",
                       yaxis_title="configurations [-]",
-                      title=f"Samples per configuration: T {t.min()}–{t.max()}, E {e.min()}–{e.max()} "
-                            f"({n_conf} configurations)")
+                      title=f"Samples per configuration: T {_span(t)}, E {_span(e)} ({n_conf} configurations)")
     return fig
 
 

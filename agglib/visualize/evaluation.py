@@ -75,7 +75,8 @@ def plot_shadow_histograms(aggregates, config_id: int, descriptors=("s_tio2", "z
     from agglib.visualize.descriptors import axis_label
 
     d = aggregates[aggregates["config_id"] == config_id]
-    fig = make_subplots(rows=1, cols=len(descriptors), subplot_titles=[axis_label(x) for x in descriptors])
+    fig = make_subplots(rows=1, cols=len(descriptors), subplot_titles=[axis_label(x) for x in descriptors],
+                        horizontal_spacing=0.1)
     colours = {"θ": "#1f77b4", "θ̂": "#d62728"}
     for col, name in enumerate(descriptors, start=1):
         values = d[name].to_numpy(dtype=float)
@@ -87,7 +88,7 @@ def plot_shadow_histograms(aggregates, config_id: int, descriptors=("s_tio2", "z
             fig.add_trace(go.Bar(x=0.5 * (edges[1:] + edges[:-1]), y=counts, name=f"from {source}",
                                  marker_color=colours[source], opacity=0.6, showlegend=col == 1,
                                  width=float(edges[1] - edges[0])), row=1, col=col)
-        fig.update_yaxes(title_text="aggregates", row=1, col=col)
+    fig.update_yaxes(title_text="aggregates [count]", row=1, col=1)        # the same on every panel
     fig.update_layout(barmode="overlay", height=380, title=title)
     return fig
 
@@ -98,7 +99,8 @@ def plot_shadow_means(pairs, descriptors=("s_tio2", "z_hetero", "z_total"), titl
 
     from agglib.visualize.descriptors import axis_label
 
-    fig = make_subplots(rows=1, cols=len(descriptors), subplot_titles=[axis_label(x) for x in descriptors])
+    fig = make_subplots(rows=1, cols=len(descriptors), subplot_titles=[axis_label(x) for x in descriptors],
+                        horizontal_spacing=0.1)
     for col, name in enumerate(descriptors, start=1):
         t, s = pairs[f"{name}_true"], pairs[f"{name}_shadow"]
         lo, hi = float(np.nanmin([t.min(), s.min()])), float(np.nanmax([t.max(), s.max()]))
@@ -106,7 +108,7 @@ def plot_shadow_means(pairs, descriptors=("s_tio2", "z_hetero", "z_total"), titl
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", showlegend=False,
                                  line=dict(color="black", dash="dash")), row=1, col=col)
         fig.update_xaxes(title_text="mean from θ", row=1, col=col)
-        fig.update_yaxes(title_text="mean from θ̂", row=1, col=col)
+    fig.update_yaxes(title_text="mean from θ̂", row=1, col=1)               # the same on every panel
     fig.update_layout(height=380, title=title or "Descriptor means: digital shadows against the truth")
     return fig
 

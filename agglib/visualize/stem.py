@@ -118,7 +118,7 @@ def plot_render_maps(result, crop: bool = True) -> go.Figure:
         fig.add_trace(trace, row=r, col=c)
         fig.update_xaxes(title_text="x [nm]", row=r, col=c)
         fig.update_yaxes(title_text="y [nm]" if c == 1 else None, row=r, col=c)   # beside a panel it would overlap
-    fig.update_layout(height=740, margin=dict(l=50, r=20, t=90, b=40),
+    fig.update_layout(height=760, margin=dict(l=50, r=20, t=120, b=40),
                       title="Thickness (top) and noise-free HAADF maps (bottom) per material<br>(the WO3 and TiO2 HAADF maps share one grey scale)")
     return fig
 
@@ -162,9 +162,10 @@ def plot_haadf_measurements(comparison, table, efficiency: float, title: str | N
                                  line=dict(color=colour[material])))
     fig.update_layout(title=title or "Simulated HAADF signal against measured primary particles",
                       xaxis_title="thickness = particle diameter [nm]",
-                      yaxis_title="HAADF signal [fraction of incident beam]", height=480,
+                      yaxis_title="HAADF signal [fraction of incident beam]", height=540,
                       xaxis_range=[0, 1.1 * float(comparison["diameter_nm"].max())],
-                      yaxis_range=[0, 1.3 * float(comparison["measured"].max())], legend=dict(x=0.02, y=0.98))
+                      yaxis_range=[0, 1.3 * float(comparison["measured"].max())],
+                      legend=dict(orientation="h", x=0.0, y=-0.2), margin=dict(b=140))   # below: not on the curves
     return fig
 
 
