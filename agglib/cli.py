@@ -210,12 +210,12 @@ def _cmd_fit(args) -> int:
         estimator = SampleEstimator.load(args.models)
     else:
         estimator = ParameterEstimator.load(args.models)
-    if args.units == "counts" and args.dose is None:
-        print(f"note: the images are read as electron counts at the training dose, {estimator.dose_e_per_A2:g} e/Å² "
-              "(--units counts --dose D for another dose, --units fraction for detector-normalised images)")
     result = characterise(files, estimator, pixel_size_nm=args.pixel_size, dose_e_per_A2=args.dose,
                           n_bootstrap=args.bootstrap, seed=args.seed, skip_bad=args.skip_bad, units=args.units,
                           check_intensity_scale=not args.skip_intensity_check)
+    if args.units == "counts" and args.dose is None:            # after the images were read: an error stays one line
+        print(f"note: the images were read as electron counts at the training dose, {estimator.dose_e_per_A2:g} e/Å² "
+              "(--units counts --dose D for another dose, --units fraction for detector-normalised images)")
     kind = "posterior credible intervals" if result.posterior is not None else "bootstrap intervals over the images"
     print(f"θ̂ from {_plural(result.n_images, 'image')} (95 % {kind}):")
     for k, label in (("df", "θ_Df"), ("rho", "θ_ρ"), ("theta0", "θ0"), ("theta1", "θ1")):
@@ -308,10 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _Sub(commands)
 
     g = sub.add_parser("generate", help="draw aggregates from θ and save them as .npz files")
-    g.add_argument("--df", type=float, required=True, help="θ_Df, fractal dimension (1, 3)")
-    g.add_argument("--rho", type=float, required=True, help="θ_ρ, fraction of WO3 particles [0, 1]")
-    g.add_argument("--theta0", type=float, required=True, help="θ0, WO3 primary-cluster size >= 1")
-    g.add_argument("--theta1", type=float, required=True, help="θ1, TiO2 primary-cluster size >= 1")
+    g.add_argument("--df", type=float, required=True, help="θ_Df, fractal dimension [-], in (1, 3)")
+    g.add_argument("--rho", type=float, required=True, help="θ_ρ, fraction of WO3 particles [-], in [0, 1]")
+    g.add_argument("--theta0", type=float, required=True, help="θ0, WO3 primary-cluster size [particles], >= 1")
+    g.add_argument("--theta1", type=float, required=True, help="θ1, TiO2 primary-cluster size [particles], >= 1")
     g.add_argument("--count", type=int, default=1, help="number of aggregates (at least 1)")
     g.add_argument("--n-particles", type=int, default=None,
                    help="particles N per aggregate (None: uniform on 20..80 per aggregate)")
