@@ -74,6 +74,7 @@ def fit_power_law(d_bc, d_true) -> tuple[float, float]:
 
 
 def apply_power_law(d_bc, a: float, b: float) -> np.ndarray:
+    """D = a·D_BC^b of box-counting dimensions ``d_bc``, with (a, b) from :func:`fit_power_law`."""
     return a * np.asarray(d_bc, float) ** b
 
 

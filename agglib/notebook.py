@@ -47,7 +47,22 @@ def _yaml(value) -> str:
 
 @dataclass
 class NotebookRun:
-    """What a notebook works with (see the module docstring)."""
+    """What a notebook works with (see the module docstring).
+
+    Attributes
+    ----------
+    notebook : str
+        The notebook's name without suffix (e.g. ``"05_posterior"``).
+    profile : Profile
+        The run's profile, with the overrides applied.
+    seed : int
+        The run's seed.
+    overrides : dict
+        Profile fields changed from the named profile's values.
+    parameters : dict
+        The notebook's own papermill parameters (beside ``profile``, ``seed`` and ``overrides``),
+        written into :attr:`command`.
+    """
 
     notebook: str
     profile: Profile
@@ -58,18 +73,19 @@ class NotebookRun:
 
     @property
     def tag(self) -> str:
-        """The run's tag: the profile's name, with a digest of the overrides if any."""
+        """The run's tag (the profile's name, with a digest of the overrides if any)."""
         return parameter_tag(self.profile.name, self.overrides)
 
     @property
     def data_tag(self) -> str:
-        """The datasets' tag: a digest of only the overrides that change a dataset."""
+        """The datasets' tag (a digest of only the overrides that change a dataset)."""
         base = load_profile(self.profile.name)
         keys = set(base.dataset_fields("grid")) | set(base.dataset_fields("continuous")) | {"acquisition"}
         return parameter_tag(self.profile.name, {k: v for k, v in self.overrides.items() if k in keys})
 
     @property
     def run_dir(self) -> Path:
+        """The run folder, ``runs/<tag>-seed<seed>`` in the user data folder."""
         from agglib.evaluate.estimators import default_run_dir
 
         return default_run_dir(self.tag, self.seed)
@@ -87,6 +103,8 @@ class NotebookRun:
         return " ".join(parts)
 
     def store_path(self, design: str = "grid") -> Path:
+        """Where the run's dataset of ``design`` (``"grid"`` or ``"continuous"``) is kept; shared
+        by every run whose dataset fields agree (see :attr:`data_tag`)."""
         from agglib.dataset import default_store_path
 
         return default_store_path(self.data_tag, self.seed, design)

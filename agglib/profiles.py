@@ -25,7 +25,9 @@ class Profile:
     Attributes
     ----------
     name : str
+        The profile's name (a key of ``profiles.yaml``, e.g. ``quick``).
     description : str
+        One line on what the profile is for.
     batch_size : int
         ν, images (aggregates) per batch of one configuration (paper: 12).
     fig4_aggregates : int
@@ -34,8 +36,14 @@ class Profile:
         Batches per θ specification for the cluster-size figure (Fig. 5).
     fov_aggregates : int
         Grid aggregates drawn to measure the share inside the STEM field of view (notebook 02).
-    df_values, rho_values, theta0_values, theta1_values : tuple
-        The dataset's parameter grid (paper §2.3: Df 1.5…2.5, ρ 0.1…0.9, θ0, θ1 1…6).
+    df_values : tuple
+        The dataset's grid of θ_Df values (paper §2.3: 1.5…2.5).
+    rho_values : tuple
+        The dataset's grid of θ_ρ values (paper §2.3: 0.1…0.9).
+    theta0_values : tuple
+        The dataset's grid of θ0 values (paper §2.3: 1…6).
+    theta1_values : tuple
+        The dataset's grid of θ1 values (paper §2.3: 1…6).
     df_per_triple : int
         Distinct θ_Df drawn at random for each triple (θ_ρ, θ0, θ1) (paper: 2).
     samples_per_config : int
@@ -95,14 +103,18 @@ class Profile:
         Peak learning rate of the encoder (one-cycle).
     encoder_bf16 : bool
         Train the encoder under bfloat16 autocast.
-    posterior_configs_T, posterior_configs_E : int
-        Configurations of the continuous dataset (θ drawn anew) for training the posterior (T)
-        and checking its calibration (E).
+    posterior_configs_T : int
+        Configurations of the continuous dataset (θ drawn anew) for training the posterior (T).
+    posterior_configs_E : int
+        Configurations of the continuous dataset (θ drawn anew) for checking the posterior's
+        calibration (E).
     encoder_configs_T : int
         Further configurations of the continuous dataset's T whose images the encoder trains on
         (beside the grid dataset's T); the posterior never sees them.
-    posterior_images_T, posterior_images_E : int
-        Samples per configuration of the continuous dataset in T and in E.
+    posterior_images_T : int
+        Samples per configuration of the continuous dataset in T.
+    posterior_images_E : int
+        Samples per configuration of the continuous dataset in E.
     posterior_steps : int
         Optimizer steps of the set-level posterior.
     fresh_configs : int
@@ -110,13 +122,17 @@ class Profile:
         evaluation and the error against the number of images.
     fresh_images : int
         Images per fresh configuration (the largest M studied).
-    robustness_configs, robustness_images : int
-        Fresh configurations, and images of each, recorded under every perturbation of the
-        robustness table (:func:`agglib.evaluate.robustness.robustness_table`, notebook 10).
-    calibration_configs, calibration_images : int
-        Fresh configurations from the continuous prior, and images of each (the largest M
-        checked), for the calibration checks of notebook 6
+    robustness_configs : int
+        Fresh configurations recorded under every perturbation of the robustness table
+        (:func:`agglib.evaluate.robustness.robustness_table`, notebook 10).
+    robustness_images : int
+        Images of each of those configurations (``robustness_configs``) in the robustness table.
+    calibration_configs : int
+        Fresh configurations from the continuous prior for the calibration checks of notebook 6
         (:func:`agglib.evaluate.calibration.calibration_report`).
+    calibration_images : int
+        Images of each of those configurations (``calibration_configs``; the largest M checked)
+        in the calibration checks of notebook 6.
     acquisition : str
         ``"fixed"`` (the paper's settings for every image) or ``"randomised"`` (each image with its
         own acquisition: the robust estimators' datasets; see :data:`ACQUISITIONS`).
@@ -202,12 +218,13 @@ class Profile:
 
     @property
     def n_configs(self) -> int:
-        """Parameter configurations: triples × θ_Df values per triple."""
+        """Parameter configurations (triples × θ_Df values per triple)."""
         return (len(self.rho_values) * len(self.theta0_values) * len(self.theta1_values)
                 * self.df_per_triple)
 
     @property
     def n_samples(self) -> int:
+        """Samples of the grid dataset (configurations × samples per configuration)."""
         return self.n_configs * self.samples_per_config
 
     def dataset_fields(self, design: str = "grid") -> dict:
@@ -223,6 +240,7 @@ class Profile:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.to_dict().items() if k in keys}
 
     def to_dict(self) -> dict:
+        """Every field by name (tuples as lists, as in ``profiles.yaml``)."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
     def __repr__(self) -> str:
@@ -235,6 +253,7 @@ class Profile:
 
 
 def available_profiles() -> list[str]:
+    """Names of the profiles defined in ``profiles.yaml``."""
     return list(yaml.safe_load(_PROFILES_FILE.read_text()))
 
 

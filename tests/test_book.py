@@ -56,17 +56,46 @@ def test_book_builds_with_figures(tmp_path, executed_notebooks):
         (html_dir / "book" / "intro.html").read_text()
 
     # The API reference lists every public name (agglib.__all__ and each documented module's) with its docstring
+    import dataclasses
     import importlib
 
     api = (html_dir / "book" / "api.html").read_text()
-    documented = re.findall(r"^\.\. automodule:: (\S+)", (ROOT / "book" / "api.md").read_text(), flags=re.M)
+    api_md = (ROOT / "book" / "api.md").read_text()
+    documented = re.findall(r"^\.\. automodule:: (\S+)", api_md, flags=re.M)
     assert {"agglib", "agglib.model", "agglib.stem", "agglib.estimate", "agglib.posterior", "agglib.fit",
-            "agglib.evaluate", "agglib.visualize"} <= set(documented)
+            "agglib.evaluate", "agglib.visualize", "agglib.config", "agglib.stem.reference", "agglib.stem.crystals",
+            "agglib.stem.multislice", "agglib.stem.orientations", "agglib.dataset.pytorch", "agglib.nets",
+            "agglib.evaluate.architectures"} <= set(documented)
     for name in documented:
         module = importlib.import_module(name)
         for public in getattr(module, "__all__", []):
             assert f'<span class="pre">{public}</span>' in api, f"{name}.{public} missing from the API reference"
     assert "Draw one hetero-aggregate from the model" in api          # docstrings, not only names
+    # Signatures show defaults as written: no "<factory>" (a dataclass field's default_factory), no
+    # "<class 'numpy.float32'>" (autodoc_preserve_defaults: dtype=np.float32; the HTML splits that repr
+    # after "<class")
+    assert "&lt;factory&gt;" not in api and "&lt;class" not in api
+    # ... so dataclasses with a default_factory field have their signature written out in api.md
+    # (".. autoclass:: X(a, b={})"): it must be the class's, private fields left out
+    for path, written in re.findall(r"^\s*\.\. autoclass:: ([\w.]+)\((.*)\)\s*$", api_md, flags=re.M):
+        module, _, name = path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        assert dataclasses.is_dataclass(cls), f"api.md writes out the signature of {path}, not a dataclass"
+        params = []
+        for f in dataclasses.fields(cls):
+            factory, default = f.default_factory is not dataclasses.MISSING, f.default is not dataclasses.MISSING
+            if not f.init or (f.name.startswith("_") and (factory or default)):
+                continue
+            params.append(f"{f.name}={f.default_factory()!r}" if factory else f"{f.name}={f.default!r}" if default
+                          else f.name)
+        assert written == ", ".join(params), f"api.md: {path}({written}), but the class has ({', '.join(params)})"
+    # Dataclass fields are described once, in their class's Attributes (napoleon_use_ivar; api.md has no
+    # :undoc-members:, which listed each field again as an empty entry) ...
+    assert not re.search(r'<dl class="py (attribute|property|method)">\s*<dt[^>]*>(?:(?!</dt>).)*</dt>\s*<dd></dd>',
+                         api, flags=re.S), "an empty attribute, property or method entry in the API reference"
+    # ... one name per entry: napoleon reads "a, b : int" in an Attributes section as b of type "a," (a
+    # Parameters section splits it)
+    assert "<em>,</em>)" not in api and "<strong>theta1_values</strong> (<em>tuple</em>)" in api
 
     # The results table keeps to the text column: its reproducing commands follow it as code blocks
     results = (html_dir / "book" / "results.html").read_text()

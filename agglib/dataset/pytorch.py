@@ -261,9 +261,9 @@ class ResidentImages:
         return rows
 
     def counts_at(self, rows: torch.Tensor) -> torch.Tensor:
-        """float32 counts of the rows ``rows`` (a tensor of any shape S on the device): (*S, H, W)."""
+        """float32 counts of the rows ``rows`` (a tensor of any shape S on the device): ``(*S, H, W)``."""
         return decode_counts(self.images[rows])
 
     def counts(self, store_indices) -> torch.Tensor:
-        """float32 counts of ``store_indices`` (any shape S), a tensor (*S, H, W) on the device."""
+        """float32 counts of ``store_indices`` (any shape S), a tensor ``(*S, H, W)`` on the device."""
         return self.counts_at(host_to_device(self.rows(store_indices), self.device))

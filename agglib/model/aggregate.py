@@ -63,6 +63,7 @@ class Aggregate:
 
     @property
     def n_particles(self) -> int:
+        """Number of particles N."""
         return int(self.positions.shape[0])
 
     def __len__(self) -> int:

@@ -3,8 +3,8 @@
 The crystal is tilted in nine equal steps from a [100] towards a [010] viewing direction
 (rotation about the normal of the a–b plane), plus one random tilt. A random direction that
 happens to lie close to a low-index zone axis or lattice plane would channel and is redrawn:
-we require ≥ 3° from every zone axis [uvw] with |u|,|v|,|w| ≤ 3 and ≥ 2° from every lattice
-plane (hkl) with |h|,|k|,|l| ≤ 2.
+we require ≥ 3° from every zone axis [uvw] with ``|u|, |v|, |w| ≤ 3`` and ≥ 2° from every
+lattice plane (hkl) with ``|h|, |k|, |l| ≤ 2``.
 """
 
 from __future__ import annotations
