@@ -189,6 +189,8 @@ class ImageEncoder(nn.Module):
         return self.features(x.contiguous(memory_format=torch.channels_last))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding z (B, 128) and the heads' outputs (B, K) of inputs x (B, 3, H, W) from
+        :func:`encoder_inputs`."""
         z = self.embed(x)
         return z, self.heads(z)
 

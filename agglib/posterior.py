@@ -52,7 +52,7 @@ __all__ = ["PARAMETERS", "CONTINUOUS", "DISCRETE", "ThetaGrid", "SetPosterior", 
 
 #: The parameters, in the order of θ.
 PARAMETERS = ("df", "rho", "theta0", "theta1")
-#: Continuous parameters (point estimate: the posterior mean); the others are integers (the mode).
+#: The continuous parameters (their point estimate is the posterior mean); the others are integers (the median).
 CONTINUOUS = ("df", "rho")
 DISCRETE = ("theta0", "theta1")
 _LOG_2PI = math.log(2 * math.pi)

@@ -13,8 +13,8 @@ from agglib.core.validation import check_range
 _PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 
 
-#: ``"fixed"``: every image recorded with the paper's settings; ``"randomised"``: each image with
-#: its own acquisition drawn from :class:`agglib.stem.acquisition.AcquisitionRanges` (intensity
+#: How a profile's images are recorded. ``"fixed"`` — every image with the paper's settings;
+#: ``"randomised"`` — each image with its own acquisition drawn from :class:`agglib.stem.acquisition.AcquisitionRanges` (intensity
 #: scale, WO3/TiO2 contrast, dose, vacuum offset, blur, pixel size) — robust estimators.
 ACQUISITIONS = ("fixed", "randomised")
 

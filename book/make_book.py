@@ -167,28 +167,29 @@ def write_results_page(site: Path, profile: str, overrides: dict, seed: int = 0)
                sorted((default_run_dir(parameter_tag(profile, overrides), seed) / "results").glob("*.json"))]
     profiles = sorted({rec["profile"] for rec in records})
     several = len(profiles) > 1
-    header = ["quantity", "paper", "agglib", "trivial predictor", *(["profile"] if several else []), "notebook"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    commands = []
-    for rec in records:
+    header = ["quantity", "paper", "agglib", "trivial predictor", *(["profile"] if several else [])]
+    sections = []
+    for rec in records:                    # one table per notebook, its reproducing command below it
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for key, value in rec["results"].items():
             # the paper's numbers are its method's: they stand beside the paper-method rows too
             paper = PAPER_RESULTS.get(key, PAPER_RESULTS.get(key.removeprefix("paper method: ")))
             trivial = rec.get("trivial", {}).get(key)
             cells = [key, "" if paper is None else f"{paper:g}", f"{value:.4g}",
-                     "" if trivial is None else f"{trivial:.4g}", *([rec["profile"]] if several else []),
-                     rec["notebook"]]
+                     "" if trivial is None else f"{trivial:.4g}", *([rec["profile"]] if several else [])]
             lines.append("| " + " | ".join(cells) + " |")
-        commands.append(f"**{rec['notebook']}** (profile {rec['profile']}):\n\n```bash\n{rec['command']}\n```")
-    if len(lines) > 2:
-        # the commands below the table, one block each: in a table column they would be cut off
-        table = (("" if several else f"All rows: profile `{profiles[0]}`.\n\n") + "\n".join(lines) +
-                 "\n\nThe commands that reproduce them:\n\n" + "\n\n".join(commands))
+        sections.append(f"### {rec['notebook']}\n\n" + "\n".join(lines)
+                        + f"\n\n```bash\n{rec['command']}\n```")
+    rows = sum(len(rec["results"]) for rec in records)
+    if rows:
+        table = ((f"All rows: profile `{profiles[0]}`. " if not several else "")
+                 + "One table per notebook. The commands that reproduce them follow each table.\n\n"
+                 + "\n\n".join(sections))
     else:
         table = "*No results were recorded in this build.*"
     text = page.read_text().replace(RESULTS_MARKER, table)
     page.write_text(text.replace(FIGURES_MARKER, results_figures(records)))
-    return len(lines) - 2
+    return rows
 
 
 def results_figures(records: list[dict]) -> str:

@@ -84,7 +84,9 @@ class StemImageDataset(Dataset):
     transform : callable, optional
         Applied to the (1, H, W) float32 image tensor [counts].
 
-    Items are dicts: ``image`` (1, H, W), ``theta`` (4,), ``descriptors`` (D,), ``index``.
+    Notes
+    -----
+    Each item is a dict of ``image`` (1, H, W), ``theta`` (4,), ``descriptors`` (D,) and ``index``.
     """
 
     def __init__(self, path, split: str | None = "T", transform=None):
@@ -117,7 +119,9 @@ class ConfigurationBatchDataset(Dataset):
     configuration, which share images but not their combination (more distinct groups from few
     images per configuration; the quick profile has m = 18, ν = 12).
 
-    Items are dicts: ``images`` (ν, 1, H, W), ``theta`` (4,), ``config_id``, ``indices`` (ν,).
+    Notes
+    -----
+    Each item is a dict of ``images`` (ν, 1, H, W), ``theta`` (4,), ``config_id`` and ``indices`` (ν,).
     """
 
     def __init__(self, path, split: str | None = "E", nu: int = 12, seed: int = 0, transform=None,

@@ -151,7 +151,7 @@ class DatasetStore:
 
     @property
     def images(self):
-        """The image array (lazy: index it to read) [counts]."""
+        """The image array [counts], read when indexed."""
         return self.root["images"]
 
     @property

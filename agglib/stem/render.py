@@ -105,7 +105,7 @@ class StemSettings:
 
     @property
     def electrons_per_pixel(self) -> float:
-        """Incident electrons per pixel: dose [e/Å²] × pixel area [Å²]."""
+        """The incident electrons per pixel, dose [e/Å²] × pixel area [Å²]."""
         return self.dose_e_per_A2 * (self.pixel_size_nm * 10.0) ** 2
 
     def replace(self, **changes) -> "StemSettings":
@@ -239,7 +239,8 @@ def render_stem(aggregate: Aggregate, seed=None, settings: StemSettings | None =
 
     Returns
     -------
-    image : (H, W) float32 ndarray [detector counts], or a :class:`RenderResult`.
+    ndarray or RenderResult
+        The (H, W) float32 image [detector counts]; with ``return_maps`` a :class:`RenderResult`.
     """
     aggregate = _check_aggregate(aggregate)
     settings = settings or StemSettings()

@@ -18,7 +18,8 @@ def plot_encoder_history(history: list, scores=("df_mae", "rho_mae", "theta0_mae
     """Training loss and per-image MAE on a fixed subset of E, per epoch."""
     df = pd.DataFrame(history)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("multi-task loss on T (augmented)",
-                                                        "per-image MAE on E, relative to epoch 1"))
+                                                        "per-image MAE on E, relative to epoch 1"),
+                        horizontal_spacing=0.16)
     fig.add_trace(go.Scatter(x=df["epoch"] + 1, y=df["train_loss"], mode="lines+markers", name="loss"), 1, 1)
     for s in scores:
         if s in df:
@@ -26,7 +27,7 @@ def plot_encoder_history(history: list, scores=("df_mae", "rho_mae", "theta0_mae
                                      name=s.replace("_mae", "")), 1, 2)
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="loss [standardised units²]", type="log", row=1, col=1)
-    fig.update_yaxes(title_text="MAE / MAE after epoch 1 [-]", row=1, col=2)
+    fig.update_yaxes(title_text="MAE / epoch 1's [-]", row=1, col=2)
     fig.update_layout(title=title, height=380)
     return fig
 
@@ -34,7 +35,7 @@ def plot_encoder_history(history: list, scores=("df_mae", "rho_mae", "theta0_mae
 def plot_error_by_set_size(tables: dict, title: str | None = None) -> go.Figure:
     """θ̂ error against the number of images M: ``tables = {name: error_by_set_size(...)}``; one
     colour per table, θ0 solid and θ1 dotted in the exact-hit panel."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("θ̂_Df MAE", "θ̂_ρ MAE", "θ̂0 (solid), θ̂1 (dotted) exact"),
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("θ̂_Df MAE", "θ̂_ρ MAE", "θ̂0, θ̂1 (dotted) exact"),
                         horizontal_spacing=0.1)
     colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
     for k, (name, t) in enumerate(tables.items()):
