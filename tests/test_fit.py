@@ -195,28 +195,26 @@ def test_cli_fit_on_the_shipped_sample_prints_intervals_and_writes_shadows(tmp_p
     assert not any("non-integer ratio" in w for w in summary["warnings"])   # the default estimator saw such ratios
 
 
-def test_intervals_of_the_shipped_estimator_contain_the_truth_for_most_seeds():
+def test_intervals_of_the_shipped_estimator_hold_the_truth_and_stay_informative():
     """On simulated samples of known θ at half the networks' pixel size (1.7 nm/px, binned 2 × 2 to
-    their 3.4 nm — see ``area_rebin`` for non-integer ratios), the 95 % intervals
-    of θ_Df, θ_ρ, θ0 and θ1 contain the truth for most (at least 3) of 5 seeds."""
+    their 3.4 nm — see ``area_rebin`` for non-integer ratios), the 95 % intervals of θ_Df, θ_ρ, θ0
+    and θ1 hold the truth for each of 5 seeds, and are narrow enough to say something (an interval
+    over the whole prior would hold it trivially). A fixed-seed regression check of ``fit``'s path;
+    coverage as a rate is measured on hundreds of samples (tests/test_calibration.py, notebook 6)."""
     from agglib.fit import MeasuredImage
 
     theta = agglib.ModelParams(1.8, 0.6, 2, 3)
     settings = agglib.StemSettings(image_size_px=270, pixel_size_nm=1.7)
-    hits = {"df": 0, "rho": 0, "theta0": 0, "theta1": 0}
+    widest = {"df": 0.2, "rho": 0.3, "theta0": 2, "theta1": 2}     # prior widths: 1.0, 1.0, 5, 5
     for seed in range(5):
         aggs = agglib.generate_aggregates(theta, 24, seed=100 + seed, workers=1)
         images = [MeasuredImage(agglib.render_stem(a, seed=seed * 100 + k, settings=settings), 1.7, f"sim{k}", "given")
                   for k, a in enumerate(aggs)]
         result = characterise(images, n_bootstrap=200, seed=seed)
-        for key, truth in (("df", theta.df), ("rho", theta.rho)):
+        for key, truth in (("df", theta.df), ("rho", theta.rho), ("theta0", theta.theta0), ("theta1", theta.theta1)):
             lo, hi = result.intervals[key]
-            hits[key] += lo <= truth <= hi
-        for key, truth in (("theta0", theta.theta0), ("theta1", theta.theta1)):
-            lo, hi = result.intervals[key]
-            hits[key] += lo <= truth <= hi
-    assert hits["df"] >= 3 and hits["rho"] >= 3, hits
-    assert hits["theta0"] >= 3 and hits["theta1"] >= 3, hits
+            assert lo <= truth <= hi, (seed, key, lo, hi)
+            assert hi - lo <= widest[key], (seed, key, lo, hi)
 
 def test_damaged_files_are_named_and_can_be_skipped(tmp_path, capsys):
     """A text file named .tif, a truncated TIFF, a truncated checkpoint: each message names the file;
