@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import agglib
+from agglib.core.wording import counted
 
 
 def _compiling() -> None:
@@ -32,7 +33,7 @@ def _cmd_generate(args) -> int:
     out = claim_output_dir(args.out, names, overwrite=args.overwrite, command="agglib generate")
     for name, agg in zip(names, aggs):
         agg.save(out / name)
-    print(f"wrote {_plural(len(aggs), 'aggregate')} with {params} to {out}/")
+    print(f"wrote {counted(len(aggs), 'aggregate')} with {params} to {out}/")
     return 0
 
 
@@ -67,7 +68,7 @@ def _cmd_render(args) -> int:
         image = agglib.render_stem(agg, seed=seed, settings=settings)
         with atomic_open(out / name) as fh:
             np.save(fh, image)
-    print(f"wrote {_plural(len(args.paths), 'image')} ({settings.image_size_px}² px, "
+    print(f"wrote {counted(len(args.paths), 'image')} ({settings.image_size_px}² px, "
           f"{settings.pixel_size_nm:g} nm/px, {settings.dose_e_per_A2:g} e/Å²) to {out}/")
     return 0
 
@@ -217,7 +218,7 @@ def _cmd_fit(args) -> int:
         print(f"note: the images were read as electron counts at the training dose, {estimator.dose_e_per_A2:g} e/Å² "
               "(--units counts --dose D for another dose, --units fraction for detector-normalised images)")
     kind = "posterior credible intervals" if result.posterior is not None else "bootstrap intervals over the images"
-    print(f"θ̂ from {_plural(result.n_images, 'image')} (95 % {kind}):")
+    print(f"θ̂ from {counted(result.n_images, 'image')} (95 % {kind}):")
     for k, label in (("df", "θ_Df"), ("rho", "θ_ρ"), ("theta0", "θ0"), ("theta1", "θ1")):
         lo, hi = result.intervals[k]
         print(f"  {label:<5} {result.estimate[k]:>7.3f}   [{lo:.3f}, {hi:.3f}]")
@@ -225,7 +226,7 @@ def _cmd_fit(args) -> int:
         print(f"warning: {w}")
     aggregates, _ = draw_shadows(result, args.shadows, seed=args.seed)
     export_shadows(result, aggregates, out, overwrite=args.overwrite, inputs=args.paths)
-    print(f"{_plural(len(aggregates), 'digital shadow')} written to {out}/ (summary.json, particles.csv, "
+    print(f"{counted(len(aggregates), 'digital shadow')} written to {out}/ (summary.json, particles.csv, "
           "particles.parquet, shadows.ply)")
     return 0
 
@@ -286,10 +287,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                 or "(default:" in text or "None:" in text or not action.option_strings):
             return text
         return super()._get_help_string(action)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def build_parser() -> argparse.ArgumentParser:

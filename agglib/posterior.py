@@ -46,13 +46,16 @@ import pandas as pd
 import torch
 from torch import nn
 
+from agglib.core.wording import counted
+
 __all__ = ["PARAMETERS", "CONTINUOUS", "DISCRETE", "ThetaGrid", "SetPosterior", "PosteriorEnsemble", "PosteriorEstimate",
            "merge_posteriors",
            "pit_values", "coverage", "overconfident", "shifted"]
 
 #: The parameters, in the order of θ.
 PARAMETERS = ("df", "rho", "theta0", "theta1")
-#: The continuous parameters (their point estimate is the posterior mean); the others are integers (the median).
+#: The continuous parameters (their point estimate is the posterior mean); the others are integers
+#: (their point estimate is the posterior median).
 CONTINUOUS = ("df", "rho")
 DISCRETE = ("theta0", "theta1")
 _LOG_2PI = math.log(2 * math.pi)
@@ -309,7 +312,7 @@ class PosteriorEstimate:
     def __repr__(self) -> str:
         point = self.point()
         first = ", ".join(f"{p} {point[p].iloc[0]:.3g}" for p in PARAMETERS) if len(self) else "–"
-        return (f"PosteriorEstimate({len(self)} sample{'s' if len(self) != 1 else ''}, M = "
+        return (f"PosteriorEstimate({counted(len(self), 'sample')}, M = "
                 f"{sorted(set(np.asarray(self.n_images).tolist()))[:6]}; first θ̂: {first})")
 
     def select(self, rows) -> "PosteriorEstimate":

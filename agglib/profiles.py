@@ -14,8 +14,9 @@ _PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 
 
 #: How a profile's images are recorded. ``"fixed"`` — every image with the paper's settings;
-#: ``"randomised"`` — each image with its own acquisition drawn from :class:`agglib.stem.acquisition.AcquisitionRanges` (intensity
-#: scale, WO3/TiO2 contrast, dose, vacuum offset, blur, pixel size) — robust estimators.
+#: ``"randomised"`` — each image with its own acquisition drawn from
+#: :class:`agglib.stem.acquisition.AcquisitionRanges` (intensity scale, WO3/TiO2 contrast, dose,
+#: vacuum offset, blur, pixel size) — robust estimators.
 ACQUISITIONS = ("fixed", "randomised")
 
 @dataclass(frozen=True)

@@ -81,3 +81,10 @@ def test_train_command_trains_and_resumes(tmp_path, capsys):
     assert "rho_reg: 2 epochs" in capsys.readouterr().out
     assert main([*args[:-4], "--epochs", "0"]) == 2
     assert "epochs=0" in capsys.readouterr().err
+
+
+def test_counts_are_worded_in_the_singular_for_one():
+    from agglib.core.wording import counted
+
+    assert counted(1, "image") == "1 image" and counted(12, "image") == "12 images"
+    assert counted(0, "digital shadow") == "0 digital shadows"

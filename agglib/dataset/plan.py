@@ -17,9 +17,9 @@ from agglib.profiles import Profile
 __all__ = ["DatasetPlan", "make_plan", "TRAIN", "EVAL", "SPLIT_NAMES", "DESIGNS", "prior_ranges"]
 
 TRAIN, EVAL = 0, 1
-#: The dataset designs. ``grid`` — the paper's design (§2.3); ``continuous`` — θ_Df and θ_ρ uniform over the grid's range,
-#: θ0 and θ1 uniform on their values, every configuration drawn anew (the new method's training
-#: and calibration data; E's configurations differ from T's).
+#: The dataset designs. ``grid`` — the paper's design (§2.3); ``continuous`` — θ_Df and θ_ρ
+#: uniform over the grid's range, θ0 and θ1 uniform on their values, every configuration drawn
+#: anew (the new method's training and calibration data; E's configurations differ from T's).
 DESIGNS = ("grid", "continuous")
 SPLIT_NAMES = {TRAIN: "T", EVAL: "E"}
 

@@ -15,6 +15,7 @@ from agglib.estimate import TrainedNetwork
 from agglib.train import TARGETS, sample_labels
 
 __all__ = ["PAPER_RESULTS", "batch_groups", "batch_estimates", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir", "recorded_run", "recorded_run_scores",
+           "recorded_scores", "same_as_recorded",
            "results_table", "paper_method_estimates", "HEADLINES", "recorded_headlines", "recorded_coverage"]
 
 #: The paper's headline numbers (§3.1–3.3), on its E with ν = 12.
@@ -57,11 +58,6 @@ def r2(truth, pred) -> float:
     truth, pred = np.asarray(truth, float), np.asarray(pred, float)
     ss_tot = np.sum((truth - truth.mean()) ** 2)
     return float(1.0 - np.sum((truth - pred) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
-
-
-def _predict(net: TrainedNetwork, store: DatasetStore, idx: np.ndarray, chunk: int) -> np.ndarray:
-    """Outputs of a single-image network on the images ``idx``, read ``chunk`` at a time."""
-    return np.concatenate([net.predict(store.read_images(idx[k:k + chunk])) for k in range(0, idx.size, chunk)])
 
 
 def disjoint_groups(rows, config_ids, nu: int, rng, repeats: int = 1) -> list:

@@ -31,6 +31,7 @@ import torch
 
 import agglib
 from agglib.core.seeding import as_generator, spawn_seeds
+from agglib.core.wording import counted
 from agglib.core.validation import check_range
 from agglib.estimate import TrainedNetwork
 from agglib.fit.intensity import check_intensity, intensity_reference
@@ -213,8 +214,8 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     images = (fractions * estimator.stem_settings.electrons_per_pixel).astype(np.float32)
     m = images.shape[0]
     if m < MIN_STABLE_IMAGES:
-        warnings.append(f"only {m} image{'s' if m != 1 else ''}: the intervals are wide (see the book's error against the number "
-                        f"of images); {MIN_STABLE_IMAGES} or more are recommended")
+        warnings.append(f"only {counted(m, 'image')}: the intervals are wide (see the book's error against the "
+                        f"number of images); {MIN_STABLE_IMAGES} or more are recommended")
     rng = as_generator(seed)
     resamples = [rng.integers(0, m, m) for _ in range(n_bootstrap)]
     settings = {"estimator_pixel_size_nm": estimator.pixel_size_nm, "estimator_image_size_px": estimator.image_size_px,
