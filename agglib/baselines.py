@@ -80,7 +80,7 @@ def apply_power_law(d_bc, a: float, b: float) -> np.ndarray:
 
 def mean_projected_area_nm2(radii=None) -> float:
     """E[π r²] of the radius law [nm²] (default: agglib's log-normal, mean 12 nm, SD 3 nm)."""
-    from agglib.model.params import RadiusDistribution
+    from agglib.model.particles import RadiusDistribution
 
     law = radii or RadiusDistribution()
     # E[r²] of a log-normal: exp(2μ + 2σ²)

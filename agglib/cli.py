@@ -177,7 +177,7 @@ def _cmd_estimator(args) -> int:
 
 
 def _cmd_fit(args) -> int:
-    from agglib.estimate import ParameterEstimator, SampleEstimator, load_default_estimator
+    from agglib.estimate import ParameterEstimator, SampleEstimator
     from agglib.core.files import check_output_dir
     from agglib.fit import SUPPORTED_SUFFIXES, characterise, draw_shadows, export_shadows
     from agglib.fit.characterise import SHADOW_FILES
@@ -206,7 +206,7 @@ def _cmd_fit(args) -> int:
         raise ValueError(f"--dose {args.dose:g}: the electron dose must be > 0 e/Å²")
     _compiling()
     if args.models is None:
-        estimator = load_default_estimator()
+        estimator = None                    # fit chooses the shipped estimator for the images' field of view
     elif (Path(args.models) / "posterior.pt").is_file():
         estimator = SampleEstimator.load(args.models)
     else:
@@ -214,8 +214,11 @@ def _cmd_fit(args) -> int:
     result = characterise(files, estimator, pixel_size_nm=args.pixel_size, dose_e_per_A2=args.dose,
                           n_bootstrap=args.bootstrap, seed=args.seed, skip_bad=args.skip_bad, units=args.units,
                           check_intensity_scale=not args.skip_intensity_check)
+    if result.settings.get("estimator_chosen_by_field_of_view"):
+        print(f"estimator: the shipped {result.settings['estimator_chosen_by_field_of_view']} one, made for "
+              f"{result.settings['estimator_field_of_view_nm']:.0f} nm fields of view (--models to choose another)")
     if args.units == "counts" and args.dose is None:            # after the images were read: an error stays one line
-        print(f"note: the images were read as electron counts at the training dose, {estimator.dose_e_per_A2:g} e/Å² "
+        print(f"note: the images were read as electron counts at the training dose, {result.settings['training_dose_e_per_A2']:g} e/Å² "
               "(--units counts --dose D for another dose, --units fraction for detector-normalised images)")
     kind = "posterior credible intervals" if result.posterior is not None else "bootstrap intervals over the images"
     print(f"θ̂ from {counted(result.n_images, 'image')} (95 % {kind}):")
@@ -257,12 +260,34 @@ def _cmd_sweep(args) -> int:
 def _cmd_profiles(args) -> int:
     from agglib.profiles import available_profiles, load_profile
 
+    if getattr(args, "action", None) == "write":
+        return _cmd_profiles_write(args)
     for name in available_profiles():
         p = load_profile(name)
         print(f"{name}: {p.description}")
         for k, v in p.to_dict().items():
             if k not in ("name", "description"):
                 print(f"    {k} = {v}")
+    return 0
+
+
+def _cmd_profiles_write(args) -> int:
+    from agglib.fit.sample_profile import write_profile
+    from agglib.profiles import load_profile
+
+    counts = args.n_particles
+    if counts is not None and "-" in counts and not Path(counts).exists():
+        low, _, high = counts.partition("-")
+        try:
+            counts = (int(low), int(high))
+        except ValueError:
+            raise ValueError(f"--n-particles {args.n_particles!r}: give a CSV file with an n_particles column "
+                             "or a range LOW-HIGH, e.g. 20-80") from None
+    path = write_profile(args.out, args.images, args.radii, n_particles=counts, pixel_size_nm=args.pixel_size,
+                         dose_e_per_A2=args.dose, base=args.base, image_size_px=args.image_size_px,
+                         overwrite=args.overwrite)
+    print(f"wrote {path}: {load_profile(path)!r}")
+    print(f"next: agglib train-estimator --profile {path}   (then agglib fit <images> --models <the folder it names>)")
     return 0
 
 
@@ -360,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds_sub = _Sub(ds.add_subparsers(dest="dataset_command", required=True, parser_class=_Parser))
     b = ds_sub.add_parser("build", help="build (or resume) the dataset of a profile with Dask")
     b.add_argument("--profile", default=None,
-                   help="tiny, quick or paper (None: agglib.config['profile'], quick unless you changed it)")
+                   help="tiny, quick, paper, bremen2023 or a profile file (*.yaml, `agglib profiles write`) "
+                        "(None: agglib.config['profile'], quick unless you changed it)")
     b.add_argument("--out", required=True, help="store directory, e.g. data/quick.zarr")
     b.add_argument("--seed", type=int, default=0, help="root seed (same seed, same store)")
     b.add_argument("--workers", type=int, default=None, help="local Dask worker processes (None: all cores)")
@@ -420,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("train-estimator", help="train (or resume) the new method for a profile: the image encoder "
                                                "and the set-level posterior over θ (builds the two datasets if missing)")
-    e.add_argument("--profile", default="quick", help="run sizes: tiny, quick or paper")
+    e.add_argument("--profile", default="quick", help="tiny, quick, paper, bremen2023 or a profile file (*.yaml, "
+                                                      "`agglib profiles write`)")
     e.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a profile field (repeatable)")
     e.add_argument("--seed", type=int, default=0, help="seed of the datasets and of training")
@@ -485,8 +512,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=int, default=None, help="per-cell timeout [s] (None: no limit)")
     s.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("profiles", help="list the run-size profiles")
+    p = sub.add_parser("profiles", help="list the shipped profiles; `agglib profiles write` writes one for your "
+                                        "images and particles")
     p.set_defaults(func=_cmd_profiles)
+    p_sub = p.add_subparsers(dest="action", parser_class=_Parser)
+    w = p_sub.add_parser("write", formatter_class=_HelpFormatter,
+                         help="write a profile file from your images (field of view, pixel size) and measured radii",
+                         description="Write a profile file for your microscope and your particles: the field of "
+                                     "view of the smallest image, measured radii per material (CSV with columns "
+                                     "material,radius_nm), optionally measured particles per aggregate (CSV with a "
+                                     "column n_particles). Example: agglib profiles write my_sample.yaml --images "
+                                     "images/ --radii radii.csv --n-particles counts.csv --pixel-size 0.1")
+    w.add_argument("out", help="the profile file to write (*.yaml)")
+    w.add_argument("--images", nargs="+", required=True, help="your image files or folders of them")
+    w.add_argument("--radii", required=True, help="CSV of measured radii [nm]: columns radius_nm (or diameter_nm) "
+                                                  "and material (WO3/TiO2; without it, one list for both)")
+    w.add_argument("--n-particles", default=None, help="CSV with a column n_particles (measured particles per "
+                                                       "aggregate) or a range LOW-HIGH (None: the paper's 20-80)")
+    w.add_argument("--pixel-size", type=float, default=None,
+                   help="pixel size [nm] of image files that carry none (None: each file's own; required for PNG)")
+    w.add_argument("--dose", type=float, default=149.0, help="electron dose of your images [e/Å²]")
+    w.add_argument("--base", default="quick", help="shipped profile whose run sizes the file keeps")
+    w.add_argument("--image-size-px", type=int, default=None,
+                   help="side of the estimator's images [px] (None: the base profile's, 128 for quick)")
+    w.add_argument("--overwrite", action="store_true", help="replace a profile file agglib wrote")
+    w.set_defaults(func=_cmd_profiles)
     return ap
 
 

@@ -103,6 +103,20 @@ class _TrainedOnImages:
         """Electron dose of the training images [e/Å²]."""
         return float(self.training_metadata["stem_settings"]["dose_e_per_A2"])
 
+    @property
+    def field_of_view_nm(self) -> float:
+        """Side of the training images [nm]; ``fit`` crops measured images to it."""
+        s = self.training_metadata["stem_settings"]
+        return float(s["image_size_px"] * s["pixel_size_nm"])
+
+    @property
+    def particles(self):
+        """The model's particles the estimator was trained on (:class:`agglib.model.ParticleModel`;
+        the paper's for stores that name none)."""
+        from agglib.model.particles import ParticleModel
+
+        return ParticleModel.from_dict(self.training_metadata.get("profile_fields", {}).get("particles"))
+
 
 @dataclass
 class ParameterEstimator(_TrainedOnImages):
@@ -177,8 +191,10 @@ class ParameterEstimator(_TrainedOnImages):
         return est, [params_from_estimate(est)] * int(count)
 
 
-#: Folders of the shipped estimators under ``agglib/data/models/`` (package data) (both trained on the quick dataset, seed 0).
-SHIPPED_MODELS = {"sets": "sets-quick", "robust": "sets-quick-robust", "paper": "compact-quick"}
+#: Folders of the shipped estimators under ``agglib/data/models/`` (package data; seed 0): the quick
+#: profile's three and the new method for the ``bremen2023`` profile (6 nm particles, 80 nm fields of view).
+SHIPPED_MODELS = {"sets": "sets-quick", "robust": "sets-quick-robust", "paper": "compact-quick",
+                  "bremen2023": "sets-bremen2023"}
 
 
 def shipped_models_dir(method: str = "sets") -> Path:
@@ -186,7 +202,9 @@ def shipped_models_dir(method: str = "sets") -> Path:
     method (encoder + posterior) trained on images recorded with the paper's settings (the
     book's comparisons with the paper); ``"robust"``, the same trained on a randomised
     acquisition (the default of ``agglib fit``: measured images differ from the simulator,
-    notebooks 2 and 10); ``"paper"``, the paper's five networks (compact feature extractor)."""
+    notebooks 2 and 10); ``"paper"``, the paper's five networks (compact feature extractor);
+    ``"bremen2023"``, the new method for the ``bremen2023`` profile (the measured particles of
+    Gerken et al. 2023 at 80 nm fields of view, randomised acquisition; notebook 03)."""
     if method not in SHIPPED_MODELS:
         raise ValueError(f"method={method!r}; accepted: {sorted(SHIPPED_MODELS)}")
     from agglib.core.locations import shipped_data_path
@@ -194,10 +212,23 @@ def shipped_models_dir(method: str = "sets") -> Path:
     return shipped_data_path("models", SHIPPED_MODELS[method])
 
 
-def load_default_estimator(device: str = "cpu") -> "SampleEstimator":
+def load_default_estimator(device: str = "cpu", field_of_view_nm: float | None = None) -> "SampleEstimator":
     """The estimator ``agglib fit`` uses by default: the new method trained on a randomised
-    acquisition (``agglib/data/models/sets-quick-robust``; see :func:`shipped_models_dir`)."""
+    acquisition (``agglib/data/models/sets-quick-robust``, 435 nm fields of view; see
+    :func:`shipped_models_dir`). For images of a smaller ``field_of_view_nm`` [nm], the shipped
+    robust estimator with the largest field of view they hold (``bremen2023``: 80 nm)."""
+    if field_of_view_nm is not None:
+        for method in FIELD_OF_VIEW_ORDER:
+            if not (shipped_models_dir(method) / "posterior.pt").is_file():
+                continue
+            estimator = SampleEstimator.load(shipped_models_dir(method), device)
+            if estimator.field_of_view_nm <= field_of_view_nm * (1 + 1e-6):
+                return estimator
     return SampleEstimator.load(shipped_models_dir("robust"), device)
+
+
+#: The shipped robust estimators ``fit`` may choose by default, largest field of view first.
+FIELD_OF_VIEW_ORDER = ("robust", "bremen2023")
 
 
 def export_estimators(run_dir, out_dir) -> Path:

@@ -73,14 +73,22 @@ class NotebookRun:
 
     @property
     def tag(self) -> str:
-        """The run's tag (the profile's name, with a digest of the overrides if any)."""
+        """The run's tag (the profile's name, with a digest of the overrides if any; a profile
+        file's name with a digest of all its fields, so an edited file gets a run of its own)."""
+        if self.profile.source:
+            return parameter_tag(self.profile.name, {k: v for k, v in self.profile.to_dict().items() if k != "source"})
         return parameter_tag(self.profile.name, self.overrides)
 
     @property
     def data_tag(self) -> str:
-        """The datasets' tag (a digest of only the overrides that change a dataset)."""
+        """The datasets' tag (a digest of only the overrides that change a dataset; for a profile
+        file, of its dataset fields)."""
+        if self.profile.source:
+            fields = {**self.profile.dataset_fields("grid"), **self.profile.dataset_fields("continuous")}
+            return parameter_tag(self.profile.name, fields)
         base = load_profile(self.profile.name)
-        keys = set(base.dataset_fields("grid")) | set(base.dataset_fields("continuous")) | {"acquisition"}
+        keys = (set(base.dataset_fields("grid")) | set(base.dataset_fields("continuous"))
+                | {"acquisition", "particles", "dose_e_per_A2"})
         return parameter_tag(self.profile.name, {k: v for k, v in self.overrides.items() if k in keys})
 
     @property
@@ -93,7 +101,7 @@ class NotebookRun:
     @property
     def command(self) -> str:
         """The papermill command that reproduces this notebook's results."""
-        parts = [f"papermill notebooks/{self.notebook}.ipynb out.ipynb -p profile {self.profile.name}",
+        parts = [f"papermill notebooks/{self.notebook}.ipynb out.ipynb -p profile {self.profile.source or self.profile.name}",
                  f"-p seed {self.seed}"]
         if self.overrides:
             parts.append(f"-y 'overrides: {_yaml(self.overrides)}'")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
 
 from agglib import config
 from agglib.core.validation import check_range
+from agglib.model.particles import ParticleModel
 
 _PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 
@@ -137,6 +138,14 @@ class Profile:
     acquisition : str
         ``"fixed"`` (the paper's settings for every image) or ``"randomised"`` (each image with its
         own acquisition: the robust estimators' datasets; see :data:`ACQUISITIONS`).
+    dose_e_per_A2 : float
+        Electron dose of the simulated images [e/Å²] (the paper's 149).
+    particles : ParticleModel
+        The model's particles: radius law per material [nm] and the law of N (default: the
+        paper's; in a profile file ``particles: {radius_wo3_nm: {mean: 12, sd: 3}, n_particles:
+        {range: [20, 80]}}`` or ``{measured: […]}``; see :mod:`agglib.model.particles`).
+    source : str
+        The profile file it was read from (empty for the profiles shipped in ``profiles.yaml``).
     """
 
     name: str
@@ -188,8 +197,15 @@ class Profile:
     calibration_images: int = 24
     acquisition: str = "fixed"
     bn_batches: int = 0
+    dose_e_per_A2: float = 149.0
+    particles: ParticleModel = field(default_factory=ParticleModel)
+    source: str = ""
 
     def __post_init__(self):
+        try:
+            object.__setattr__(self, "particles", ParticleModel.from_dict(self.particles))
+        except ValueError as err:
+            raise ValueError(f"{self.name}.particles: {err}") from None
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int":
@@ -201,6 +217,8 @@ class Profile:
                 object.__setattr__(self, f.name, tuple(float(v) for v in value))
         check_range(f"{self.name}.pixel_size_nm", self.pixel_size_nm, low=0.0, high=100.0,
                     low_inclusive=False, unit="nm")
+        check_range(f"{self.name}.dose_e_per_A2", self.dose_e_per_A2, low=0.0, high=1e7, low_inclusive=False,
+                    unit="e/Å²")
         check_range(f"{self.name}.df_per_triple", self.df_per_triple, low=1, high=len(self.df_values),
                     integer=True)
         check_range(f"{self.name}.eval_per_config", self.eval_per_config, low=1,
@@ -238,11 +256,23 @@ class Profile:
                     "image_size_px", "pixel_size_nm")
         if self.acquisition != "fixed":        # stores of the paper's fixed acquisition keep their identity
             keys = (*keys, "acquisition")
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.to_dict().items() if k in keys}
+        if not self.particles.is_paper:        # stores of the paper's particles keep their identity
+            keys = (*keys, "particles")
+        if self.dose_e_per_A2 != 149.0:        # … and those of the paper's dose
+            keys = (*keys, "dose_e_per_A2")
+        return {k: v for k, v in self.to_dict().items() if k in keys}
+
+    @property
+    def field_of_view_nm(self) -> float:
+        """Side of the images [nm] (image_size_px × pixel_size_nm)."""
+        return self.image_size_px * self.pixel_size_nm
 
     def to_dict(self) -> dict:
-        """Every field by name (tuples as lists, as in ``profiles.yaml``)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        """Every field by name (tuples as lists, the particles in a profile file's form)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "particles"}
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+        out["particles"] = self.particles.to_dict()
+        return out
 
     def __repr__(self) -> str:
         """One line: the name, the images and the grid (every field: :meth:`to_dict`)."""
@@ -258,20 +288,59 @@ def available_profiles() -> list[str]:
     return list(yaml.safe_load(_PROFILES_FILE.read_text()))
 
 
-def load_profile(name: str | None = None, **overrides) -> Profile:
+def is_profile_file(name) -> bool:
+    """Whether ``name`` names a profile file (``.yaml``/``.yml``) rather than a shipped profile."""
+    return isinstance(name, Path) or str(name).endswith((".yaml", ".yml"))
+
+
+def _profile_file_fields(path: Path, table: dict) -> dict:
+    """A profile file's fields: ``base`` (a shipped profile, default ``quick``) overridden by the file's."""
+    if not path.is_file():
+        raise FileNotFoundError(f"profile file {path} does not exist (write one with `agglib profiles write`)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not a YAML profile file ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a profile file is a mapping of profile fields; got {type(data).__name__}")
+    data = dict(data)
+    base = data.pop("base", "quick")
+    if base not in table:
+        raise ValueError(f"{path}: base={base!r} is unknown; accepted: {sorted(table)}")
+    return {**table[base], **data, "source": str(path)}
+
+
+def load_profile(name: str | Path | None = None, **overrides) -> Profile:
     """The profile ``name`` (default ``config['profile']``) with fields overridden.
+
+    ``name`` is a shipped profile (``tiny``, ``quick``, ``paper``; see ``profiles.yaml``) or the
+    path of a profile file (``*.yaml``, e.g. written by ``agglib profile write``): a mapping of
+    profile fields over the shipped profile named by its ``base`` entry (default ``quick``); the
+    profile's name is the file's stem.
 
     Raises
     ------
     ValueError
-        For an unknown profile or field, naming the accepted ones.
+        For an unknown profile or field, naming the accepted ones (and the file).
     """
     name = name or config.get("profile")
     table = yaml.safe_load(_PROFILES_FILE.read_text())
-    if name not in table:
-        raise ValueError(f"profile={name!r} is unknown; accepted: {sorted(table)}")
-    known = {f.name for f in fields(Profile)} - {"name"}
+    known = {f.name for f in fields(Profile)} - {"name", "source"}
+    if is_profile_file(name):
+        path = Path(name)
+        values = _profile_file_fields(path, table)
+        bad = set(values) - known - {"source"}
+        if bad:
+            raise ValueError(f"{path}: unknown profile fields {sorted(bad)}; accepted: {sorted(known)}")
+        name = path.stem
+    elif name not in table:
+        raise ValueError(f"profile={name!r} is unknown; accepted: {sorted(table)} or a profile file (*.yaml)")
+    else:
+        values = table[name]
     bad = set(overrides) - known
     if bad:
         raise ValueError(f"unknown profile fields {sorted(bad)}; accepted: {sorted(known)}")
-    return replace(Profile(name=name, **table[name]), **overrides)
+    try:
+        return replace(Profile(name=name, **values), **overrides)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{values['source']}: {err}" if values.get("source") else str(err)) from None

@@ -24,7 +24,7 @@ import numpy as np
 
 import agglib
 from agglib.core.parallel import resolve_workers
-from agglib.model.params import RadiusDistribution
+from agglib.model.particles import RadiusDistribution
 from timing import items_per_second
 
 

@@ -70,7 +70,7 @@ def fracval_samples(settings, n_samples, n_aggregates, images_per_sample, seed, 
     from pyfracval.main_runner import run_simulation
 
     from agglib import Aggregate
-    from agglib.model.params import RadiusDistribution
+    from agglib.model.particles import RadiusDistribution
     from agglib.stem import ExtrapolationWarning, render_stem
 
     logging.disable(logging.CRITICAL)

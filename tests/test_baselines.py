@@ -68,7 +68,7 @@ def test_threshold_method_is_exact_without_overlaps():
 
 def test_mean_projected_area_of_the_radius_law():
     rng = np.random.default_rng(0)
-    from agglib.model.params import RadiusDistribution
+    from agglib.model.particles import RadiusDistribution
     law = RadiusDistribution()
     r = np.exp(rng.normal(law.mu_ln, law.sigma_ln, 400_000))
     assert mean_projected_area_nm2() == pytest.approx(np.pi * np.mean(r ** 2), rel=0.01)

@@ -42,7 +42,7 @@ def test_profiles_load_and_override():
     p = agglib.load_profile("tiny", fig4_aggregates=7)
     assert p.fig4_aggregates == 7 and p.name == "tiny"
     assert agglib.load_profile("paper").fig4_aggregates == 19440
-    with pytest.raises(ValueError, match=r"profile='huge' is unknown; accepted: \['paper', 'quick', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"profile='huge' is unknown; accepted: \['bremen2023', 'paper', 'quick', 'tiny'\]"):
         agglib.load_profile("huge")
     with pytest.raises(ValueError, match="unknown profile fields"):
         agglib.load_profile("tiny", epochs=3)

@@ -193,6 +193,7 @@ def test_cli_fit_on_the_shipped_sample_prints_intervals_and_writes_shadows(tmp_p
         lo, hi = summary["interval_95"][key]
         assert lo <= truth <= hi, (key, lo, hi)
     assert not any("non-integer ratio" in w for w in summary["warnings"])   # the default estimator saw such ratios
+    assert not any("border" in w or "particles look" in w for w in summary["warnings"]), summary["warnings"]
 
 
 def test_intervals_of_the_shipped_estimator_hold_the_truth_and_stay_informative():

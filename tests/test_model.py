@@ -10,7 +10,8 @@ from scipy.sparse.csgraph import connected_components
 import agglib
 from agglib.descriptors import contact_pairs
 from agglib.model import kernels
-from agglib.model.params import DF_GRID, RHO_GRID, RadiusDistribution
+from agglib.model.params import DF_GRID, RHO_GRID
+from agglib.model.particles import RadiusDistribution
 
 HYP = settings(max_examples=40, deadline=None,
                suppress_health_check=[HealthCheck.too_slow])

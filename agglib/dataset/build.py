@@ -35,7 +35,8 @@ def stem_settings_for(profile: Profile):
     """The STEM settings of a profile's images (paper defaults, the profile's size and pixel)."""
     from agglib.stem import StemSettings
 
-    return StemSettings(image_size_px=profile.image_size_px, pixel_size_nm=profile.pixel_size_nm)
+    return StemSettings(image_size_px=profile.image_size_px, pixel_size_nm=profile.pixel_size_nm,
+                        dose_e_per_A2=profile.dose_e_per_A2)
 
 
 def sample_identity(profile: Profile, seed: int, design: str = "grid") -> dict:
@@ -57,6 +58,14 @@ def sample_identity(profile: Profile, seed: int, design: str = "grid") -> dict:
     return identity
 
 
+def particles_of(identity: dict):
+    """The :class:`agglib.model.ParticleModel` of a store (the paper's when its profile names none:
+    :meth:`agglib.Profile.dataset_fields` leaves the paper's out, so those stores keep their identity)."""
+    from agglib.model.particles import ParticleModel
+
+    return ParticleModel.from_dict(identity.get("profile", {}).get("particles"))
+
+
 def configuration_acquisition(dataset_seed: int, config_id: int, ranges) -> dict:
     """The acquisition shared by every image of configuration ``config_id`` of a store
     (``acquisition_scope = "configuration"``): a function of the dataset's seed and the
@@ -74,20 +83,24 @@ def _acquisition_ranges(identity: dict):
     return None if ranges is None else AcquisitionRanges.from_dict(ranges)
 
 
-def generate_sample(theta, sample_seed: int, settings, acquisition_ranges=None, acquisition: dict | None = None):
+def generate_sample(theta, sample_seed: int, settings, acquisition_ranges=None, acquisition: dict | None = None,
+                    particles=None):
     """Aggregate, image [counts] and descriptors of one sample, from its seed alone.
 
     With ``acquisition`` (a dict of :data:`agglib.stem.acquisition.ACQUISITION_KEYS`) the image
     is recorded with it; else, with ``acquisition_ranges``
     (:class:`agglib.stem.acquisition.AcquisitionRanges`), with an acquisition drawn for this image
     from them. The acquisition used is returned as a fourth item (``None``: the simulator's own
-    settings). The shot and scan noise always come from the sample's seed.
+    settings). The shot and scan noise always come from the sample's seed. ``particles``
+    (:class:`agglib.model.ParticleModel`, default the paper's) are the model's particles.
     """
+    from agglib.model.particles import PAPER_PARTICLES
     from agglib.stem import render_stem
     from agglib.stem.acquisition import acquire_image, draw_acquisition
 
     agg_seed, image_seed = np.random.SeedSequence(int(sample_seed)).spawn(2)
-    agg = agglib.generate_aggregate(agglib.ModelParams(*map(float, theta)), seed=agg_seed)
+    agg = agglib.generate_aggregate(agglib.ModelParams(*map(float, theta)), seed=agg_seed,
+                                    particles=particles or PAPER_PARTICLES)
     if acquisition is None and acquisition_ranges is None:
         image = render_stem(agg, seed=image_seed, settings=settings)
     else:
@@ -112,6 +125,7 @@ def _build_shard(path: str, shard: int, start: int, stop: int) -> int:
     settings = StemSettings(**identity["stem_settings"])
     ranges = _acquisition_ranges(identity)
     shared = identity.get("acquisition_scope") == "configuration"
+    particles = particles_of(identity)
     theta = root["theta"][start:stop]
     seeds = root["sample_seed"][start:stop]
     configs = root["config_id"][start:stop]
@@ -124,7 +138,7 @@ def _build_shard(path: str, shard: int, start: int, stop: int) -> int:
         warnings.simplefilter("ignore", ExtrapolationWarning)   # rare > 60 nm chords; see the book
         for k in range(stop - start):
             fixed = configuration_acquisition(identity["seed"], configs[k], ranges) if shared else None
-            agg, image, desc, acquisition = generate_sample(theta[k], seeds[k], settings, ranges, fixed)
+            agg, image, desc, acquisition = generate_sample(theta[k], seeds[k], settings, ranges, fixed, particles)
             images[k] = image
             if acquisition is not None:
                 acquisitions[k] = [acquisition[key] for key in ACQUISITION_KEYS]

@@ -33,7 +33,7 @@ import warnings
 import numpy as np
 
 from agglib.core.validation import check_range
-from agglib.model.params import RadiusDistribution
+from agglib.model.particles import ParticleModel, RadiusDistribution
 
 __all__ = ["OUT_OF_MODEL_KINDS", "HALF_RADII", "DEFAULT_PRIOR", "EdxSettings", "out_of_model_samples", "edx_map"]
 
@@ -45,8 +45,9 @@ OUT_OF_MODEL_KINDS = ("half_radius", "edx_w", "edx_ti")
 DEFAULT_PRIOR = {"df": [1.5, 2.5], "rho": [0.0, 1.0], "theta0": [1, 2, 3, 4, 5, 6], "theta1": [1, 2, 3, 4, 5, 6]}
 
 
-#: Particle radii of the ``"half_radius"`` samples: log-normal, mean 6 nm, SD 1.5 nm (the model's 12 / 3 nm).
-HALF_RADII = RadiusDistribution(mean_nm=6.0, sd_nm=1.5)
+#: Particles of the ``"half_radius"`` samples: radii log-normal, mean 6 nm, SD 1.5 nm for both materials
+#: (the model's 12 / 3 nm), N as the model's.
+HALF_RADII = ParticleModel.same_radii(RadiusDistribution(mean_nm=6.0, sd_nm=1.5))
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def out_of_model_samples(kind: str, settings, n_samples: int, images_per_sample:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExtrapolationWarning)
                 if kind == "half_radius":
-                    agg = generate_aggregate(theta, seed=agg_ss, radii=HALF_RADII)
+                    agg = generate_aggregate(theta, seed=agg_ss, particles=HALF_RADII)
                     images[k, j] = render_stem(agg, seed=img_rng, settings=settings)
                 else:
                     agg = generate_aggregate(theta, seed=agg_ss)

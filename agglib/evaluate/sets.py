@@ -220,7 +220,7 @@ def fresh_configurations(profile, n_configs: int, images_per_config: int, seed: 
     seeds = [int(s.generate_state(1, dtype=np.uint64)[0])
              for s in np.random.SeedSequence([int(seed), 100]).spawn(config_id.size)]
     settings = stem_settings_for(profile)
-    items = [(configs[c], s, settings, None if acquisitions is None else acquisitions[c])
+    items = [(configs[c], s, settings, None if acquisitions is None else acquisitions[c], profile.particles)
              for c, s in zip(config_id, seeds)]
     results = ordered_map(_fresh_sample, items, workers=workers, desc="fresh configurations",
                            show_progress_bars=show_progress_bars)
@@ -236,8 +236,8 @@ def _fresh_sample(item):
     from agglib.dataset.build import generate_sample
     from agglib.stem import ExtrapolationWarning
 
-    theta, seed, settings, acquisition = item
+    theta, seed, settings, acquisition, particles = item
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExtrapolationWarning)
-        _, image, desc, _ = generate_sample(theta, seed, settings, acquisition=acquisition)
+        _, image, desc, _ = generate_sample(theta, seed, settings, acquisition=acquisition, particles=particles)
     return image.astype(np.float32), desc

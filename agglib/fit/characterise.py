@@ -34,8 +34,10 @@ from agglib.core.seeding import as_generator, spawn_seeds
 from agglib.core.wording import counted
 from agglib.core.validation import check_range
 from agglib.estimate import TrainedNetwork
+from agglib.fit.image_checks import border_warnings, scale_warnings as particle_scale_warnings
 from agglib.fit.intensity import check_intensity, intensity_reference
 from agglib.fit.io import ImageInputError, MeasuredImage, read_image
+from agglib.model.particles import ParticleModel
 from agglib.stem.acquisition import INTENSITY_UNITS, beam_fraction, resample_mean
 from agglib.posterior import PARAMETERS
 
@@ -63,7 +65,7 @@ def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int) -> n
         raise ImageInputError(
             f"{image.path}: field of view {image.field_of_view_nm:.0f} nm is smaller than the estimator's "
             f"{size_px * pixel_size_nm:.0f} nm ({size_px} px at {pixel_size_nm} nm/px); accepted: images "
-            f"at least {size_px * pixel_size_nm:.0f} nm wide")
+            f"at least {size_px * pixel_size_nm:.0f} nm wide. {field_of_view_advice(image.field_of_view_nm)}")
     weights = np.clip(resampled - np.median(resampled), 0.0, None)
     if weights.sum() > 0:
         yy, xx = np.indices(resampled.shape)
@@ -73,6 +75,24 @@ def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int) -> n
     y0 = int(np.clip(round(cy - size_px / 2), 0, resampled.shape[0] - size_px))
     x0 = int(np.clip(round(cx - size_px / 2), 0, resampled.shape[1] - size_px))
     return resampled[y0:y0 + size_px, x0:x0 + size_px]
+
+
+def field_of_view_advice(field_of_view_nm: float) -> str:
+    """Which shipped estimator (or profile) fits images of ``field_of_view_nm`` [nm]."""
+    from agglib.estimate import SHIPPED_MODELS, SampleEstimator, shipped_models_dir
+
+    fitting = []
+    for method, folder in SHIPPED_MODELS.items():
+        path = shipped_models_dir(method)
+        if (path / "posterior.pt").is_file():
+            fov = SampleEstimator.load(path).field_of_view_nm
+            if fov <= field_of_view_nm * (1 + 1e-6):
+                fitting.append(f"{folder} ({fov:.0f} nm; --models {path})")
+    if fitting:
+        return "Shipped estimators for this field of view: " + ", ".join(fitting)
+    return ("No shipped estimator is made for it: write a profile for your images "
+            "(agglib profiles write my.yaml --images … --radii …) and train one "
+            "(agglib train-estimator --profile my.yaml)")
 
 
 def _features(net: TrainedNetwork, images: np.ndarray) -> torch.Tensor:
@@ -152,9 +172,11 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         One aggregate per image.
     estimator : SampleEstimator or ParameterEstimator, optional
         Default: :func:`agglib.estimate.load_default_estimator`, the new method trained on a
-        randomised acquisition (``agglib/data/models/sets-quick-robust``; any number of images;
-        posterior intervals). A :class:`ParameterEstimator` (the paper's five networks)
-        needs at least ν images and gives bootstrap intervals.
+        randomised acquisition (``agglib/data/models/sets-quick-robust``, 435 nm fields of view;
+        any number of images; posterior intervals); for images of a smaller field of view, the
+        shipped estimator made for it (``sets-bremen2023``, 80 nm), named in
+        ``settings["estimator_chosen_by_field_of_view"]``. A :class:`ParameterEstimator` (the
+        paper's five networks) needs at least ν images and gives bootstrap intervals.
     pixel_size_nm : float, optional
         Pixel size [nm] for files without one (or to override theirs).
     dose_e_per_A2 : float, optional
@@ -175,11 +197,6 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     from agglib.estimate import SampleEstimator, load_default_estimator
 
     check_range("n_bootstrap", n_bootstrap, low=10, integer=True)
-    estimator = estimator or load_default_estimator()
-    is_sets = isinstance(estimator, SampleEstimator)
-    train_dose = estimator.dose_e_per_A2
-    dose = train_dose if dose_e_per_A2 is None else float(dose_e_per_A2)
-    check_range("dose_e_per_A2", dose, low=0.0, low_inclusive=False, unit="e/Å²")
     if units not in INTENSITY_UNITS:
         raise ValueError(f"units={units!r}; accepted: {', '.join(INTENSITY_UNITS)} (electron counts at a dose, "
                          "or the fraction of the incident beam)")
@@ -187,9 +204,25 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     paths_or_images = list(paths_or_images)
     if not paths_or_images:
         raise ImageInputError("no images given")
+    readable = []
     for p in paths_or_images:
         try:
-            item = p if isinstance(p, MeasuredImage) else read_image(p, pixel_size_nm)
+            readable.append(p if isinstance(p, MeasuredImage) else read_image(p, pixel_size_nm))
+        except ImageInputError as err:
+            bad.append(str(err))
+    chosen = None
+    if estimator is None:                      # the shipped robust estimator whose field of view the images hold
+        fov = min((it.field_of_view_nm for it in readable), default=None)
+        estimator = load_default_estimator()
+        if fov is not None and estimator.field_of_view_nm > fov * (1 + 1e-6):
+            estimator = load_default_estimator(field_of_view_nm=fov)
+            chosen = estimator.metadata.get("profile")
+    is_sets = isinstance(estimator, SampleEstimator)
+    train_dose = estimator.dose_e_per_A2
+    dose = train_dose if dose_e_per_A2 is None else float(dose_e_per_A2)
+    check_range("dose_e_per_A2", dose, low=0.0, low_inclusive=False, unit="e/Å²")
+    for item in readable:
+        try:
             fraction = MeasuredImage(beam_fraction(item.data, units, item.pixel_size_nm, dose), item.pixel_size_nm,
                                      item.path, item.pixel_size_source)
             prepared.append(prepare_image(fraction, estimator.pixel_size_nm, estimator.image_size_px))
@@ -204,13 +237,16 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
                               "--skip-bad / skip_bad=True to leave them out)")
     warnings += [f"skipped {b}" for b in bad]
     fractions = np.stack(prepared)
-    refusals, scale_warnings = check_intensity(fractions, intensity_reference(estimator))
+    reference = intensity_reference(estimator)
+    refusals, scale_warnings = check_intensity(fractions, reference)
     if refusals and check_intensity_scale:
         raise ImageInputError(f"{len(items)} images ({items[0].path}, …) read as {units}"
                               + (f" at {dose:g} e/Å²" if units == "counts" else "") + ": " + " ".join(refusals)
                               + " (check_intensity_scale=False / --skip-intensity-check to estimate anyway)")
     warnings += refusals + scale_warnings
     warnings += _resampling_warnings(items, estimator)
+    warnings += border_warnings(fractions, [it.path for it in items], estimator.field_of_view_nm)
+    warnings += particle_scale_warnings(fractions, estimator.pixel_size_nm, reference["scale_nm"])
     images = (fractions * estimator.stem_settings.electrons_per_pixel).astype(np.float32)
     m = images.shape[0]
     if m < MIN_STABLE_IMAGES:
@@ -221,7 +257,11 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     settings = {"estimator_pixel_size_nm": estimator.pixel_size_nm, "estimator_image_size_px": estimator.image_size_px,
                 "units": units, "dose_e_per_A2": dose if units == "counts" else None,
                 "training_dose_e_per_A2": train_dose, "n_bootstrap": n_bootstrap,
-                "method": "sets" if is_sets else "paper", "agglib": agglib.__version__}
+                "method": "sets" if is_sets else "paper", "agglib": agglib.__version__,
+                "estimator_profile": estimator.metadata.get("profile") if is_sets else None,
+                "estimator_field_of_view_nm": estimator.field_of_view_nm,
+                "estimator_chosen_by_field_of_view": chosen,
+                "particles": None if estimator.particles.is_paper else estimator.particles.to_dict()}
     base = {"path": [it.path for it in items], "pixel_size_nm": [it.pixel_size_nm for it in items],
             "pixel_size_source": [it.pixel_size_source for it in items]}
     if is_sets:
@@ -312,7 +352,9 @@ def draw_shadows(result: FitResult, count: int, seed=None, workers: int | None =
         per_draw = [count // n_draws + (k < count % n_draws) for k in range(n_draws)]
         params = [p for p, c in zip(distinct, per_draw) for _ in range(c)]
     seeds = spawn_seeds(rng.integers(2**63), 1)[0]
-    aggs = agglib.generate_aggregates(params, seed=seeds, workers=workers, show_progress_bars=False)
+    particles = ParticleModel.from_dict(result.settings.get("particles"))
+    aggs = agglib.generate_aggregates(params, seed=seeds, workers=workers, show_progress_bars=False,
+                                      particles=particles)
     return aggs, params
 
 

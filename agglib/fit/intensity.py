@@ -53,7 +53,7 @@ def _reference(key: str) -> dict:
     if path.is_file():
         try:
             with np.load(path) as cached:
-                return {k: cached[k] for k in ("background", "signal")}
+                return {k: cached[k] for k in ("background", "signal", "scale_nm")}
         except (OSError, ValueError, KeyError):
             pass                                    # damaged cache: simulate again
     stats = _simulate_reference(key)
@@ -76,19 +76,27 @@ def _simulate_reference(key: str) -> dict:
                                   int(rng.choice(prior["theta0"])), int(rng.choice(prior["theta1"])))
                for _ in range(spec["count"])]
     params = [p for p in configs for _ in range(REFERENCE_IMAGES)]
-    aggs = agglib.generate_aggregates(params, seed=rng.integers(2**63), workers=1, show_progress_bars=False)
+    from agglib.model.particles import ParticleModel
+
+    aggs = agglib.generate_aggregates(params, seed=rng.integers(2**63), workers=1, show_progress_bars=False,
+                                      particles=ParticleModel.from_dict(spec.get("particles")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExtrapolationWarning)      # rare > 60 nm chords, as in the datasets
         images = np.stack([acquire_image(a, settings, draw_acquisition(rng, ranges) if ranges else None, seed=rng)
                            for a in aggs])
-    stats = intensity_statistics(images / settings.electrons_per_pixel)
+    from agglib.fit.image_checks import particle_scale_nm
+
+    fractions = images / settings.electrons_per_pixel
+    stats = {**intensity_statistics(fractions),
+             "scale_nm": np.array([particle_scale_nm(im, settings.pixel_size_nm) for im in fractions])}
     return {k: v.reshape(spec["count"], REFERENCE_IMAGES) for k, v in stats.items()}
 
 
 def intensity_reference(estimator, count: int = 256, seed: int = 0) -> dict:
-    """``background`` and ``signal`` [fraction of the beam], (count, :data:`REFERENCE_IMAGES`), of
-    ``count`` configurations simulated as the estimator's training images (θ from its prior),
-    cached per estimator settings."""
+    """``background`` and ``signal`` [fraction of the beam] and ``scale_nm`` (the particle scale of
+    :func:`agglib.fit.image_checks.particle_scale_nm`) [nm], (count, :data:`REFERENCE_IMAGES`), of
+    ``count`` configurations simulated as the estimator's training images (θ from its prior, its
+    particles), cached per estimator settings."""
     from agglib.posterior import ThetaGrid
 
     grid = getattr(estimator, "grid", None)
@@ -99,9 +107,13 @@ def intensity_reference(estimator, count: int = 256, seed: int = 0) -> dict:
         prior = {"df": [min(fields.get("df_values", [1.5])), max(fields.get("df_values", [2.5]))], "rho": [0.0, 1.0],
                  "theta0": [int(v) for v in fields.get("theta0_values", range(1, 7))],
                  "theta1": [int(v) for v in fields.get("theta1_values", range(1, 7))]}
-    key = json.dumps({"stem_settings": estimator.training_metadata["stem_settings"],
-                      "acquisition": estimator.training_metadata.get("acquisition_ranges"),
-                      "prior": prior, "count": int(count), "seed": int(seed)}, sort_keys=True)
+    spec = {"stem_settings": estimator.training_metadata["stem_settings"],
+            "acquisition": estimator.training_metadata.get("acquisition_ranges"),
+            "prior": prior, "count": int(count), "seed": int(seed)}
+    particles = getattr(estimator, "particles", None)
+    if particles is not None and not particles.is_paper:       # the paper's keep their cache key
+        spec["particles"] = particles.to_dict()
+    key = json.dumps(spec, sort_keys=True)
     return _reference(key)
 
 

@@ -12,10 +12,18 @@ from agglib.core.seeding import as_generator, spawn_seeds
 from agglib.core.validation import check_range
 from agglib.model import kernels
 from agglib.model.aggregate import Aggregate
-from agglib.model.params import (FRACTAL_PREFACTOR, N_PARTICLES_RANGE, ModelParams,
-                                 RadiusDistribution)
+from agglib.model.params import FRACTAL_PREFACTOR, ModelParams
+from agglib.model.particles import PAPER_PARTICLES, ParticleModel
 
 CLUSTER_SIZE_MODES = ("fixed", "poisson")
+
+#: Redraws of a primary cluster that cannot be attached before the aggregate restarts, for
+#: particles other than the paper's. With broad measured radius laws and hundreds of particles at
+#: low θ_Df, a small particle lowers the mean radius and with it Eq. 8's target, so one attachment
+#: in a few hundred has no solution: restarting the whole aggregate then almost never completes it
+#: (θ_Df 1.5, N 569: 2,000 restarts fail). The paper's particles keep the paper's rule — the
+#: aggregate restarts at once — so their aggregates and stores are unchanged.
+ATTACH_REDRAWS = 50
 
 
 class AggregationError(RuntimeError):
@@ -34,7 +42,7 @@ def _check_params(params, cluster_sizes):
 
 def generate_aggregate(params: ModelParams, n_particles: int | None = None, seed=None, *,
                        cluster_sizes: str = "fixed",
-                       radii: RadiusDistribution = RadiusDistribution(),
+                       particles: ParticleModel = PAPER_PARTICLES,
                        kf: float = FRACTAL_PREFACTOR) -> Aggregate:
     """Draw one hetero-aggregate from the model Ψ (paper §2.1.1–2.1.2).
 
@@ -51,8 +59,8 @@ def generate_aggregate(params: ModelParams, n_particles: int | None = None, seed
     params : ModelParams
         θ = (θ_Df, θ_ρ, θ_0, θ_1).
     n_particles : int, optional
-        Aggregate size N [particles], 1 <= N <= 10000. Default: uniform on
-        {20, ..., 80} (paper §2.1.2).
+        Aggregate size N [particles], 1 <= N <= 10000. Default: drawn from
+        ``particles.n_particles`` (the paper's: uniform on {20, ..., 80}, §2.1.2).
     seed : int, SeedSequence or Generator, optional
         Seed of the random stream; the same seed gives the identical aggregate.
     cluster_sizes : {"fixed", "poisson"}
@@ -60,8 +68,9 @@ def generate_aggregate(params: ModelParams, n_particles: int | None = None, seed
         particles (integers required). ``"poisson"``: the continuous extension of
         the paper's §4, sizes 1 + Poisson(θ − 1), so θ_0, θ_1 >= 1 may be real
         and are the mean primary-cluster sizes.
-    radii : RadiusDistribution
-        Law of the particle radii [nm] (default: log-normal, mean 12 nm, SD 3 nm).
+    particles : ParticleModel
+        Laws of the particle radii per material [nm] and of N (default: the paper's, radii
+        log-normal with mean 12 nm and SD 3 nm for both materials, N uniform on 20–80).
     kf : float
         Fractal prefactor k_f [-] (default 1.3).
 
@@ -83,7 +92,7 @@ def generate_aggregate(params: ModelParams, n_particles: int | None = None, seed
     check_range("kf", kf, low=0.0, low_inclusive=False)
     rng = as_generator(seed)
     if n_particles is None:
-        n_particles = int(rng.integers(N_PARTICLES_RANGE[0], N_PARTICLES_RANGE[1] + 1))
+        n_particles = particles.n_particles.sample(rng)
     check_range("n_particles", n_particles, low=1, high=10_000, integer=True)
     n_particles = int(n_particles)
     max_restarts = int(config.get("max_restarts"))
@@ -91,8 +100,10 @@ def generate_aggregate(params: ModelParams, n_particles: int | None = None, seed
      aggregate_restarts) = kernels.build_aggregate(
         rng, n_particles, params.df, float(kf), params.p_tio2_cluster,
         params.theta0, params.theta1, cluster_sizes == "poisson",
-        radii.mu_ln, radii.sigma_ln, kernels.SOLID_SPHERE_RG2,
-        int(config.get("max_draws")), int(config.get("max_rotations")), max_restarts)
+        particles.radius_wo3.log_centres(), particles.radius_wo3.log_spread(),
+        particles.radius_tio2.log_centres(), particles.radius_tio2.log_spread(), kernels.SOLID_SPHERE_RG2,
+        int(config.get("max_draws")), int(config.get("max_rotations")), max_restarts,
+        0 if particles.is_paper else ATTACH_REDRAWS)
     if status != kernels.STATUS_OK:
         raise AggregationError(
             f"no aggregate with {params} and N={n_particles} after {aggregate_restarts} "
@@ -107,16 +118,16 @@ def generate_aggregate(params: ModelParams, n_particles: int | None = None, seed
     return Aggregate(pos, rad, lab, cid, params, info)
 
 
-def _generate_one(task, n_particles, cluster_sizes, radii, kf, settings):
+def _generate_one(task, n_particles, cluster_sizes, particles, kf, settings):
     params, seed = task
     with config.set(**settings):
         return generate_aggregate(params, n_particles, seed, cluster_sizes=cluster_sizes,
-                                  radii=radii, kf=kf)
+                                  particles=particles, kf=kf)
 
 
 def generate_aggregates(params, count: int | None = None, seed=None, *,
                         n_particles: int | None = None, cluster_sizes: str = "fixed",
-                        radii: RadiusDistribution = RadiusDistribution(),
+                        particles: ParticleModel = PAPER_PARTICLES,
                         kf: float = FRACTAL_PREFACTOR, workers: int | None = None,
                         show_progress_bars: bool | None = None) -> list[Aggregate]:
     """Draw ``count`` independent aggregates.
@@ -132,7 +143,7 @@ def generate_aggregates(params, count: int | None = None, seed=None, *,
         Number of aggregates, >= 0 (default: ``len(params)`` for a sequence).
     seed : int or SeedSequence, optional
         Root seed.
-    n_particles, cluster_sizes, radii, kf
+    n_particles, cluster_sizes, particles, kf
         As in :func:`generate_aggregate`.
     workers : int, optional
         Worker processes (default ``config['workers']``; all cores if unset).
@@ -153,7 +164,7 @@ def generate_aggregates(params, count: int | None = None, seed=None, *,
     tasks = list(zip(params, spawn_seeds(seed, len(params))))
     settings = {k: config.get(k) for k in ("max_draws", "max_rotations", "max_restarts")}
     func = partial(_generate_one, n_particles=n_particles, cluster_sizes=cluster_sizes,
-                   radii=radii, kf=kf, settings=settings)
+                   particles=particles, kf=kf, settings=settings)
     workers = workers if len(tasks) >= 64 else 1  # process start-up outweighs small jobs
     return ordered_map(func, tasks, workers=workers, desc="aggregates",
                        show_progress_bars=show_progress_bars)

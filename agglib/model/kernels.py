@@ -223,15 +223,26 @@ def _contact_pair_by_hand(rng, r1, r2):
 
 
 @njit(cache=True)
-def grow_primary_cluster(rng, n, df, kf, mu_ln, sigma_ln, self_term, max_draws):
-    """Tunable particle-cluster aggregation of ``n`` particles (first stage).
+def draw_radius(rng, log_centres, log_spread):
+    """One radius [nm]: exp(centre + spread · Z), the centre one of ``log_centres`` at random (a
+    log-normal law has one centre, and then no draw picks it: the paper's stream of draws)."""
+    c = log_centres[0]
+    if log_centres.shape[0] > 1:
+        c = log_centres[min(int(rng.random() * log_centres.shape[0]), log_centres.shape[0] - 1)]
+    return np.exp(c + log_spread * rng.standard_normal())
+
+
+@njit(cache=True)
+def grow_primary_cluster(rng, n, df, kf, log_centres, log_spread, self_term, max_draws):
+    """Tunable particle-cluster aggregation of ``n`` particles (first stage), radii drawn by
+    :func:`draw_radius`.
 
     Returns ``(ok, positions, radii)``; positions relative to the first particle [nm].
     """
     pos = np.zeros((n, 3))
     rad = np.empty(n)
     for k in range(n):
-        rad[k] = np.exp(mu_ln + sigma_ln * rng.standard_normal())
+        rad[k] = draw_radius(rng, log_centres, log_spread)
     if n >= 2:
         pos[1] = _contact_pair_by_hand(rng, rad[0], rad[1])
     rel = np.zeros((1, 3))
@@ -308,8 +319,12 @@ def all_pairs_valid(pos, rad):
 
 @njit(cache=True)
 def build_aggregate(rng, target_n, df, kf, p_tio2, theta0, theta1, continuous,
-                    mu_ln, sigma_ln, self_term, max_draws, max_rotations, max_restarts):
-    """Two-stage aggregation of ``target_n`` particles.
+                    centres_wo3, spread_wo3, centres_tio2, spread_tio2, self_term, max_draws,
+                    max_rotations, max_restarts, attach_redraws):
+    """Two-stage aggregation of ``target_n`` particles; a cluster's radii follow its material's law
+    (log centres and spread, see :func:`draw_radius`). A cluster that cannot be attached (Eq. 8
+    has no solution, or no free place on its sphere) is redrawn up to ``attach_redraws`` times
+    before the whole aggregate restarts (0: the aggregate restarts at once).
 
     Returns ``(status, positions, radii, labels, cluster_ids, cluster_restarts,
     aggregate_restarts)``; positions relative to the centre of mass [nm].
@@ -326,43 +341,53 @@ def build_aggregate(rng, target_n, df, kf, p_tio2, theta0, theta1, continuous,
         failed = False
         for k in range(labels.shape[0]):
             size = sizes[k]
-            ok = False
-            for _ in range(max_restarts + 1):
-                ok, cpos, crad = grow_primary_cluster(rng, size, df, kf, mu_ln, sigma_ln,
-                                                      self_term, max_draws)
-                if ok:
-                    break
-                cluster_restarts += 1
-            if not ok:
-                return (STATUS_FAILED, pos, rad, lab, cid, cluster_restarts,
-                        aggregate_restarts)
-            if n_cur == 0:
-                offset = np.zeros(3)
-                rel = cpos
-            elif n_cur == 1 and size == 1:
-                rel = cpos
-                offset = pos[0] + _contact_pair_by_hand(rng, rad[0], crad[0])
-            else:
-                a = (np.sum(rad[:n_cur]) + np.sum(crad)) / (n_cur + size)
-                centre_a = _centroid(pos, n_cur)
-                centre_c = _centroid(cpos, size)
-                d2 = placement_distance_sq(n_cur, size, _rg2(pos, n_cur, centre_a, a, self_term),
-                                           _rg2(cpos, size, centre_c, a, self_term),
-                                           target_rg2(n_cur + size, a, df, kf))
-                if d2 <= 0.0:
-                    failed = True
-                    break
-                placed = False
-                for _ in range(max_rotations):
-                    rot = random_rotation(rng)
-                    rel = (cpos - centre_c) @ rot.T
-                    placed, offset = place_on_sphere(rng, pos, rad, n_cur, centre_a, rel, crad,
-                                                     size, np.sqrt(d2), max_draws)
-                    if placed:
+            for redraw in range(attach_redraws + 1):
+                ok = False
+                for _ in range(max_restarts + 1):
+                    if labels[k] == 0:
+                        ok, cpos, crad = grow_primary_cluster(rng, size, df, kf, centres_wo3, spread_wo3,
+                                                              self_term, max_draws)
+                    else:
+                        ok, cpos, crad = grow_primary_cluster(rng, size, df, kf, centres_tio2, spread_tio2,
+                                                              self_term, max_draws)
+                    if ok:
                         break
-                if not placed:
-                    failed = True
+                    cluster_restarts += 1
+                if not ok:
+                    return (STATUS_FAILED, pos, rad, lab, cid, cluster_restarts,
+                            aggregate_restarts)
+                failed = False
+                if n_cur == 0:
+                    offset = np.zeros(3)
+                    rel = cpos
+                elif n_cur == 1 and size == 1:
+                    rel = cpos
+                    offset = pos[0] + _contact_pair_by_hand(rng, rad[0], crad[0])
+                else:
+                    a = (np.sum(rad[:n_cur]) + np.sum(crad)) / (n_cur + size)
+                    centre_a = _centroid(pos, n_cur)
+                    centre_c = _centroid(cpos, size)
+                    d2 = placement_distance_sq(n_cur, size, _rg2(pos, n_cur, centre_a, a, self_term),
+                                               _rg2(cpos, size, centre_c, a, self_term),
+                                               target_rg2(n_cur + size, a, df, kf))
+                    if d2 <= 0.0:
+                        failed = True
+                    else:
+                        placed = False
+                        for _ in range(max_rotations):
+                            rot = random_rotation(rng)
+                            rel = (cpos - centre_c) @ rot.T
+                            placed, offset = place_on_sphere(rng, pos, rad, n_cur, centre_a, rel, crad,
+                                                             size, np.sqrt(d2), max_draws)
+                            if placed:
+                                break
+                        failed = not placed
+                if not failed:
                     break
+                if redraw < attach_redraws:                 # a redrawn cluster counts as a restart
+                    cluster_restarts += 1
+            if failed:
+                break
             for j in range(size):
                 pos[n_cur + j] = rel[j] + offset
                 rad[n_cur + j] = crad[j]

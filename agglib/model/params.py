@@ -1,4 +1,4 @@
-"""Model parameters θ = (θ_Df, θ_ρ, θ_0, θ_1) and the particle-radius law.
+"""Model parameters θ = (θ_Df, θ_ρ, θ_0, θ_1) (the particles' laws: :mod:`agglib.model.particles`).
 
 The paper's Table 2 grid (``DF_GRID`` …) lives here too, so that the dataset
 builder, the notebooks and the tests share one definition of it.
@@ -6,7 +6,6 @@ builder, the notebooks and the tests share one definition of it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -24,10 +23,6 @@ CONTACT_FACTOR = 1.01
 DF_GRID = tuple(round(1.5 + 0.1 * k, 1) for k in range(11))
 RHO_GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
 THETA_GRID = (1, 2, 3, 4, 5, 6)
-
-#: Range of aggregate sizes N (paper §2.1.2: uniform on {20, ..., 80}).
-N_PARTICLES_RANGE = (20, 80)
-
 
 @dataclass(frozen=True)
 class ModelParams:
@@ -95,48 +90,6 @@ class ModelParams:
     def __str__(self) -> str:
         return (f"θ(Df={self.df:g}, ρ={self.rho:g}, θ0={self.theta0:g}, "
                 f"θ1={self.theta1:g})")
-
-
-@dataclass(frozen=True)
-class RadiusDistribution:
-    """Log-normal law of particle radii.
-
-    The paper (§2.1.1) gives "log-normally distributed with parameters μ = 12 nm
-    and σ = 3 nm". Parameters of a log-normal law are dimensionless when they
-    are those of log R, so a value in nm can only mean the *mean and standard
-    deviation of the radius itself*: E[R] = 12 nm, SD[R] = 3 nm. This gives
-    log R ~ Normal(μ_ln, σ_ln) with σ_ln² = ln(1 + (3/12)²) and
-    μ_ln = ln 12 − σ_ln²/2, i.e. a geometric mean of 11.642 nm and a geometric
-    standard deviation of 1.2792.
-
-    Parameters
-    ----------
-    mean_nm : float
-        Mean radius [nm].
-    sd_nm : float
-        Standard deviation of the radius [nm].
-    """
-
-    mean_nm: float = 12.0
-    sd_nm: float = 3.0
-
-    def __post_init__(self):
-        check_range("mean_nm", self.mean_nm, low=0.0, low_inclusive=False)
-        check_range("sd_nm", self.sd_nm, low=0.0)
-
-    @property
-    def sigma_ln(self) -> float:
-        """Standard deviation of log R [-]."""
-        return math.sqrt(math.log1p((self.sd_nm / self.mean_nm) ** 2))
-
-    @property
-    def mu_ln(self) -> float:
-        """Mean of log R [log nm]."""
-        return math.log(self.mean_nm) - 0.5 * self.sigma_ln ** 2
-
-    def sample(self, rng: np.random.Generator, size) -> np.ndarray:
-        """Draw radii [nm]."""
-        return np.exp(rng.normal(self.mu_ln, self.sigma_ln, size))
 
 
 def draw_grid_params(count: int, seed=None, *, df_values=DF_GRID, rho_values=RHO_GRID,
