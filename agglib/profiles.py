@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import yaml
 
 from agglib import config
 from agglib.core.validation import check_range
-from agglib.model.particles import ParticleModel
+from agglib.model.particles import PAPER_PARTICLES, ParticleModel
 
 _PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 
@@ -198,7 +198,7 @@ class Profile:
     acquisition: str = "fixed"
     bn_batches: int = 0
     dose_e_per_A2: float = 149.0
-    particles: ParticleModel = field(default_factory=ParticleModel)
+    particles: ParticleModel = PAPER_PARTICLES
     source: str = ""
 
     def __post_init__(self):

@@ -24,6 +24,8 @@ import platform
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import agglib
 from agglib.core.files import atomic_write_text
 from agglib.estimate import SampleEstimator
@@ -60,6 +62,14 @@ def main(argv=None) -> int:
             repeats=1)
     parts = [f"### Errors, {name} (grid prior, seed 1000)\n\n{table.round(3).to_markdown(index=False)}"
              for name, table in errors.items()]
+    from agglib.dataset.plan import make_plan
+    from agglib.evaluate import trivial_theta_scores
+
+    plan = make_plan(prof, seed=0)                # the trivial predictor: the mean θ of the grid's configurations
+    first = grid["theta"][np.unique(grid["config_id"], return_index=True)[1]]
+    trivial = trivial_theta_scores(plan.configs, first)
+    print("trivial predictor (mean θ of the grid), per configuration: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in trivial.items()))
     cont = fresh_configurations(prof, args.configs, args.images, seed=2000, prior="continuous",
                                 acquisition=AcquisitionRanges() if args.acquisition == "drawn" else None)
     coverage = calibration_report(est, prof, args.configs, sizes, seed=0, fresh=cont)     # checks seeded M
@@ -73,6 +83,7 @@ def main(argv=None) -> int:
                   "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {platform.processor()}",
                   "agglib": agglib.__version__, "configs": args.configs, "images": args.images,
                   "errors": {name: table.to_dict(orient="records") for name, table in errors.items()},
+                  "trivial": trivial,
                   "coverage": coverage.reset_index().to_dict(orient="records")}
         atomic_write_text(folder / "scores.json", json.dumps(record, indent=1, ensure_ascii=False))
         readme = (folder / "README.md").read_text()

@@ -22,9 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def stage_sources(site: Path) -> None:
+    """Stage the book's sources in ``site``, replacing only a staging folder this script made
+    (it holds agglib's output marker written by ``make_book.py``); anything else there is refused."""
+    from agglib.core.files import OUTPUT_MARKER, atomic_write_text, read_output_marker
+
     if site.exists():
+        marker = read_output_marker(site) if site.is_dir() else None
+        if marker is None or marker.get("command") != "book/make_book.py":
+            raise SystemExit(f"make_book: {site} exists and was not staged by book/make_book.py (no {OUTPUT_MARKER} "
+                             "of it); it is left as it is: move it away or choose another --out")
         shutil.rmtree(site)
     (site / "notebooks").mkdir(parents=True)
+    atomic_write_text(site / OUTPUT_MARKER, json.dumps({"written_by": "agglib", "command": "book/make_book.py",
+                                                       "files": ["*"]}, indent=1))
     shutil.copy(ROOT / "_config.yml", site)
     shutil.copy(ROOT / "_toc.yml", site)
     shutil.copytree(ROOT / "book", site / "book", ignore=shutil.ignore_patterns("*.py", "*.css", "__pycache__"))

@@ -114,3 +114,23 @@ def test_output_never_overlaps_an_input_folder(tmp_path_factory, parts_in, parts
     else:
         check_outside_inputs(out, [src])
     assert os.path.isdir(src)
+
+
+def test_make_book_replaces_only_a_staging_folder_it_made(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_book", Path(__file__).parents[1] / "book" / "make_book.py")
+    make_book = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_book)
+    site = tmp_path / "_build" / "site"
+    site.mkdir(parents=True)
+    (site / "thesis.md").write_text("my chapter")
+    with pytest.raises(SystemExit, match="was not staged by book/make_book.py"):
+        make_book.stage_sources(site)
+    assert (site / "thesis.md").read_text() == "my chapter"
+    (site / "thesis.md").unlink()
+    site.rmdir()
+    make_book.stage_sources(site)                       # a new staging folder, with its marker …
+    (site / "stale.md").write_text("left from the last build")
+    make_book.stage_sources(site)                       # … is replaced on the next build
+    assert not (site / "stale.md").exists() and (site / "_config.yml").is_file()

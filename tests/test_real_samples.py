@@ -266,3 +266,12 @@ def test_size_warning_fires_on_half_size_particles_and_stays_silent_in_model(tmp
     same = ParticleModel(BREMEN.radius_wo3, BREMEN.radius_tio2, ParticleCount(12, 20))
     result = characterise(write_images(tmp_path / "same", 8, 0.625, 128, same, seed=5), n_bootstrap=10)
     assert not any("particles look" in w for w in result.warnings), result.warnings
+
+
+def test_a_file_beside_the_store_that_agglib_did_not_write_is_kept(tmp_path):
+    report = tmp_path / "s.zarr.build.json"
+    report.write_text("my notes\n")
+    build_dataset(tmp_path / "s.zarr", agglib.load_profile("quick", **SMALL), seed=5, workers=1, show_progress_bars=False)
+    assert report.read_text() == "my notes\n"
+    build_dataset(tmp_path / "t.zarr", agglib.load_profile("quick", **SMALL), seed=5, workers=1, show_progress_bars=False)
+    assert json.loads((tmp_path / "t.zarr.build.json").read_text())["written_by"] == "agglib dataset build"

@@ -160,6 +160,17 @@ def _build_shard(path: str, shard: int, start: int, stop: int) -> int:
     return shard
 
 
+def _is_build_report(path: Path) -> bool | None:
+    """``None``: no such file; True: a build report agglib wrote; False: another file."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return data.get("written_by") == "agglib dataset build" or {"seconds", "computed_shards", "shard_size"} <= set(data)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _create_store(path: Path, profile: Profile, seed: int, identity: dict, shard_size: int):
     import zarr
 
@@ -330,10 +341,14 @@ def build_dataset(path, profile: str | Profile | None = None, seed: int = 0, *,
     store = DatasetStore(path)
     elapsed = time.perf_counter() - start_time
     summary = store.summary()
-    atomic_write_text(path.parent / (path.name + ".build.json"),
-                      json.dumps({**summary, "seconds": round(elapsed, 1), "workers": workers,
-                                  "scheduler": scheduler, "shard_size": shard_size,
-                                  "computed_shards": len(todo)}, indent=1))
+    report = path.parent / (path.name + ".build.json")
+    if _is_build_report(report) is not False:      # a file of that name agglib did not write is left alone
+        atomic_write_text(report, json.dumps({"written_by": "agglib dataset build", **summary,
+                                              "seconds": round(elapsed, 1), "workers": workers,
+                                              "scheduler": scheduler, "shard_size": shard_size,
+                                              "computed_shards": len(todo)}, indent=1))
+    else:
+        log.warning("%s exists and was not written by agglib: the build report is not written", report)
     print(f"dataset {prof.name}: {summary['samples']} samples (T {summary['T']}, E {summary['E']}, "
           f"{summary['configurations']} configurations) in {elapsed:.0f} s → {path.name} ({summary['MB']} MB)")
     return store

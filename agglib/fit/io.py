@@ -87,6 +87,8 @@ def _read_tiff(path: Path):
             raise ImageInputError(f"{path}: an RGB image; give the raw single-channel HAADF image")
         try:
             data = tif.asarray()
+        except MemoryError:
+            raise
         except Exception as err:               # truncated strips, bad compression
             raise ImageInputError(f"{path}: the image data cannot be read ({type(err).__name__}: {err}); the "
                                   "file is probably incomplete: copy it again from the microscope PC") from None
@@ -119,7 +121,7 @@ def _read_rsciio(path: Path):
                               "to TIFF)") from None
     try:
         signals = module.file_reader(str(path))
-    except ImageInputError:
+    except (ImageInputError, MemoryError):
         raise
     except Exception as err:                   # each reader fails in its own way on a damaged file
         raise ImageInputError(f"{path}: not a readable {suffix} file ({type(err).__name__}: {err}); "

@@ -16,7 +16,7 @@ book shows) without inventing radii outside the measured scale.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -213,9 +213,9 @@ class ParticleModel:
         Particles per aggregate.
     """
 
-    radius_wo3: RadiusDistribution = field(default_factory=RadiusDistribution)
-    radius_tio2: RadiusDistribution = field(default_factory=RadiusDistribution)
-    n_particles: ParticleCount = field(default_factory=ParticleCount)
+    radius_wo3: RadiusDistribution = RadiusDistribution()
+    radius_tio2: RadiusDistribution = RadiusDistribution()
+    n_particles: ParticleCount = ParticleCount()
 
     @classmethod
     def same_radii(cls, radii: RadiusDistribution, n_particles: ParticleCount | None = None) -> "ParticleModel":

@@ -133,8 +133,9 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     if (out / "posterior.pt").is_file():
         try:
             found = SampleEstimator.load(out)
-        except CheckpointError:
-            found = None
+        except CheckpointError as err:            # never overwrite what cannot be read: it may not be ours
+            raise CheckpointError(f"{out} holds an estimator that cannot be read ({err}); it is left as it is: "
+                                  "move it away (or delete it) to train again") from None
         if found is not None and all(found.metadata.get(k) == v for k, v in meta.items() if k != "agglib") \
                 and weights_digest(found.encoder.model.state_dict()) == weights_digest(encoder.model.state_dict()):
             return found

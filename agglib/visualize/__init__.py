@@ -6,7 +6,8 @@ default: each figure carries plotly's JSON (drawn by JupyterLab) and an HTML
 figures appear in the built book offline without inlining plotly.js per page.
 """
 
-from agglib.visualize.aggregates import aggregate_explorer, plot_aggregate, plot_aggregate_gallery
+from agglib.visualize.aggregates import (aggregate_explorer, plot_aggregate, plot_aggregate_gallery,
+                                        plot_particle_laws)
 from agglib.visualize.dataset import plot_grid_coverage, plot_image_grid, plot_split_counts
 from agglib.visualize.evaluation import (plot_headlines, plot_confusion, plot_error_by_preset,
                                          plot_prediction_vs_truth, plot_shadow_histograms, plot_shadow_means,
@@ -20,7 +21,7 @@ from agglib.visualize.stem import (plot_aggregate_and_image, plot_field_of_view,
 
 register_book_renderer()
 
-__all__ = ["plot_haadf_measurements", "plot_aggregate", "plot_aggregate_gallery", "aggregate_explorer",
+__all__ = ["plot_haadf_measurements", "plot_aggregate", "plot_aggregate_gallery", "aggregate_explorer", "plot_particle_laws",
            "plot_descriptor_vs_theta", "plot_batch_means", "plot_descriptor_distributions", "register_book_renderer",
            "plot_stem_image", "plot_aggregate_and_image", "plot_render_maps", "plot_haadf_curves",
            "plot_image_slider", "plot_field_of_view", "plot_grid_coverage", "plot_split_counts",

@@ -138,3 +138,53 @@ def aggregate_explorer(n_particles: int = 50, seed: int = 0):
     items = list(sliders.values())
     display(widgets.VBox([widgets.HBox(items[:3]), widgets.HBox(items[3:]), view]))
     return view
+
+
+def _ecdf(values):
+    v = np.sort(np.asarray(values, dtype=float))
+    return v, np.arange(1, v.size + 1) / v.size
+
+
+def plot_particle_laws(particles, measured_radii: dict, measured_counts=None, draws: int = 20000, seed: int = 0,
+                       reference=None, title: str | None = None) -> go.Figure:
+    """The model's particles beside measured ones: empirical CDFs of the radii per material [nm] and
+    of the particles per aggregate N (log axis).
+
+    Parameters
+    ----------
+    particles : ParticleModel
+        The model's laws (drawn ``draws`` times).
+    measured_radii : dict
+        ``{"WO3": radii, "TiO2": radii}`` [nm].
+    measured_counts : array-like, optional
+        Measured particles per aggregate.
+    reference : ParticleModel, optional
+        A second model shown dotted (e.g. the paper's).
+    """
+    rng = np.random.default_rng(seed)
+    panels = ["WO3 radii", "TiO2 radii", "particles per aggregate N"]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=panels, horizontal_spacing=0.07)
+    models = [("model", particles, "solid")] + ([("paper's model", reference, "dot")] if reference is not None else [])
+    colours = {"WO3": "#1f77b4", "TiO2": "#ff7f0e", "N": "#2ca02c"}
+    for col, name in enumerate(("WO3", "TiO2"), start=1):
+        x, y = _ecdf(measured_radii[name])
+        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", marker=dict(size=5, color="black"),
+                                 name="measured", legendgroup="measured", showlegend=col == 1), row=1, col=col)
+        for label, model, dash in models:
+            law = model.radius_wo3 if name == "WO3" else model.radius_tio2
+            x, y = _ecdf(law.sample(rng, draws))
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line=dict(color=colours[name], dash=dash),
+                                     name=label, legendgroup=label, showlegend=col == 1), row=1, col=col)
+        fig.update_xaxes(title_text="radius [nm]", row=1, col=col)
+    if measured_counts is not None:
+        x, y = _ecdf(measured_counts)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", marker=dict(size=6, color="black"), name="measured",
+                                 legendgroup="measured", showlegend=False), row=1, col=3)
+    for label, model, dash in models:
+        x, y = _ecdf([model.n_particles.sample(rng) for _ in range(min(draws, 5000))])
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line=dict(color=colours["N"], dash=dash, shape="hv"),
+                                 name=label, legendgroup=label, showlegend=False), row=1, col=3)
+    fig.update_xaxes(title_text="N [particles]", type="log", row=1, col=3)
+    fig.update_yaxes(title_text="cumulative share", row=1, col=1)
+    fig.update_layout(title=title, height=380, legend=dict(orientation="h", y=-0.25))
+    return fig
