@@ -266,7 +266,9 @@ def _cmd_profiles(args) -> int:
         p = load_profile(name)
         print(f"{name}: {p.description}")
         for k, v in p.to_dict().items():
-            if k not in ("name", "description"):
+            if k == "particles":
+                print(f"    particles = {p.particles.describe()}")
+            elif k not in ("name", "description", "source"):
                 print(f"    {k} = {v}")
     return 0
 

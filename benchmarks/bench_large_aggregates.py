@@ -16,6 +16,7 @@ shows it).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     table = measure(args.count)
     text = (f"# python benchmarks/bench_large_aggregates.py --count {args.count}\n"
-            f"# {platform.machine()} {platform.processor()}, one process, agglib {agglib.__version__}\n"
+            f"# {platform.machine()}, {os.cpu_count()} cores, one process used, agglib {agglib.__version__}\n"
             + table.to_string(index=False, float_format=lambda v: f"{v:.3g}") + "\n")
     print(text)
     if args.write:
