@@ -4,7 +4,7 @@ folder outside the repository.
 Python blocks run as they stand (the blocks of one page in one interpreter, in order). Shell
 blocks run line by line with the substitutions the pages announce for a test — the quick
 profile's long jobs at the tiny profile (``--profile quick`` → ``--profile tiny``, 12 training
-epochs → 1, 100 aggregates → 4) — and without the lines that set up a machine (``make``, ``pip``,
+epochs → 1, 100 aggregates → 4, a profile file written with ``--base tiny``) — and without the lines that set up a machine (``make``, ``pip``,
 ``git``, ``conda``) or take hours (``agglib haadf-table``: abTEM multislice). The quick start's
 printed θ̂ is compared with what ``agglib fit`` prints.
 """
@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,8 @@ SMALL = [("--profile quick", "--profile tiny"), ("quick-seed0", "tiny-seed0"), (
          ("--count 100", "--count 4"), ("--profile paper", "--profile tiny"), ("paper-seed0", "tiny-seed0"),
          ("--epochs 30", "--epochs 1"), ("--workers 16", "--workers 2"), ("--val-images 2000", "--val-images 8"),
          ("--bn-batches 200", "--bn-batches 2"), ("--checkpoint-every 400", "--checkpoint-every 40"),
-         (" --profile quick --out sweeps/fit", " --profile tiny --out sweeps/fit")]
+         (" --profile quick --out sweeps/fit", " --profile tiny --out sweeps/fit"),
+         ("agglib profiles write my_sample.yaml", "agglib profiles write my_sample.yaml --base tiny")]
 
 pytestmark = pytest.mark.slow
 
@@ -66,12 +68,19 @@ def outside(tmp_path_factory):
         fraction = tifffile.imread(path) / electrons_per_pixel
         tifffile.imwrite(work / "my_images" / path.name, fraction.astype("float32"), imagej=True,
                          resolution=(1 / 2.9, 1 / 2.9), metadata={"unit": "nm"})
+    # the user's own measurements, as the pages' `agglib profiles write` reads them
+    rng = np.random.default_rng(0)
+    (work / "radii.csv").write_text("material,radius_nm\n" + "".join(
+        f"{m},{r:.2f}\n" for m in ("WO3", "TiO2") for r in rng.lognormal(np.log(11.6), 0.25, 20)))
+    (work / "counts.csv").write_text("n_particles\n" + "".join(f"{n}\n" for n in (22, 35, 41, 58, 64, 77)))
     return work
 
 
 def _env(work: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}     # agglib as installed, not the checkout
-    return {**env, "AGGLIB_DATA_DIR": str(work / "agglib-data"), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "2"}
+    """The installed agglib (not the checkout); one data folder for all pages of a newcomer (what is
+    content-addressed — datasets, runs of the same profile file — is made once and found again)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "AGGLIB_DATA_DIR": str(work.parent / "agglib-data"), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "2"}
 
 
 def test_pages_have_the_blocks_this_test_runs():
@@ -96,6 +105,8 @@ def test_shell_blocks_run_as_written(page, outside):
     work = outside / f"shell-{Path(page).stem}"             # each page as a newcomer: its own folder
     for name in ("tests", "my_images"):
         shutil.copytree(outside / name, work / name)
+    for name in ("radii.csv", "counts.csv"):
+        shutil.copy(outside / name, work / name)
     for block in blocks(page, "bash"):
         for line in shell_lines(block):
             assert line.startswith(("agglib ", "papermill ")), line
