@@ -616,14 +616,22 @@ def test_ddp_training_with_gloo_keeps_oversampling_and_stops_together(tiny_store
         np.testing.assert_array_equal(merged[:len(single)], single)     # the samples one process would draw
 
 
-def test_bf16_autocast_training_runs_and_learns(tiny_store, tmp_path):
+def test_bf16_autocast_training_tracks_float32(tiny_store, tmp_path):
+    """Under bf16 autocast the same seed's training follows the float32 one: every epoch's loss within
+    10 %, and predictions on E (float32 BatchNorm statistics) within 0.01 of float32's. A bf16 collapse
+    (the size heads' 0.21 against 0.064 in float32 that bench_encoder once showed) fails both."""
     torch.set_num_threads(2)
-    cfg = TrainConfig(target="df", epochs=4, lr=3e-3, schedule="onecycle", batch=8, seed=0, bf16=True)
-    losses = [h["train_loss"] for h in train_network(tiny_store.path, cfg, tmp_path / "bf16",
-                                                     show_progress_bars=False)["history"]]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-    assert load_estimator(tmp_path / "bf16" / "last.pt").predict(
-        tiny_store.read_images(tiny_store.indices("E")[:4])).dtype == np.float32
+    runs = {}
+    for bf16 in (False, True):
+        cfg = TrainConfig(target="df", epochs=4, lr=3e-3, schedule="onecycle", batch=8, seed=0, bf16=bf16)
+        history = train_network(tiny_store.path, cfg, tmp_path / f"bf16-{bf16}", show_progress_bars=False)["history"]
+        predicted = load_estimator(tmp_path / f"bf16-{bf16}" / "last.pt").predict(
+            tiny_store.read_images(tiny_store.indices("E")))
+        runs[bf16] = (np.array([h["train_loss"] for h in history]), predicted)
+    (loss32, pred32), (loss16, pred16) = runs[False], runs[True]
+    assert np.all(np.isfinite(loss16)) and pred16.dtype == np.float32
+    np.testing.assert_allclose(loss16, loss32, rtol=0.10)
+    assert np.max(np.abs(pred16 - pred32)) < 0.01
 
 
 def test_the_recorded_paper_profile_run_is_complete_and_plots_both_validation_curves():

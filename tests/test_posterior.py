@@ -231,19 +231,33 @@ def test_estimate_accepts_any_number_of_images(tiny_estimator, tiny_stores):
 
 # ------------------------------------------------------------------ one combine rule
 
-def test_one_combine_function_serves_estimate_fit_and_evaluate(monkeypatch):
-    """The paper method's Eqs. 13–15 live in agglib.estimate.combine_per_image / combine_groups only."""
-    import importlib
-    import inspect
-
+def test_one_combine_function_serves_estimate_fit_and_evaluate(monkeypatch, tmp_path):
+    """The paper method's Eqs. 13–15 live in agglib.estimate.combine_per_image / combine_groups only:
+    the estimator, fit and the evaluation each call them (spied on while each runs on the shipped
+    networks); one that averaged the networks' outputs itself would leave a spy uncalled."""
     import agglib.estimate as estimate
+    from agglib.evaluate.estimators import paper_method_estimates
+    from agglib.fit import characterise
+    from agglib.fit.io import MeasuredImage
 
-    characterise = importlib.import_module("agglib.fit.characterise")
-    evaluate = importlib.import_module("agglib.evaluate.estimators")
-    for func in (estimate.ParameterEstimator.estimate, characterise.characterise, evaluate.paper_method_estimates):
-        src = inspect.getsource(func)
-        assert "combine_per_image(" in src and "combine_groups(" in src, func.__qualname__
-        assert "np.mean(per[" not in src
+    calls = []
+    for name in ("combine_per_image", "combine_groups"):
+        real = getattr(estimate, name)
+        monkeypatch.setattr(estimate, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name), _real(*a, **k))[1])
+    networks = estimate.ParameterEstimator.load(estimate.shipped_models_dir("paper"))
+    profile = agglib.load_profile("quick", rho_values=[0.5], theta0_values=[2], theta1_values=[3], df_per_triple=1,
+                                  samples_per_config=14, eval_per_config=12)
+    store = build_dataset(tmp_path / "s.zarr", profile, seed=1, workers=1, show_progress_bars=False)
+    images = store.read_images(store.indices("E"))
+    measured = [MeasuredImage(im.astype(np.float32), profile.pixel_size_nm, f"image_{k}", "given")
+                for k, im in enumerate(images)]
+    for caller, run in (("ParameterEstimator.estimate", lambda: networks.estimate(images)),
+                        ("characterise", lambda: characterise(measured, networks, n_bootstrap=10, seed=0,
+                                                              check_intensity_scale=False)),
+                        ("paper_method_estimates", lambda: paper_method_estimates(networks, store, 12))):
+        calls.clear()
+        run()
+        assert {"combine_per_image", "combine_groups"} <= set(calls), caller
     out = estimate.combine_per_image([1.8, 2.0], [0.2, 0.4], [0.1, 0.3])
     assert out == pytest.approx({"df": 1.9, "rho": 0.3, "rho_without_classifier": 0.2})
     assert estimate.combine_groups([2.4, 2.8], [-1.0, 0.2])["theta0"] == 3
