@@ -15,7 +15,8 @@ Every numbered notebook starts with :func:`setup_notebook` on its papermill para
 * **Upstream results are loaded, never silently retrained**: a notebook that needs the estimator
   of notebooks 4 and 5 gets a :class:`agglib.training.NotTrainedError` naming the commands to run.
 * **The exact command** that reproduces a notebook's numbers (papermill with every parameter) is
-  recorded beside them and written to ``run_dir/parameters.json``.
+  recorded beside them and written to ``run_dir/parameters/<notebook>.json`` (one file per
+  notebook, written whole: runs of a sweep never read-modify-write a shared file).
 """
 
 from __future__ import annotations
@@ -156,11 +157,10 @@ class NotebookRun:
         from agglib.core.files import atomic_write_text
         from agglib.evaluate import results_table
 
-        path = self.run_dir / "parameters.json"
-        known = json.loads(path.read_text()) if path.is_file() else {}
-        known[self.notebook] = {"command": self.command, "profile": self.profile.name, "seed": self.seed,
-                                "overrides": self.overrides, "parameters": self.parameters}
-        atomic_write_text(path, json.dumps(known, indent=1, ensure_ascii=False, default=str))
+        atomic_write_text(self.run_dir / "parameters" / f"{self.notebook}.json",
+                          json.dumps({"command": self.command, "profile": self.profile.source or self.profile.name,
+                                      "seed": self.seed, "overrides": self.overrides, "parameters": self.parameters},
+                                     indent=1, ensure_ascii=False, default=str))
         extra = os.environ.get(RECORD_ENV)
         if extra:                                   # a sweep's run: a copy in the run's own folder
             atomic_write_text(Path(extra), json.dumps({"command": self.command, "parameters": self.parameters,

@@ -104,7 +104,8 @@ def run_sweep(notebook: str, parameters: dict, out_dir, *, profile: str = "tiny"
     out_dir : path-like
         One sub-folder per combination, and ``sweep.csv``.
     profile : str
-        The notebooks' run-size profile (passed to notebooks that have a ``profile`` parameter).
+        The notebooks' profile, a shipped one or a profile file (passed to notebooks that have a
+        ``profile`` parameter).
     fixed : dict, optional
         Further papermill parameters, the same for every run.
     workers : int
@@ -117,6 +118,10 @@ def run_sweep(notebook: str, parameters: dict, out_dir, *, profile: str = "tiny"
     import agglib
     from agglib.core.files import claim_output_dir
 
+    from agglib.profiles import is_profile_file
+
+    if is_profile_file(profile):                 # the notebooks run in their own folder: an absolute path
+        profile = str(Path(profile).resolve())
     path = _notebook_path(notebook)
     known = check_parameters(path, [*(fixed or {}), *parameters])
     grid = sweep_grid(parameters)

@@ -258,6 +258,10 @@ def main(argv=None) -> int:
     import agglib
 
     profile = args.profile or agglib.config.get("profile")
+    from agglib.profiles import is_profile_file
+
+    if is_profile_file(profile):                 # notebooks run in notebooks/: an absolute path
+        profile = str(Path(profile).resolve())
     only = args.only.split(",") if args.only else None
     out = Path(args.out).resolve()
     site = out / "_build" / "site"

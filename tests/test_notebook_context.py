@@ -36,8 +36,8 @@ def test_recorded_results_carry_the_exact_command(tmp_path, monkeypatch):
     assert table.loc["θ̂_Df MAE", "paper (E, ν = 12)"] == 0.041 and "NaN" not in table.to_html()
     table = nb.record({"a quantity the paper has not": 0.5})
     assert table.loc["a quantity the paper has not"].tolist() == [0.5]     # the empty paper column is dropped
-    params = json.loads((nb.run_dir / "parameters.json").read_text())
-    assert params["06_calibration"]["overrides"] == {"posterior_steps": 100}
+    params = json.loads((nb.run_dir / "parameters" / "06_calibration.json").read_text())
+    assert params["overrides"] == {"posterior_steps": 100} and params["command"] == nb.command
 
 
 def test_a_notebook_that_needs_upstream_results_refuses_instead_of_retraining(tmp_path, monkeypatch):
