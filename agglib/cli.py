@@ -205,6 +205,12 @@ def _cmd_fit(args) -> int:
     if args.dose is not None and args.dose <= 0:
         raise ValueError(f"--dose {args.dose:g}: the electron dose must be > 0 e/Å²")
     _compiling()
+    if args.models is not None and not Path(args.models).is_dir():
+        hint = (": that is a profile file; train an estimator for it first (agglib train-estimator --profile "
+                f"{args.models} --out my_estimator) and give its folder" if str(args.models).endswith((".yaml", ".yml"))
+                else ": no such folder")
+        raise FileNotFoundError(f"--models {args.models}{hint} (an estimator folder holds encoder.pt and posterior.pt, "
+                                "or the paper method's five networks)")
     if args.models is None:
         estimator = None                    # fit chooses the shipped estimator for the images' field of view
     elif (Path(args.models) / "posterior.pt").is_file():
@@ -277,14 +283,15 @@ def _cmd_profiles_write(args) -> int:
     from agglib.fit.sample_profile import write_profile
     from agglib.profiles import load_profile
 
+    import re
+
     counts = args.n_particles
-    if counts is not None and "-" in counts and not Path(counts).exists():
-        low, _, high = counts.partition("-")
-        try:
-            counts = (int(low), int(high))
-        except ValueError:
-            raise ValueError(f"--n-particles {args.n_particles!r}: give a CSV file with an n_particles column "
-                             "or a range LOW-HIGH, e.g. 20-80") from None
+    if counts is not None and not Path(counts).exists():
+        found = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", counts)
+        if not found:
+            raise ValueError(f"--n-particles {counts!r}: neither a CSV file (with an n_particles column) nor a range "
+                             "LOW-HIGH, e.g. 20-80")
+        counts = (int(found[1]), int(found[2]))
     path = write_profile(args.out, args.images, args.radii, n_particles=counts, pixel_size_nm=args.pixel_size,
                          dose_e_per_A2=args.dose, base=args.base, image_size_px=args.image_size_px,
                          overwrite=args.overwrite)
@@ -485,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--models", default=None, help="folder of a trained estimator: encoder.pt + posterior.pt "
                                                   "(new method) or the five networks of the paper method "
                                                   "(default: the shipped new-method estimator trained on a randomised acquisition, "
-                                                  "agglib/data/models/sets-quick-robust)")
+                                                  "agglib/data/models/sets-quick-robust, 435 nm fields of view; for "
+                                                  "images of 80-435 nm, sets-bremen2023, and fit says so)")
     f.add_argument("--out", required=True, help="output folder for the shadows and summary.json (new, empty, "
                                                 "or one agglib wrote)")
     f.add_argument("--shadows", type=int, default=200, help="digital shadows to draw (at least 1)")
@@ -532,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--n-particles", default=None, help="CSV with a column n_particles (measured particles per "
                                                        "aggregate) or a range LOW-HIGH (None: the paper's 20-80)")
     w.add_argument("--pixel-size", type=float, default=None,
-                   help="pixel size [nm] of image files that carry none (None: each file's own; required for PNG)")
+                   help="pixel size [nm] of the images, overriding the files' own as in agglib fit (None: each "
+                        "file's own; required for files without one, e.g. PNG)")
     w.add_argument("--dose", type=float, default=149.0, help="electron dose of your images [e/Å²]")
     w.add_argument("--base", default="quick", help="shipped profile whose run sizes the file keeps")
     w.add_argument("--image-size-px", type=int, default=None,

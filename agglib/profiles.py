@@ -301,6 +301,8 @@ def _profile_file_fields(path: Path, table: dict) -> dict:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not a YAML profile file ({str(err).splitlines()[0]})") from None
+    if data is None:
+        raise ValueError(f"{path}: the profile file is empty (write one with `agglib profiles write`)")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a profile file is a mapping of profile fields; got {type(data).__name__}")
     data = dict(data)

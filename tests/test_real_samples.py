@@ -128,7 +128,7 @@ def test_large_low_df_aggregates_of_measured_particles_complete():
     assert agg.n_particles == 650
 
 
-@pytest.mark.parametrize("law,match", [({"mean": -1, "sd": 1}, r"quick.particles: radius_wo3_nm: mean_nm=-1.0 nm is out of range"),
+@pytest.mark.parametrize("law,match", [({"mean": -1, "sd": 1}, r"quick.particles: radius_wo3_nm: mean=-1 nm is out of range"),
                                        ({"measured": [5.0, 0.0]}, r"measured radius=0.0 .*out of range"),
                                        ({"median": 5}, r"accepted: \{mean: <nm>, sd: <nm>\}")])
 def test_bad_particle_laws_are_refused_naming_the_value(law, match):
@@ -275,3 +275,39 @@ def test_a_file_beside_the_store_that_agglib_did_not_write_is_kept(tmp_path):
     assert report.read_text() == "my notes\n"
     build_dataset(tmp_path / "t.zarr", agglib.load_profile("quick", **SMALL), seed=5, workers=1, show_progress_bars=False)
     assert json.loads((tmp_path / "t.zarr.build.json").read_text())["written_by"] == "agglib dataset build"
+
+
+@needs_bremen
+def test_fit_chooses_the_estimator_that_reads_most_images_and_skips_the_rest(tmp_path):
+    from agglib.fit import ImageInputError, characterise
+
+    particles = ParticleModel(BREMEN.radius_wo3, BREMEN.radius_tio2, ParticleCount(12, 20))
+    paths = write_images(tmp_path / "s", 3, 0.625, 128, particles, seed=6) + write_images(tmp_path / "t", 1, 0.1, 300, particles)
+    with pytest.raises(ImageInputError, match=r"t/img00.tif: field of view 30 nm is smaller than the estimator's 80 nm"):
+        characterise(paths, n_bootstrap=10)
+    result = characterise(paths, n_bootstrap=10, skip_bad=True)
+    assert result.settings["estimator_chosen_by_field_of_view"] == "bremen2023" and result.n_images == 3
+
+
+@pytest.mark.parametrize("csv_text,match", [
+    ("material;radius_nm\nWO3;6,1\nWO3;5\nTiO2;5\nTiO2;6\n", None),                    # Excel in a comma-decimal locale
+    ("material,radius_nm\nWO3,6.1,\nWO3,5\nTiO2,5\nTiO2,6\n", None),                    # a trailing comma
+    ("material,radius_nm\nWO3,6.1\n\n\nWO3,5\nTiO2,0\nTiO2,6\n", r"radii.csv, line 6: radius_nm=0 must be > 0"),
+    ("material,radius_nm\nWO3,6.1\nWO3\nTiO2,5\nTiO2,6\n", r"radii.csv, line 3: no radius_nm value"),
+])
+def test_radii_csv_dialects_and_line_numbers(tmp_path, csv_text, match):
+    from agglib.fit.sample_profile import ProfileInputError, read_radii_csv
+
+    path = tmp_path / "radii.csv"
+    path.write_text(csv_text)
+    if match is None:
+        radii = read_radii_csv(path)
+        assert radii["WO3"].tolist() == [6.1, 5.0] and radii["TiO2"].tolist() == [5.0, 6.0]
+    else:
+        with pytest.raises(ProfileInputError, match=match):
+            read_radii_csv(path)
+    path.write_bytes("radius_nm\n6\n5\n".encode("utf-16"))                            # Excel's "Unicode text"
+    assert read_radii_csv(path)["WO3"].tolist() == [6.0, 5.0]
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(ProfileInputError, match="radii.csv: not a text CSV file"):
+        read_radii_csv(path)

@@ -212,11 +212,17 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
             bad.append(str(err))
     chosen = None
     if estimator is None:                      # the shipped robust estimator whose field of view the images hold
-        fov = min((it.field_of_view_nm for it in readable), default=None)
         estimator = load_default_estimator()
-        if fov is not None and estimator.field_of_view_nm > fov * (1 + 1e-6):
-            estimator = load_default_estimator(field_of_view_nm=fov)
-            chosen = estimator.metadata.get("profile")
+        fovs = [it.field_of_view_nm for it in readable]
+        if fovs and estimator.field_of_view_nm > min(fovs) * (1 + 1e-6):
+            # the shipped estimator that can read the most images (the larger field of view on a tie)
+            from agglib.estimate import FIELD_OF_VIEW_ORDER, shipped_models_dir
+
+            candidates = [SampleEstimator.load(shipped_models_dir(m)) for m in FIELD_OF_VIEW_ORDER
+                          if (shipped_models_dir(m) / "posterior.pt").is_file()]
+            best = max(candidates, key=lambda e: sum(f * (1 + 1e-6) >= e.field_of_view_nm for f in fovs))
+            if best.field_of_view_nm != estimator.field_of_view_nm:
+                estimator, chosen = best, best.metadata.get("profile")
     is_sets = isinstance(estimator, SampleEstimator)
     train_dose = estimator.dose_e_per_A2
     dose = train_dose if dose_e_per_A2 is None else float(dose_e_per_A2)
@@ -231,7 +237,7 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
             bad.append(str(err))
     if not items:
         raise ImageInputError(bad[0] if len(bad) == 1 else
-                              f"none of the {len(bad)} images can be used: {bad[0]} (and {len(bad) - 1} more like it)")
+                              f"none of the {len(bad)} images can be used; the first: {bad[0]}")
     if bad and not skip_bad:
         raise ImageInputError(f"{bad[0]} ({len(bad)} of {len(paths_or_images)} images cannot be used; pass "
                               "--skip-bad / skip_bad=True to leave them out)")
@@ -329,10 +335,13 @@ def _resampling_warnings(items, estimator) -> list:
     odd = [z for z in zooms if abs(z - round(z)) > 0.01 and not lo - 1e-6 <= z <= hi + 1e-6]
     if not odd:
         return []
+    trained = (f"it was trained on ratios {lo:g}–{hi:g}" if ranges else "it was trained on its own pixel size only")
+    advice = ("images at an integer multiple of the estimator's pixel size avoid it" if ranges else
+              "images at an integer multiple of the estimator's pixel size, or an estimator trained with a randomised "
+              "acquisition, avoid it")
     return [f"the images are resampled by a factor {', '.join(f'{z:g}' for z in odd)} to the estimator's "
-            f"{estimator.pixel_size_nm:g} nm/px, a non-integer ratio it was not trained on: D_f may be biased "
-            "low (notebook 10 shows how much); images at an integer multiple of the estimator's pixel size, or "
-            "an estimator trained with a randomised acquisition, avoid it"]
+            f"{estimator.pixel_size_nm:g} nm/px, a non-integer ratio ({trained}): D_f may be biased low (notebook 10 "
+            f"shows how much); {advice}"]
 
 
 def draw_shadows(result: FitResult, count: int, seed=None, workers: int | None = None):

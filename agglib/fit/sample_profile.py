@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import csv
 from dataclasses import replace
+import io
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from agglib.core.files import atomic_write_text
+from agglib.core.validation import check_range
+from agglib.core.wording import counted
 from agglib.fit.io import SUPPORTED_SUFFIXES, ImageInputError, read_image
 from agglib.model.particles import ParticleCount, ParticleModel, RadiusDistribution
 from agglib.profiles import load_profile
@@ -36,21 +39,46 @@ class ProfileInputError(ValueError):
     """Input of :func:`write_profile` that cannot make a profile, with the file and value."""
 
 
-def _rows(path: Path) -> list[dict]:
+def _text(path: Path) -> str:
+    """The file's text: UTF-8 (with or without a byte-order mark) or UTF-16 with one (Excel's
+    "Unicode text"); anything else is refused naming the file."""
+    data = path.read_bytes()
+    try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ProfileInputError(f"{path}: not a text CSV file (neither UTF-8 nor UTF-16); save it as CSV (UTF-8)") from None
+
+
+def _rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of a CSV with a header line; commas, semicolons or tabs between fields."""
     path = Path(path)
+    if path.is_dir():
+        raise ProfileInputError(f"{path}: a folder; give a CSV file")
     if not path.is_file():
         raise ProfileInputError(f"{path}: no such file")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
+    text = _text(path)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
         raise ProfileInputError(f"{path}: the CSV is empty (expected a header line and one row per measurement)")
+    delimiter = max(",;\t", key=lambda d: lines[0].count(d)) if any(d in lines[0] for d in ",;\t") else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    rows = []
+    for row in reader:
+        if any(v not in (None, "") for v in row.values()):
+            rows.append((reader.line_num, row))
     return rows
 
 
 def _number(path, line, column, text) -> float:
+    """A measured value > 0 (a decimal comma is read as a point)."""
+    text = "" if text is None else str(text).strip()
+    if not text:
+        raise ProfileInputError(f"{path}, line {line}: no {column} value")
     try:
-        value = float(text)
-    except (TypeError, ValueError):
+        value = float(text.replace(",", ".") if text.count(",") == 1 and "." not in text else text)
+    except ValueError:
         raise ProfileInputError(f"{path}, line {line}: {column}={text!r} is not a number") from None
     if not np.isfinite(value) or value <= 0:
         raise ProfileInputError(f"{path}, line {line}: {column}={text} must be > 0")
@@ -64,16 +92,16 @@ def read_radii_csv(path) -> dict:
     Returns ``{"WO3": array, "TiO2": array}``.
     """
     rows = _rows(path)
-    columns = {c.strip().lower(): c for c in rows[0]}
+    columns = {c.strip().lower(): c for c in rows[0][1] if c is not None}
     size = "radius_nm" if "radius_nm" in columns else "diameter_nm" if "diameter_nm" in columns else None
     if size is None:
-        raise ProfileInputError(f"{path}: no radius_nm (or diameter_nm) column; found {', '.join(rows[0])}")
+        raise ProfileInputError(f"{path}: no radius_nm (or diameter_nm) column; found {', '.join(columns.values())}")
     factor = 0.5 if size == "diameter_nm" else 1.0
     out = {"WO3": [], "TiO2": []}
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         value = factor * _number(path, line, size, row[columns[size]])
         if "material" in columns:
-            text = str(row[columns["material"]]).strip()
+            text = str(row[columns["material"]] or "").strip()
             material = MATERIAL_ALIASES.get(text.lower())
             if material is None:
                 raise ProfileInputError(f"{path}, line {line}: material={text!r}; accepted: WO3, TiO2")
@@ -83,19 +111,19 @@ def read_radii_csv(path) -> dict:
             out["TiO2"].append(value)
     for material, values in out.items():
         if len(values) < 2:
-            raise ProfileInputError(f"{path}: {len(values)} {material} radius/radii; give at least 2 per material "
-                                    "(or leave out the material column: one list for both)")
+            raise ProfileInputError(f"{path}: {counted(len(values), material + ' radius')}; give at least 2 per "
+                                    "material (or leave out the material column: one list for both)")
     return {k: np.asarray(v) for k, v in out.items()}
 
 
 def read_counts_csv(path) -> np.ndarray:
     """Measured numbers of primary particles per aggregate from a CSV with an ``n_particles`` column."""
     rows = _rows(path)
-    columns = {c.strip().lower(): c for c in rows[0]}
+    columns = {c.strip().lower(): c for c in rows[0][1] if c is not None}
     if "n_particles" not in columns:
-        raise ProfileInputError(f"{path}: no n_particles column; found {', '.join(rows[0])}")
+        raise ProfileInputError(f"{path}: no n_particles column; found {', '.join(columns.values())}")
     counts = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         value = _number(path, line, "n_particles", row[columns["n_particles"]])
         if value != int(value) or value > 10_000:
             raise ProfileInputError(f"{path}, line {line}: n_particles={value:g} must be a whole number in 1–10000")
@@ -149,7 +177,8 @@ def write_profile(out, images, radii_csv, *, n_particles=None, pixel_size_nm: fl
         A CSV of measured particles per aggregate (:func:`read_counts_csv`) or a range
         (low, high); default: the paper's 20–80.
     pixel_size_nm : float, optional
-        Pixel size [nm] of images whose files carry none.
+        Pixel size [nm] of the images, overriding the files' own (as ``agglib fit --pixel-size``);
+        needed for files that carry none.
     dose_e_per_A2 : float
         Electron dose of your images [e/Å²] (the simulated images are made at it).
     base : str
@@ -166,13 +195,20 @@ def write_profile(out, images, radii_csv, *, n_particles=None, pixel_size_nm: fl
                               + (" (it replaces only profile files it wrote)" if overwrite else
                                  " (--overwrite replaces one agglib wrote)"))
     base_profile = load_profile(base)
-    size_px = int(image_size_px or base_profile.image_size_px)
+    size_px = int(base_profile.image_size_px if image_size_px is None else image_size_px)
+    check_range("--image-size-px", size_px, low=16, high=4096, integer=True)
+    check_range("--dose", dose_e_per_A2, low=0.0, high=1e7, low_inclusive=False, unit="e/Å²")
+    if pixel_size_nm is not None:
+        check_range("--pixel-size", pixel_size_nm, low=0.0, high=100.0, low_inclusive=False, unit="nm")
     fov, read = images_field_of_view(images, pixel_size_nm)
     radii = read_radii_csv(radii_csv)
     if n_particles is None:
         count = ParticleCount()
     elif isinstance(n_particles, (tuple, list)):
-        count = ParticleCount(*n_particles)
+        low, high = n_particles
+        if not 1 <= low <= high <= 10_000:
+            raise ProfileInputError(f"--n-particles {low}-{high}: give LOW-HIGH with 1 ≤ LOW ≤ HIGH ≤ 10000")
+        count = ParticleCount(low, high)
     else:
         count = ParticleCount.from_measured(read_counts_csv(n_particles))
     particles = ParticleModel(RadiusDistribution.from_measured(radii["WO3"]),

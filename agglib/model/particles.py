@@ -127,7 +127,10 @@ class RadiusDistribution:
             raise ValueError(f"{name}={d!r}; accepted: {{mean: <nm>, sd: <nm>}} or {{measured: [<nm>, …]}}")
         if "measured" in d:
             return cls.from_measured(d["measured"])
-        return cls(float(d.get("mean", 12.0)), float(d.get("sd", 3.0)))
+        mean, sd = d.get("mean", 12.0), d.get("sd", 3.0)
+        check_range("mean", mean, low=0.0, low_inclusive=False, unit="nm")
+        check_range("sd", sd, low=0.0, unit="nm")
+        return cls(float(mean), float(sd))
 
     def describe(self) -> str:
         """One line [nm]."""
@@ -158,6 +161,8 @@ class ParticleCount:
     measured: tuple = ()
 
     def __post_init__(self):
+        if isinstance(self.low, (int, float)) and isinstance(self.high, (int, float)) and self.high < self.low:
+            raise ValueError(f"range [{self.low}, {self.high}]: the low end exceeds the high end")
         check_range("n_particles low", self.low, low=1, high=10_000, integer=True)
         check_range("n_particles high", self.high, low=self.low, high=10_000, integer=True)
         object.__setattr__(self, "low", int(self.low))
