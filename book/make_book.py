@@ -147,9 +147,10 @@ def write_sweep_section(site: Path, out: Path, profile: str) -> int:
     if not page.is_file() or SWEEP_MARKER not in page.read_text():
         return 0
     folder = out / "_build" / "sweeps" / f"fit-{profile}"
-    table = run_sweep("10", HOWTO_SWEEP, folder, profile=profile, fixed={"robustness": False}, workers=2)
+    table = run_sweep("10", HOWTO_SWEEP, folder, profile=profile, fixed={"robustness": False, "real_samples": False},
+                      workers=2)
     grid = " ".join(f"-p {k} {' '.join(map(str, v))}" for k, v in HOWTO_SWEEP.items())
-    command = f"agglib sweep 10 {grid} \\\n    -f robustness=false --profile {profile} --out sweeps/fit"
+    command = f"agglib sweep 10 {grid} \\\n    -f robustness=false -f real_samples=false --profile {profile} --out sweeps/fit"
     cols = [c for c in table.columns if c in HOWTO_SWEEP or "error" in c or "intervals" in c]
     headers = {"dose_e_per_A2": "dose [e/Å²]", "measured_pixel_nm": "pixel [nm]",
                "intervals holding the truth (of 4)": "intervals holding θ (of 4)"}

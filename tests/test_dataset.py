@@ -1,5 +1,6 @@
 """Dataset plan, Zarr store, Dask build (deterministic, resumable) and the PyTorch datasets."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -242,3 +243,51 @@ def test_damaged_store_files_are_named_with_what_to_do(tiny_store, tmp_path):
     (bad / "zarr.json").write_text('{"zarr_format": 3, "node_t')
     with pytest.raises(StoreDamagedError, match=r"bad.zarr/zarr.json cannot be read"):
         DatasetStore(bad)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_build_through_a_dask_scheduler_equals_a_local_build(tiny_store, tmp_path):
+    """`agglib dataset build --scheduler tcp://…` against a real `dask scheduler` and two `dask worker`
+    processes on this machine (as dask-jobqueue starts them on a cluster) writes the same store, byte
+    for byte, as the build in one process."""
+    import shutil
+    import time
+
+    dask_cli = shutil.which("dask", path=str(Path(sys.executable).parent)) or shutil.which("dask")
+    if dask_cli is None:
+        pytest.skip("the dask command line is not installed")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(agglib.__file__).parents[1]),
+                                                                       os.environ.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(2)
+        procs += [subprocess.Popen([dask_cli, "worker", address, "--nthreads", "1", "--nworkers", "1",
+                                    "--no-dashboard", "--name", f"w{k}"], env=env, cwd=tmp_path,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for k in range(2)]
+        from dask.distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            assert len(client.scheduler_info()["workers"]) == 2
+        path = tmp_path / "cluster.zarr"
+        run = subprocess.run([sys.executable, "-m", "agglib.cli", "dataset", "build", "--profile", "tiny", "--seed", "3",
+                              "--scheduler", address, "--shard-size", "16", "--out", str(path)],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    assert tree_bytes(path) == tree_bytes(tiny_store.path)

@@ -20,7 +20,7 @@ def test_sweep_runs_a_notebook_over_two_parameters_and_resumes(tmp_path, monkeyp
     monkeypatch.setenv("AGGLIB_DATA_DIR", str(tmp_path / "data"))
     out = tmp_path / "sweep"
     args = ["sweep", "10", "-p", "dose_e_per_A2", "40", "600", "-p", "measured_pixel_nm", "2.9",
-            "-f", "robustness=false", "-f", "overrides={fit_shadows: 4}", "--profile", "tiny", "--out", str(out),
+            "-f", "robustness=false", "-f", "real_samples=false", "-f", "overrides={fit_shadows: 4}", "--profile", "tiny", "--out", str(out),
             "--workers", "2"]
     assert main(args) == 0
     table = pd.read_csv(out / "sweep.csv")
