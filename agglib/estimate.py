@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -212,23 +213,27 @@ def shipped_models_dir(method: str = "sets") -> Path:
     return shipped_data_path("models", SHIPPED_MODELS[method])
 
 
-def load_default_estimator(device: str = "cpu", field_of_view_nm: float | None = None) -> "SampleEstimator":
+def load_default_estimator(device: str = "cpu") -> "SampleEstimator":
     """The estimator ``agglib fit`` uses by default: the new method trained on a randomised
     acquisition (``agglib/data/models/sets-quick-robust``, 435 nm fields of view; see
-    :func:`shipped_models_dir`). For images of a smaller ``field_of_view_nm`` [nm], the shipped
-    robust estimator with the largest field of view they hold (``bremen2023``: 80 nm)."""
-    if field_of_view_nm is not None:
-        for method in FIELD_OF_VIEW_ORDER:
-            if not (shipped_models_dir(method) / "posterior.pt").is_file():
-                continue
-            estimator = SampleEstimator.load(shipped_models_dir(method), device)
-            if estimator.field_of_view_nm <= field_of_view_nm * (1 + 1e-6):
-                return estimator
+    :func:`shipped_models_dir`). ``fit`` takes another of :data:`FIELD_OF_VIEW_ORDER` for images of
+    a smaller field of view (:func:`shipped_fields_of_view`)."""
     return SampleEstimator.load(shipped_models_dir("robust"), device)
 
 
 #: The shipped robust estimators ``fit`` may choose by default, largest field of view first.
 FIELD_OF_VIEW_ORDER = ("robust", "bremen2023")
+
+
+@lru_cache(maxsize=1)
+def shipped_fields_of_view() -> dict:
+    """``{method: field of view [nm]}`` of the shipped new-method estimators (those with a
+    ``posterior.pt``), in the order of :data:`SHIPPED_MODELS`; read once."""
+    out = {}
+    for method in SHIPPED_MODELS:
+        if (shipped_models_dir(method) / "posterior.pt").is_file():
+            out[method] = SampleEstimator.load(shipped_models_dir(method)).field_of_view_nm
+    return out
 
 
 def export_estimators(run_dir, out_dir) -> Path:

@@ -316,7 +316,7 @@ def load_profile(name: str | Path | None = None, **overrides) -> Profile:
     """The profile ``name`` (default ``config['profile']``) with fields overridden.
 
     ``name`` is a shipped profile (``tiny``, ``quick``, ``paper``; see ``profiles.yaml``) or the
-    path of a profile file (``*.yaml``, e.g. written by ``agglib profile write``): a mapping of
+    path of a profile file (``*.yaml``, e.g. written by ``agglib profiles write``): a mapping of
     profile fields over the shipped profile named by its ``base`` entry (default ``quick``); the
     profile's name is the file's stem.
 

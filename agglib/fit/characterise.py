@@ -79,15 +79,10 @@ def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int) -> n
 
 def field_of_view_advice(field_of_view_nm: float) -> str:
     """Which shipped estimator (or profile) fits images of ``field_of_view_nm`` [nm]."""
-    from agglib.estimate import SHIPPED_MODELS, SampleEstimator, shipped_models_dir
+    from agglib.estimate import SHIPPED_MODELS, shipped_fields_of_view, shipped_models_dir
 
-    fitting = []
-    for method, folder in SHIPPED_MODELS.items():
-        path = shipped_models_dir(method)
-        if (path / "posterior.pt").is_file():
-            fov = SampleEstimator.load(path).field_of_view_nm
-            if fov <= field_of_view_nm * (1 + 1e-6):
-                fitting.append(f"{folder} ({fov:.0f} nm; --models {path})")
+    fitting = [f"{SHIPPED_MODELS[method]} ({fov:.0f} nm; --models {shipped_models_dir(method)})"
+               for method, fov in shipped_fields_of_view().items() if fov <= field_of_view_nm * (1 + 1e-6)]
     if fitting:
         return "Shipped estimators for this field of view: " + ", ".join(fitting)
     return ("No shipped estimator is made for it: write a profile for your images "
@@ -212,17 +207,18 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
             bad.append(str(err))
     chosen = None
     if estimator is None:                      # the shipped robust estimator whose field of view the images hold
-        estimator = load_default_estimator()
-        fovs = [it.field_of_view_nm for it in readable]
-        if fovs and estimator.field_of_view_nm > min(fovs) * (1 + 1e-6):
-            # the shipped estimator that can read the most images (the larger field of view on a tie)
-            from agglib.estimate import FIELD_OF_VIEW_ORDER, shipped_models_dir
+        from agglib.estimate import FIELD_OF_VIEW_ORDER, shipped_fields_of_view, shipped_models_dir
 
-            candidates = [SampleEstimator.load(shipped_models_dir(m)) for m in FIELD_OF_VIEW_ORDER
-                          if (shipped_models_dir(m) / "posterior.pt").is_file()]
-            best = max(candidates, key=lambda e: sum(f * (1 + 1e-6) >= e.field_of_view_nm for f in fovs))
-            if best.field_of_view_nm != estimator.field_of_view_nm:
-                estimator, chosen = best, best.metadata.get("profile")
+        # the shipped estimator that can read the most images (the larger field of view on a tie)
+        fovs = [it.field_of_view_nm for it in readable]
+        known = shipped_fields_of_view()
+        best = max((m for m in FIELD_OF_VIEW_ORDER if m in known),
+                   key=lambda m: sum(f * (1 + 1e-6) >= known[m] for f in fovs))
+        if best == "robust":
+            estimator = load_default_estimator()
+        else:
+            estimator = SampleEstimator.load(shipped_models_dir(best))
+            chosen = estimator.metadata.get("profile")
     is_sets = isinstance(estimator, SampleEstimator)
     train_dose = estimator.dose_e_per_A2
     dose = train_dose if dose_e_per_A2 is None else float(dose_e_per_A2)
