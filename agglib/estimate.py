@@ -329,10 +329,20 @@ class SampleEstimator(_TrainedOnImages):
         randomised acquisition, ``acquisition_ranges``."""
         return self.encoder.metadata
 
+    @property
+    def widening(self) -> "Widening":
+        """How much the trained posterior is widened for a sample of M images
+        (:class:`agglib.posterior.Widening`, fitted on held-out simulations by
+        :func:`agglib.training.recalibration.fit_widening`; the identity if it never was)."""
+        from agglib.posterior import Widening
+
+        return Widening.from_dict(self.metadata.get("widening"))
+
     @torch.no_grad()
-    def from_summaries(self, summaries: np.ndarray, groups) -> "PosteriorEstimate":
+    def from_summaries(self, summaries: np.ndarray, groups, recalibrated: bool = True) -> "PosteriorEstimate":
         """Posteriors of several samples from per-image summaries (N, K) (the encoder's head outputs,
-        :attr:`agglib.encoder.Encoded.outputs`): ``groups`` lists the rows of each sample."""
+        :attr:`agglib.encoder.Encoded.outputs`): ``groups`` lists the rows of each sample.
+        ``recalibrated=False``: the trained posterior without its :attr:`widening` (to fit one)."""
         from agglib.posterior import PosteriorEstimate
 
         groups = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups]
@@ -347,7 +357,8 @@ class SampleEstimator(_TrainedOnImages):
         chunks = [self.posterior.parameters_of(z[k:k + 512], torch.from_numpy(mask[k:k + 512]))
                   for k in range(0, len(groups), 512)]
         params = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
-        return PosteriorEstimate(params, self.grid, mask.sum(axis=1))
+        estimate = PosteriorEstimate(params, self.grid, mask.sum(axis=1))
+        return self.widening.apply(estimate) if recalibrated else estimate
 
     @property
     def out_of_model_reference(self):

@@ -212,6 +212,29 @@ def test_finished_pipeline_loads_without_training_again(tiny_stores, tiny_estima
     assert np.allclose(again.estimate(images).params["mean"], est.estimate(images).params["mean"])
 
 
+def test_the_pipeline_recalibrates_on_the_continuous_datasets_e(tiny_stores, tiny_estimator, monkeypatch):
+    """The posterior is widened as fitted on the E configurations (which no gradient step saw);
+    an estimator trained before recalibration existed is recalibrated, not trained again."""
+    import agglib.training.pipeline as pipeline
+    from agglib.posterior import Widening
+
+    est, run = tiny_estimator
+    assert est.metadata["recalibration"] == pipeline.RECALIBRATION
+    fitted = [row["M"] for row in est.metadata["widening_fit"]]
+    assert fitted == [m for m in pipeline.RECALIBRATION["sizes"] if m <= agglib.load_profile("tiny").posterior_images_E]
+    assert est.widening == Widening.from_dict(est.metadata["widening"]) != Widening()
+    images = tiny_stores[0].read_images(tiny_stores[0].indices("E")[:3])
+    summaries = est.encoder.encode(images).outputs
+    raw = est.from_summaries(summaries, [np.arange(3)], recalibrated=False)
+    assert np.allclose(est.estimate(images).params["log_scale"], est.widening.apply(raw).params["log_scale"])
+    old = SampleEstimator(est.encoder, est.posterior, est.grid,
+                          {k: v for k, v in est.metadata.items() if k not in ("widening", "recalibration", "widening_fit")})
+    old.save(run / "sets", overwrite=True)
+    monkeypatch.setattr(pipeline, "train_posterior_ensemble", lambda *a, **k: pytest.fail("trained again"))
+    again = train_sample_estimator(agglib.load_profile("tiny"), *tiny_stores, run, seed=0)
+    assert again.metadata["widening"] == est.metadata["widening"]          # the same fit: a function of the seed
+
+
 def test_estimate_accepts_any_number_of_images(tiny_estimator, tiny_stores):
     est, _ = tiny_estimator
     images = tiny_stores[0].read_images(tiny_stores[0].indices("E")[:7])

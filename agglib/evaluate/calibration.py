@@ -196,7 +196,7 @@ def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_con
 
     import agglib
     from agglib.evaluate.sets import fresh_configurations
-    from agglib.fit.intensity import check_intensity, intensity_reference
+    from agglib.fit.intensity import check_intensity, intensity_reference, sample_statistics
 
     sizes = sorted(int(m) for m in sizes)
     reference = intensity_reference(estimator)
@@ -207,7 +207,8 @@ def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_con
         fresh = fresh_configurations(profile, n_configs, sizes[-1], seed, prior="continuous",
                                      acquisition=acquisition or None, show_progress_bars=False)
         groups = [np.flatnonzero(fresh["config_id"] == c) for c in range(n_configs)]
-        accepted = np.array([not check_intensity(fresh["images"][g] / epp, reference)[0] for g in groups])
+        stats = sample_statistics(fresh["images"] / epp, estimator.pixel_size_nm)
+        accepted = np.array([not check_intensity({k: v[g] for k, v in stats.items()}, reference)[0] for g in groups])
         refused = float(1.0 - accepted.mean())
         if accepted.mean() < 0.5:
             tables.append(pd.DataFrame([{"acquisition": name, "M": m, "refused": refused} for m in sizes]))

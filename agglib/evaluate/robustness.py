@@ -93,7 +93,7 @@ def robustness_table(estimators: dict, n_configs: int, images_per_config: int, s
     from tqdm.auto import tqdm
 
     import agglib
-    from agglib.fit.intensity import check_intensity, intensity_reference
+    from agglib.fit.intensity import check_intensity, intensity_reference, sample_statistics
 
     perturbations = PERTURBATIONS if perturbations is None else perturbations
     first = next(iter(estimators.values()))
@@ -106,9 +106,10 @@ def robustness_table(estimators: dict, n_configs: int, images_per_config: int, s
     rows = []
     for name, change in tqdm(perturbations.items(), desc="perturbations", disable=not show):
         images = perturbed_images(aggs, settings, change, seed)
-        fractions = images / settings.electrons_per_pixel
+        stats = sample_statistics(images / settings.electrons_per_pixel, settings.pixel_size_nm)
         for est_name, est in estimators.items():
-            accepted = np.array([not check_intensity(fractions[g], references[est_name])[0] for g in groups])
+            accepted = np.array([not check_intensity({k: v[g] for k, v in stats.items()}, references[est_name])[0]
+                                 for g in groups])
             row = {"perturbation": name, "estimator": est_name, "refused": float(1.0 - accepted.mean())}
             if accepted.any():
                 encoded = est.encoder.encode(images)

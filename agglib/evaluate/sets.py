@@ -94,12 +94,18 @@ def error_by_set_size(estimator, summaries, theta, config_id, sizes, seed: int =
     return pd.DataFrame(rows)
 
 
+#: Posteriors in the ceiling's ensemble (:func:`ceiling`).
+CEILING_MEMBERS = 2
+
+
 def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_progress_bars: bool | None = False,
             cache_dir=None):
     """A set-level posterior trained and applied on the *true* per-image descriptors.
 
-    Same architecture and settings as ``estimator``'s posterior, trained on the standardised true
-    labels of the continuous dataset's T (what a perfect encoder would output). Returns a
+    Same architecture and settings as ``estimator``'s posterior, but an ensemble of
+    :data:`CEILING_MEMBERS` (the ceiling's point estimates are what the book compares; each member
+    costs as much training as one of the estimator's), trained on the standardised true labels of
+    the continuous dataset's T (what a perfect encoder would output). Returns a
     :class:`agglib.estimate.SampleEstimator` whose :meth:`from_summaries` takes
     :func:`true_summaries` of any store. With ``cache_dir`` the trained posterior is kept in
     ``cache_dir/ceiling.pt`` (keyed by the estimator's posterior, the store and the seed) and
@@ -113,9 +119,10 @@ def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_pr
 
     t_idx = continuous.continuous_roles()["posterior"]
     summaries = true_summaries(continuous, estimator)
-    config = PosteriorConfig(**estimator.metadata["train_config"])
+    config = PosteriorConfig(**{**estimator.metadata["train_config"], "members": CEILING_MEMBERS})
     key = {"posterior_sha256": weights_digest(estimator.posterior.state_dict()),
-           "dataset_sha256": continuous.identity_sha256(), "seed": int(seed), "in_dim": int(summaries.shape[1])}
+           "dataset_sha256": continuous.identity_sha256(), "seed": int(seed), "in_dim": int(summaries.shape[1]),
+           "members": CEILING_MEMBERS}
     path = Path(cache_dir) / "ceiling.pt" if cache_dir is not None else None
     if path is not None and path.is_file():
         try:

@@ -35,7 +35,7 @@ from agglib.core.wording import counted
 from agglib.core.validation import check_range
 from agglib.estimate import TrainedNetwork
 from agglib.fit.image_checks import border_warnings, scale_warnings as particle_scale_warnings
-from agglib.fit.intensity import check_intensity, intensity_reference
+from agglib.fit.intensity import check_intensity, intensity_reference, sample_statistics
 from agglib.fit.io import ImageInputError, MeasuredImage, read_image
 from agglib.model.particles import ParticleModel
 from agglib.stem.acquisition import INTENSITY_UNITS, beam_fraction, resample_mean
@@ -240,7 +240,8 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     warnings += [f"skipped {b}" for b in bad]
     fractions = np.stack(prepared)
     reference = intensity_reference(estimator)
-    refusals, scale_warnings = check_intensity(fractions, reference)
+    stats = sample_statistics(fractions, estimator.pixel_size_nm)
+    refusals, scale_warnings = check_intensity(stats, reference)
     if refusals and check_intensity_scale:
         raise ImageInputError(f"{len(items)} images ({items[0].path}, …) read as {units}"
                               + (f" at {dose:g} e/Å²" if units == "counts" else "") + ": " + " ".join(refusals)
@@ -248,7 +249,7 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     warnings += refusals + scale_warnings
     warnings += _resampling_warnings(items, estimator)
     warnings += border_warnings(fractions, [it.path for it in items], estimator.field_of_view_nm)
-    warnings += particle_scale_warnings(fractions, estimator.pixel_size_nm, reference["scale_nm"])
+    warnings += particle_scale_warnings(stats["scale_nm"], reference["scale_nm"])
     images = (fractions * estimator.stem_settings.electrons_per_pixel).astype(np.float32)
     m = images.shape[0]
     if m < MIN_STABLE_IMAGES:

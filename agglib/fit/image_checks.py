@@ -88,12 +88,12 @@ def border_warnings(images, paths, field_of_view_nm: float, share: float = BORDE
     return out
 
 
-def scale_warnings(images, pixel_size_nm: float, reference_scales: np.ndarray,
-                   factor: float = SCALE_WARN_FACTOR) -> list:
+def scale_warnings(scales, reference_scales: np.ndarray, factor: float = SCALE_WARN_FACTOR) -> list:
     """A warning when the sample's particle scale (median over its images of
-    :func:`particle_scale_nm`) lies beyond ``factor`` outside the range of the medians of
-    simulated samples of the estimator's model (``reference_scales``: configurations × images)."""
-    scales = np.array([particle_scale_nm(im, pixel_size_nm) for im in images])
+    :func:`particle_scale_nm` [nm], ``scales``) lies beyond ``factor`` outside the range of the
+    medians of simulated samples of the estimator's model (``reference_scales``: configurations ×
+    images)."""
+    scales = np.asarray(scales, dtype=np.float64)
     if not np.isfinite(scales).any():
         return []
     m = min(len(scales), reference_scales.shape[1])

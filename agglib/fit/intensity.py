@@ -13,56 +13,91 @@ from its prior, :data:`REFERENCE_IMAGES` images per configuration):
 * ``signal``, the 99.5th percentile (the thickest particles): the median over the sample's
   images must lie within the range of the same median over simulated samples of as many images
   (up to :data:`REFERENCE_IMAGES`), widened by :data:`SIGNAL_MARGIN`, and below 1 (more than the
-  incident beam is impossible).
+  incident beam is impossible);
+* ``brightness``, the signal above the vacuum level per nm of particle scale (``(signal −
+  background) / scale_nm``, :func:`agglib.fit.image_checks.particle_scale_nm`: the thickest
+  pixels' intensity per particle size) [fraction of the beam / nm]: the median over the sample's
+  images must not lie below the :data:`BRIGHTNESS_PERCENTILE` th percentile of the same median
+  over simulated samples. Dimmer than that per nm of particle, a sample was recorded with less
+  signal than any training acquisition gives — a gain, dose or detector setting off by a factor
+  — even where its overall ``signal`` looks like that of a sample richer in the lighter TiO2
+  (measured: of samples recorded at 0.2 × the beam's intensity with an offset, the ``signal``
+  rule let 58 % through, whose θ_ρ the posterior then missed; with this rule 3 %). It refuses
+  about 1 % of samples recorded as the training images.
 
 A sample outside is refused with the numbers and what to do; one in the outer 2.5 % on either side
-of the simulated samples gets a warning. What the check cannot see: an intensity scale error
-that makes one material look like the other (a dim WO3-rich sample at a wrong dose looks like a
-TiO2-rich one) — notebook 10's robustness table measures how often that slips through.
+of the simulated samples' ``signal`` gets a warning. What the check cannot see: an intensity scale
+error small enough to stay within the training acquisitions' brightness that makes one material
+look like the other — notebook 10's robustness table and notebook 6's calibration under fixed
+acquisitions measure how often that slips through.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 import json
+from pathlib import Path
 import warnings
 
 import numpy as np
 
+from agglib.core.locations import shipped_data_path
 from agglib.stem.acquisition import intensity_statistics
 
-__all__ = ["intensity_reference", "check_intensity", "BACKGROUND_TOLERANCE", "SIGNAL_MARGIN", "REFERENCE_IMAGES"]
+__all__ = ["intensity_reference", "reference_key", "simulate_reference", "reference_file_name", "check_intensity",
+           "sample_statistics", "SHIPPED_REFERENCES", "BACKGROUND_TOLERANCE", "SIGNAL_MARGIN",
+           "BRIGHTNESS_PERCENTILE", "REFERENCE_IMAGES"]
 
 #: Vacuum level accepted beyond the training images' [fraction of the beam].
 BACKGROUND_TOLERANCE = 0.002
 #: Factor beyond the simulated samples' range of ``signal`` at which a sample is refused.
 SIGNAL_MARGIN = 1.25
+#: Percentile of simulated samples' brightness per nm of particle below which a sample is refused.
+BRIGHTNESS_PERCENTILE = 1.0
 #: Images per simulated configuration of the reference (the largest sample size compared as such).
 REFERENCE_IMAGES = 8
 
 
-@lru_cache(maxsize=8)
-def _reference(key: str) -> dict:
-    """The simulated reference for ``key``, cached in memory and in the user data folder."""
+#: References shipped with the package (those of the shipped estimators' settings, written by
+#: ``python benchmarks/intensity_references.py``): the first ``fit`` with a shipped estimator
+#: then simulates nothing.
+SHIPPED_REFERENCES = shipped_data_path("intensity")
+
+
+def reference_file_name(key: str) -> str:
+    """The file name of the reference of ``key`` (in the user cache and among the shipped ones)."""
     import hashlib
 
+    return f"intensity-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+
+
+def _load_reference(path: Path) -> dict | None:
+    try:
+        with np.load(path) as found:
+            return {k: found[k] for k in ("background", "signal", "scale_nm")}
+    except (OSError, ValueError, KeyError):
+        return None                                 # damaged: simulated again
+
+
+@lru_cache(maxsize=8)
+def _reference(key: str) -> dict:
+    """The simulated reference for ``key``: cached in memory and in the user data folder, or
+    shipped with the package."""
     from agglib.core.files import atomic_open
     from agglib.core.locations import user_data_dir
 
-    path = user_data_dir() / "cache" / f"intensity-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as cached:
-                return {k: cached[k] for k in ("background", "signal", "scale_nm")}
-        except (OSError, ValueError, KeyError):
-            pass                                    # damaged cache: simulate again
-    stats = _simulate_reference(key)
+    path = user_data_dir() / "cache" / reference_file_name(key)
+    for candidate in (path, SHIPPED_REFERENCES / reference_file_name(key)):
+        if candidate.is_file() and (found := _load_reference(candidate)) is not None:
+            return found
+    stats = simulate_reference(key)
     with atomic_open(path) as fh:
         np.savez(fh, **stats)
     return stats
 
 
-def _simulate_reference(key: str) -> dict:
+def simulate_reference(key: str) -> dict:
+    """Simulate the reference of ``key`` (:func:`reference_key`), without any cache."""
     import agglib
     from agglib.stem import ExtrapolationWarning, StemSettings
     from agglib.stem.acquisition import AcquisitionRanges, acquire_image, draw_acquisition
@@ -84,19 +119,40 @@ def _simulate_reference(key: str) -> dict:
         warnings.simplefilter("ignore", ExtrapolationWarning)      # rare > 60 nm chords, as in the datasets
         images = np.stack([acquire_image(a, settings, draw_acquisition(rng, ranges) if ranges else None, seed=rng)
                            for a in aggs])
+    stats = sample_statistics(images / settings.electrons_per_pixel, settings.pixel_size_nm)
+    return {k: v.reshape(spec["count"], REFERENCE_IMAGES) for k, v in stats.items()}
+
+
+def sample_statistics(fractions: np.ndarray, pixel_size_nm: float) -> dict:
+    """Per image (M,): ``background`` and ``signal`` [fraction of the beam]
+    (:func:`agglib.stem.acquisition.intensity_statistics`) and ``scale_nm``
+    (:func:`agglib.fit.image_checks.particle_scale_nm`) [nm] of images as the estimator sees them
+    (fractions of the beam, (M, H, W), at its pixel size [nm])."""
     from agglib.fit.image_checks import particle_scale_nm
 
-    fractions = images / settings.electrons_per_pixel
-    stats = {**intensity_statistics(fractions),
-             "scale_nm": np.array([particle_scale_nm(im, settings.pixel_size_nm) for im in fractions])}
-    return {k: v.reshape(spec["count"], REFERENCE_IMAGES) for k, v in stats.items()}
+    fractions = np.asarray(fractions, dtype=np.float64).reshape(-1, *np.shape(fractions)[-2:])
+    return {**intensity_statistics(fractions),
+            "scale_nm": np.array([particle_scale_nm(im, pixel_size_nm) for im in fractions])}
+
+
+def _brightness(stats: dict) -> np.ndarray:
+    """Signal above the vacuum level per nm of particle scale [fraction of the beam / nm] (NaN
+    without a projection)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.asarray(stats["signal"]) - np.asarray(stats["background"])) / np.asarray(stats["scale_nm"])
 
 
 def intensity_reference(estimator, count: int = 256, seed: int = 0) -> dict:
     """``background`` and ``signal`` [fraction of the beam] and ``scale_nm`` (the particle scale of
     :func:`agglib.fit.image_checks.particle_scale_nm`) [nm], (count, :data:`REFERENCE_IMAGES`), of
     ``count`` configurations simulated as the estimator's training images (θ from its prior, its
-    particles), cached per estimator settings."""
+    particles), cached per estimator settings (shipped for the shipped estimators)."""
+    return _reference(reference_key(estimator, count, seed))
+
+
+def reference_key(estimator, count: int = 256, seed: int = 0) -> str:
+    """What a reference is a function of (JSON): the estimator's STEM settings, acquisition
+    ranges, prior and particles, ``count`` and ``seed`` — not its weights."""
     from agglib.posterior import ThetaGrid
 
     grid = getattr(estimator, "grid", None)
@@ -113,17 +169,16 @@ def intensity_reference(estimator, count: int = 256, seed: int = 0) -> dict:
     particles = getattr(estimator, "particles", None)
     if particles is not None and not particles.is_paper:       # the paper's keep their cache key
         spec["particles"] = particles.to_dict()
-    key = json.dumps(spec, sort_keys=True)
-    return _reference(key)
+    return json.dumps(spec, sort_keys=True)
 
 
-def check_intensity(fractions: np.ndarray, reference: dict) -> tuple[list, list]:
-    """Compare a sample's images (fractions of the beam, (M, H, W)) with ``reference``.
+def check_intensity(stats: dict, reference: dict) -> tuple[list, list]:
+    """Compare a sample's images (their :func:`sample_statistics`) with ``reference``
+    (:func:`intensity_reference`).
 
     Returns ``(refusals, warnings)``: messages with the numbers and what to do. A refusal means
     the estimate would be meaningless.
     """
-    stats = intensity_statistics(fractions)
     m = min(len(stats["signal"]), REFERENCE_IMAGES)
     background, signal = float(np.median(stats["background"])), float(np.median(stats["signal"]))
     b_lo, b_hi = float(reference["background"].min()), float(reference["background"].max())
@@ -144,6 +199,17 @@ def check_intensity(fractions: np.ndarray, reference: dict) -> tuple[list, list]
     elif not s_lo <= signal <= s_hi:
         warnings.append(f"the particles' signal {signal:.3g} of the beam is in the outer 2.5 % of simulated samples "
                         f"({s_lo:.3g}–{s_hi:.3g} hold 95 %); check the dose and units")
+    bright = _brightness(stats)
+    if np.isfinite(bright).any() and not refusals:
+        value = float(np.nanmedian(bright))
+        simulated_b = np.nanmedian(_brightness(reference)[:, :m], axis=1)
+        floor = float(np.nanpercentile(simulated_b, BRIGHTNESS_PERCENTILE))
+        if value < floor:
+            refusals.append(f"the particles are dim for their size: {value:.3g} of the beam per nm of particle scale "
+                            f"(median over the images of (99.5th percentile − median) / particle scale), below "
+                            f"{floor:.3g}, which {100 - BRIGHTNESS_PERCENTILE:g} % of simulated samples of {m} images as "
+                            f"the estimator was trained on exceed: the intensity scale is low — a wrong gain, dose or "
+                            f"units? {fix}")
     if not b_lo - BACKGROUND_TOLERANCE <= background <= b_hi + BACKGROUND_TOLERANCE:
         refusals.append(f"the vacuum level (median pixel) is {background:.3g} of the beam; the estimator's training "
                         f"images have {b_lo:.3g}–{b_hi:.3g} (accepted: ± {BACKGROUND_TOLERANCE:g} beyond): subtract "

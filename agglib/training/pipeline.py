@@ -7,7 +7,9 @@
 2. the encoder's per-image summaries of the other images of the continuous dataset, computed
    once and cached beside the encoder (``summaries-<store>.npz``, keyed by the encoder's weights);
 3. the set-level posterior on the ``posterior`` part of the continuous dataset's T
-   (:func:`agglib.training.train_posterior`) — configurations and images the encoder never saw.
+   (:func:`agglib.training.train_posterior`) — configurations and images the encoder never saw;
+4. its widening (:func:`agglib.training.recalibration.fit_widening`) on the continuous dataset's E —
+   configurations no gradient step saw. Calibration is checked on fresh simulations (notebook 6).
 
 The result is written to ``<run_dir>/sets/`` (``encoder.pt``, ``posterior.pt``) and loads with
 :meth:`agglib.estimate.SampleEstimator.load`.
@@ -31,13 +33,18 @@ from agglib.posterior import ThetaGrid
 from agglib.training._contracts import EncoderConfig, PosteriorConfig
 from agglib.training.encoder import train_encoder
 from agglib.training.posterior import train_posterior_ensemble
+from agglib.training.recalibration import SETS_PER_CONFIG, WIDENING_SIZES, fit_widening
 
-__all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cached_summaries", "OUT_OF_MODEL"]
+__all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cached_summaries", "OUT_OF_MODEL",
+           "RECALIBRATION", "recalibrate"]
 
 #: The out-of-model check fitted with every posterior (:class:`agglib.misspecification.SummaryReference`
 #: on the encoder's head outputs of the posterior's training images: in-model samples of the
 #: estimator's own prior and acquisition). ``level``: the share of in-model samples it lets pass.
 OUT_OF_MODEL = {"features": "encoder head outputs", "level": 0.99}
+#: How every posterior is recalibrated (:func:`agglib.training.recalibration.fit_widening`).
+RECALIBRATION = {"on": "continuous dataset E", "objective": "negative log density of the truth",
+                 "sizes": list(WIDENING_SIZES), "sets_per_config": SETS_PER_CONFIG}
 
 
 
@@ -138,7 +145,11 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
                                   "move it away (or delete it) to train again") from None
         if found is not None and all(found.metadata.get(k) == v for k, v in meta.items() if k != "agglib") \
                 and weights_digest(found.encoder.model.state_dict()) == weights_digest(encoder.model.state_dict()):
-            return found
+            if found.metadata.get("recalibration") == RECALIBRATION:
+                return found
+            if train:                              # trained before it was recalibrated: recalibrate only
+                return recalibrate(found, continuous_store, run_dir, seed, out,
+                                   show_progress_bars=show_progress_bars)
     if not train:
         from agglib.training._contracts import NotTrainedError
 
@@ -153,5 +164,21 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
                                      feature_name=OUT_OF_MODEL["features"])
     estimator = SampleEstimator(encoder, model, grid, {**meta, "history": history,
                                                        "out_of_model_reference": reference.to_dict()})
-    estimator.save(out, overwrite=True)
+    return recalibrate(estimator, continuous_store, run_dir, seed, out, show_progress_bars=show_progress_bars)
+
+
+def recalibrate(estimator: SampleEstimator, continuous_store: DatasetStore, run_dir, seed: int, out, *,
+                show_progress_bars: bool | None = None) -> SampleEstimator:
+    """Fit ``estimator``'s widening on the E configurations of ``continuous_store`` (which no
+    gradient step saw), record it (``widening``, ``recalibration``, ``widening_fit``: the fitted
+    factors per M) and save the estimator to ``out``; returns it as loaded from there."""
+    summaries = cached_summaries(estimator.encoder, continuous_store, run_dir, show_progress_bars=show_progress_bars)
+    e_idx = continuous_store.continuous_roles()["E"]
+    law, table = fit_widening(estimator, summaries[e_idx], continuous_store.theta[e_idx],
+                              continuous_store.config_id[e_idx], seed=seed)
+    fit = table.reset_index().round(4).to_dict(orient="records")
+    done = SampleEstimator(estimator.encoder, estimator.posterior, estimator.grid,
+                           {**estimator.metadata, "widening": law.to_dict(), "recalibration": RECALIBRATION,
+                            "widening_fit": fit})
+    done.save(out, overwrite=True)
     return SampleEstimator.load(out)

@@ -10,8 +10,9 @@ joint mixed family of :mod:`agglib.posterior`). Every random draw comes from
 A share of the configurations (``validation_share``) is held out of the gradient steps; the
 loss on fixed random sets of them is computed every ``validate_every`` steps and the weights of
 the step with the lowest validation loss are the result (early stopping against over-fitting to
-the training configurations). Nothing is recalibrated afterwards: calibration is *checked*, on
-fresh simulations that no training or tuning touched (:mod:`agglib.evaluate.calibration`).
+the training configurations). The pipeline then widens the posterior as fitted on other held-out
+configurations (:mod:`agglib.training.recalibration`); calibration is *checked* on fresh
+simulations that neither touched (:mod:`agglib.evaluate.calibration`).
 """
 
 from __future__ import annotations
