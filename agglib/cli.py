@@ -226,8 +226,9 @@ def _cmd_fit(args) -> int:
     if args.units == "counts" and args.dose is None:            # after the images were read: an error stays one line
         print(f"note: the images were read as electron counts at the training dose, {result.settings['training_dose_e_per_A2']:g} e/Å² "
               "(--units counts --dose D for another dose, --units fraction for detector-normalised images)")
-    kind = "posterior credible intervals" if result.posterior is not None else "bootstrap intervals over the images"
-    print(f"θ̂ from {counted(result.n_images, 'image')} (95 % {kind}):")
+    from agglib.estimate import INTERVAL_KINDS
+
+    print(f"θ̂ from {counted(result.n_images, 'image')} (95 % {INTERVAL_KINDS[result.interval_kind]}):")
     for k, label in (("df", "θ_Df"), ("rho", "θ_ρ"), ("theta0", "θ0"), ("theta1", "θ1")):
         lo, hi = result.intervals[k]
         print(f"  {label:<5} {result.estimate[k]:>7.3f}   [{lo:.3f}, {hi:.3f}]")

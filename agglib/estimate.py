@@ -21,6 +21,7 @@ from agglib.nets import build_network
 from agglib.preprocess import Preprocess
 
 __all__ = ["TrainedNetwork", "load_estimator", "ParameterEstimator", "NETWORK_NAMES", "export_estimators",
+           "SampleReading", "INTERVAL_KINDS",
            "shipped_models_dir", "SampleEstimator", "combine_per_image", "combine_groups", "load_default_estimator"]
 
 NETWORK_NAMES = ("df", "rho_reg", "rho_class", "theta0", "theta1")
@@ -72,6 +73,24 @@ class TrainedNetwork:
         return torch.cat(out).numpy()
 
 
+    @torch.no_grad()
+    def features(self, images: np.ndarray) -> torch.Tensor:
+        """The feature extractor's output (M, F) for each image [counts] (of a multi-image network:
+        before its head reads groups of ν)."""
+        images = self._check_images(images)
+        x = self.preprocess(torch.from_numpy(images))[:, None].to(next(self.model.parameters()).device)
+        return self.model.features(x).cpu()
+
+    @torch.no_grad()
+    def group_outputs(self, features: torch.Tensor, order: np.ndarray) -> float:
+        """Mean output of a multi-image network over the consecutive groups of ν images of
+        ``order`` (indices into the rows of ``features``, :meth:`features`)."""
+        groups = order.size // self.nu
+        z = features[torch.from_numpy(order[: groups * self.nu])].reshape(groups, -1)
+        device = next(self.model.parameters()).device
+        return float(self.model.activation(self.model.head(z.to(device))).mean())
+
+
 def load_estimator(path, device: str | torch.device = "cpu") -> TrainedNetwork:
     """A network from a checkpoint written by :func:`agglib.train.train_network` (needs nothing else)."""
     from agglib.checkpoint import PAPER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
@@ -89,8 +108,64 @@ def load_estimator(path, device: str | torch.device = "cpu") -> TrainedNetwork:
     return TrainedNetwork(model, meta, Preprocess(**meta["preprocess"]))
 
 
+#: What :attr:`SampleReading.intervals` are: the posterior's central credible intervals, or the
+#: percentiles of θ̂ over resamples of the images.
+INTERVAL_KINDS = {"posterior": "posterior credible intervals", "image bootstrap": "bootstrap intervals over the images"}
+
+
+@dataclass
+class SampleReading:
+    """What an estimator reads from the images of one sample — the one result ``fit``, the CLI and
+    the book handle, whichever method made it (:meth:`SampleEstimator.read_sample`,
+    :meth:`ParameterEstimator.read_sample`).
+
+    Attributes
+    ----------
+    estimate : dict
+        θ̂ (``df``, ``rho``, ``theta0``, ``theta1``; the paper method adds its raw outputs).
+    intervals : dict
+        95 % interval ``(low, high)`` of each parameter, of the kind ``interval_kind``.
+    interval_kind : str
+        A key of :data:`INTERVAL_KINDS`.
+    bootstrap : DataFrame
+        θ̂ of each resample of the images (how much θ̂ moves with another set of images).
+    per_image : dict
+        Per-image readings (``df``, ``rho``, ``homogeneous``), arrays of length M.
+    warnings : list of str
+        The method's own warnings (estimates at the edge of its training range).
+    posterior : PosteriorEstimate or None
+        The joint posterior (the new method).
+    out_of_model : dict or None
+        The out-of-model check (:meth:`SampleEstimator.out_of_model`), where the method has one.
+    """
+
+    estimate: dict
+    intervals: dict
+    interval_kind: str
+    bootstrap: "pd.DataFrame"
+    per_image: dict
+    warnings: list
+    posterior: object = None
+    out_of_model: dict | None = None
+
+
 class _TrainedOnImages:
-    """What the estimators share about their training images (from ``training_metadata``)."""
+    """What the estimators share about their training images (from ``training_metadata``) and the
+    protocol ``fit`` and the CLI call: :attr:`method`, :attr:`min_images`, :attr:`profile_name`,
+    ``read_sample(images, resamples)`` → :class:`SampleReading`."""
+
+    #: The method's name (``"sets"``: encoder + posterior; ``"paper"``: the paper's five networks).
+    method: str = ""
+
+    @property
+    def min_images(self) -> int:
+        """Images of one sample the method needs at least."""
+        return 1
+
+    @property
+    def profile_name(self) -> str | None:
+        """The profile the estimator was trained for."""
+        return self.training_metadata.get("profile")
 
     @property
     def stem_settings(self):
@@ -129,6 +204,8 @@ class ParameterEstimator(_TrainedOnImages):
     theta0: TrainedNetwork
     theta1: TrainedNetwork
 
+    method = "paper"
+
     @classmethod
     def load(cls, directory, device: str = "cpu", checkpoint: str = "best.pt") -> "ParameterEstimator":
         """Load ``<directory>/<name>/<checkpoint>`` for the five networks."""
@@ -160,6 +237,11 @@ class ParameterEstimator(_TrainedOnImages):
         return self.theta0.nu
 
     @property
+    def min_images(self) -> int:
+        """ν: the multi-image networks of θ0 and θ1 read groups of ν images."""
+        return self.nu
+
+    @property
     def training_metadata(self) -> dict:
         """How the training images were made: ``stem_settings``, ``profile_fields`` and, for a
         randomised acquisition, ``acquisition_ranges``."""
@@ -180,6 +262,37 @@ class ParameterEstimator(_TrainedOnImages):
         return {**combine_per_image(per["df"], per["rho"], per["rho_without_classifier"]),
                 **combine_groups(self.theta0.predict(images), self.theta1.predict(images)),
                 "n_images": int(images.shape[0] if images.ndim == 3 else 1)}
+
+    def read_sample(self, images: np.ndarray, resamples) -> SampleReading:
+        """θ̂ of M ≥ ν images [counts] of one sample (Eqs. 13–15) with 95 % intervals from the
+        percentiles of θ̂ over ``resamples`` (index arrays into the M images): the method has no
+        posterior. Warns where θ̂ or its interval leaves the training range."""
+        import pandas as pd
+
+        images = np.asarray(images)
+        per = self.per_image(images)
+        f0, f1 = self.theta0.features(images), self.theta1.features(images)
+
+        def one(idx):
+            return {**combine_per_image(per["df"][idx], per["rho"][idx]),
+                    **combine_groups(self.theta0.group_outputs(f0, idx), self.theta1.group_outputs(f1, idx))}
+
+        estimate = one(np.arange(images.shape[0]))
+        boot = pd.DataFrame([one(np.asarray(idx)) for idx in resamples])
+        intervals = {k: (float(np.percentile(boot[k], 2.5)), float(np.percentile(boot[k], 97.5)))
+                     for k in ("df", "rho", "theta0", "theta1", "theta0_raw", "theta1_raw")}
+        fields = self.training_metadata.get("profile_fields", {})
+        ranges = {"df": fields.get("df_values"), "rho": [0.0, 1.0], "theta0": fields.get("theta0_values"),
+                  "theta1": fields.get("theta1_values")}
+        warnings = []
+        for k, values in ranges.items():
+            if values:
+                lo, hi = min(values), max(values)
+                if not lo <= estimate[k] <= hi or intervals[k][0] < lo or intervals[k][1] > hi:
+                    warnings.append(f"θ̂ {k} = {estimate[k]:.3g} [{intervals[k][0]:.3g}, {intervals[k][1]:.3g}] leaves "
+                                    f"the training range [{lo:g}, {hi:g}]: the networks extrapolate there")
+        return SampleReading(estimate, intervals, "image bootstrap", boot,
+                             {"df": per["df"], "rho": per["rho"], "homogeneous": per["homogeneous"]}, warnings)
 
     def shadow_parameters(self, images, count: int, seed=None, draws: str = "point"):
         """θ̂ and ``count`` copies of it as model parameters (the paper's shadows share θ̂; there is
@@ -308,6 +421,12 @@ class SampleEstimator(_TrainedOnImages):
     grid: "ThetaGrid"
     metadata: dict
 
+    method = "sets"
+
+    @property
+    def profile_name(self) -> str | None:
+        return self.metadata.get("profile")
+
     def __repr__(self) -> str:
         s = self.stem_settings
         acq = "randomised acquisition" if self.training_metadata.get("acquisition_ranges") else "the paper's acquisition"
@@ -392,6 +511,29 @@ class SampleEstimator(_TrainedOnImages):
         """
         encoded = self.encoder.encode(images)
         return self.from_summaries(encoded.outputs, [np.arange(encoded.outputs.shape[0])])
+
+    def read_sample(self, images, resamples) -> SampleReading:
+        """The posterior of M ≥ 1 images [counts] of one sample: θ̂ (posterior mean of θ_Df, θ_ρ,
+        median of θ0, θ1), 95 % central credible intervals, θ̂ of ``resamples`` (index arrays into
+        the M images), the out-of-model check; warns where the posterior piles up at an edge of
+        the training range."""
+        from agglib.posterior import PARAMETERS
+
+        encoded = self.encoder.encode(images)
+        m = encoded.outputs.shape[0]
+        post = self.from_summaries(encoded.outputs, [np.arange(m)])
+        intervals = {k: tuple(float(v) for v in post.interval(k, 0.95)[0]) for k in PARAMETERS}
+        warnings = []
+        for k in PARAMETERS:
+            lo, hi = post.grid.edges(k)[[0, -1]]
+            if post.cdf(k, lo + 0.02 * (hi - lo))[0] > 0.25 or post.cdf(k, hi - 0.02 * (hi - lo))[0] < 0.75:
+                warnings.append(f"the posterior of {k} piles up at the edge of the training range "
+                                f"[{lo:g}, {hi:g}]: the sample may lie outside what the estimator was trained on")
+        pred = encoded.predictions
+        return SampleReading(post.point().iloc[0].to_dict(), intervals, "posterior",
+                             self.from_summaries(encoded.outputs, resamples).point(),
+                             {"df": pred["df"], "rho": pred["rho"], "homogeneous": pred["homogeneous"] > 0.5}, warnings,
+                             post, self.out_of_model(encoded.outputs))
 
     def shadow_parameters(self, images, count: int, seed=None, draws: str = "posterior"):
         """θ̂ (posterior mean of θ_Df, θ_ρ; median of θ0, θ1) and ``count`` model parameters for

@@ -575,14 +575,15 @@ class PosteriorEstimate:
 
     def to_dict(self, sample: int = 0) -> dict:
         """One sample's posterior as JSON-able lists: P(θ0, θ1), the marginal densities of θ_Df
-        and θ_ρ at 201 points [1/unit], and the mixture's parameters (for exact reuse)."""
+        and θ_ρ at the centres of 200 equal cells of the prior's box [1/unit] (at the box's edges a
+        wide mixture's density diverges), and the mixture's parameters (for exact reuse)."""
         one = self.select([sample])
         out = {"theta0_values": self.grid.integers("theta0").tolist(),
                "theta1_values": self.grid.integers("theta1").tolist(),
                "p_theta0_theta1": one.discrete_joint()[0].round(6).tolist()}
         for name in CONTINUOUS:
             lo, hi = self.grid.bounds(name)
-            x = np.linspace(lo, hi, 201)
+            x = lo + (np.arange(200) + 0.5) * (hi - lo) / 200
             out[f"{name}_points"] = x.round(5).tolist()
             out[f"{name}_density"] = [float(one.density(name, v)[0]) for v in x]
         out["mixture"] = {k: v[0].tolist() for k, v in one.params.items() if k != "discrete"}
@@ -611,8 +612,8 @@ def widened(estimate: PosteriorEstimate, width, temperature) -> PosteriorEstimat
 class Widening:
     """How much wider a trained posterior must be to hold the truth as often as it claims: the
     Gaussians' width factor and the categorical's temperature as functions of the sample size M,
-    ``log factor = intercept + slope · log M`` each (fitted on held-out simulations by
-    :func:`agglib.training.recalibration.fit_widening`; the identity by default).
+    ``log factor = intercept + slope · log M`` each, never below 1 (fitted on held-out simulations
+    by :func:`agglib.training.recalibration.fit_widening`; the identity by default).
 
     Attributes
     ----------
@@ -629,8 +630,8 @@ class Widening:
     def factors(self, n_images) -> tuple[np.ndarray, np.ndarray]:
         """Width factors and temperatures (S,) for samples of ``n_images`` images."""
         log_m = np.log(np.clip(np.asarray(n_images, dtype=np.float64), 1.0, max(1, self.max_images)))
-        return (np.exp(self.width[0] + self.width[1] * log_m),
-                np.exp(self.temperature[0] + self.temperature[1] * log_m))
+        return (np.exp(np.maximum(self.width[0] + self.width[1] * log_m, 0.0)),            # widening only
+                np.exp(np.maximum(self.temperature[0] + self.temperature[1] * log_m, 0.0)))
 
     def apply(self, estimate: PosteriorEstimate) -> PosteriorEstimate:
         """``estimate`` widened by the factors of its samples' sizes (:func:`widened`); the

@@ -149,7 +149,9 @@ def test_new_method_fit_gives_posterior_intervals_for_few_images_and_shadows_fro
     post = summary["posterior"]
     assert {"p_theta0_theta1", "df_points", "df_density", "rho_points", "rho_density", "mixture"} <= set(post)
     assert np.isclose(np.sum(post["p_theta0_theta1"]), 1.0, atol=1e-4)
-    assert np.trapezoid(post["df_density"], post["df_points"]) == pytest.approx(1.0, abs=0.02)
+    x = post["df_points"]                   # cell centres: the density integrates to the CDF's increase
+    expected = float(result.posterior.cdf("df", x[-1])[0] - result.posterior.cdf("df", x[0])[0])
+    assert np.trapezoid(post["df_density"], x) == pytest.approx(expected, abs=0.02) and expected > 0.9
     assert "out_of_model" in summary and summary["out_of_model"]["M"] == 3
     assert summary["settings"]["method"] == "sets"
     printed_args = ["fit", *map(str, paths), "--models", str(tiny_sets), "--out", str(tmp_path / "cli"),
@@ -206,7 +208,9 @@ def test_intervals_of_the_shipped_estimator_hold_the_truth_and_stay_informative(
 
     theta = agglib.ModelParams(1.8, 0.6, 2, 3)
     settings = agglib.StemSettings(image_size_px=270, pixel_size_nm=1.7)
-    widest = {"df": 0.2, "rho": 0.3, "theta0": 2, "theta1": 2}     # prior widths: 1.0, 1.0, 5, 5
+    # prior widths: 1.0, 1.0, 5, 5. θ0, θ1: at M = 24 the estimate is within ±1 of the truth in about
+    # 90 % of samples (README), so an honest 95 % set spans about three values
+    widest = {"df": 0.2, "rho": 0.3, "theta0": 3, "theta1": 3}
     for seed in range(5):
         aggs = agglib.generate_aggregates(theta, 24, seed=100 + seed, workers=1)
         images = [MeasuredImage(agglib.render_stem(a, seed=seed * 100 + k, settings=settings), 1.7, f"sim{k}", "given")

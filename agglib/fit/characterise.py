@@ -27,13 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 import agglib
 from agglib.core.seeding import as_generator, spawn_seeds
 from agglib.core.wording import counted
 from agglib.core.validation import check_range
-from agglib.estimate import TrainedNetwork
 from agglib.fit.image_checks import border_warnings, scale_warnings as particle_scale_warnings
 from agglib.fit.intensity import check_intensity, intensity_reference, sample_statistics
 from agglib.fit.io import ImageInputError, MeasuredImage, read_image
@@ -90,22 +88,6 @@ def field_of_view_advice(field_of_view_nm: float) -> str:
             "(agglib train-estimator --profile my.yaml)")
 
 
-def _features(net: TrainedNetwork, images: np.ndarray) -> torch.Tensor:
-    x = net.preprocess(torch.from_numpy(images))[:, None].to(next(net.model.parameters()).device)
-    with torch.no_grad():
-        return net.model.features(x).cpu()
-
-
-def _multi_output(net: TrainedNetwork, feats: torch.Tensor, order: np.ndarray) -> float:
-    """Mean network output over the consecutive groups of ν images of ``order``."""
-    nu = net.nu
-    groups = order.size // nu
-    z = feats[torch.from_numpy(order[: groups * nu])].reshape(groups, -1)
-    device = next(net.model.parameters()).device
-    with torch.no_grad():
-        return float(net.model.activation(net.model.head(z.to(device))).mean())
-
-
 @dataclass
 class FitResult:
     """θ̂ of a sample with intervals.
@@ -115,8 +97,11 @@ class FitResult:
     estimate : dict
         θ̂ (posterior mean of θ_Df and θ_ρ, median of θ0 and θ1; paper method: Eqs. 13–15).
     intervals : dict
-        95 % intervals: the posterior's central credible intervals (new method) or the image
-        bootstrap's (paper method).
+        95 % intervals, of the kind ``interval_kind``.
+    interval_kind : str
+        ``"posterior"`` (central credible intervals of the new method) or ``"image bootstrap"``
+        (percentiles of θ̂ over resamples of the images: the paper method has no posterior); see
+        :data:`agglib.estimate.INTERVAL_KINDS`.
     bootstrap : DataFrame
         θ̂ of resamples of the images (a second view: how much θ̂ moves with another set of images).
     posterior : PosteriorEstimate or None
@@ -132,6 +117,7 @@ class FitResult:
     settings: dict = field(default_factory=dict)
     posterior: object = None
     out_of_model: dict | None = None
+    interval_kind: str = "posterior"
 
     def table(self) -> pd.DataFrame:
         rows = {}
@@ -147,6 +133,7 @@ class FitResult:
 
     def to_dict(self) -> dict:
         out = {"estimate": self.estimate, "interval_95": {k: list(v) for k, v in self.intervals.items()},
+               "interval_kind": self.interval_kind,
                "n_images": self.n_images, "warnings": self.warnings, "settings": self.settings,
                "per_image": self.per_image.to_dict(orient="list")}
         if self.posterior is not None:
@@ -219,7 +206,6 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         else:
             estimator = SampleEstimator.load(shipped_models_dir(best))
             chosen = estimator.metadata.get("profile")
-    is_sets = isinstance(estimator, SampleEstimator)
     train_dose = estimator.dose_e_per_A2
     dose = train_dose if dose_e_per_A2 is None else float(dose_e_per_A2)
     check_range("dose_e_per_A2", dose, low=0.0, low_inclusive=False, unit="e/Å²")
@@ -255,71 +241,36 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     if m < MIN_STABLE_IMAGES:
         warnings.append(f"only {counted(m, 'image')}: the intervals are wide (see the book's error against the "
                         f"number of images); {MIN_STABLE_IMAGES} or more are recommended")
+    if m < estimator.min_images:
+        raise ImageInputError(f"{m} images given; the paper method's estimators of θ0 and θ1 need at least "
+                              f"ν = {estimator.min_images} images of one sample (the default estimator takes any number)")
     rng = as_generator(seed)
     resamples = [rng.integers(0, m, m) for _ in range(n_bootstrap)]
     settings = {"estimator_pixel_size_nm": estimator.pixel_size_nm, "estimator_image_size_px": estimator.image_size_px,
                 "units": units, "dose_e_per_A2": dose if units == "counts" else None,
                 "training_dose_e_per_A2": train_dose, "n_bootstrap": n_bootstrap,
-                "method": "sets" if is_sets else "paper", "agglib": agglib.__version__,
-                "estimator_profile": estimator.metadata.get("profile") if is_sets else None,
+                "method": estimator.method, "agglib": agglib.__version__,
+                "estimator_profile": estimator.profile_name,
                 "estimator_field_of_view_nm": estimator.field_of_view_nm,
                 "estimator_chosen_by_field_of_view": chosen,
                 "particles": None if estimator.particles.is_paper else estimator.particles.to_dict()}
     base = {"path": [it.path for it in items], "pixel_size_nm": [it.pixel_size_nm for it in items],
             "pixel_size_source": [it.pixel_size_source for it in items]}
-    if is_sets:
-        encoded = estimator.encoder.encode(images)
-        post = estimator.from_summaries(encoded.outputs, [np.arange(m)])
-        estimate = post.point().iloc[0].to_dict()
-        intervals = {k: tuple(float(v) for v in post.interval(k, 0.95)[0]) for k in PARAMETERS}
-        boot = estimator.from_summaries(encoded.outputs, resamples).point()
-        pred = encoded.predictions
-        per_image = pd.DataFrame({**base, "df": pred["df"], "rho": pred["rho"],
-                                  "homogeneous": pred["homogeneous"] > 0.5})
-        for k in PARAMETERS:
-            lo, hi = post.grid.edges(k)[[0, -1]]
-            if post.cdf(k, lo + 0.02 * (hi - lo))[0] > 0.25 or post.cdf(k, hi - 0.02 * (hi - lo))[0] < 0.75:
-                warnings.append(f"the posterior of {k} piles up at the edge of the training range "
-                                f"[{lo:g}, {hi:g}]: the sample may lie outside what the estimator was trained on")
-        check = estimator.out_of_model(encoded.outputs)
-        if check is not None and check["out_of_model"]:
-            worst = int(np.argmax(check["per_image_d2"]))
-            warnings.append(f"the sample does not look like the model's samples: its out-of-model score "
-                            f"{check['statistic']:.3g} exceeds {check['threshold']:.3g}, which "
-                            f"{check['level']:.0%} of simulated in-model samples of {m} images stay below "
-                            f"(most unusual image: {items[worst].path}). Other particles (sizes, shapes), "
-                            "another imaging mode (EDX, bright field) or another magnification than the "
-                            "estimator's? θ̂ and its intervals assume the model; treat them with care")
-        return FitResult(estimate, intervals, m, boot, per_image, warnings, settings, post, check)
-    nu = estimator.nu
-    if m < nu:
-        raise ImageInputError(f"{m} images given; the paper method's estimators of θ0 and θ1 need at least "
-                              f"ν = {nu} images of one sample (the default estimator takes any number)")
-    from agglib.estimate import combine_groups, combine_per_image
-
-    per = estimator.per_image(images)
-    f0, f1 = _features(estimator.theta0, images), _features(estimator.theta1, images)
-
-    def one(idx):
-        return {**combine_per_image(per["df"][idx], per["rho"][idx]),
-                **combine_groups(_multi_output(estimator.theta0, f0, idx), _multi_output(estimator.theta1, f1, idx))}
-
-    estimate = one(np.arange(m))
-    boot = pd.DataFrame([one(idx) for idx in resamples])
-    intervals = {k: (float(np.percentile(boot[k], 2.5)), float(np.percentile(boot[k], 97.5)))
-                 for k in ("df", "rho", "theta0", "theta1", "theta0_raw", "theta1_raw")}
-    per_image = pd.DataFrame({**base, "df": per["df"], "rho": per["rho"], "homogeneous": per["homogeneous"]})
-    settings["nu"] = nu
-    fields = estimator.training_metadata.get("profile_fields", {})
-    ranges = {"df": fields.get("df_values"), "rho": [0.0, 1.0], "theta0": fields.get("theta0_values"),
-              "theta1": fields.get("theta1_values")}
-    for k, values in ranges.items():
-        if values:
-            lo, hi = min(values), max(values)
-            if not lo <= estimate[k] <= hi or intervals[k][0] < lo or intervals[k][1] > hi:
-                warnings.append(f"θ̂ {k} = {estimate[k]:.3g} [{intervals[k][0]:.3g}, {intervals[k][1]:.3g}] leaves the "
-                                f"training range [{lo:g}, {hi:g}]: the networks extrapolate there")
-    return FitResult(estimate, intervals, m, boot, per_image, warnings, settings)
+    reading = estimator.read_sample(images, resamples)
+    warnings += reading.warnings
+    check = reading.out_of_model
+    if check is not None and check["out_of_model"]:
+        worst = int(np.argmax(check["per_image_d2"]))
+        warnings.append(f"the sample does not look like the model's samples: its out-of-model score "
+                        f"{check['statistic']:.3g} exceeds {check['threshold']:.3g}, which "
+                        f"{check['level']:.0%} of simulated in-model samples of {m} images stay below "
+                        f"(most unusual image: {items[worst].path}). Other particles (sizes, shapes), "
+                        "another imaging mode (EDX, bright field) or another magnification than the "
+                        "estimator's? θ̂ and its intervals assume the model; treat them with care")
+    if estimator.method == "paper":
+        settings["nu"] = estimator.nu
+    return FitResult(reading.estimate, reading.intervals, m, reading.bootstrap, pd.DataFrame({**base, **reading.per_image}),
+                     warnings, settings, reading.posterior, check, reading.interval_kind)
 
 
 def _resampling_warnings(items, estimator) -> list:

@@ -44,7 +44,7 @@ __all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cach
 OUT_OF_MODEL = {"features": "encoder head outputs", "level": 0.99}
 #: How every posterior is recalibrated (:func:`agglib.training.recalibration.fit_widening`).
 RECALIBRATION = {"on": "continuous dataset E", "objective": "negative log density of the truth",
-                 "sizes": list(WIDENING_SIZES), "sets_per_config": SETS_PER_CONFIG}
+                 "sizes": list(WIDENING_SIZES), "sets_per_config": SETS_PER_CONFIG, "factors": "widening only (≥ 1)"}
 
 
 

@@ -16,6 +16,10 @@ every posterior it returns.
 Calibration is then *checked* on fresh simulations that neither training nor this fit touched
 (:mod:`agglib.evaluate.calibration`, notebook 6). Every random draw comes from the seed: the fit is
 a function of the estimator's weights, the summaries and the seed.
+
+The fit only ever widens (factors below 1 are taken as 1, and the law never goes below 1): a
+posterior that is too wide on the held-out configurations is left as it is — conservative, as Hermans et al. (2022) recommend, since a
+narrowing fitted on a finite set (and extrapolated in M) risks the over-confidence it corrects.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ __all__ = ["fit_widening", "WIDENING_SIZES", "SETS_PER_CONFIG"]
 WIDENING_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 #: Random sets of M images drawn per held-out configuration and M.
 SETS_PER_CONFIG = 3
-_LOG_BOUNDS = (-0.7, 1.2)            # factors searched: 0.5 … 3.3
+_LOG_BOUNDS = (-0.7, 1.2)            # factors searched: 0.5 … 3.3; below 1 taken as 1 (widening only)
 
 
 def fit_widening(estimator, summaries: np.ndarray, theta: np.ndarray, config_id: np.ndarray, seed: int = 0, *,
@@ -80,8 +84,8 @@ def fit_widening(estimator, summaries: np.ndarray, theta: np.ndarray, config_id:
                        "continuous NLL before": _continuous_nll(terms, 0.0), "discrete NLL before": _discrete_nll(terms, 0.0),
                        "_terms": terms})
     log_m = np.log([f["M"] for f in fitted])
-    law = Widening(tuple(_line(log_m, np.log([f["width"] for f in fitted]))),
-                   tuple(_line(log_m, np.log([f["temperature"] for f in fitted]))), max_images=2 * usable[-1])
+    law = Widening(tuple(_line(log_m, np.log([max(f["width"], 1.0) for f in fitted]))),      # widening only
+                   tuple(_line(log_m, np.log([max(f["temperature"], 1.0) for f in fitted]))), max_images=2 * usable[-1])
     for f, w, t in zip(fitted, *law.factors([f["M"] for f in fitted])):
         terms = f.pop("_terms")
         f.update({"law width": float(w), "law temperature": float(t),
