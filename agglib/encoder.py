@@ -28,6 +28,7 @@ from torch import nn
 
 from agglib.nets import CompactFeatures
 from agglib.preprocess import INVERSE_THRESHOLD, augment_batch, inverse_intensity, scale_and_quantize
+from agglib.targets import to_natural, transformed_labels
 
 __all__ = ["EncoderTarget", "ENCODER_TARGETS", "encoder_inputs", "encoder_labels", "label_scaling",
            "augment_counts", "ImageEncoder", "EMBEDDING_DIM", "INPUT_CHANNELS", "Encoded", "TrainedEncoder",
@@ -43,7 +44,7 @@ ABSOLUTE_REFERENCE = 1e-3
 class EncoderTarget:
     """A per-image target: where its label comes from and how it is transformed."""
 
-    source: str                 # "descriptor:<name>", "homogeneous" or "theta:<index>"
+    source: str                 # a label source of agglib.targets ("descriptor:<name>" …)
     transform: str = "identity"  # "identity", "log", "log1p"
     loss: str = "mse"            # "mse" or "bce"
     unit: str = "-"
@@ -67,8 +68,6 @@ ENCODER_TARGETS = {
     "theta1": EncoderTarget("theta:3", unit="particles"),
 }
 
-_FORWARD = {"identity": lambda v: v, "log": lambda v: np.log(np.maximum(v, 1e-9)), "log1p": np.log1p}
-_INVERSE = {"identity": lambda v: v, "log": np.exp, "log1p": np.expm1}
 
 
 def encoder_labels(theta: np.ndarray, descriptors, names=tuple(ENCODER_TARGETS)) -> np.ndarray:
@@ -76,20 +75,8 @@ def encoder_labels(theta: np.ndarray, descriptors, names=tuple(ENCODER_TARGETS))
 
     ``homogeneous`` is 1 where ρ(A) ∈ {0, 1}. S of a material an aggregate lacks is NaN (masked).
     """
-    cols = []
-    for name in names:
-        target = ENCODER_TARGETS[name]
-        kind, _, arg = target.source.partition(":")
-        if kind == "descriptor":
-            v = descriptors[arg].to_numpy(dtype=np.float64)
-        elif kind == "homogeneous":
-            rho = descriptors["rho"].to_numpy(dtype=np.float64)
-            v = np.isin(rho, (0.0, 1.0)).astype(np.float64)
-        else:
-            v = np.asarray(theta, dtype=np.float64)[:, int(arg)]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cols.append(_FORWARD[target.transform](v))
-    return np.stack(cols, axis=1).astype(np.float32)
+    return np.stack([transformed_labels(ENCODER_TARGETS[name].source, ENCODER_TARGETS[name].transform, theta,
+                                        descriptors, absent="nan") for name in names], axis=1).astype(np.float32)
 
 
 def label_scaling(labels: np.ndarray, names=tuple(ENCODER_TARGETS)) -> dict:
@@ -105,7 +92,7 @@ def label_scaling(labels: np.ndarray, names=tuple(ENCODER_TARGETS)) -> dict:
 
 def natural_labels(labels: np.ndarray, names=tuple(ENCODER_TARGETS)) -> dict:
     """Transformed labels (n, K) from :func:`encoder_labels` back in natural units, per target."""
-    return {name: _INVERSE[ENCODER_TARGETS[name].transform](labels[:, k]) for k, name in enumerate(names)}
+    return {name: to_natural(labels[:, k], ENCODER_TARGETS[name].transform) for k, name in enumerate(names)}
 
 
 def per_image_errors(predictions: dict, labels: np.ndarray, names=tuple(ENCODER_TARGETS)) -> dict:
@@ -132,7 +119,7 @@ def unscale_predictions(pred: np.ndarray, scaling: dict) -> dict:
         if target.loss == "bce":
             out[name] = 1.0 / (1.0 + np.exp(-pred[:, k]))
         else:
-            out[name] = _INVERSE[target.transform](pred[:, k] * scaling["sd"][k] + scaling["mean"][k])
+            out[name] = to_natural(pred[:, k] * scaling["sd"][k] + scaling["mean"][k], target.transform)
     return out
 
 

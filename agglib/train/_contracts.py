@@ -15,7 +15,7 @@ __all__ = ["TargetSpec", "TARGETS", "PRETRAIN_DESCRIPTORS", "PRETRAINED_FROM", "
 
 @dataclass(frozen=True)
 class TargetSpec:
-    label: str              # "descriptor:<name>", "homogeneous" or "theta:<index>"
+    label: str              # a label source of agglib.targets ("descriptor:<name>" …)
     multi_image: bool
     activation: str
     loss: str               # "mse" or "bce"

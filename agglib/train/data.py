@@ -21,6 +21,7 @@ from agglib.core.validation import check_range
 from agglib.dataset.pytorch import ConfigurationBatchDataset, ResidentImages, StemImageDataset
 from agglib.dataset.store import DatasetStore
 from agglib.preprocess import Preprocess, augment_batch, augment_plan, augment_with_plan, augmentation_params
+from agglib.targets import label_values, transformed_labels
 from agglib.train._contracts import PRETRAIN_DESCRIPTORS, TargetSpec, TrainConfig
 
 __all__ = ["descriptor_table", "descriptor_scaling", "sample_labels", "validation_split", "make_datasets",
@@ -29,11 +30,9 @@ __all__ = ["descriptor_table", "descriptor_scaling", "sample_labels", "validatio
 
 def descriptor_table(store: DatasetStore) -> np.ndarray:
     """:data:`PRETRAIN_DESCRIPTORS` of every sample, transformed, (n, 5) (not standardised)."""
-    cols = []
-    for name, transform in PRETRAIN_DESCRIPTORS.items():
-        v = np.nan_to_num(store.descriptors[name].to_numpy(dtype=np.float64), nan=0.0)  # S of an absent material: 0
-        cols.append({"identity": v, "log1p": np.log1p(v), "log": np.log(np.maximum(v, 1.0))}[transform])
-    return np.stack(cols, axis=1)
+    return np.stack([transformed_labels(f"descriptor:{name}", transform, store.theta, store.descriptors,
+                                        absent="zero")                  # S of an absent material: 0
+                     for name, transform in PRETRAIN_DESCRIPTORS.items()], axis=1)
 
 
 def descriptor_scaling(store: DatasetStore, indices=None) -> dict:
@@ -48,16 +47,10 @@ def descriptor_scaling(store: DatasetStore, indices=None) -> dict:
 def sample_labels(store: DatasetStore, spec: TargetSpec, scaling_indices=None) -> np.ndarray:
     """The label of every sample of the store for a target ((n,), or (n, k) for ``descriptors``,
     standardised over the samples ``scaling_indices``, default T: :func:`descriptor_scaling`)."""
-    kind, _, arg = spec.label.partition(":")
-    if kind == "descriptors":
+    if spec.label == "descriptors":
         scale = descriptor_scaling(store, scaling_indices)
         return ((descriptor_table(store) - scale["mean"]) / scale["sd"]).astype(np.float32)
-    if kind == "descriptor":
-        return store.descriptors[arg].to_numpy(dtype=np.float32)
-    if kind == "homogeneous":
-        rho = store.descriptors["rho"].to_numpy()
-        return ((rho == 0.0) | (rho == 1.0)).astype(np.float32)
-    return store.theta[:, int(arg)].astype(np.float32)
+    return label_values(spec.label, store.theta, store.descriptors).astype(np.float32)
 
 
 class _Labelled(Dataset):
