@@ -33,7 +33,7 @@ five (:class:`PosteriorEnsemble`), trained on log-uniform set sizes, 83–91 %; 
 The training (:func:`agglib.training.posterior.train_posterior`) minimises the negative log
 posterior density of the true θ on random sets of images of simulated configurations whose θ is
 drawn from the prior. The trained ensemble's categorical was still too sharp (held-out
-temperature 1.5 at M = 1) and its joint 90 % regions held the truth 81–88 % of the time; a
+temperature 1.5 at M = 1) and its joint 90 % regions held the truth in 83–91 % of fresh samples; a
 :class:`Widening` fitted on held-out configurations (:mod:`agglib.training.recalibration`:
 temperature scaling of the categorical, a width factor of the Gaussians, each a line in log M)
 is applied to every posterior the estimator returns. Calibration is checked on fresh
@@ -575,8 +575,8 @@ class PosteriorEstimate:
 
     def to_dict(self, sample: int = 0) -> dict:
         """One sample's posterior as JSON-able lists: P(θ0, θ1), the marginal densities of θ_Df
-        and θ_ρ at the centres of 200 equal cells of the prior's box [1/unit] (at the box's edges a
-        wide mixture's density diverges), and the mixture's parameters (for exact reuse)."""
+        and θ_ρ at the centres of 200 equal cells of the prior's box [1/unit] (not at the box's
+        edges, where logit(θ) is infinite and the density cannot be evaluated), and the mixture's parameters (for exact reuse)."""
         one = self.select([sample])
         out = {"theta0_values": self.grid.integers("theta0").tolist(),
                "theta1_values": self.grid.integers("theta1").tolist(),
@@ -636,7 +636,7 @@ class Widening:
     def apply(self, estimate: PosteriorEstimate) -> PosteriorEstimate:
         """``estimate`` widened by the factors of its samples' sizes (:func:`widened`); the
         identity law returns it unchanged."""
-        if not any(self.width + self.temperature):
+        if not (any(self.width) or any(self.temperature)):
             return estimate
         return widened(estimate, *self.factors(estimate.n_images))
 

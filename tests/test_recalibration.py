@@ -80,6 +80,16 @@ def test_fit_recovers_a_known_over_confidence_and_the_widened_posterior_is_calib
     assert all(after.values()), after
 
 
+def test_an_under_confident_posterior_is_never_narrowed():
+    """Widening only: a posterior too wide on the held-out sets keeps its width (factors exactly 1)."""
+    summaries, theta, config_id, p = known_problem(300, 8, seed=6)
+    law, table = fit_widening(OverconfidentEstimator(summaries, p, config_id, width=0.7, temperature=0.7), summaries,
+                              theta, config_id, seed=1, sizes=(1, 2, 4, 8))
+    assert (table["width"] < 0.9).all() and (table["temperature"] < 0.9).all()     # the fit sees it too wide
+    width, temperature = law.factors([1, 2, 4, 8, 16])
+    assert np.all(width == 1.0) and np.all(temperature == 1.0)
+
+
 def test_a_calibrated_posterior_is_left_about_as_it_is():
     summaries, theta, config_id, p = known_problem(300, 8, seed=5)
     law, _ = fit_widening(OverconfidentEstimator(summaries, p, config_id, 1.0, 1.0), summaries, theta, config_id,

@@ -242,8 +242,9 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         warnings.append(f"only {counted(m, 'image')}: the intervals are wide (see the book's error against the "
                         f"number of images); {MIN_STABLE_IMAGES} or more are recommended")
     if m < estimator.min_images:
-        raise ImageInputError(f"{m} images given; the paper method's estimators of θ0 and θ1 need at least "
-                              f"ν = {estimator.min_images} images of one sample (the default estimator takes any number)")
+        raise ImageInputError(f"{m} images given; this estimator ({estimator.method} method) needs at least "
+                              f"{estimator.min_images} images of one sample (the paper method's θ0 and θ1 read groups "
+                              "of ν; the default estimator takes any number)")
     rng = as_generator(seed)
     resamples = [rng.integers(0, m, m) for _ in range(n_bootstrap)]
     settings = {"estimator_pixel_size_nm": estimator.pixel_size_nm, "estimator_image_size_px": estimator.image_size_px,

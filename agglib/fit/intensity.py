@@ -87,7 +87,7 @@ def _reference(key: str) -> dict:
     from agglib.core.locations import user_data_dir
 
     path = user_data_dir() / "cache" / reference_file_name(key)
-    for candidate in (path, SHIPPED_REFERENCES / reference_file_name(key)):
+    for candidate in (SHIPPED_REFERENCES / reference_file_name(key), path):     # shipped ones first: never stale
         if candidate.is_file() and (found := _load_reference(candidate)) is not None:
             return found
     stats = simulate_reference(key)
@@ -199,6 +199,10 @@ def check_intensity(stats: dict, reference: dict) -> tuple[list, list]:
     elif not s_lo <= signal <= s_hi:
         warnings.append(f"the particles' signal {signal:.3g} of the beam is in the outer 2.5 % of simulated samples "
                         f"({s_lo:.3g}–{s_hi:.3g} hold 95 %); check the dose and units")
+    if not b_lo - BACKGROUND_TOLERANCE <= background <= b_hi + BACKGROUND_TOLERANCE:
+        refusals.append(f"the vacuum level (median pixel) is {background:.3g} of the beam; the estimator's training "
+                        f"images have {b_lo:.3g}–{b_hi:.3g} (accepted: ± {BACKGROUND_TOLERANCE:g} beyond): subtract "
+                        f"the detector's dark level / vacuum intensity first; {fix}")
     bright = _brightness(stats)
     if np.isfinite(bright).any() and not refusals:
         value = float(np.nanmedian(bright))
@@ -210,8 +214,4 @@ def check_intensity(stats: dict, reference: dict) -> tuple[list, list]:
                             f"{floor:.3g}, which {100 - BRIGHTNESS_PERCENTILE:g} % of simulated samples of {m} images as "
                             f"the estimator was trained on exceed: the intensity scale is low — a wrong gain, dose or "
                             f"units? {fix}")
-    if not b_lo - BACKGROUND_TOLERANCE <= background <= b_hi + BACKGROUND_TOLERANCE:
-        refusals.append(f"the vacuum level (median pixel) is {background:.3g} of the beam; the estimator's training "
-                        f"images have {b_lo:.3g}–{b_hi:.3g} (accepted: ± {BACKGROUND_TOLERANCE:g} beyond): subtract "
-                        f"the detector's dark level / vacuum intensity first; {fix}")
     return refusals, warnings

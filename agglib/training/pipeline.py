@@ -104,7 +104,7 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     profile : Profile
     grid_store, continuous_store : path-like or DatasetStore
         The profile's grid dataset (the encoder trains on its T) and continuous dataset (the
-        posterior trains on its T; its E checks calibration).
+        posterior trains on its T; its E fits the posterior's widening).
     run_dir : path-like
         Receives ``encoder/`` (training checkpoints), the cached summaries and ``sets/``.
     seed : int
@@ -147,9 +147,8 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
                 and weights_digest(found.encoder.model.state_dict()) == weights_digest(encoder.model.state_dict()):
             if found.metadata.get("recalibration") == RECALIBRATION:
                 return found
-            if train:                              # trained before it was recalibrated: recalibrate only
-                return recalibrate(found, continuous_store, run_dir, seed, out,
-                                   show_progress_bars=show_progress_bars)
+            # trained before this recalibration: recalibrate only (no gradient step: also with train=False)
+            return recalibrate(found, continuous_store, run_dir, seed, out, show_progress_bars=show_progress_bars)
     if not train:
         from agglib.training._contracts import NotTrainedError
 
