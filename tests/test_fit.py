@@ -90,7 +90,7 @@ def test_small_field_of_view_and_coarse_pixels_are_refused(tmp_path, tiny_models
     coarse = write_measured(tmp_path / "coarse", count=4, pixel_nm=12.0, size=60)     # 12 nm/px vs 4.53
     with pytest.raises(ImageInputError, match="too coarse for an estimator made for 4.53 nm/px"):
         characterise(coarse, est, n_bootstrap=10)
-    with pytest.raises(ImageInputError, match="at least ν = 4 images"):
+    with pytest.raises(ImageInputError, match=r"needs at least 4 images of one sample \(the paper method.s θ0 and θ1 read groups of ν"):
         characterise(write_measured(tmp_path / "few", count=3), est, n_bootstrap=10)
 
 
