@@ -617,8 +617,10 @@ class Widening:
 
     Attributes
     ----------
-    width, temperature : tuple of float
-        ``(intercept, slope)`` of log width and of log temperature against log M.
+    width : tuple of float
+        ``(intercept, slope)`` of the log width factor against log M.
+    temperature : tuple of float
+        ``(intercept, slope)`` of the log temperature against log M.
     max_images : int
         M beyond which the law is not extrapolated (the largest M it was fitted on, × 2).
     """

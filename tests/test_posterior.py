@@ -245,7 +245,8 @@ def test_estimate_accepts_any_number_of_images(tiny_estimator, tiny_stores):
             assert np.isclose(post.probabilities(p).sum(), 1.0)
         for p in ("df", "rho"):
             lo, hi = post.grid.bounds(p)
-            assert post.cdf(p, lo)[0] < 1e-6 and post.cdf(p, hi)[0] > 1 - 1e-6
+            # the box's edges are evaluated at logit(1e-12) = ∓27.6: a wide mixture component leaves ~1e-6 beyond
+            assert post.cdf(p, lo)[0] < 1e-4 and post.cdf(p, hi)[0] > 1 - 1e-4
         table = post.table()
         assert list(table.index) == list(PARAMETERS) and (table["90% low"] <= table["90% high"]).all()
     with pytest.raises(ValueError, match="this encoder takes"):
