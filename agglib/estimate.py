@@ -110,7 +110,9 @@ def load_estimator(path, device: str | torch.device = "cpu") -> TrainedNetwork:
 
 #: What :attr:`SampleReading.intervals` are: the posterior's central credible intervals, or the
 #: percentiles of θ̂ over resamples of the images.
-INTERVAL_KINDS = {"posterior": "posterior credible intervals", "image bootstrap": "bootstrap intervals over the images"}
+INTERVAL_KINDS = {"posterior": "posterior credible intervals",
+                  "image bootstrap": "bootstrap intervals over the images: how much θ̂ moves with another set of "
+                                     "images of the sample, not the networks' error"}
 
 
 @dataclass

@@ -90,7 +90,7 @@ def test_small_field_of_view_and_coarse_pixels_are_refused(tmp_path, tiny_models
     coarse = write_measured(tmp_path / "coarse", count=4, pixel_nm=12.0, size=60)     # 12 nm/px vs 4.53
     with pytest.raises(ImageInputError, match="too coarse for an estimator made for 4.53 nm/px"):
         characterise(coarse, est, n_bootstrap=10)
-    with pytest.raises(ImageInputError, match=r"needs at least 4 images of one sample \(the paper method.s θ0 and θ1 read groups of ν"):
+    with pytest.raises(ImageInputError, match=r"needs at least 4 images of one sample \(the paper method.s networks for θ0 and θ1 read groups of ν"):
         characterise(write_measured(tmp_path / "few", count=3), est, n_bootstrap=10)
 
 
@@ -386,3 +386,18 @@ def test_shipped_intensity_references_equal_a_fresh_simulation_and_spare_it(monk
     for method in ("robust", "sets", "bremen2023"):
         intensity.intensity_reference(SampleEstimator.load(shipped_models_dir(method)))
     intensity._reference.cache_clear()
+
+
+def test_one_image_in_other_units_among_good_ones_is_named():
+    """A median over the images hides one image saved ×10: it is refused by name (a new user's find)."""
+    from pathlib import Path
+
+    from agglib.fit import MeasuredImage
+
+    files = sorted((Path(__file__).parent / "data" / "fit_sample").glob("*.tif"))
+    images = [MeasuredImage((10.0 if k == 5 else 1.0) * tifffile.imread(f).astype(np.float64), 2.9, f.name, "given")
+              for k, f in enumerate(files)]
+    with pytest.raises(ImageInputError, match=r"image_05.tif: the brightest pixels of 1 image are .* × the incident beam"):
+        characterise(images, n_bootstrap=10, seed=0)
+    result = characterise(images, n_bootstrap=10, seed=0, check_intensity_scale=False)
+    assert result.warnings[0].startswith("the intensity check refused these images")

@@ -5,7 +5,8 @@ Python blocks run as they stand (the blocks of one page in one interpreter, in o
 blocks run line by line with the substitutions the pages announce for a test — the quick
 profile's long jobs at the tiny profile (``--profile quick`` → ``--profile tiny``, 12 training
 epochs → 1, 100 aggregates → 4, a profile file written with ``--base tiny``) — and without the lines that set up a machine (``make``, ``pip``,
-``git``, ``conda``) or take hours (``agglib haadf-table``: abTEM multislice). The quick start's
+``git``, ``conda``) or take hours (``agglib haadf-table``: abTEM multislice); blocks marked
+``<!-- agglib:not-run … -->`` (a SLURM cluster, several GPUs) are not run. The quick start's
 printed θ̂ is compared with what ``agglib fit`` prints.
 """
 
@@ -32,9 +33,15 @@ SMALL = [("--profile quick", "--profile tiny"), ("quick-seed0", "tiny-seed0"), (
 pytestmark = pytest.mark.slow
 
 
+#: A block right after this comment is not run (it needs a cluster the test machine is not: SLURM,
+#: several GPUs); the comment says why, on the page's source.
+NOT_RUN = "<!-- agglib:not-run"
+
+
 def blocks(page: str, language: str) -> list[str]:
     text = (ROOT / page).read_text()
-    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
+    found = re.findall(rf"^([^\n]*)\n```{language}\n(.*?)^```", text, flags=re.S | re.M)
+    return [body for before, body in found if not before.startswith(NOT_RUN)]
 
 
 def shell_lines(block: str) -> list[str]:

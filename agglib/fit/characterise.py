@@ -227,11 +227,21 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     fractions = np.stack(prepared)
     reference = intensity_reference(estimator)
     stats = sample_statistics(fractions, estimator.pixel_size_nm)
-    refusals, scale_warnings = check_intensity(stats, reference)
+    refusals, scale_warnings = check_intensity(stats, reference, dose if units == "counts" else None)
+    brighter = np.flatnonzero(stats["signal"] >= 1.0)        # one image off among good ones: invisible in medians
+    if brighter.size and not refusals:
+        refusals.append(f"{', '.join(str(items[i].path) for i in brighter[:5])}{' …' if brighter.size > 5 else ''}: "
+                        f"the brightest pixels of {counted(brighter.size, 'image')} are "
+                        f"{float(stats['signal'][brighter[0]]):.3g} × the incident beam, more than a HAADF detector "
+                        "can see: that image was saved in other units or at another dose than the others; "
+                        "fix it, or leave it out (--skip-bad does not: remove the file)")
     if refusals and check_intensity_scale:
         raise ImageInputError(f"{len(items)} images ({items[0].path}, …) read as {units}"
                               + (f" at {dose:g} e/Å²" if units == "counts" else "") + ": " + " ".join(refusals)
                               + " (check_intensity_scale=False / --skip-intensity-check to estimate anyway)")
+    if refusals:                            # estimated anyway (check_intensity_scale=False): said first
+        warnings.append("the intensity check refused these images (below), and θ̂ and its intervals were computed "
+                        "anyway: they assume the training images' intensity scale and are likely wrong")
     warnings += refusals + scale_warnings
     warnings += _resampling_warnings(items, estimator)
     warnings += border_warnings(fractions, [it.path for it in items], estimator.field_of_view_nm)
@@ -243,8 +253,8 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
                         f"number of images); {MIN_STABLE_IMAGES} or more are recommended")
     if m < estimator.min_images:
         raise ImageInputError(f"{m} images given; this estimator ({estimator.method} method) needs at least "
-                              f"{estimator.min_images} images of one sample (the paper method's θ0 and θ1 read groups "
-                              "of ν; the default estimator takes any number)")
+                              f"{estimator.min_images} images of one sample (the paper method's networks for θ0 and "
+                              "θ1 read groups of ν images at once; the default estimator takes any number)")
     rng = as_generator(seed)
     resamples = [rng.integers(0, m, m) for _ in range(n_bootstrap)]
     settings = {"estimator_pixel_size_nm": estimator.pixel_size_nm, "estimator_image_size_px": estimator.image_size_px,

@@ -172,12 +172,13 @@ def reference_key(estimator, count: int = 256, seed: int = 0) -> str:
     return json.dumps(spec, sort_keys=True)
 
 
-def check_intensity(stats: dict, reference: dict) -> tuple[list, list]:
+def check_intensity(stats: dict, reference: dict, dose_e_per_A2: float | None = None) -> tuple[list, list]:
     """Compare a sample's images (their :func:`sample_statistics`) with ``reference``
     (:func:`intensity_reference`).
 
-    Returns ``(refusals, warnings)``: messages with the numbers and what to do. A refusal means
-    the estimate would be meaningless.
+    ``dose_e_per_A2``: the dose [e/Å²] the images were read at, for images given as counts (the
+    messages then name the dose the intensities imply). Returns ``(refusals, warnings)``: messages
+    with the numbers and what to do. A refusal means the estimate would be meaningless.
     """
     m = min(len(stats["signal"]), REFERENCE_IMAGES)
     background, signal = float(np.median(stats["background"])), float(np.median(stats["signal"]))
@@ -188,20 +189,28 @@ def check_intensity(stats: dict, reference: dict) -> tuple[list, list]:
     refusals, warnings = [], []
     fix = ("give detector-normalised images with --units fraction (vacuum 0, incident beam 1), or counts "
            "with --units counts and their --dose [e/Å²]")
+    typical = float(np.median(simulated))
+    implied = ("" if dose_e_per_A2 is None else
+               f" For a sample as bright as the median training sample these counts would mean a dose of the "
+               f"order of {dose_e_per_A2 * signal / typical:.2g} e/Å², not {dose_e_per_A2:g}.")
     if signal >= 1.0:
+        what = (f"read at {dose_e_per_A2:g} e/Å², the dose or the counts' units are off"
+                if dose_e_per_A2 is not None else "these are not fractions of the beam")
         refusals.append(f"the brightest particle pixels are {signal:.3g} × the incident beam (median over the "
-                        f"images of the 99.5th percentile), but a HAADF detector sees less than the beam: these are "
-                        f"not fractions of the beam; {fix}")
+                        f"images of the 99.5th percentile), more than a HAADF detector can see: {what}."
+                        f"{implied} Fix: {fix}")
     elif signal > SIGNAL_MARGIN * s_max or signal < s_min / SIGNAL_MARGIN:
         refusals.append(f"the particles' signal is {signal:.3g} of the beam (median over the images of the 99.5th "
                         f"percentile); simulated samples of {m} images as the estimator was trained on span "
-                        f"{s_min:.3g}–{s_max:.3g}: the intensity scale is off — a wrong dose, gain or units? {fix}")
+                        f"{s_min:.3g}–{s_max:.3g} (accepted: {s_min / SIGNAL_MARGIN:.3g}–{s_max * SIGNAL_MARGIN:.3g}): "
+                        f"the intensity scale is off — a wrong dose, gain or units?{implied} Fix: {fix}")
     elif not s_lo <= signal <= s_hi:
         warnings.append(f"the particles' signal {signal:.3g} of the beam is in the outer 2.5 % of simulated samples "
                         f"({s_lo:.3g}–{s_hi:.3g} hold 95 %); check the dose and units")
     if not b_lo - BACKGROUND_TOLERANCE <= background <= b_hi + BACKGROUND_TOLERANCE:
+        trained = (f"{b_lo:.3g}–{b_hi:.3g}" if b_hi > b_lo else f"exactly {b_lo:.3g} (the simulator's vacuum)")
         refusals.append(f"the vacuum level (median pixel) is {background:.3g} of the beam; the estimator's training "
-                        f"images have {b_lo:.3g}–{b_hi:.3g} (accepted: ± {BACKGROUND_TOLERANCE:g} beyond): subtract "
+                        f"images have {trained} (accepted: ± {BACKGROUND_TOLERANCE:g} beyond): subtract "
                         f"the detector's dark level / vacuum intensity first; {fix}")
     bright = _brightness(stats)
     if np.isfinite(bright).any() and not refusals:
