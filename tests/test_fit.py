@@ -161,6 +161,11 @@ def test_new_method_fit_gives_posterior_intervals_for_few_images_and_shadows_fro
     assert np.trapezoid(post["df_density"], x) == pytest.approx(expected, abs=0.02) and expected > 0.9
     assert "out_of_model" in summary and summary["out_of_model"]["M"] == 3
     assert summary["settings"]["method"] == "sets" and summary["interval_kind"] == "posterior"
+    # the keys the quick start's "What summary.json holds" describes
+    assert {"estimate", "interval_95", "interval_kind", "posterior", "out_of_model", "settings", "warnings",
+            "per_image", "n_images", "shadows"} <= set(summary)
+    assert {"log_w", "mean", "log_scale", "offdiag"} == set(post["mixture"])
+    assert {"statistic", "threshold", "ratio", "per_image_d2", "parts", "level"} <= set(summary["out_of_model"])
     printed_args = ["fit", *map(str, paths), "--models", str(tiny_sets), "--out", str(tmp_path / "cli"),
                     "--bootstrap", "20", "--shadows", "4"]
     assert main(printed_args) == 0
