@@ -285,6 +285,16 @@ def _mixture_log_density(log_w, mean, log_scale, offdiag, u):
     return torch.logsumexp(log_w + log_n, dim=1)
 
 
+def component_log_terms(log_w, mean, log_scale, offdiag, u) -> np.ndarray:
+    """log w_k − ½ |L_k⁻¹ (u − μ_k)|² − log det L_k of each bivariate Gaussian of a mixture at u (S, 2)
+    (numpy; (S, K)): its log weighted density less log 2π. Cholesky factor L = [[σ1, 0], [c, σ2]]
+    per component, as :func:`_mixture_log_density` (the training objective's torch twin)."""
+    d = u[:, None, :] - mean
+    y1 = d[..., 0] / np.exp(log_scale[..., 0])
+    y2 = (d[..., 1] - offdiag * y1) / np.exp(log_scale[..., 1])
+    return log_w - 0.5 * (y1 ** 2 + y2 ** 2) - log_scale.sum(-1)
+
+
 def _ndtr(x):
     from scipy.special import ndtr
 
@@ -549,11 +559,8 @@ class PosteriorEstimate:
         p = self.params
         pair = self.grid.discrete_index(th)
         u = self.grid.to_unbounded(th)
-        log_w, mean, log_scale, c = (p[k][rows, pair] for k in ("log_w", "mean", "log_scale", "offdiag"))
-        d = u[:, None, :] - mean
-        y1 = d[..., 0] / np.exp(log_scale[..., 0])
-        y2 = (d[..., 1] - c * y1) / np.exp(log_scale[..., 1])
-        log_u = logsumexp(log_w - 0.5 * (y1 ** 2 + y2 ** 2) - log_scale.sum(-1) - _LOG_2PI, axis=1)
+        log_u = logsumexp(component_log_terms(*(p[k][rows, pair] for k in ("log_w", "mean", "log_scale", "offdiag")), u)
+                          - _LOG_2PI, axis=1)
         jac = 0.0
         for j, name in enumerate(CONTINUOUS):
             lo, hi = self.grid.bounds(name)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from agglib.posterior import Widening
+from agglib.posterior import Widening, component_log_terms
 
 __all__ = ["fit_widening", "WIDENING_SIZES", "SETS_PER_CONFIG"]
 
@@ -118,12 +118,9 @@ def _continuous_nll(t: dict, log_width: float) -> float:
     """Mean −log p(u | pair) with the Gaussians exp(log_width) × wider, less the constant log 2π."""
     from scipy.special import logsumexp
 
-    log_scale = t["log_scale"] + log_width
-    c = t["offdiag"] * np.exp(log_width)
-    d = t["u"][:, None, :] - t["mean"]
-    y1 = d[..., 0] / np.exp(log_scale[..., 0])
-    y2 = (d[..., 1] - c * y1) / np.exp(log_scale[..., 1])
-    return float(-np.mean(logsumexp(t["log_w"] - 0.5 * (y1 ** 2 + y2 ** 2) - log_scale.sum(-1), axis=1)))
+    terms = component_log_terms(t["log_w"], t["mean"], t["log_scale"] + log_width, t["offdiag"] * np.exp(log_width),
+                                t["u"])
+    return float(-np.mean(logsumexp(terms, axis=1)))
 
 
 def _discrete_nll(t: dict, log_temperature: float) -> float:
