@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -139,6 +139,8 @@ class SampleReading:
         The joint posterior (the new method).
     out_of_model : dict or None
         The out-of-model check (:meth:`SampleEstimator.out_of_model`), where the method has one.
+    settings : dict
+        The method's own settings worth recording with the result (the paper method: ``nu``).
     """
 
     estimate: dict
@@ -149,6 +151,7 @@ class SampleReading:
     warnings: list
     posterior: object = None
     out_of_model: dict | None = None
+    settings: dict = field(default_factory=dict)
 
 
 class _TrainedOnImages:
@@ -294,7 +297,8 @@ class ParameterEstimator(_TrainedOnImages):
                     warnings.append(f"θ̂ {k} = {estimate[k]:.3g} [{intervals[k][0]:.3g}, {intervals[k][1]:.3g}] leaves "
                                     f"the training range [{lo:g}, {hi:g}]: the networks extrapolate there")
         return SampleReading(estimate, intervals, "image bootstrap", boot,
-                             {"df": per["df"], "rho": per["rho"], "homogeneous": per["homogeneous"]}, warnings)
+                             {"df": per["df"], "rho": per["rho"], "homogeneous": per["homogeneous"]}, warnings,
+                             settings={"nu": self.nu})
 
     def shadow_parameters(self, images, count: int, seed=None, draws: str = "point"):
         """θ̂ and ``count`` copies of it as model parameters (the paper's shadows share θ̂; there is

@@ -227,14 +227,8 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     fractions = np.stack(prepared)
     reference = intensity_reference(estimator)
     stats = sample_statistics(fractions, estimator.pixel_size_nm)
-    refusals, scale_warnings = check_intensity(stats, reference, dose if units == "counts" else None)
-    brighter = np.flatnonzero(stats["signal"] >= 1.0)        # one image off among good ones: invisible in medians
-    if brighter.size and not refusals:
-        refusals.append(f"{', '.join(str(items[i].path) for i in brighter[:5])}{' …' if brighter.size > 5 else ''}: "
-                        f"the brightest pixels of {counted(brighter.size, 'image')} are "
-                        f"{float(stats['signal'][brighter[0]]):.3g} × the incident beam, more than a HAADF detector "
-                        "can see: that image was saved in other units or at another dose than the others; "
-                        "fix it, or leave it out (--skip-bad does not: remove the file)")
+    refusals, scale_warnings = check_intensity(stats, reference, dose if units == "counts" else None,
+                                               names=[it.path for it in items])
     if refusals and check_intensity_scale:
         raise ImageInputError(f"{len(items)} images ({items[0].path}, …) read as {units}"
                               + (f" at {dose:g} e/Å²" if units == "counts" else "") + ": " + " ".join(refusals)
@@ -278,8 +272,7 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
                         f"(most unusual image: {items[worst].path}). Other particles (sizes, shapes), "
                         "another imaging mode (EDX, bright field) or another magnification than the "
                         "estimator's? θ̂ and its intervals assume the model; treat them with care")
-    if estimator.method == "paper":
-        settings["nu"] = estimator.nu
+    settings.update(reading.settings)
     return FitResult(reading.estimate, reading.intervals, m, reading.bootstrap, pd.DataFrame({**base, **reading.per_image}),
                      warnings, settings, reading.posterior, check, reading.interval_kind)
 

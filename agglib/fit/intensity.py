@@ -42,6 +42,7 @@ import warnings
 import numpy as np
 
 from agglib.core.locations import shipped_data_path
+from agglib.core.wording import counted
 from agglib.stem.acquisition import intensity_statistics
 
 __all__ = ["intensity_reference", "reference_key", "simulate_reference", "reference_file_name", "check_intensity",
@@ -172,13 +173,18 @@ def reference_key(estimator, count: int = 256, seed: int = 0) -> str:
     return json.dumps(spec, sort_keys=True)
 
 
-def check_intensity(stats: dict, reference: dict, dose_e_per_A2: float | None = None) -> tuple[list, list]:
+def check_intensity(stats: dict, reference: dict, dose_e_per_A2: float | None = None,
+                    names=None) -> tuple[list, list]:
     """Compare a sample's images (their :func:`sample_statistics`) with ``reference``
     (:func:`intensity_reference`).
 
     ``dose_e_per_A2``: the dose [e/Å²] the images were read at, for images given as counts (the
-    messages then name the dose the intensities imply). Returns ``(refusals, warnings)``: messages
-    with the numbers and what to do. A refusal means the estimate would be meaningless.
+    messages then name the dose the intensities imply); ``names``: the images' names (files), for
+    a refusal of single images. Returns ``(refusals, warnings)``: messages with the numbers and
+    what to do. A refusal means the estimate would be meaningless.
+
+    Beyond the sample's medians, every image must be below the incident beam: one image saved in
+    other units among good ones leaves the medians as they are.
     """
     m = min(len(stats["signal"]), REFERENCE_IMAGES)
     background, signal = float(np.median(stats["background"])), float(np.median(stats["signal"]))
@@ -223,4 +229,11 @@ def check_intensity(stats: dict, reference: dict, dose_e_per_A2: float | None = 
                             f"{floor:.3g}, which {100 - BRIGHTNESS_PERCENTILE:g} % of simulated samples of {m} images as "
                             f"the estimator was trained on exceed: the intensity scale is low — a wrong gain, dose or "
                             f"units? {fix}")
+    brighter = np.flatnonzero(np.asarray(stats["signal"]) >= 1.0)
+    if brighter.size and not refusals:
+        named = [str(names[i]) if names is not None else f"image {i + 1}" for i in brighter[:5]]
+        refusals.append(f"{', '.join(named)}{' …' if brighter.size > 5 else ''}: the brightest pixels of "
+                        f"{counted(brighter.size, 'image')} are {float(stats['signal'][brighter[0]]):.3g} × the incident "
+                        "beam, more than a HAADF detector can see: that image was saved in other units or at another "
+                        "dose than the others; fix it, or leave it out (--skip-bad does not: remove the file)")
     return refusals, warnings
