@@ -197,6 +197,7 @@ def test_profiles_write_makes_a_profile_from_images_and_radii(tmp_path, capsys):
     ("radius_zero", r"radii.csv, line 3: radius_nm=0 must be > 0"),
     ("empty_csv", r"radii.csv: the CSV is empty"),
     ("no_radius_column", r"radii.csv: no radius_nm \(or diameter_nm\) column"),
+    ("reversed_range", r"--n-particles 80-20: give LOW-HIGH with 1 ≤ LOW ≤ HIGH ≤ 10000 \(range \[80, 20\]"),
 ])
 def test_profiles_write_refuses_bad_input_in_one_line(tmp_path, capsys, case, match):
     write_images(tmp_path / "images", 1, 0.5, 160, ParticleModel.same_radii(RadiusDistribution(6, 1.5), ParticleCount(9, 12)),
@@ -205,7 +206,9 @@ def test_profiles_write_refuses_bad_input_in_one_line(tmp_path, capsys, case, ma
     radii.write_text({"radius_zero": "radius_nm\n5\n0\n", "empty_csv": "",
                       "no_radius_column": "size\n5\n6\n"}.get(case, "radius_nm\n5\n6\n"))
     out = tmp_path / "p.yaml"
-    assert main(["profiles", "write", str(out), "--images", str(tmp_path / "images"), "--radii", str(radii)]) == 2
+    extra = ["--n-particles", "80-20"] if case == "reversed_range" else []
+    assert main(["profiles", "write", str(out), "--images", str(tmp_path / "images"), "--radii", str(radii),
+                 *extra]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(match, err), err
     assert not out.exists()

@@ -206,9 +206,11 @@ def write_profile(out, images, radii_csv, *, n_particles=None, pixel_size_nm: fl
         count = ParticleCount()
     elif isinstance(n_particles, (tuple, list)):
         low, high = n_particles
-        if not 1 <= low <= high <= 10_000:
-            raise ProfileInputError(f"--n-particles {low}-{high}: give LOW-HIGH with 1 ≤ LOW ≤ HIGH ≤ 10000")
-        count = ParticleCount(low, high)
+        try:
+            count = ParticleCount(low, high)                      # its checks: 1 ≤ LOW ≤ HIGH ≤ 10000
+        except ValueError as err:
+            raise ProfileInputError(f"--n-particles {low}-{high}: give LOW-HIGH with 1 ≤ LOW ≤ HIGH ≤ 10000 "
+                                    f"({err})") from None
     else:
         count = ParticleCount.from_measured(read_counts_csv(n_particles))
     particles = ParticleModel(RadiusDistribution.from_measured(radii["WO3"]),
