@@ -8,7 +8,8 @@ tuples and dicts in it, so :func:`load_checkpoint` reads it with ``torch.load(we
 key            content
 ============== =====================================================================
 ``format``     ``"agglib-checkpoint/2"``
-``kind``       what the weights are: ``"encoder"``, ``"set_posterior"`` (the new method) …
+``kind``       what the weights are: ``"encoder"``, ``"set_posterior"`` (the new method),
+               ``"paper_network"`` (one of the paper's networks)
 ``metadata``   a JSON string: everything needed to rebuild the module (architecture,
                input size, pixel size, STEM settings, target scaling, training config,
                dataset identity, agglib version); documented per kind where it is written
@@ -16,10 +17,15 @@ key            content
 ``optimizer``  optional: the optimizer's ``state_dict`` (``last.pt`` of a run, for resuming)
 ``progress``   optional: ``{"epoch": int, "step": int}`` of a run in progress
 ``history``    optional: a JSON string, one record per finished epoch
+``run_state``  optional: a JSON string, the training method's own state (best validation
+               loss, scores on E …) in ``last.pt``
+``tensors``    optional: other tensors of a run in progress (``torch_rng``: the CPU RNG)
 ============== =====================================================================
 
 Writes are atomic (a temporary file, then a rename): an interrupted job never leaves a
-half-written checkpoint.
+half-written checkpoint. Checkpoints written by agglib ≤ 0.x for the paper's networks
+(``metadata["format"] == "agglib-estimator/1"``, plain dicts) are still read: :func:`load_checkpoint`
+returns them in this layout.
 """
 
 from __future__ import annotations
@@ -33,16 +39,15 @@ import torch
 from agglib.core.files import atomic_write_bytes
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "CheckpointError", "weights_digest",
-           "PAPER_CHECKPOINT_FORMAT", "save_paper_checkpoint"]
+           "read_torch_file"]
 
 CHECKPOINT_FORMAT = "agglib-checkpoint/2"
 
-#: The paper method's networks (``agglib.train``) keep their own layout: a dict with ``metadata``
-#: (a plain dict: architecture, target, ν, preprocessing, sizes, dataset identity, training
-#: config), ``model``, and for ``last.pt`` ``optimizer``, ``epoch``, ``history``,
-#: ``best_val_loss``, ``torch_rng`` — also only tensors and plain values, so it too loads with
-#: ``weights_only=True``.
-PAPER_CHECKPOINT_FORMAT = "agglib-estimator/1"
+#: The layout the paper's networks were saved in before they shared the one format: a dict
+#: with ``metadata`` (a plain dict holding this string as ``format``), ``model`` and for
+#: ``last.pt`` ``optimizer``, ``epoch``, ``step``, ``history``, ``best_val_loss``, ``E``,
+#: ``torch_rng``. Read by :func:`load_checkpoint` (kind ``"paper_network"``), never written.
+_LEGACY_PAPER_FORMAT = "agglib-estimator/1"
 
 
 class CheckpointError(ValueError):
@@ -50,7 +55,8 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path, kind: str, metadata: dict, model_state: dict, *, optimizer_state: dict | None = None,
-                    progress: dict | None = None, history: list | None = None) -> Path:
+                    progress: dict | None = None, history: list | None = None, run_state: str | None = None,
+                    tensors: dict | None = None) -> Path:
     """Write a checkpoint atomically (see the module docstring for the layout)."""
     payload = {"format": CHECKPOINT_FORMAT, "kind": str(kind), "metadata": json.dumps(metadata),
                "model": {k: v.detach().cpu() for k, v in model_state.items()}}
@@ -60,16 +66,27 @@ def save_checkpoint(path, kind: str, metadata: dict, model_state: dict, *, optim
         payload["progress"] = {k: int(v) for k, v in progress.items()}
     if history is not None:
         payload["history"] = json.dumps(history)
+    if run_state is not None:
+        payload["run_state"] = str(run_state)
+    if tensors:
+        payload["tensors"] = dict(tensors)
     buf = io.BytesIO()
     torch.save(payload, buf)
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def save_paper_checkpoint(path, payload: dict) -> Path:
-    """Write a paper-method checkpoint (:data:`PAPER_CHECKPOINT_FORMAT`) atomically."""
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+def _from_legacy_paper_layout(payload: dict) -> dict:
+    """A checkpoint of the paper's networks in :data:`_LEGACY_PAPER_FORMAT`, in today's layout."""
+    metadata = {k: v for k, v in payload["metadata"].items() if k != "format"}
+    out = {"format": CHECKPOINT_FORMAT, "kind": "paper_network", "metadata": json.dumps(metadata),
+           "model": payload["model"], "history": json.dumps(payload.get("history", []))}
+    if "epoch" in payload and "metadata" in payload and "optimizer" in payload:
+        out["optimizer"] = payload["optimizer"]
+        out["progress"] = {"epoch": int(payload["epoch"]), "step": int(payload.get("step", 0))}
+        out["run_state"] = json.dumps({"best_val_loss": payload.get("best_val_loss"), "E": payload.get("E")})
+        if "torch_rng" in payload:
+            out["tensors"] = {"torch_rng": payload["torch_rng"]}
+    return out
 
 
 def read_torch_file(path, map_location="cpu"):
@@ -88,13 +105,16 @@ def read_torch_file(path, map_location="cpu"):
 
 
 def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
-    """Read a checkpoint with ``torch.load(weights_only=True)``; metadata and history decoded.
+    """Read a checkpoint with ``torch.load(weights_only=True)``; metadata, history and run state decoded.
 
     Raises :class:`CheckpointError` naming the file when it is missing, truncated, not an agglib
     checkpoint or of another ``kind``.
     """
     path = Path(path)
     payload = read_torch_file(path, map_location)
+    if isinstance(payload, dict) and isinstance(payload.get("metadata"), dict) \
+            and payload["metadata"].get("format") == _LEGACY_PAPER_FORMAT:
+        payload = _from_legacy_paper_layout(payload)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an {CHECKPOINT_FORMAT} checkpoint")
     if kind is not None and payload.get("kind") != kind:
@@ -102,6 +122,7 @@ def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
     out = dict(payload)
     out["metadata"] = json.loads(payload["metadata"])
     out["history"] = json.loads(payload["history"]) if "history" in payload else []
+    out["run_state"] = json.loads(payload["run_state"]) if "run_state" in payload else {}
     return out
 
 

@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from agglib.nets import CompactFeatures
-from agglib.preprocess import INVERSE_THRESHOLD, augment_batch, inverse_intensity, scale_and_quantize
+from agglib.preprocess import INVERSE_THRESHOLD, inverse_intensity, scale_and_quantize
 from agglib.targets import to_natural, transformed_labels
 
 __all__ = ["EncoderTarget", "ENCODER_TARGETS", "encoder_inputs", "encoder_labels", "label_scaling",
-           "augment_counts", "ImageEncoder", "EMBEDDING_DIM", "INPUT_CHANNELS", "Encoded", "TrainedEncoder",
+           "augmentation_draws", "ImageEncoder", "EMBEDDING_DIM", "INPUT_CHANNELS", "Encoded", "TrainedEncoder",
            "standardised_labels", "multitask_loss", "unscale_predictions", "natural_labels", "per_image_errors"]
 
 EMBEDDING_DIM = 128
@@ -141,18 +141,18 @@ def encoder_inputs(counts: torch.Tensor, electrons_per_pixel: float) -> torch.Te
     return torch.stack([scaled, inverse, absolute], dim=1)
 
 
-def augment_counts(counts: torch.Tensor, generator: torch.Generator, max_shift_px: int = 4) -> torch.Tensor:
-    """Random rotation by k·90°, reflection and integer shift (vacuum, 0 counts, shifted in) per image.
+def augmentation_draws(n: int, generator: torch.Generator, max_shift_px: int = 4) -> torch.Tensor:
+    """The augmentation of ``n`` images: a rotation by k·90°, a reflection and an integer shift
+    [px] each, as :data:`agglib.preprocess.AUGMENT_COLUMNS` rows (n, 4) for
+    :func:`agglib.preprocess.augment_batch` (with ``fill=0``: vacuum shifted in).
 
-    Every random number comes from ``generator``, so a batch's augmentation is a function of its
-    seed alone (a resumed training run repeats it exactly); the transform is
-    :func:`agglib.preprocess.augment_batch`.
+    Every random number comes from ``generator``, so a batch's augmentation is a function of the
+    generator's seed and the batches drawn before it (a resumed training run repeats it exactly).
     """
-    b = counts.shape[0]
-    rot = torch.randint(0, 4, (b,), generator=generator)
-    flip = torch.randint(0, 2, (b,), generator=generator)
-    shift = torch.randint(-max_shift_px, max_shift_px + 1, (b, 2), generator=generator)
-    return augment_batch(counts, torch.stack([rot, flip, shift[:, 0], shift[:, 1]], dim=1), fill=0.0)
+    rot = torch.randint(0, 4, (n,), generator=generator)
+    flip = torch.randint(0, 2, (n,), generator=generator)
+    shift = torch.randint(-max_shift_px, max_shift_px + 1, (n, 2), generator=generator)
+    return torch.stack([rot, flip, shift[:, 0], shift[:, 1]], dim=1)
 
 
 class ImageEncoder(nn.Module):
@@ -182,17 +182,22 @@ class ImageEncoder(nn.Module):
         return z, self.heads(z)
 
 
-def multitask_loss(out: torch.Tensor, labels: torch.Tensor, bce_mask: torch.Tensor) -> torch.Tensor:
+def multitask_loss(out: torch.Tensor, labels: torch.Tensor, bce_mask: torch.Tensor,
+                   valid_counts: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over targets of the masked MSE (standardised labels) or BCE (``bce_mask`` columns).
 
     Labels that are NaN (a descriptor undefined for that aggregate) do not count.
+    ``valid_counts`` (K,): the finite labels per target in the whole global batch when this batch
+    is one rank's part of it (default: this batch's), so that the ranks' losses add up to the
+    global batch's.
     """
     valid = torch.isfinite(labels)
     y = torch.where(valid, labels, torch.zeros_like(labels))
     mse = (out - y) ** 2
     bce = nn.functional.binary_cross_entropy_with_logits(out, y, reduction="none")
     per = torch.where(bce_mask[None, :], bce, mse) * valid
-    return (per.sum(dim=0) / valid.sum(dim=0).clamp(min=1)).mean()
+    counts = valid.sum(dim=0) if valid_counts is None else valid_counts
+    return (per.sum(dim=0) / counts.clamp(min=1)).mean()
 
 
 @dataclass

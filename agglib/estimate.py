@@ -93,14 +93,10 @@ class TrainedNetwork:
 
 def load_estimator(path, device: str | torch.device = "cpu") -> TrainedNetwork:
     """A network from a checkpoint written by :func:`agglib.train.train_network` (needs nothing else)."""
-    from agglib.checkpoint import PAPER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT
-    from agglib.checkpoint import CheckpointError, read_torch_file
+    from agglib.checkpoint import load_checkpoint
 
-    path = Path(path)
-    state = read_torch_file(path, device)
-    meta = state.get("metadata", {}) if isinstance(state, dict) else {}
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an agglib estimator checkpoint ({CHECKPOINT_FORMAT})")
+    state = load_checkpoint(path, kind="paper_network", map_location=device)
+    meta = state["metadata"]
     model = build_network(meta["arch"], meta["input_size"], nu=meta["nu"], activation=meta["activation"],
                           outputs=int(meta.get("outputs", 1)))
     model.load_state_dict(state["model"])
@@ -362,20 +358,19 @@ def export_estimators(run_dir, out_dir) -> Path:
     """
     import json
 
-    from agglib.checkpoint import save_paper_checkpoint as save_checkpoint
+    from agglib.checkpoint import load_checkpoint, save_checkpoint
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     summary = {}
     for name in NETWORK_NAMES:
-        state = torch.load(run_dir / name / "best.pt", map_location="cpu", weights_only=True)
+        state = load_checkpoint(run_dir / name / "best.pt", kind="paper_network")
         metadata = dict(state["metadata"])
         init = metadata["train_config"].get("init_features")
         if init:                                 # a path on the training machine: keep only its run-relative part
             metadata["train_config"] = {**metadata["train_config"],
                                         "init_features": "/".join(Path(init).parts[-2:])}
-        slim = {"metadata": metadata, "model": state["model"], "history": state["history"],
-                "epoch": state["epoch"]}
-        save_checkpoint(out_dir / name / "best.pt", slim)
+        save_checkpoint(out_dir / name / "best.pt", "paper_network", metadata, state["model"],
+                        history=state["history"])
         best = min(state["history"], key=lambda h: h["val_loss"])
         summary[name] = {"epoch": best["epoch"], "val_loss": best["val_loss"], "val_mae": best["val_mae"],
                          "arch": state["metadata"]["arch"], "parameters": state["metadata"]["parameters"]}

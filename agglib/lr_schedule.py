@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["one_cycle_lr", "set_lr"]
+__all__ = ["one_cycle_lr", "set_lr", "torch_one_cycle"]
 
 
 def one_cycle_lr(step: int, total_steps: int, peak_lr: float, warmup: float = 0.15,
@@ -41,3 +41,32 @@ def set_lr(optimizer, lr: float) -> None:
     """Set the learning rate of every parameter group."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def _cosine(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
+def torch_one_cycle(step: int, total_steps: int, max_lr: float, pct_start: float = 0.15, div_factor: float = 25.0,
+                    final_div_factor: float = 1e4, base_momentum: float = 0.85,
+                    max_momentum: float = 0.95) -> dict:
+    """The rate and Adam's β1 of :class:`torch.optim.lr_scheduler.OneCycleLR` (cosine, two phases)
+    after ``step`` steps, as a pure function — the same floats, step for step (a test).
+
+    The paper networks' ``schedule="onecycle"``: from ``max_lr / div_factor`` up to ``max_lr``
+    over ``pct_start`` of the steps, then down to ``max_lr / div_factor / final_div_factor``;
+    β1 cycles the other way between ``max_momentum`` and ``base_momentum``.
+
+    Returns
+    -------
+    dict
+        ``{"lr": float, "beta1": float}``.
+    """
+    initial = max_lr / div_factor
+    low = initial / final_div_factor
+    warm_end = float(pct_start * total_steps) - 1
+    if step <= warm_end:
+        pct = step / warm_end
+        return {"lr": _cosine(initial, max_lr, pct), "beta1": _cosine(max_momentum, base_momentum, pct)}
+    pct = (step - warm_end) / (total_steps - 1 - warm_end)
+    return {"lr": _cosine(max_lr, low, pct), "beta1": _cosine(base_momentum, max_momentum, pct)}

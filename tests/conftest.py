@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -57,3 +58,21 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def edit_checkpoint():
+    """``edit(path, change)``: rewrite an agglib checkpoint after ``change(state)`` edits its
+    decoded dict (``metadata``, ``run_state``, ``progress`` …) in place — a run saved by an
+    older agglib, or one stopped between two writes."""
+    from agglib.checkpoint import load_checkpoint, save_checkpoint
+
+    def edit(path, change):
+        state = load_checkpoint(path)
+        change(state)
+        save_checkpoint(path, state["kind"], state["metadata"], state["model"],
+                        optimizer_state=state.get("optimizer"), progress=state.get("progress"),
+                        history=state["history"], run_state=json.dumps(state["run_state"]),
+                        tensors=state.get("tensors"))
+
+    return edit

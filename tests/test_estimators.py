@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import agglib
 
+from agglib.checkpoint import load_checkpoint
 from agglib.dataset import build_dataset
 from agglib.estimate import ParameterEstimator, load_estimator
 from agglib.nets import build_network, count_parameters, paper_parameter_table
@@ -178,8 +179,8 @@ def test_profile_val_images_caps_validation_in_images(tiny_store, tmp_path):
     train_for_profile(prof, "df", tiny_store.path, tmp_path, show_progress_bars=False, steps_per_epoch=1)
     train_for_profile(prof, "theta0", tiny_store.path, tmp_path, show_progress_bars=False, steps_per_epoch=1,
                       init_features=None)
-    single = torch.load(tmp_path / "df" / "last.pt", weights_only=False)["metadata"]["train_config"]
-    multi = torch.load(tmp_path / "theta0" / "last.pt", weights_only=False)["metadata"]["train_config"]
+    single = load_checkpoint(tmp_path / "df" / "last.pt")["metadata"]["train_config"]
+    multi = load_checkpoint(tmp_path / "theta0" / "last.pt")["metadata"]["train_config"]
     assert single["val_images"] == 8 and multi["val_images"] == 8 // multi["nu"]   # groups of ν images
     assert agglib.load_profile("tiny").val_images == 0                               # 0: all of V
     with pytest.raises(ValueError, match="val_images"):
@@ -211,14 +212,14 @@ def test_descriptor_pretraining_initialises_the_multi_image_features(tiny_store,
     pre = load_estimator(tmp_path / "descriptors" / "best.pt")
     assert pre.metadata["outputs"] == 5 and pre.metadata["label_scaling"]["names"][0] == "rho"
     assert pre.predict(tiny_store.read_images([0, 1])).shape == (2, 5)
-    theta0 = torch.load(tmp_path / "theta0" / "last.pt", weights_only=False)
+    theta0 = load_checkpoint(tmp_path / "theta0" / "last.pt")
     assert theta0["metadata"]["train_config"]["init_features"].endswith("descriptors/best.pt")
     # With no training step f is exactly the pretrained f (a copy, not a fresh initialisation).
     cfg = TrainConfig(target="theta0", epochs=1, nu=4, batch=4, steps_per_epoch=1, lr=1e-12,
                       init_features=str(tmp_path / "descriptors" / "best.pt"))
     train_network(tiny_store.path, cfg, tmp_path / "copy", show_progress_bars=False)
-    copied = torch.load(tmp_path / "copy" / "last.pt", weights_only=False)["model"]
-    source = torch.load(tmp_path / "descriptors" / "best.pt", weights_only=False)["model"]
+    copied = load_checkpoint(tmp_path / "copy" / "last.pt")["model"]
+    source = load_checkpoint(tmp_path / "descriptors" / "best.pt")["model"]
     for name, value in source.items():
         if name.startswith("features.") and "running" not in name and "num_batches" not in name:
             torch.testing.assert_close(copied[name], value, atol=1e-6, rtol=0)
@@ -228,27 +229,28 @@ def test_descriptor_pretraining_initialises_the_multi_image_features(tiny_store,
         train_network(tiny_store.path, bad, tmp_path / "bad", show_progress_bars=False)
 
 
-def test_one_cycle_schedule_warms_up_decays_and_fast_forwards():
-    from agglib.train import make_scheduler
+@settings(max_examples=25, deadline=None)
+@given(total=st.integers(1, 400), peak=st.floats(1e-5, 1e-1))
+def test_one_cycle_rate_is_torchs_schedule_as_a_pure_function(total, peak):
+    """The paper networks' ``onecycle`` rate and β1, step by step, are the floats of torch's
+    OneCycleLR (the schedule they were trained with before the engine), with no scheduler state."""
+    import warnings
 
-    def rates(done, epochs=4):
-        net = torch.nn.Linear(2, 1)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        sched = make_scheduler(opt, TrainConfig(target="df", epochs=epochs, lr=1e-3, schedule="onecycle"),
-                               steps_per_epoch=10, done_steps=done)
-        out = []
-        for _ in range(epochs * 10 - done):
-            out.append(opt.param_groups[0]["lr"])
+    from agglib.lr_schedule import torch_one_cycle
+
+    opt = torch.optim.Adam(torch.nn.Linear(1, 1).parameters(), lr=peak)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total, pct_start=0.15)
+        for step in range(total):
+            expected = torch_one_cycle(step, total, peak)
+            assert opt.param_groups[0]["lr"] == expected["lr"]
+            assert opt.param_groups[0]["betas"][0] == expected["beta1"]
             opt.step()
             sched.step()
-        return out
-
-    full = rates(0)
-    assert max(full) == pytest.approx(1e-3) and full[0] < 1e-4 and full[-1] < 1e-6
-    assert int(np.argmax(full)) == 5                          # warm-up: 15 % of 40 steps (0.15·40 − 1)
-    assert rates(25) == pytest.approx(full[25:])               # resuming continues the same curve
-    assert make_scheduler(torch.optim.Adam(torch.nn.Linear(1, 1).parameters()),
-                          TrainConfig(target="df"), 10) is None  # the paper's constant rate
+    rates = [torch_one_cycle(s, 40, 1e-3)["lr"] for s in range(40)]
+    assert max(rates) == pytest.approx(1e-3) and rates[0] < 1e-4 and rates[-1] < 1e-6
+    assert int(np.argmax(rates)) == 5                          # warm-up: 15 % of 40 steps (0.15·40 − 1)
 
 
 def test_start_at_sets_the_initial_output(tiny_store):
@@ -339,7 +341,7 @@ def test_cuda_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_p
     steps = len(make_datasets(tiny_store.path, cfg)[1]) // 8                  # steps of an epoch on T∖V
     train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False,
                   checkpoint_every_steps=2, stop_after_steps=steps + 5)
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True, map_location="cpu")["step"] == 4
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["progress"]["step"] == 4
     train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False, checkpoint_every_steps=2)
     a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True, map_location="cpu")["model"]
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True, map_location="cpu")["model"]
@@ -442,7 +444,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_path
     steps = len(make_datasets(tiny_store.path, cfg)[1]) // 8                  # steps of an epoch on T∖V
     train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False,
                   checkpoint_every_steps=2, stop_after_steps=steps + 5)
-    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    saved = load_checkpoint(tmp_path / "cut" / "last.pt")["progress"]
     assert saved["epoch"] == 1 and saved["step"] == 4                 # killed after step 5: the step-4 save
     resumed = train_network(tiny_store.path, cfg, tmp_path / "cut", show_progress_bars=False,
                             checkpoint_every_steps=2)
@@ -513,7 +515,7 @@ def test_counts_are_held_exactly(high, seed, floats):
 
 
 def test_batchnorm_recalibration_sets_the_statistics_of_the_batches():
-    from agglib.train import recalibrate_batchnorm
+    from agglib.engine import recalibrate_batchnorm
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3))
     batches = [torch.randn(8, 1, 4, 4) * 3 + 2 for _ in range(5)]
@@ -526,7 +528,7 @@ def test_batchnorm_recalibration_sets_the_statistics_of_the_batches():
     assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 5
 
 
-def test_training_with_recalibrated_batchnorm_records_both_validation_errors(tiny_store, tmp_path):
+def test_training_with_recalibrated_batchnorm_records_both_validation_errors(tiny_store, tmp_path, edit_checkpoint):
     torch.set_num_threads(1)
     cfg = TrainConfig(target="df", epochs=2, lr=1e-3, batch=8, seed=0, steps_per_epoch=3, bn_batches=2)
     history = train_network(tiny_store.path, cfg, tmp_path / "bn", show_progress_bars=False)["history"]
@@ -534,9 +536,7 @@ def test_training_with_recalibrated_batchnorm_records_both_validation_errors(tin
     # a checkpoint of a run from before bn_batches existed resumes (a missing field is its default)
     plain = TrainConfig(**{**cfg.__dict__, "bn_batches": 0, "epochs": 1})
     train_network(tiny_store.path, plain, tmp_path / "old", show_progress_bars=False)
-    state = torch.load(tmp_path / "old" / "last.pt", weights_only=True)
-    del state["metadata"]["train_config"]["bn_batches"]
-    torch.save(state, tmp_path / "old" / "last.pt")
+    edit_checkpoint(tmp_path / "old" / "last.pt", lambda state: state["metadata"]["train_config"].pop("bn_batches"))
     longer = TrainConfig(**{**plain.__dict__, "epochs": 2})
     assert len(train_network(tiny_store.path, longer, tmp_path / "old", show_progress_bars=False)["history"]) == 2
 
@@ -545,7 +545,7 @@ def test_training_with_recalibrated_batchnorm_records_both_validation_errors(tin
 @given(n=st.integers(1, 200), world=st.integers(1, 5), seed=st.integers(0, 10**6), epoch=st.integers(0, 50),
        weighted=st.booleans())
 def test_epoch_order_splits_one_process_order_across_ranks(n, world, seed, epoch, weighted):
-    from agglib.train import epoch_order
+    from agglib.engine import epoch_order
 
     weights = np.random.default_rng(seed).random(n) + 0.01 if weighted else None
     single = epoch_order(n, seed, epoch, weights=weights)
@@ -568,16 +568,16 @@ def _ddp_train_worker(rank, world_size, port, store_path, out_dir, device="cpu")
     # rank 1's clock says the budget is over after its first epoch, rank 0's does not until later:
     # rank 0 decides, so both stop at the same epoch instead of one waiting forever for the other
     budget = 0.0 if rank == 1 else 1e9
-    import agglib.train.loop as loop
+    import agglib.engine as engine
 
-    drawn, order = [], loop.epoch_order
+    drawn, order = [], engine.epoch_order
 
     def recording_order(*args, **kwargs):                      # what this rank actually trains on
         out = order(*args, **kwargs)
         drawn.append(np.asarray(out))
         return out
 
-    loop.epoch_order = recording_order
+    engine.epoch_order = recording_order
     result = train_network(store_path, cfg, os.path.join(out_dir, "ddp"), show_progress_bars=False,
                            time_budget_s=budget)
     torch.save({"epochs": len(result["history"]) if rank == 0 else -1, "drawn": drawn},
@@ -593,7 +593,8 @@ def runs_weights(labels):
 def test_ddp_training_with_gloo_keeps_oversampling_and_stops_together(tiny_store, tmp_path):
     import torch.multiprocessing as mp
 
-    from agglib.train import epoch_order, sample_labels, TARGETS
+    from agglib.engine import epoch_order
+    from agglib.train import sample_labels, TARGETS
 
     mp.spawn(_ddp_train_worker, args=(2, _free_port(), str(tiny_store.path), str(tmp_path)), nprocs=2, join=True)
     runs = [torch.load(tmp_path / f"r{r}.pt", weights_only=False) for r in range(2)]

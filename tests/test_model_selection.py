@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from agglib.checkpoint import load_checkpoint
 from agglib.dataset import build_dataset
 from agglib.train import TrainConfig, make_datasets, make_eval_dataset, train_network, validation_split
 
@@ -78,7 +79,7 @@ def test_best_checkpoint_follows_v_where_e_would_pick_another_epoch(tiny_store, 
     reference = train_network(tiny_store.path, TrainConfig(**{**cfg.__dict__, "epochs": 2}), tmp_path / "two",
                               show_progress_bars=False)
     history = reference["history"]
-    chosen = int(torch.load(tmp_path / "two" / "best.pt", weights_only=True)["metadata"]["epoch"])
+    chosen = int(load_checkpoint(tmp_path / "two" / "best.pt")["metadata"]["epoch"])
     assert chosen == int(np.argmin([h["val_loss"] for h in history]))
     assert reference["best_val_loss"] == min(h["val_loss"] for h in history)
 
@@ -105,20 +106,21 @@ def test_best_checkpoint_follows_v_where_e_would_pick_another_epoch(tiny_store, 
     result = train_network(tiny_store.path, cfg, tmp_path / "three", show_progress_bars=False)
     assert calls == ["V", "V", "V", "E", "E"]                 # E: after the last epoch, best and last
     assert [h["val_loss"] for h in result["history"]] == planted["V"] and result["best_val_loss"] == 0.1
-    best = torch.load(tmp_path / "three" / "best.pt", weights_only=True)
+    best = load_checkpoint(tmp_path / "three" / "best.pt")
     assert best["metadata"]["epoch"] == 1 and best["metadata"]["validation"]["best_epoch_chosen_on"] == "V"
-    epoch1 = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
+    epoch1 = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
     assert all(torch.equal(best["model"][k], epoch1[k]) for k in epoch1)
     scores = result["E"]
     assert scores["split"] == "E" and scores["best"]["epoch"] == 1 and scores["last"]["epoch"] == 2
     assert scores["E_items"] == scores["E_images"] == len(samples["E"])
     assert scores["best"]["E_loss"] == pytest.approx(reference["E"]["last"]["E_loss"])   # epoch 1's weights
     assert json.loads((tmp_path / "three" / "E.json").read_text()) == scores
-    assert torch.load(tmp_path / "three" / "last.pt", weights_only=True)["E"] == scores
+    assert load_checkpoint(tmp_path / "three" / "last.pt")["run_state"]["E"] == scores
     assert all("E_loss" not in h for h in result["history"])             # E is not in the epochs' record
 
 
-def test_finished_run_returns_its_report_on_e_without_reading_images(tiny_store, tmp_path, monkeypatch):
+def test_finished_run_returns_its_report_on_e_without_reading_images(tiny_store, tmp_path, monkeypatch,
+                                                                    edit_checkpoint):
     from agglib.dataset.pytorch import _LazyStore
 
     torch.set_num_threads(1)
@@ -126,9 +128,7 @@ def test_finished_run_returns_its_report_on_e_without_reading_images(tiny_store,
     first = train_network(tiny_store.path, cfg, tmp_path / "x", show_progress_bars=False)
     assert first["E"]["best"] == first["E"]["last"] and first["E"]["E_images"] == 4 * first["E"]["E_items"]
     # stopped after last.pt and before its report on E: the next call scores E
-    state = torch.load(tmp_path / "x" / "last.pt", weights_only=True)
-    del state["E"]
-    torch.save(state, tmp_path / "x" / "last.pt")
+    edit_checkpoint(tmp_path / "x" / "last.pt", lambda state: state["run_state"].pop("E"))
     (tmp_path / "x" / "E.json").unlink()
     again = train_network(tiny_store.path, cfg, tmp_path / "x", show_progress_bars=False)
     assert again["E"]["last"]["E_loss"] == pytest.approx(first["E"]["last"]["E_loss"])
@@ -144,7 +144,7 @@ def test_finished_run_returns_its_report_on_e_without_reading_images(tiny_store,
     assert json.loads((tmp_path / "x" / "E.json").read_text()) == again["E"]       # rewritten
 
 
-def test_resuming_refuses_another_val_share_and_runs_from_before_v(tiny_store, tmp_path):
+def test_resuming_refuses_another_val_share_and_runs_from_before_v(tiny_store, tmp_path, edit_checkpoint):
     torch.set_num_threads(1)
     cfg = TrainConfig(target="df", epochs=1, batch=8, seed=0, steps_per_epoch=1)
     train_network(tiny_store.path, cfg, tmp_path / "x", show_progress_bars=False)
@@ -152,9 +152,7 @@ def test_resuming_refuses_another_val_share_and_runs_from_before_v(tiny_store, t
         train_network(tiny_store.path, TrainConfig(**{**cfg.__dict__, "epochs": 2, "val_share": 0.25}),
                       tmp_path / "x", show_progress_bars=False)
     # a run folder from before V existed (no val_share: it chose its best epoch on E) is not continued
-    state = torch.load(tmp_path / "x" / "last.pt", weights_only=True)
-    del state["metadata"]["train_config"]["val_share"]
-    torch.save(state, tmp_path / "x" / "last.pt")
+    edit_checkpoint(tmp_path / "x" / "last.pt", lambda state: state["metadata"]["train_config"].pop("val_share"))
     with pytest.raises(ValueError, match="made before validation on V"):
         train_network(tiny_store.path, TrainConfig(**{**cfg.__dict__, "epochs": 2}), tmp_path / "x",
                       show_progress_bars=False)

@@ -54,12 +54,12 @@ from agglib.train._contracts import (PRETRAIN_DESCRIPTORS, PRETRAINED_FROM, SCHE
                                      TrainConfig)
 from agglib.train.data import (GRAPH_MAX_PIXELS, descriptor_scaling, descriptor_table, make_datasets,
                                make_eval_dataset, prepare_batch, resident_budget, sample_labels, validation_split)
-from agglib.train.loop import (CHECKPOINT_FORMAT, checkpoint_metadata, dataset_hash, default_num_workers,
-                               epoch_order, evaluate, init_features_from, make_scheduler, recalibrate_batchnorm,
-                               train_estimator, train_for_profile, train_network)
+from agglib.train.loop import (CHECKPOINT_KIND, PaperRecipe, checkpoint_metadata, dataset_hash,
+                               default_num_workers, evaluate, init_features_from, train_estimator, train_for_profile,
+                               train_network)
 
 __all__ = ["TARGETS", "TargetSpec", "TrainConfig", "PRETRAIN_DESCRIPTORS", "PRETRAINED_FROM", "SCHEDULES",
-           "train_network", "train_for_profile", "train_estimator", "epoch_order", "evaluate", "recalibrate_batchnorm",
-           "make_scheduler", "checkpoint_metadata", "dataset_hash", "default_num_workers", "init_features_from",
+           "train_network", "train_for_profile", "train_estimator", "evaluate", "PaperRecipe", "CHECKPOINT_KIND",
+           "checkpoint_metadata", "dataset_hash", "default_num_workers", "init_features_from",
            "descriptor_table", "descriptor_scaling", "sample_labels", "validation_split", "make_datasets",
-           "make_eval_dataset", "resident_budget", "prepare_batch", "GRAPH_MAX_PIXELS", "CHECKPOINT_FORMAT"]
+           "make_eval_dataset", "resident_budget", "prepare_batch", "GRAPH_MAX_PIXELS"]

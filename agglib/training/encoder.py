@@ -1,16 +1,21 @@
-"""The epoch loop of the image encoder (:mod:`agglib.encoder`).
+"""The image encoder's training recipe (:mod:`agglib.encoder`) for the engine (:mod:`agglib.engine`).
 
 Everything random in an epoch is a function of (seed, epoch, step): the order of the images
-(``default_rng([seed, epoch])``), the augmentation (a generator seeded per epoch) and the
+(:func:`agglib.engine.epoch_order`), the augmentation (a generator seeded per epoch, drawn for
+the whole global batch of each step, so that every rank takes its part of one draw) and the
 learning rate (:func:`agglib.lr_schedule.one_cycle_lr` of the step). ``last.pt`` is written
-after every epoch; calling :func:`train_encoder` again on the same folder continues from it and
-gives the same weights as a run that was never interrupted. No weights are chosen by their
-score on E (that would leak the evaluation set into the estimator): the final epoch's weights
-are the encoder, written to ``encoder.pt``.
+after every epoch (and, with ``checkpoint_every_steps``, within one); calling
+:func:`train_encoder` again on the same folder continues from it — mid-epoch too — and gives
+the weights of a run that was never interrupted. Under ``torchrun`` (or any ``RANK``/``WORLD_SIZE``
+launch) each of K processes trains on ``batch / K`` images of every global batch, with BatchNorm
+over the global batch and the loss of the global batch (:func:`agglib.encoder.multitask_loss`
+with the global counts), so it reaches one process's weights up to float rounding (a test). No
+weights are chosen by their score on E (that would leak the evaluation set into the estimator):
+the final epoch's weights are the encoder, written to ``encoder.pt``.
 
 Before it is written, the BatchNorm statistics are recomputed in float32 over ``bn_batches``
-batches of training images with the final weights (precise BatchNorm, as the paper networks'
-:func:`agglib.train.recalibrate_batchnorm`). Under bf16 autocast the running averages that
+batches of training images with the final weights (precise BatchNorm,
+:func:`agglib.engine.recalibrate_batchnorm`). Under bf16 autocast the running averages that
 training keeps are accumulated from bf16 activations and lag the moving weights; in eval mode
 they made the size heads collapse (R_g and N errors 2–5 × those of a float32 run,
 ``benchmarks/bench_encoder.py``).
@@ -18,24 +23,21 @@ they made the size heads collapse (R_g and N errors 2–5 × those of a float32 
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 import agglib
-from agglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from agglib.core.distributed import pick_device
-from agglib.core.files import atomic_write_text
+from agglib.checkpoint import save_checkpoint
 from agglib.dataset.store import DatasetStore
-from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, augment_counts, encoder_inputs, encoder_labels,
+from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, augmentation_draws, encoder_inputs, encoder_labels,
                             label_scaling, multitask_loss, per_image_errors, unscale_predictions)
-from agglib.lr_schedule import one_cycle_lr, set_lr
-from agglib.training._contracts import EncoderConfig
+from agglib.engine import Recipe, read_progress, recalibrate_batchnorm, run_training, training_session
+from agglib.lr_schedule import one_cycle_lr
+from agglib.preprocess import augment_batch
+from agglib.training._contracts import EncoderConfig, NotTrainedError
 
 __all__ = ["train_encoder"]
 
@@ -60,22 +62,140 @@ def _scores(model, images, labels_raw, names, scaling, epp, device, batch=256) -
     return result
 
 
+class EncoderRecipe(Recipe):
+    """The image encoder for the engine: its images (T of a store, plus ``extra_training``), AdamW,
+    the multi-task loss, the one-cycle rate, scores on a fixed subset of E after each epoch,
+    precise BatchNorm and ``encoder.pt`` at the end."""
+
+    kind = "encoder"
+    name = "encoder"
+
+    def __init__(self, store_path, config: EncoderConfig, out_dir: Path, env, device, extra_training=()):
+        self.config, self.out_dir, self.env, self.device = config, out_dir, env, device
+        self.extra_training = list(extra_training)
+        self.seed, self.epochs, self.bf16 = config.seed, config.epochs, config.bf16
+        store = self.store = DatasetStore(store_path)
+        names = self.names = list(ENCODER_TARGETS)
+        self.labels_raw = encoder_labels(store.theta, store.descriptors, names)
+        self.t_idx, self.e_idx = store.indices("T"), store.indices("E")
+        train_labels = [self.labels_raw[self.t_idx]]
+        sources = [{"dataset_sha256": store.identity_sha256(), "images": int(self.t_idx.size)}]
+        for extra, rows in self.extra_training:
+            if extra.identity["stem_settings"] != store.identity["stem_settings"] \
+                    or extra.identity.get("acquisition_ranges") != store.identity.get("acquisition_ranges"):
+                raise ValueError(f"{extra.path} was rendered with other STEM settings or acquisition than {store.path}")
+            train_labels.append(encoder_labels(extra.theta, extra.descriptors, names)[np.asarray(rows)])
+            sources.append({"dataset_sha256": extra.identity_sha256(), "images": int(len(rows)),
+                            "first_index": int(np.min(rows)), "last_index": int(np.max(rows))})
+        self.train_labels = np.concatenate(train_labels)
+        self.scaling = label_scaling(self.train_labels, names)
+        settings = store.identity["stem_settings"]
+        self.epp = float(store.stem_settings.electrons_per_pixel)
+        size = int(settings["image_size_px"])
+        self.n_items = len(self.train_labels)
+        if config.batch % env.world_size:
+            raise ValueError(f"batch={config.batch} images is not a multiple of the {env.world_size} processes "
+                             "that share it; choose a batch divisible by the number of processes")
+        self.batch = config.batch // env.world_size
+        self.steps_per_epoch = max(self.n_items // config.batch, 1)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        meta = {"kind": "encoder", "agglib": agglib.__version__, "input_size": size,
+                "pixel_size_nm": float(settings["pixel_size_nm"]), "electrons_per_pixel": self.epp,
+                "stem_settings": settings, "label_scaling": self.scaling, "profile": store.identity["profile_name"],
+                "profile_fields": store.identity["profile"], "dataset_seed": int(store.identity["seed"]),
+                "dataset_sha256": store.identity_sha256(), "training_images": sources,
+                "train_config": asdict(config)}
+        if store.identity.get("acquisition_ranges"):
+            meta["acquisition_ranges"] = store.identity["acquisition_ranges"]
+        self.metadata = meta
+        torch.manual_seed(config.seed)
+        self.model = ImageEncoder(size, len(names)).to(device).to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.bce_mask = torch.tensor([ENCODER_TARGETS[n].loss == "bce" for n in names], device=device)
+        self._images = self._val = None
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The training images [counts], read at first use (on a GPU held in its memory)."""
+        if self._images is None:
+            store = self.store
+            images = torch.from_numpy(np.concatenate([store.read_images(self.t_idx)]
+                                                     + [extra.read_images(rows) for extra, rows in self.extra_training]))
+            from agglib.train.data import resident_budget
+
+            if self.device.type == "cuda" and images.numel() * images.element_size() <= resident_budget(self.device):
+                images = images.to(self.device)
+            self._images = images
+            self._y = torch.from_numpy((self.train_labels - np.asarray(self.scaling["mean"], np.float32))
+                                       / np.asarray(self.scaling["sd"], np.float32))
+        return self._images
+
+    def hyperparameters(self, step):
+        return {"lr": one_cycle_lr(step, self.total_steps, self.config.lr)}
+
+    def batches(self, epoch, keys, first_step):
+        images, c, env = self.images, self.config, self.env
+        gen = _epoch_generator(c.seed, epoch)
+        for _ in range(first_step):                            # the draws of the steps already taken
+            augmentation_draws(c.batch, gen, c.max_shift_px)
+        for a in range(0, len(keys) - self.batch + 1, self.batch):
+            rows = torch.from_numpy(keys[a:a + self.batch])
+            params = augmentation_draws(c.batch, gen, c.max_shift_px)[env.rank::env.world_size]
+            counts = augment_batch(images[rows.to(images.device)], params, fill=0.0)
+            yield encoder_inputs(counts, self.epp).to(self.device), self._y[rows].to(self.device)
+
+    def loss(self, out, y):
+        counts = None
+        if self.env.distributed:                               # the finite labels of the global batch
+            import torch.distributed as dist
+
+            counts = torch.isfinite(y).sum(dim=0)
+            dist.all_reduce(counts)
+        loss = multitask_loss(out[1].float(), y, self.bce_mask, counts)
+        return loss * self.env.world_size if self.env.distributed else loss   # DDP averages the ranks' gradients
+
+    def end_epoch(self, epoch, record, history, final):
+        c = self.config
+        if self._val is None:
+            pick = np.sort(np.random.default_rng([c.seed, 1]).permutation(self.e_idx.size)[:c.val_images])
+            self._val = (torch.from_numpy(self.store.read_images(self.e_idx[pick])), self.labels_raw[self.e_idx[pick]]) \
+                if pick.size else ()
+        if self._val:
+            record.update(_scores(self.model, *self._val, self.names, self.scaling, self.epp, self.device))
+
+    def finish(self, history, finished_before):
+        final = self.out_dir / "encoder.pt"
+        if not (finished_before and final.is_file()):
+            _precise_batchnorm(self.model, self.images, self.epp, self.device, self.config)
+            save_checkpoint(final, "encoder", {**self.metadata, "epochs_trained": len(history),
+                                               "bn_recalibrated": self.config.bn_batches},
+                            self.model.state_dict(), history=history)
+        return {"path": final}
+
+    def mismatch(self, saved):
+        differ = [k for k in ("dataset_sha256", "input_size", "training_images")
+                  if saved.get(k) != self.metadata.get(k)]
+        return differ + [f"train_config.{k}" for k, v in EncoderConfig(**saved["train_config"]).identity().items()
+                         if self.config.identity().get(k) != v]
+
+
 def _precise_batchnorm(model, images: torch.Tensor, epp: float, device, config: EncoderConfig) -> None:
     """BatchNorm statistics in float32 over ``config.bn_batches`` batches of the training images
     (a seeded choice, unaugmented)."""
-    from agglib.train.loop import recalibrate_batchnorm
-
     if config.bn_batches == 0:
         return
     order = np.random.default_rng([config.seed, 2]).permutation(images.shape[0])
     batches = [order[k:k + config.batch] for k in range(0, min(order.size, config.bn_batches * config.batch), config.batch)]
-    recalibrate_batchnorm(model, (encoder_inputs(images[torch.from_numpy(b)], epp).to(device) for b in batches))
+    recalibrate_batchnorm(model, (encoder_inputs(images[torch.from_numpy(b).to(images.device)], epp).to(device)
+                                  for b in batches))
     model.eval()
 
 
 def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_bars: bool | None = None,
-                  stop_after_epochs: int | None = None, extra_training=(), train: bool = True) -> dict:
-    """Train (or resume, or return at once if finished) the image encoder of a dataset.
+                  stop_after_epochs: int | None = None, stop_after_steps: int | None = None,
+                  checkpoint_every_steps: int | None = None, extra_training=(), train: bool = True) -> dict:
+    """Train (or resume, or return at once if finished) the image encoder of a dataset with the
+    engine (:func:`agglib.engine.run_training`).
 
     Parameters
     ----------
@@ -87,9 +207,12 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
         ``history.json``.
     show_progress_bars : bool, optional
         Epoch and step bars (default: ``agglib.config['progress_bars']``).
-    stop_after_epochs : int, optional
-        Return after this many epochs of this call (``last.pt`` written, no ``encoder.pt``), as an
-        interruption would; call again to continue. For time-sliced jobs and the resume test.
+    stop_after_epochs, stop_after_steps : int, optional
+        Return after this many epochs / steps of this call (``last.pt`` written, no
+        ``encoder.pt``), as an interruption would; call again to continue. For time-sliced jobs
+        and the resume tests.
+    checkpoint_every_steps : int, optional
+        Also write ``last.pt`` every this many steps within an epoch.
     extra_training : sequence of (DatasetStore, indices)
         More training images from other stores with the same STEM settings (the new method adds
         part of the continuous dataset's T: configurations the posterior never trains on).
@@ -100,106 +223,18 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
     Returns
     -------
     dict
-        ``history`` (one record per epoch: loss, images/s, scores on E) and ``path`` of ``encoder.pt``.
+        ``history`` (one record per epoch: loss, images/s, scores on E) and ``path`` of
+        ``encoder.pt`` (None while unfinished).
     """
     out_dir = Path(out_dir)
-    store = DatasetStore(store_path)
-    device = pick_device(config.device)
-    names = list(ENCODER_TARGETS)
-    labels_raw = encoder_labels(store.theta, store.descriptors, names)
-    t_idx, e_idx = store.indices("T"), store.indices("E")
-    train_labels = [labels_raw[t_idx]]
-    sources = [{"dataset_sha256": store.identity_sha256(), "images": int(t_idx.size)}]
-    for extra, rows in extra_training:
-        if extra.identity["stem_settings"] != store.identity["stem_settings"] \
-                or extra.identity.get("acquisition_ranges") != store.identity.get("acquisition_ranges"):
-            raise ValueError(f"{extra.path} was rendered with other STEM settings or acquisition than {store.path}")
-        train_labels.append(encoder_labels(extra.theta, extra.descriptors, names)[np.asarray(rows)])
-        sources.append({"dataset_sha256": extra.identity_sha256(), "images": int(len(rows)),
-                        "first_index": int(np.min(rows)), "last_index": int(np.max(rows))})
-    train_labels = np.concatenate(train_labels)
-    scaling = label_scaling(train_labels, names)
-    settings = store.identity["stem_settings"]
-    epp = float(store.stem_settings.electrons_per_pixel)
-    size = int(settings["image_size_px"])
-    n_train = len(train_labels)
-    steps_per_epoch = max(n_train // config.batch, 1)
-    total_steps = config.epochs * steps_per_epoch
-    meta = {"kind": "encoder", "agglib": agglib.__version__, "input_size": size,
-            "pixel_size_nm": float(settings["pixel_size_nm"]), "electrons_per_pixel": epp,
-            "stem_settings": settings, "label_scaling": scaling, "profile": store.identity["profile_name"],
-            "profile_fields": store.identity["profile"], "dataset_seed": int(store.identity["seed"]),
-            "dataset_sha256": store.identity_sha256(), "training_images": sources, "train_config": asdict(config)}
-    if store.identity.get("acquisition_ranges"):
-        meta["acquisition_ranges"] = store.identity["acquisition_ranges"]
-    final, last = out_dir / "encoder.pt", out_dir / "last.pt"
-
-    torch.manual_seed(config.seed)
-    model = ImageEncoder(size, len(names)).to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    history, start_epoch = [], 0
-    if last.is_file():
-        state = load_checkpoint(last, kind="encoder", map_location="cpu")
-        saved = state["metadata"]
-        differ = [k for k in ("dataset_sha256", "input_size", "training_images") if saved.get(k) != meta.get(k)]
-        differ += [f"train_config.{k}" for k, v in EncoderConfig(**saved["train_config"]).identity().items()
-                   if config.identity().get(k) != v]
-        if differ:
-            raise CheckpointError(f"{last} belongs to another run ({', '.join(differ)} differ); "
-                                  "use another folder")
-        history, start_epoch = state["history"], int(state["progress"]["epoch"]) + 1
-        if start_epoch >= config.epochs and final.is_file():
-            return {"history": history, "path": final}
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    if not train:
-        from agglib.training._contracts import NotTrainedError
-
-        raise NotTrainedError(f"no finished encoder of this configuration in {out_dir} "
-                              f"({start_epoch} of {config.epochs} epochs done)")
-
-    show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
-    images = torch.from_numpy(np.concatenate([store.read_images(t_idx)]
-                                             + [extra.read_images(rows) for extra, rows in extra_training]))
-    y = torch.from_numpy((train_labels - np.asarray(scaling["mean"], np.float32))
-                         / np.asarray(scaling["sd"], np.float32))
-    bce_mask = torch.tensor([ENCODER_TARGETS[n].loss == "bce" for n in names], device=device)
-    val_pick = np.sort(np.random.default_rng([config.seed, 1]).permutation(e_idx.size)[:config.val_images])
-    val_images = torch.from_numpy(store.read_images(e_idx[val_pick])) if val_pick.size else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
-    bar = tqdm(range(start_epoch, config.epochs), desc="encoder epochs", disable=not show,
-               initial=start_epoch, total=config.epochs)
-    for epoch in bar:
-        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
-            return {"history": history, "path": None}
-        order = np.random.default_rng([config.seed, epoch]).permutation(n_train)
-        gen = _epoch_generator(config.seed, epoch)
-        model.train()
-        t0, running = time.perf_counter(), 0.0
-        steps = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=not show)
-        for step in steps:
-            batch = torch.from_numpy(order[step * config.batch:(step + 1) * config.batch])
-            x = encoder_inputs(augment_counts(images[batch], gen, config.max_shift_px), epp).to(device)
-            set_lr(optimizer, one_cycle_lr(epoch * steps_per_epoch + step, total_steps, config.lr))
-            with autocast:
-                _, out = model(x)
-            loss = multitask_loss(out.float(), y[batch].to(device), bce_mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += float(loss.detach())
-        seconds = time.perf_counter() - t0
-        record = {"epoch": epoch, "train_loss": running / steps_per_epoch, "train_seconds": seconds,
-                  "images_per_s": steps_per_epoch * config.batch / max(seconds, 1e-9)}
-        if val_images is not None:
-            record.update(_scores(model, val_images, labels_raw[e_idx[val_pick]], names, scaling, epp, device))
-        history.append(record)
-        save_checkpoint(last, "encoder", meta, model.state_dict(), optimizer_state=optimizer.state_dict(),
-                        progress={"epoch": epoch, "step": (epoch + 1) * steps_per_epoch}, history=history)
-        bar.set_postfix(loss=f"{record['train_loss']:.3f}")
-    _precise_batchnorm(model, images, epp, device, config)
-    save_checkpoint(final, "encoder", {**meta, "epochs_trained": len(history), "bn_recalibrated": config.bn_batches},
-                    model.state_dict(), history=history)
-    atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
-    return {"history": history, "path": final}
-
+    with training_session(config.device) as (env, device):
+        recipe = EncoderRecipe(store_path, config, out_dir, env, device, extra_training)
+        if not train:
+            _, start_epoch, _ = read_progress(recipe, out_dir / "last.pt")
+            if start_epoch < config.epochs or not (out_dir / "encoder.pt").is_file():
+                raise NotTrainedError(f"no finished encoder of this configuration in {out_dir} "
+                                      f"({start_epoch} of {config.epochs} epochs done)")
+        result = run_training(recipe, out_dir, show_progress_bars=show_progress_bars,
+                              stop_after_epochs=stop_after_epochs, stop_after_steps=stop_after_steps,
+                              checkpoint_every_steps=checkpoint_every_steps)
+        return {"history": result["history"], "path": result.get("path")}
