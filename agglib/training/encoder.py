@@ -151,7 +151,8 @@ class EncoderRecipe(Recipe):
 
             counts = torch.isfinite(y).sum(dim=0)
             dist.all_reduce(counts)
-        loss = multitask_loss(out[1].float(), y, self.bce_mask, counts)
+        heads = out[1] if out[1].dtype == torch.float64 else out[1].float()      # bf16 outputs: loss in float32
+        loss = multitask_loss(heads, y.to(heads.dtype), self.bce_mask, counts)
         return loss * self.env.world_size if self.env.distributed else loss   # DDP averages the ranks' gradients
 
     def end_epoch(self, epoch, record, history, final):
