@@ -165,12 +165,26 @@ def _cmd_estimator(args) -> int:
 
         check_output_dir(args.out, ["encoder.pt", "posterior.pt"], overwrite=args.overwrite)
     _compiling()
-    grid = build_dataset(args.store or run.store_path("grid"), prof, seed=args.seed, workers=args.workers)
-    cont = build_dataset(args.continuous_store or run.store_path("continuous"), prof,
-                         seed=args.seed, workers=args.workers, design="continuous")
+    grid_path, cont_path = args.store or run.store_path("grid"), args.continuous_store or run.store_path("continuous")
+    from agglib.core.distributed import DistEnv
+
+    if DistEnv.from_env().distributed:             # torchrun: every process would build the same store
+        from agglib.dataset.store import DatasetStore
+
+        for path, design in ((grid_path, "grid"), (cont_path, "continuous")):
+            try:
+                DatasetStore(path)
+            except (FileNotFoundError, ValueError) as err:
+                raise ValueError(f"{path}: no finished dataset store ({err}). Under torchrun every process would "
+                                 f"build it: build it first, in one process: agglib dataset build --profile "
+                                 f"{args.profile} --seed {args.seed} --design {design} --out {path}") from None
+    grid = build_dataset(grid_path, prof, seed=args.seed, workers=args.workers)
+    cont = build_dataset(cont_path, prof, seed=args.seed, workers=args.workers, design="continuous")
     run_dir = Path(args.run_dir) if args.run_dir else run.run_dir
     estimator = train_sample_estimator(prof, grid, cont, run_dir, seed=args.seed,
                                        encoder_changes={"device": args.device})
+    if estimator is None:                          # a torchrun process other than rank 0: its part is done
+        return 0
     out = estimator.save(args.out, overwrite=args.overwrite) if args.out else run_dir / "sets"
     print(f"estimator (encoder + set-level posterior) in {out}/; use it with `agglib fit … --models {out}`")
     return 0

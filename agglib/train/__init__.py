@@ -25,17 +25,22 @@ best epoch; E is only scored — the best and the last weights, after the last e
 The classifier sees homogeneous aggregates (ρ(A) = 0 or 1, ~10 % of images) oversampled to
 balanced classes. Training images are augmented (rotations, reflections, shifts); validation
 on V is not (a fixed subset of V per epoch with ``val_images``, all of V after the last epoch).
-Each epoch writes ``last.pt`` and, when the validation loss on V improved, ``best.pt`` (atomically,
-with everything :func:`agglib.estimate.load_estimator` needs); with ``checkpoint_every_steps``
-``last.pt`` is also written within an epoch. Calling :func:`train_network` again with the same
-directory resumes from ``last.pt`` — mid-epoch too, to the same weights: the order of the
-samples (:func:`epoch_order`) and each sample's augmentation are functions of (seed, epoch,
-sample), not of a generator's history.
+Training runs on the engine both methods share (:mod:`agglib.engine`); this package is the
+paper networks' recipe (:class:`PaperRecipe`). Each epoch writes ``last.pt`` and, when the
+validation loss on V improved, ``best.pt`` (atomically, in the one checkpoint format of
+:mod:`agglib.checkpoint`, kind ``"paper_network"``, with everything
+:func:`agglib.estimate.load_estimator` needs); with ``checkpoint_every_steps`` ``last.pt`` is also
+written within an epoch. Calling :func:`train_network` again with the same directory resumes from
+``last.pt`` — mid-epoch too, to the same weights: the order of the samples
+(:func:`agglib.engine.epoch_order`), each sample's augmentation and the learning rate
+(:func:`agglib.lr_schedule.torch_one_cycle` for ``schedule="onecycle"``) are functions of
+(seed, epoch, sample, step), not of a generator's or a scheduler's history.
 
 Multi-GPU: launch the same script with ``torchrun --nproc_per_node=K``; each rank trains on its
-round-robin share of the epoch's order (the classifier's oversampling included) and
-DistributedDataParallel averages gradients (NCCL on GPUs, gloo on CPUs). Only rank 0 writes
-checkpoints and shows progress; rank 0 decides for all when a time budget ends training.
+round-robin share of the epoch's order (the classifier's oversampling included),
+DistributedDataParallel averages gradients (NCCL on GPUs, gloo on CPUs) and BatchNorm uses the
+global batch's statistics. Only rank 0 writes checkpoints and shows progress; rank 0 decides for
+all when a time budget ends training.
 
 Data path (:mod:`agglib.train.data`): a split that fits on the device (40 % of free GPU memory,
 or ``preload_mb`` in RAM) is read once, as integer counts, into device memory; each step indexes a
@@ -47,7 +52,7 @@ follow, so every path trains the same weights. The loss is read back from the de
 epoch (and every 25 steps for the progress bar, when shown).
 
 Modules: :mod:`agglib.train._contracts` (targets, :class:`TrainConfig`), :mod:`agglib.train.data`,
-:mod:`agglib.train.loop` (:func:`train_network` and the epoch loop).
+:mod:`agglib.train.loop` (:func:`train_network`, :class:`PaperRecipe`).
 """
 
 from agglib.train._contracts import (PRETRAIN_DESCRIPTORS, PRETRAINED_FROM, SCHEDULES, TARGETS, TargetSpec,

@@ -1,4 +1,5 @@
-"""The training loop of the paper's networks: epochs, validation, checkpoints, resumption, DDP.
+"""The paper's networks' training recipe (:class:`PaperRecipe`) for the engine both methods share
+(:mod:`agglib.engine`: epochs, steps, resumption, DDP, bf16, time budget, checkpoints).
 
 Model selection is honest: a validation split V — ``val_share`` (default 1/6) of T's parameter
 configurations with all their T samples, drawn from the dataset's and the run's seed

@@ -24,6 +24,7 @@ import numpy as np
 
 import agglib
 from agglib.checkpoint import CheckpointError, weights_digest
+from agglib.core.distributed import DistEnv
 from agglib.core.files import atomic_open
 from agglib.dataset.store import DatasetStore
 from agglib.encoder import TrainedEncoder
@@ -113,6 +114,12 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     train : bool
         False: only load a finished estimator of exactly these settings; raise
         :class:`agglib.training.NotTrainedError` rather than train (or retrain) anything.
+
+    Returns
+    -------
+    SampleEstimator or None
+        None on the processes other than rank 0 of a ``torchrun`` launch: the encoder trains on
+        all of them (:func:`agglib.training.train_encoder`), the posterior on rank 0 alone.
     """
     run_dir = Path(run_dir)
     grid_store = grid_store if isinstance(grid_store, DatasetStore) else DatasetStore(grid_store)
@@ -126,6 +133,8 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     extra = [(continuous_store, roles["encoder"])] if roles["encoder"].size else []
     train_encoder(grid_store.path, enc_config, run_dir / "encoder", show_progress_bars=show_progress_bars,
                   extra_training=extra, train=train)
+    if not DistEnv.from_env().is_main:          # under torchrun the encoder trains on every process; rank 0 goes on
+        return None
     encoder = TrainedEncoder.load(run_dir / "encoder" / "encoder.pt")
     grid = ThetaGrid.from_profile(profile)
     from agglib.estimate import POSTERIOR_FAMILY
