@@ -66,7 +66,10 @@ class Recipe:
     optimizer : torch.optim.Optimizer
     metadata : dict
         What ``last.pt`` records about the run (JSON); :meth:`mismatch` compares it on resume.
-    epochs, seed : int
+    epochs : int
+        Passes over the training items.
+    seed : int
+        Seeds the order of every epoch (and the method's own draws).
     bf16 : bool
         bfloat16 autocast for the forward pass.
     n_items : int
@@ -77,6 +80,8 @@ class Recipe:
         Steps of a full epoch (fewer when a rank's share is shorter).
     sampling_weights : ndarray or None
         Draw the epoch's items with replacement by these weights (None: a permutation).
+    images_per_item : int
+        Images in one item (ν for the paper's multi-image networks), for the images/s record.
     env : DistEnv
     device : torch.device
     """
@@ -85,6 +90,7 @@ class Recipe:
     kind = "network"
     bf16 = False
     sampling_weights = None
+    images_per_item = 1
 
     def trained_module(self) -> nn.Module:
         """The module whose output :meth:`loss` takes (wrapped by DDP in several processes)."""
@@ -317,9 +323,11 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
         Stop after the epoch during which this wall time [s] was exceeded (rank 0 decides for all).
     checkpoint_every_steps : int, optional
         Also write ``last.pt`` every this many steps within an epoch.
-    stop_after_steps, stop_after_epochs : int, optional
-        Return after this many steps / epochs of this call, as an interruption would (for
-        time-sliced jobs and the resume tests): ``last.pt`` stays, nothing is finished.
+    stop_after_steps : int, optional
+        Return after this many steps of this call, as an interruption would (for time-sliced
+        jobs and the resume tests): ``last.pt`` stays, nothing is finished.
+    stop_after_epochs : int, optional
+        The same after this many epochs of this call.
 
     Returns
     -------
@@ -402,7 +410,7 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
                 break
             seconds = _synced_seconds(t0, device)
             record = {"epoch": epoch, "train_loss": float(running) / max(seen, 1), "train_seconds": seconds,
-                      "images_per_s": seen * getattr(recipe, "images_per_item", 1) / max(seconds, 1e-9)}
+                      "images_per_s": seen * recipe.images_per_item / max(seconds, 1e-9)}
             if env.is_main:
                 history.append(record)
                 recipe.end_epoch(epoch, record, history, final=epoch == recipe.epochs - 1)

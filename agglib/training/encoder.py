@@ -208,10 +208,12 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
         ``history.json``.
     show_progress_bars : bool, optional
         Epoch and step bars (default: ``agglib.config['progress_bars']``).
-    stop_after_epochs, stop_after_steps : int, optional
-        Return after this many epochs / steps of this call (``last.pt`` written, no
-        ``encoder.pt``), as an interruption would; call again to continue. For time-sliced jobs
-        and the resume tests.
+    stop_after_epochs : int, optional
+        Return after this many epochs of this call (``last.pt`` written, no ``encoder.pt``), as
+        an interruption would; call again to continue. For time-sliced jobs and the resume tests.
+    stop_after_steps : int, optional
+        The same after this many steps of this call (``last.pt`` as of the last
+        ``checkpoint_every_steps``).
     checkpoint_every_steps : int, optional
         Also write ``last.pt`` every this many steps within an epoch.
     extra_training : sequence of (DatasetStore, indices)
