@@ -126,7 +126,7 @@ def _cmd_dataset_info(args) -> int:
 
 def _cmd_train(args) -> int:
     from agglib.core.files import check_writable
-    from agglib.train import TrainConfig, train_network
+    from agglib.paper_training import TrainConfig, train_network
 
     if not Path(args.store).is_dir():
         raise FileNotFoundError(f"--store {args.store}: no such dataset store (build one with `agglib dataset build`)")
@@ -155,7 +155,7 @@ def _cmd_estimator(args) -> int:
     from agglib.dataset import build_dataset
     from agglib.notebook import NotebookRun
     from agglib.profiles import load_profile
-    from agglib.training.pipeline import train_sample_estimator
+    from agglib.sets_training.pipeline import train_sample_estimator
 
     changes = _parse_sets(args.set)
     run = NotebookRun("train-estimator", load_profile(args.profile, **changes), args.seed, changes)

@@ -291,7 +291,7 @@ class TrainedEncoder:
 
     @classmethod
     def load(cls, path, device: str | torch.device = "cpu") -> "TrainedEncoder":
-        """An encoder from its checkpoint (``encoder.pt`` of :func:`agglib.training.train_encoder`)."""
+        """An encoder from its checkpoint (``encoder.pt`` of :func:`agglib.sets_training.train_encoder`)."""
         from agglib.checkpoint import load_checkpoint
 
         state = load_checkpoint(path, kind="encoder", map_location=device)

@@ -2,8 +2,8 @@
 
 A method supplies a :class:`Recipe` — its model, optimizer, batches, loss, learning rate and what
 it does after an epoch and at the end — and :func:`run_training` does everything else the same
-way for the paper's networks (:mod:`agglib.train`) and the new method's image encoder
-(:mod:`agglib.training.encoder`):
+way for the paper's networks (:mod:`agglib.paper_training`) and the new method's image encoder
+(:mod:`agglib.sets_training.encoder`):
 
 - **the order of an epoch** is :func:`epoch_order` of (seed, epoch): a permutation (or weighted
   draws), split round-robin across ranks, so K ranks together train on what one process does;

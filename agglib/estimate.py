@@ -92,7 +92,7 @@ class TrainedNetwork:
 
 
 def load_estimator(path, device: str | torch.device = "cpu") -> TrainedNetwork:
-    """A network from a checkpoint written by :func:`agglib.train.train_network` (needs nothing else)."""
+    """A network from a checkpoint written by :func:`agglib.paper_training.train_network` (needs nothing else)."""
     from agglib.checkpoint import load_checkpoint
 
     state = load_checkpoint(path, kind="paper_network", map_location=device)
@@ -453,7 +453,7 @@ class SampleEstimator(_TrainedOnImages):
     def widening(self) -> "Widening":
         """How much the trained posterior is widened for a sample of M images
         (:class:`agglib.posterior.Widening`, fitted on held-out simulations by
-        :func:`agglib.training.recalibration.fit_widening`; the identity if it never was)."""
+        :func:`agglib.sets_training.recalibration.fit_widening`; the identity if it never was)."""
         from agglib.posterior import Widening
 
         return Widening.from_dict(self.metadata.get("widening"))

@@ -59,7 +59,7 @@ samples like the simulated ones are flagged; the benchmark measures 0–1.7 % on
 The reference is plain numbers (:meth:`SummaryReference.to_dict`, JSON-serialisable: D² + 2D +
 ``max_images`` floats, ~5 kB of JSON for the 13 head outputs, ~330 kB for the 128-d embedding),
 made for a checkpoint's metadata. Every trained :class:`agglib.estimate.SampleEstimator` carries one,
-fitted on its posterior's training images (:mod:`agglib.training.pipeline`).
+fitted on its posterior's training images (:mod:`agglib.sets_training.pipeline`).
 """
 
 from __future__ import annotations

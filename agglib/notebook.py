@@ -13,7 +13,7 @@ Every numbered notebook starts with :func:`setup_notebook` on its papermill para
   different override sets never share (or overwrite) a folder. Datasets are shared by every run
   whose dataset fields agree (their tag hashes only those fields).
 * **Upstream results are loaded, never silently retrained**: a notebook that needs the estimator
-  of notebooks 4 and 5 gets a :class:`agglib.training.NotTrainedError` naming the commands to run.
+  of notebooks 4 and 5 gets a :class:`agglib.sets_training.NotTrainedError` naming the commands to run.
 * **The exact command** that reproduces a notebook's numbers (papermill with every parameter) is
   recorded beside them and written to ``run_dir/parameters/<notebook>.json`` (one file per
   notebook, written whole: runs of a sweep never read-modify-write a shared file).
@@ -137,9 +137,9 @@ class NotebookRun:
 
     def sample_estimator(self, train: bool = False):
         """The new method's estimator of this run: trained here with ``train=True`` (notebooks 4
-        and 5), else loaded — or :class:`agglib.training.NotTrainedError` naming what to run."""
-        from agglib.training import NotTrainedError
-        from agglib.training.pipeline import train_sample_estimator
+        and 5), else loaded — or :class:`agglib.sets_training.NotTrainedError` naming what to run."""
+        from agglib.sets_training import NotTrainedError
+        from agglib.sets_training.pipeline import train_sample_estimator
 
         try:
             return train_sample_estimator(self.profile, self.grid_store(), self.continuous_store(), self.run_dir,

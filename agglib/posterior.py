@@ -30,11 +30,11 @@ the truth 54–70 % of the time and had no joint at all; one mixed posterior hel
 82–85 % of the time at M ≤ 4 (it over-fits the 2,000 training configurations); an ensemble of
 five (:class:`PosteriorEnsemble`), trained on log-uniform set sizes, 83–91 %; widened as below, 86–94 % (notebook 6).
 
-The training (:func:`agglib.training.posterior.train_posterior`) minimises the negative log
+The training (:func:`agglib.sets_training.posterior.train_posterior`) minimises the negative log
 posterior density of the true θ on random sets of images of simulated configurations whose θ is
 drawn from the prior. The trained ensemble's categorical was still too sharp (held-out
 temperature 1.5 at M = 1) and its joint 90 % regions held the truth in 83–91 % of fresh samples; a
-:class:`Widening` fitted on held-out configurations (:mod:`agglib.training.recalibration`:
+:class:`Widening` fitted on held-out configurations (:mod:`agglib.sets_training.recalibration`:
 temperature scaling of the categorical, a width factor of the Gaussians, each a line in log M)
 is applied to every posterior the estimator returns. Calibration is checked on fresh
 simulations that neither the training nor that fit touched (:mod:`agglib.evaluate.calibration`).
@@ -620,7 +620,7 @@ class Widening:
     """How much wider a trained posterior must be to hold the truth as often as it claims: the
     Gaussians' width factor and the categorical's temperature as functions of the sample size M,
     ``log factor = intercept + slope · log M`` each, never below 1 (fitted on held-out simulations
-    by :func:`agglib.training.recalibration.fit_widening`; the identity by default).
+    by :func:`agglib.sets_training.recalibration.fit_widening`; the identity by default).
 
     Attributes
     ----------

@@ -1,6 +1,6 @@
 """What the networks learn from an image: where each label comes from and how it is transformed.
 
-One table of label sources and transforms, read by the paper's networks (:mod:`agglib.train`:
+One table of label sources and transforms, read by the paper's networks (:mod:`agglib.paper_training`:
 their targets and the descriptors their feature extractors pretrain on) and by the image encoder
 (:mod:`agglib.encoder`: its heads). A label source is
 

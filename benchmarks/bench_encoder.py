@@ -20,8 +20,8 @@ import numpy as np
 import agglib
 from agglib.dataset import DatasetStore
 from agglib.encoder import TrainedEncoder, encoder_labels, per_image_errors
-from agglib.training import train_encoder
-from agglib.training.pipeline import encoder_config
+from agglib.sets_training import train_encoder
+from agglib.sets_training.pipeline import encoder_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ of inference (batch 64), on random 128² and 512² images with the torch threads
 The ratio column is against the paper's VGG-like network at the same image size. Accuracy at
 equal training budget is in notebook 9 (Table 6).
 
-``--loop STORE`` measures the training loop itself (``agglib.train.train_network``: data,
+``--loop STORE`` measures the training loop itself (``agglib.paper_training.train_network``: data,
 preprocessing, augmentation, optimizer) on a dataset store against the network alone at the
 same batch and image size: the ratio is how well the loop keeps the device busy (goal ≥ 0.8).
 """
@@ -71,7 +71,7 @@ def loop_rate(store: str, arch: str, device: str, batch: int, steps: int, num_wo
     import tempfile
 
     from agglib.dataset import open_store
-    from agglib.train import TrainConfig, train_network
+    from agglib.paper_training import TrainConfig, train_network
 
     size = int(open_store(store).images.shape[1])
     cfg = TrainConfig(target="df", arch=arch, epochs=2, batch=batch, steps_per_epoch=steps, device=device,

@@ -8,7 +8,7 @@ in ``--work``, trains the paper's network for D_f(A) with the profile's settings
 paper's (Adam 1e-4, constant rate, batch 16, MSE, 30 epochs; best checkpoint by validation loss)
 with the profile's ``val_images`` and ``bn_batches``, and scores it on E. The validation that
 picks the best checkpoint is on V, 1/6 of T's configurations held out of training
-(:class:`agglib.train.TrainConfig` ``val_share``), never on E; E only scores the best and the last
+(:class:`agglib.paper_training.TrainConfig` ``val_share``), never on E; E only scores the best and the last
 checkpoint: the per-image MAE of D̂_f(A) against D_f(A), and the MAE of θ̂_Df (the mean of D̂_f
 over disjoint groups of ν = 12 images of one configuration, Eq. 13) against the preset θ_Df,
 beside the paper's 0.041 and the trivial predictor (the mean θ_Df of T). With ``--bn-batches`` > 0
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     from agglib.estimate import load_estimator
     from agglib.evaluate import PAPER_RESULTS
     from agglib.profiles import load_profile
-    from agglib.train import train_for_profile
+    from agglib.paper_training import train_for_profile
 
     out = Path(args.out)
     if out.exists() and not _is_report(out):          # checked before hours of work, not after

@@ -17,7 +17,7 @@ from agglib.dataset import build_dataset
 from agglib.estimate import ParameterEstimator, load_estimator
 from agglib.nets import build_network, count_parameters, paper_parameter_table
 from agglib.preprocess import Augment, Preprocess, inverse_intensity, scale_and_quantize, shift_image
-from agglib.train import TrainConfig, make_datasets, train_for_profile, train_network
+from agglib.paper_training import TrainConfig, make_datasets, train_for_profile, train_network
 
 # Table 3 of the paper: weights + biases of the convolutional and dense layers.
 TABLE3 = [80, 1168, 4640, 18496, 36928, 73856, 147584, 295168, 590080, 8257760, 25200]
@@ -196,7 +196,7 @@ def test_checkpoint_with_other_training_settings_is_refused(tiny_store, tmp_path
 
 
 def test_descriptor_pretraining_initialises_the_multi_image_features(tiny_store, tmp_path):
-    from agglib.train import descriptor_scaling, descriptor_table, sample_labels, TARGETS
+    from agglib.paper_training import descriptor_scaling, descriptor_table, sample_labels, TARGETS
 
     labels = sample_labels(tiny_store, TARGETS["descriptors"])
     t = tiny_store.indices("T")
@@ -355,7 +355,7 @@ def test_cuda_run_killed_mid_epoch_resumes_to_the_same_weights(tiny_store, tmp_p
 def test_cuda_batches_equal_cpu_batches(tiny_store):
     """Held on the GPU, indexed, preprocessed and augmented there: the CPU's batches, up to one
     quantisation level in a few pixels (CUDA divides by a scalar through its reciprocal)."""
-    from agglib.train.data import _Feed, make_datasets, prepare_batch
+    from agglib.paper_training.data import _Feed, make_datasets, prepare_batch
 
     cfg = TrainConfig(target="theta1", nu=4, batch=3, seed=2, max_shift_px=3)
     pre = Preprocess(inverse=True, electrons_per_pixel=tiny_store.stem_settings.electrons_per_pixel)
@@ -375,7 +375,7 @@ def test_cuda_batches_equal_cpu_batches(tiny_store):
 def test_cuda_graph_batches_equal_op_by_op_batches(tiny_store, target):
     """The captured preparation (one CUDA graph per batch shape) gives the batches the same
     operations give one by one, bit for bit, for single images and groups, across epochs."""
-    from agglib.train.data import _Feed, make_datasets
+    from agglib.paper_training.data import _Feed, make_datasets
 
     cfg = TrainConfig(target=target, nu=4, batch=3, seed=2, max_shift_px=3)
     pre = Preprocess(inverse=cfg.spec.inverse, electrons_per_pixel=tiny_store.stem_settings.electrons_per_pixel)
@@ -427,7 +427,7 @@ def feed(request, monkeypatch):
     """The training data path: the split held in device memory, or streamed by 0 or 2 DataLoader
     workers (a split that does not fit: the budget is set to 0 bytes)."""
     if request.param.startswith("streamed"):
-        monkeypatch.setattr("agglib.train.data.resident_budget", lambda device: 0)
+        monkeypatch.setattr("agglib.paper_training.data.resident_budget", lambda device: 0)
     return 0 if request.param == "resident" else int(request.param.split("-")[1])
 
 
@@ -463,7 +463,7 @@ def test_groups_train_the_same_weights_held_or_streamed(tiny_store, tmp_path, mo
     torch.set_num_threads(1)
     cfg = TrainConfig(target="theta0", epochs=2, lr=1e-3, nu=4, batch=2, seed=5, steps_per_epoch=4)
     held = train_network(tiny_store.path, cfg, tmp_path / "held", show_progress_bars=False)
-    monkeypatch.setattr("agglib.train.data.resident_budget", lambda device: 0)
+    monkeypatch.setattr("agglib.paper_training.data.resident_budget", lambda device: 0)
     streamed = train_network(tiny_store.path, cfg, tmp_path / "streamed", show_progress_bars=False)
     a = torch.load(tmp_path / "held" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "streamed" / "last.pt", weights_only=True)["model"]
@@ -594,14 +594,14 @@ def test_ddp_training_with_gloo_keeps_oversampling_and_stops_together(tiny_store
     import torch.multiprocessing as mp
 
     from agglib.engine import epoch_order
-    from agglib.train import sample_labels, TARGETS
+    from agglib.paper_training import sample_labels, TARGETS
 
     mp.spawn(_ddp_train_worker, args=(2, _free_port(), str(tiny_store.path), str(tmp_path)), nprocs=2, join=True)
     runs = [torch.load(tmp_path / f"r{r}.pt", weights_only=False) for r in range(2)]
     assert runs[0]["epochs"] == 3                                       # rank 0's budget: all epochs
     assert len(runs[0]["drawn"]) == len(runs[1]["drawn"]) == 3          # rank 1 stopped with rank 0, not before
     assert (tmp_path / "ddp" / "last.pt").is_file()
-    from agglib.train.data import validation_split
+    from agglib.paper_training.data import validation_split
 
     train_idx, _ = validation_split(tiny_store, TrainConfig(target="rho_class", seed=1))   # T∖V, as trained
     labels = sample_labels(tiny_store, TARGETS["rho_class"])[train_idx]

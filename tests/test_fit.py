@@ -12,7 +12,7 @@ from agglib.cli import main
 from agglib.dataset import build_dataset
 from agglib.estimate import ParameterEstimator
 from agglib.fit import ImageInputError, characterise, draw_shadows, export_shadows, read_image
-from agglib.train import TrainConfig, train_network
+from agglib.paper_training import TrainConfig, train_network
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_characterise_gives_intervals_and_exports_shadows(tmp_path, tiny_models)
 @pytest.fixture(scope="module")
 def tiny_sets(tmp_path_factory):
     """The new method (encoder + posterior) trained at the tiny profile."""
-    from agglib.training.pipeline import train_sample_estimator
+    from agglib.sets_training.pipeline import train_sample_estimator
 
     base = tmp_path_factory.mktemp("fit-sets")
     prof = agglib.load_profile("tiny")

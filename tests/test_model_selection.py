@@ -8,7 +8,7 @@ import torch
 
 from agglib.checkpoint import load_checkpoint
 from agglib.dataset import build_dataset
-from agglib.train import TrainConfig, make_datasets, make_eval_dataset, train_network, validation_split
+from agglib.paper_training import TrainConfig, make_datasets, make_eval_dataset, train_network, validation_split
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,8 @@ def test_v_is_the_same_for_every_target_of_a_run_and_a_function_of_the_seeds(tin
 def test_best_checkpoint_follows_v_where_e_would_pick_another_epoch(tiny_store, tmp_path, monkeypatch):
     """Losses planted per epoch: V's lowest at epoch 1, E's (were E validated) at epoch 2. best.pt
     holds epoch 1's weights; E is evaluated only after the last epoch, for the best and the last."""
-    import agglib.train.loop as loop
-    from agglib.train.data import _Feed
+    import agglib.paper_training.loop as loop
+    from agglib.paper_training.data import _Feed
 
     torch.set_num_threads(1)
     cfg = TrainConfig(target="df", epochs=3, lr=1e-3, batch=8, seed=0, steps_per_epoch=2)

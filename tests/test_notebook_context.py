@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from agglib.notebook import NotebookRun, parameter_tag, setup_notebook
-from agglib.training import NotTrainedError
+from agglib.sets_training import NotTrainedError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ from agglib.dataset import build_dataset, make_plan
 from agglib.dataset.plan import EVAL, TRAIN, prior_ranges
 from agglib.estimate import SampleEstimator
 from agglib.posterior import PARAMETERS, PosteriorEstimate, SetPosterior, ThetaGrid, coverage, pit_values
-from agglib.training import EncoderConfig, PosteriorConfig, train_encoder
-from agglib.training.pipeline import train_sample_estimator
-from agglib.training.posterior import train_posterior
+from agglib.sets_training import EncoderConfig, PosteriorConfig, train_encoder
+from agglib.sets_training.pipeline import train_sample_estimator
+from agglib.sets_training.posterior import train_posterior
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_encoder_killed_mid_epoch_resumes_to_the_same_weights(tiny_stores, tmp_p
 
 def _in_float64(monkeypatch=None):
     """The encoder, its inputs and its loss in float64 (see the test below)."""
-    import agglib.training.encoder as recipe
+    import agglib.sets_training.encoder as recipe
 
     torch.set_default_dtype(torch.float64)
     inputs = recipe.encoder_inputs
@@ -278,7 +278,7 @@ def test_checkpoints_load_with_weights_only_and_name_the_bad_file(tiny_estimator
 
 
 def test_finished_pipeline_loads_without_training_again(tiny_stores, tiny_estimator, monkeypatch):
-    import agglib.training.pipeline as pipeline
+    import agglib.sets_training.pipeline as pipeline
 
     est, run = tiny_estimator
     monkeypatch.setattr(pipeline, "train_posterior_ensemble", lambda *a, **k: pytest.fail("trained again"))
@@ -290,7 +290,7 @@ def test_finished_pipeline_loads_without_training_again(tiny_stores, tiny_estima
 def test_the_pipeline_recalibrates_on_the_continuous_datasets_e(tiny_stores, tiny_estimator, monkeypatch):
     """The posterior is widened as fitted on the E configurations (which no gradient step saw);
     an estimator trained before recalibration existed is recalibrated, not trained again."""
-    import agglib.training.pipeline as pipeline
+    import agglib.sets_training.pipeline as pipeline
     from agglib.posterior import Widening
 
     est, run = tiny_estimator

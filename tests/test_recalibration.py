@@ -1,4 +1,4 @@
-"""Recalibration (agglib.training.recalibration): the widening law recovers a known
+"""Recalibration (agglib.sets_training.recalibration): the widening law recovers a known
 over-confidence, and the widened posteriors pass the calibration checks the raw ones fail."""
 
 import numpy as np
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import agglib
 from agglib.evaluate.calibration import calibration_checks, within_accepted
 from agglib.posterior import PosteriorEstimate, ThetaGrid, Widening, overconfident, widened
-from agglib.training.recalibration import fit_widening
+from agglib.sets_training.recalibration import fit_widening
 
 GRID = ThetaGrid.from_profile(agglib.load_profile("quick"))
 NOISE_U = 0.6             # per-image noise of the fake summaries along u [logit units]

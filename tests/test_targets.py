@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from agglib.encoder import ENCODER_TARGETS, encoder_labels, natural_labels
 from agglib.targets import TRANSFORMS, label_values, to_natural, transformed_labels
-from agglib.train._contracts import PRETRAIN_DESCRIPTORS
+from agglib.paper_training._contracts import PRETRAIN_DESCRIPTORS
 
 
 def descriptors_with_an_absent_material(n: int = 6) -> tuple[np.ndarray, pd.DataFrame]:
@@ -24,7 +24,7 @@ def descriptors_with_an_absent_material(n: int = 6) -> tuple[np.ndarray, pd.Data
 def test_the_paper_pretraining_and_the_encoder_read_the_same_labels():
     """Where both define a label they agree; a material the aggregate lacks is 0 for the paper's
     pretraining (it regresses S = 0) and NaN for the encoder (masked)."""
-    from agglib.train.data import descriptor_table
+    from agglib.paper_training.data import descriptor_table
 
     theta, d = descriptors_with_an_absent_material()
 

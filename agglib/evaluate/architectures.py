@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from agglib.nets import build_network
-from agglib.train import TrainConfig, train_network
+from agglib.paper_training import TrainConfig, train_network
 
 __all__ = ["compare_architectures", "inference_rate"]
 

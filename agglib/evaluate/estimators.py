@@ -12,7 +12,7 @@ import pandas as pd
 
 from agglib.dataset.store import DatasetStore
 from agglib.estimate import TrainedNetwork
-from agglib.train import TARGETS, sample_labels
+from agglib.paper_training import TARGETS, sample_labels
 
 __all__ = ["PAPER_RESULTS", "batch_groups", "batch_estimates", "confusion_table", "mae", "r2", "trivial_mae", "default_run_dir", "recorded_run", "recorded_run_scores",
            "recorded_scores", "same_as_recorded",

@@ -105,7 +105,7 @@ def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_pr
     Same architecture and settings as ``estimator``'s posterior, but an ensemble of
     :data:`CEILING_MEMBERS` (the ceiling's point estimates are what the book compares; each member
     costs as much training as one of the estimator's) and not widened (the estimator's widening,
-    :mod:`agglib.training.recalibration`, moves its θ0, θ1 medians slightly: at M = 12 its exact hits
+    :mod:`agglib.sets_training.recalibration`, moves its θ0, θ1 medians slightly: at M = 12 its exact hits
     change by under 2 points), trained on the standardised true labels of
     the continuous dataset's T (what a perfect encoder would output). Returns a
     :class:`agglib.estimate.SampleEstimator` whose :meth:`from_summaries` takes
@@ -116,8 +116,8 @@ def ceiling(profile, continuous: DatasetStore, estimator, seed: int = 0, show_pr
     from agglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, weights_digest
     from agglib.estimate import SampleEstimator
     from agglib.posterior import PosteriorEnsemble
-    from agglib.training._contracts import PosteriorConfig
-    from agglib.training.posterior import train_posterior_ensemble
+    from agglib.sets_training._contracts import PosteriorConfig
+    from agglib.sets_training.posterior import train_posterior_ensemble
 
     t_idx = continuous.continuous_roles()["posterior"]
     summaries = true_summaries(continuous, estimator)

@@ -42,7 +42,7 @@ DistributedDataParallel averages gradients (NCCL on GPUs, gloo on CPUs) and Batc
 global batch's statistics. Only rank 0 writes checkpoints and shows progress; rank 0 decides for
 all when a time budget ends training.
 
-Data path (:mod:`agglib.train.data`): a split that fits on the device (40 % of free GPU memory,
+Data path (:mod:`agglib.paper_training.data`): a split that fits on the device (40 % of free GPU memory,
 or ``preload_mb`` in RAM) is read once, as integer counts, into device memory; each step indexes a
 batch there, preprocesses it (:class:`~agglib.preprocess.Preprocess`) and augments it
 (:func:`~agglib.preprocess.augment_batch`) as batched tensor operations on the device — for small
@@ -51,15 +51,15 @@ DataLoader workers into pinned memory and copied without blocking; the same batc
 follow, so every path trains the same weights. The loss is read back from the device once per
 epoch (and every 25 steps for the progress bar, when shown).
 
-Modules: :mod:`agglib.train._contracts` (targets, :class:`TrainConfig`), :mod:`agglib.train.data`,
-:mod:`agglib.train.loop` (:func:`train_network`, :class:`PaperRecipe`).
+Modules: :mod:`agglib.paper_training._contracts` (targets, :class:`TrainConfig`), :mod:`agglib.paper_training.data`,
+:mod:`agglib.paper_training.loop` (:func:`train_network`, :class:`PaperRecipe`).
 """
 
-from agglib.train._contracts import (PRETRAIN_DESCRIPTORS, PRETRAINED_FROM, SCHEDULES, TARGETS, TargetSpec,
+from agglib.paper_training._contracts import (PRETRAIN_DESCRIPTORS, PRETRAINED_FROM, SCHEDULES, TARGETS, TargetSpec,
                                      TrainConfig)
-from agglib.train.data import (GRAPH_MAX_PIXELS, descriptor_scaling, descriptor_table, make_datasets,
+from agglib.paper_training.data import (GRAPH_MAX_PIXELS, descriptor_scaling, descriptor_table, make_datasets,
                                make_eval_dataset, prepare_batch, resident_budget, sample_labels, validation_split)
-from agglib.train.loop import (CHECKPOINT_KIND, PaperRecipe, checkpoint_metadata, dataset_hash,
+from agglib.paper_training.loop import (CHECKPOINT_KIND, PaperRecipe, checkpoint_metadata, dataset_hash,
                                default_num_workers, evaluate, init_features_from, train_estimator, train_for_profile,
                                train_network)
 

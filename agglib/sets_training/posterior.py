@@ -11,7 +11,7 @@ A share of the configurations (``validation_share``) is held out of the gradient
 loss on fixed random sets of them is computed every ``validate_every`` steps and the weights of
 the step with the lowest validation loss are the result (early stopping against over-fitting to
 the training configurations). The pipeline then widens the posterior as fitted on other held-out
-configurations (:mod:`agglib.training.recalibration`); calibration is *checked* on fresh
+configurations (:mod:`agglib.sets_training.recalibration`); calibration is *checked* on fresh
 simulations that neither touched (:mod:`agglib.evaluate.calibration`).
 """
 
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 import agglib
 from agglib.lr_schedule import one_cycle_lr, set_lr
 from agglib.posterior import SetPosterior, ThetaGrid
-from agglib.training._contracts import PosteriorConfig
+from agglib.sets_training._contracts import PosteriorConfig
 
 __all__ = ["train_posterior", "train_posterior_ensemble", "config_members", "draw_sets", "set_size"]
 

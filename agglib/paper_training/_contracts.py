@@ -1,6 +1,6 @@
 """What one training run is: the targets the paper's networks learn and the settings of a run.
 
-Their recipe is :mod:`agglib.train.loop` (run by :mod:`agglib.engine`); the data it reads, :mod:`agglib.train.data`.
+Their recipe is :mod:`agglib.paper_training.loop` (run by :mod:`agglib.engine`); the data it reads, :mod:`agglib.paper_training.data`.
 """
 
 from __future__ import annotations

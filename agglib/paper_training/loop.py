@@ -3,7 +3,7 @@
 
 Model selection is honest: a validation split V — ``val_share`` (default 1/6) of T's parameter
 configurations with all their T samples, drawn from the dataset's and the run's seed
-(:func:`agglib.train.data.validation_split`) — is held out of T. The network trains on T∖V only;
+(:func:`agglib.paper_training.data.validation_split`) — is held out of T. The network trains on T∖V only;
 after each epoch it is validated on V (``val_images`` of V, all of V after the last epoch; with
 ``bn_batches`` the BatchNorm statistics are first recomputed on T∖V), and ``best.pt`` is the epoch
 with the lowest loss on V. The evaluation split E is never used for selection: after the last
@@ -13,8 +13,8 @@ E, and that is recorded apart from the per-epoch history (``result["E"]``, ``E.j
 or before V existed (its best epoch was chosen on E), is refused for resuming; such checkpoints
 still load as estimators.
 
-The settings of a run are :class:`agglib.train.TrainConfig`; the batches come from
-:mod:`agglib.train.data`.
+The settings of a run are :class:`agglib.paper_training.TrainConfig`; the batches come from
+:mod:`agglib.paper_training.data`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from agglib.engine import Recipe, recalibrate_batchnorm, run_training, training_
 from agglib.lr_schedule import torch_one_cycle
 from agglib.nets import build_network, count_parameters
 from agglib.preprocess import Preprocess
-from agglib.train._contracts import PRETRAINED_FROM, TARGETS, TargetSpec, TrainConfig
-from agglib.train.data import _Feed, _Labelled, descriptor_scaling, make_datasets, make_eval_dataset
+from agglib.paper_training._contracts import PRETRAINED_FROM, TARGETS, TargetSpec, TrainConfig
+from agglib.paper_training.data import _Feed, _Labelled, descriptor_scaling, make_datasets, make_eval_dataset
 
 __all__ = ["train_network", "train_for_profile", "train_estimator", "evaluate", "checkpoint_metadata",
            "dataset_hash", "default_num_workers", "init_features_from", "PaperRecipe", "CHECKPOINT_KIND"]

@@ -3,12 +3,12 @@
 :func:`train_sample_estimator` is what notebook 04 (and ``agglib train --method sets``) runs:
 
 1. the image encoder on the grid dataset's T and the ``encoder`` part of the continuous dataset's
-   T (:func:`agglib.training.train_encoder`, resumable);
+   T (:func:`agglib.sets_training.train_encoder`, resumable);
 2. the encoder's per-image summaries of the other images of the continuous dataset, computed
    once and cached beside the encoder (``summaries-<store>.npz``, keyed by the encoder's weights);
 3. the set-level posterior on the ``posterior`` part of the continuous dataset's T
-   (:func:`agglib.training.train_posterior`) — configurations and images the encoder never saw;
-4. its widening (:func:`agglib.training.recalibration.fit_widening`) on the continuous dataset's E —
+   (:func:`agglib.sets_training.train_posterior`) — configurations and images the encoder never saw;
+4. its widening (:func:`agglib.sets_training.recalibration.fit_widening`) on the continuous dataset's E —
    configurations no gradient step saw. Calibration is checked on fresh simulations (notebook 6).
 
 The result is written to ``<run_dir>/sets/`` (``encoder.pt``, ``posterior.pt``) and loads with
@@ -31,10 +31,10 @@ from agglib.encoder import TrainedEncoder
 from agglib.estimate import SampleEstimator
 from agglib.misspecification import SummaryReference
 from agglib.posterior import ThetaGrid
-from agglib.training._contracts import EncoderConfig, PosteriorConfig
-from agglib.training.encoder import train_encoder
-from agglib.training.posterior import train_posterior_ensemble
-from agglib.training.recalibration import SETS_PER_CONFIG, WIDENING_SIZES, fit_widening
+from agglib.sets_training._contracts import EncoderConfig, PosteriorConfig
+from agglib.sets_training.encoder import train_encoder
+from agglib.sets_training.posterior import train_posterior_ensemble
+from agglib.sets_training.recalibration import SETS_PER_CONFIG, WIDENING_SIZES, fit_widening
 
 __all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cached_summaries", "OUT_OF_MODEL",
            "RECALIBRATION", "recalibrate"]
@@ -43,7 +43,7 @@ __all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cach
 #: on the encoder's head outputs of the posterior's training images: in-model samples of the
 #: estimator's own prior and acquisition). ``level``: the share of in-model samples it lets pass.
 OUT_OF_MODEL = {"features": "encoder head outputs", "level": 0.99}
-#: How every posterior is recalibrated (:func:`agglib.training.recalibration.fit_widening`).
+#: How every posterior is recalibrated (:func:`agglib.sets_training.recalibration.fit_widening`).
 RECALIBRATION = {"on": "continuous dataset E", "objective": "negative log density of the truth",
                  "sizes": list(WIDENING_SIZES), "sets_per_config": SETS_PER_CONFIG, "factors": "widening only (≥ 1)"}
 
@@ -113,13 +113,13 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
         Override :class:`EncoderConfig` / :class:`PosteriorConfig` fields.
     train : bool
         False: only load a finished estimator of exactly these settings; raise
-        :class:`agglib.training.NotTrainedError` rather than train (or retrain) anything.
+        :class:`agglib.sets_training.NotTrainedError` rather than train (or retrain) anything.
 
     Returns
     -------
     SampleEstimator or None
         None on the processes other than rank 0 of a ``torchrun`` launch: the encoder trains on
-        all of them (:func:`agglib.training.train_encoder`), the posterior on rank 0 alone.
+        all of them (:func:`agglib.sets_training.train_encoder`), the posterior on rank 0 alone.
     """
     run_dir = Path(run_dir)
     grid_store = grid_store if isinstance(grid_store, DatasetStore) else DatasetStore(grid_store)
@@ -159,7 +159,7 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
             # trained before this recalibration: recalibrate only (no gradient step: also with train=False)
             return recalibrate(found, continuous_store, run_dir, seed, out, show_progress_bars=show_progress_bars)
     if not train:
-        from agglib.training._contracts import NotTrainedError
+        from agglib.sets_training._contracts import NotTrainedError
 
         raise NotTrainedError(f"no set-level posterior of these settings in {out}")
     summaries = cached_summaries(encoder, continuous_store, run_dir, show_progress_bars=show_progress_bars)

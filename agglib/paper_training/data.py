@@ -22,7 +22,7 @@ from agglib.dataset.pytorch import ConfigurationBatchDataset, ResidentImages, St
 from agglib.dataset.store import DatasetStore
 from agglib.preprocess import Preprocess, augment_batch, augment_plan, augment_with_plan, augmentation_params
 from agglib.targets import label_values, transformed_labels
-from agglib.train._contracts import PRETRAIN_DESCRIPTORS, TargetSpec, TrainConfig
+from agglib.paper_training._contracts import PRETRAIN_DESCRIPTORS, TargetSpec, TrainConfig
 
 __all__ = ["descriptor_table", "descriptor_scaling", "sample_labels", "validation_split", "make_datasets",
            "make_eval_dataset", "resident_budget", "prepare_batch", "GRAPH_MAX_PIXELS"]

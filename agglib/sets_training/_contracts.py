@@ -11,7 +11,7 @@ __all__ = ["EncoderConfig", "PosteriorConfig", "NotTrainedError"]
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Settings of one encoder training run (:func:`agglib.training.train_encoder`).
+    """Settings of one encoder training run (:func:`agglib.sets_training.train_encoder`).
 
     Parameters
     ----------
@@ -65,7 +65,7 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class PosteriorConfig:
-    """Settings of one set-posterior training run (:func:`agglib.training.train_posterior`).
+    """Settings of one set-posterior training run (:func:`agglib.sets_training.train_posterior`).
 
     Parameters
     ----------
@@ -90,7 +90,7 @@ class PosteriorConfig:
     validate_every : int
         Steps between validations (and history records).
     set_sizes : {"log-uniform", "uniform"}
-        Law of the set size M of each step (:func:`agglib.training.posterior.set_size`).
+        Law of the set size M of each step (:func:`agglib.sets_training.posterior.set_size`).
     members : int
         Posteriors of the ensemble (:class:`agglib.posterior.PosteriorEnsemble`), each trained
         with its own seed.

@@ -37,7 +37,7 @@ from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, augmentation_draws, e
 from agglib.engine import Recipe, read_progress, recalibrate_batchnorm, run_training, training_session
 from agglib.lr_schedule import one_cycle_lr
 from agglib.preprocess import augment_batch
-from agglib.training._contracts import EncoderConfig, NotTrainedError
+from agglib.sets_training._contracts import EncoderConfig, NotTrainedError
 
 __all__ = ["train_encoder"]
 
@@ -121,7 +121,7 @@ class EncoderRecipe(Recipe):
             store = self.store
             images = torch.from_numpy(np.concatenate([store.read_images(self.t_idx)]
                                                      + [extra.read_images(rows) for extra, rows in self.extra_training]))
-            from agglib.train.data import resident_budget
+            from agglib.paper_training.data import resident_budget
 
             if self.device.type == "cuda" and images.numel() * images.element_size() <= resident_budget(self.device):
                 images = images.to(self.device)
@@ -221,7 +221,7 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
         part of the continuous dataset's T: configurations the posterior never trains on).
     train : bool
         False: only return a finished encoder of this configuration; raise
-        :class:`agglib.training.NotTrainedError` instead of training.
+        :class:`agglib.sets_training.NotTrainedError` instead of training.
 
     Returns
     -------
