@@ -23,9 +23,10 @@ key            content
 ============== =====================================================================
 
 Writes are atomic (a temporary file, then a rename): an interrupted job never leaves a
-half-written checkpoint. Checkpoints written by agglib ≤ 0.x for the paper's networks
-(``metadata["format"] == "agglib-estimator/1"``, plain dicts) are still read: :func:`load_checkpoint`
-returns them in this layout.
+half-written checkpoint. Checkpoints of the paper's networks written before both methods shared
+one training engine (:mod:`agglib.engine`) — plain dicts with ``metadata["format"] ==
+"agglib-estimator/1"`` — are still read: :func:`load_checkpoint` returns them in this layout
+(kind ``"paper_network"``), and a run folder of such checkpoints resumes.
 """
 
 from __future__ import annotations

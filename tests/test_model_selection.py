@@ -163,3 +163,38 @@ def test_shipped_paper_method_estimators_from_before_v_still_load():
 
     est = ParameterEstimator.load(shipped_models_dir("paper"))
     assert est.df.metadata["target"] == "df" and est.nu >= 1
+
+
+def test_checkpoints_in_the_paper_networks_former_layout_still_load_and_resume(tiny_store, tmp_path):
+    """Before the engine, the paper's networks were saved as plain dicts (``metadata["format"]`` =
+    ``"agglib-estimator/1"``, ``epoch``/``step``/``best_val_loss``/``torch_rng`` at the top): such a
+    best.pt still loads as an estimator, and such a last.pt resumes to the weights of a run that
+    was never stopped."""
+    from agglib.checkpoint import CHECKPOINT_FORMAT
+    from agglib.estimate import load_estimator
+
+    torch.set_num_threads(1)
+    one = TrainConfig(target="df", epochs=1, batch=8, seed=0, steps_per_epoch=2)
+    two = TrainConfig(**{**one.__dict__, "epochs": 2})
+    train_network(tiny_store.path, two, tmp_path / "whole", show_progress_bars=False)
+    train_network(tiny_store.path, one, tmp_path / "old", show_progress_bars=False)
+    for name in ("last.pt", "best.pt"):                              # rewritten as the former layout
+        state = load_checkpoint(tmp_path / "old" / name)
+        legacy = {"metadata": {**state["metadata"], "format": "agglib-estimator/1"}, "model": state["model"],
+                  "history": state["history"]}
+        if name == "last.pt":
+            legacy.update(optimizer=state["optimizer"], epoch=state["progress"]["epoch"], step=0,
+                          best_val_loss=state["run_state"]["best_val_loss"], E=state["run_state"]["E"],
+                          torch_rng=state["tensors"]["torch_rng"])
+        else:
+            legacy["epoch"] = state["metadata"]["epoch"]
+        torch.save(legacy, tmp_path / "old" / name)
+        assert torch.load(tmp_path / "old" / name, weights_only=True).get("format") != CHECKPOINT_FORMAT
+    net = load_estimator(tmp_path / "old" / "best.pt")
+    assert net.metadata["target"] == "df" and "format" not in net.metadata
+    resumed = train_network(tiny_store.path, two, tmp_path / "old", show_progress_bars=False)
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1]
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "old" / "last.pt")
+    assert b["format"] == CHECKPOINT_FORMAT and b["kind"] == "paper_network"        # saved in today's format
+    assert all(torch.equal(a[k], b["model"][k]) for k in a)
