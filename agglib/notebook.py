@@ -24,12 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import agglib
 from agglib.profiles import Profile, load_profile
-from agglib.sweep import RECORD_ENV
 
 __all__ = ["setup_notebook", "NotebookRun", "parameter_tag"]
 
@@ -63,6 +61,9 @@ class NotebookRun:
     parameters : dict
         The notebook's own papermill parameters (beside ``profile``, ``seed`` and ``overrides``),
         written into :attr:`command`.
+    record_to : str or None
+        A file that :meth:`record` also writes this run's numbers to (the notebook's
+        ``record_to`` parameter, which ``agglib sweep`` sets to each run's ``results.json``).
     """
 
     notebook: str
@@ -70,6 +71,7 @@ class NotebookRun:
     seed: int
     overrides: dict
     parameters: dict = field(default_factory=dict)
+    record_to: str | None = None
     _stores: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -161,16 +163,15 @@ class NotebookRun:
                           json.dumps({"command": self.command, "profile": self.profile.source or self.profile.name,
                                       "seed": self.seed, "overrides": self.overrides, "parameters": self.parameters},
                                      indent=1, ensure_ascii=False, default=str))
-        extra = os.environ.get(RECORD_ENV)
-        if extra:                                   # a sweep's run: a copy in the run's own folder
-            atomic_write_text(Path(extra), json.dumps({"command": self.command, "parameters": self.parameters,
+        if self.record_to:                          # a sweep's run: a copy in the run's own folder
+            atomic_write_text(Path(self.record_to), json.dumps({"command": self.command, "parameters": self.parameters,
                                                        "results": {k: float(v) for k, v in results.items()}},
                                                       indent=1, ensure_ascii=False, default=str))
         return results_table(results, self.profile.name, self.command, self.run_dir, self.notebook, trivial=trivial)
 
 
 def setup_notebook(notebook: str, profile: str = "quick", seed: int = 0, overrides: dict | None = None, *,
-                   progress_bars: bool = False, **parameters) -> NotebookRun:
+                   progress_bars: bool = False, record_to: str | None = None, **parameters) -> NotebookRun:
     """Set up a notebook from its papermill parameters (see the module docstring).
 
     Parameters
@@ -181,10 +182,12 @@ def setup_notebook(notebook: str, profile: str = "quick", seed: int = 0, overrid
         The papermill parameters every notebook has.
     progress_bars : bool
         tqdm bars (False in the book; set True in JupyterLab).
+    record_to : str, optional
+        Also write what :meth:`NotebookRun.record` records to this file (``agglib sweep`` sets it).
     **parameters
         The notebook's other parameters (recorded in its command).
     """
     overrides = dict(overrides or {})
     prof = load_profile(profile, **overrides)
     agglib.config.set(progress_bars=progress_bars)
-    return NotebookRun(notebook, prof, int(seed), overrides, dict(parameters))
+    return NotebookRun(notebook, prof, int(seed), overrides, dict(parameters), record_to=record_to)

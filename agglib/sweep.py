@@ -13,16 +13,11 @@ from __future__ import annotations
 from concurrent.futures import ProcessPoolExecutor, as_completed
 import itertools
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["run_sweep", "collect_sweep", "sweep_grid", "check_parameters", "RECORD_ENV"]
-
-#: Environment variable through which a sweep asks :meth:`NotebookRun.record` for a second copy
-#: of the recorded numbers (in the run's own folder).
-RECORD_ENV = "AGGLIB_RECORD_TO"
+__all__ = ["run_sweep", "collect_sweep", "sweep_grid", "check_parameters"]
 
 
 def _label(value) -> str:
@@ -79,7 +74,6 @@ def check_parameters(path: Path, names) -> dict:
 def _run_one(notebook: str, folder: str, parameters: dict, timeout: int | None) -> str:
     papermill = _papermill()
     folder = Path(folder)
-    os.environ[RECORD_ENV] = str(folder / "results.json")
     path = Path(notebook)
     papermill.execute_notebook(str(path), str(folder / path.name), parameters=parameters, kernel_name="python3",
                                cwd=str(path.parent), progress_bar=False, execution_timeout=timeout)
@@ -137,6 +131,8 @@ def run_sweep(notebook: str, parameters: dict, out_dir, *, profile: str = "tiny"
                 for folder, combo in todo:
                     (out_dir / folder).mkdir(parents=True, exist_ok=True)
                     params = {**({"profile": profile} if "profile" in known else {}), **(fixed or {}), **combo}
+                    if "record_to" in known:            # where the run also writes what it records
+                        params["record_to"] = str((out_dir / folder / "results.json").resolve())
                     futures.append(pool.submit(_run_one, str(path), str(out_dir / folder), params, timeout))
                 for future in as_completed(futures):
                     future.result()
