@@ -3,7 +3,9 @@
 ``agglib sweep 10_fit_your_images -p dose_e_per_A2 40 149 600 -p measured_pixel_nm 1.7 2.9
 --profile quick --out sweeps/fit`` executes the notebook once for each combination of the values
 (the grid), each run in ``<out>/<name>=<value>,…/`` with its executed notebook and the numbers it
-records (``results.json``: what :meth:`agglib.notebook.NotebookRun.record` writes). Finished runs
+records (``results.json``: what :meth:`agglib.notebook.NotebookRun.record` writes, to the file
+the sweep passes as the notebook's ``record_to`` parameter — no state shared between runs:
+parallel runs of one profile write their numbers to their own folders). Finished runs
 are skipped, so an interrupted sweep continues where it stopped. :func:`collect_sweep` gathers
 every run's numbers into one table (``<out>/sweep.csv``).
 """
