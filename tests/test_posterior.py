@@ -168,6 +168,21 @@ def test_encoder_killed_mid_epoch_resumes_to_the_same_weights(tiny_stores, tmp_p
         train_encoder(grid.path, EncoderConfig(epochs=2, batch=16, val_images=8, seed=4), tmp_path / "cut")
 
 
+def test_encoder_time_budget_writes_an_encoder_that_a_later_call_finishes(tiny_stores, tmp_path):
+    from agglib.sets_training import NotTrainedError
+
+    grid, _ = tiny_stores
+    config = EncoderConfig(epochs=2, batch=16, val_images=0, seed=4, bn_batches=1)
+    early = train_encoder(grid.path, config, tmp_path / "budget", show_progress_bars=False, time_budget_s=0.0)
+    assert load_checkpoint(early["path"])["metadata"]["epochs_trained"] == 1       # stopped after epoch 1
+    with pytest.raises(NotTrainedError, match="1 of 2 epochs"):
+        train_encoder(grid.path, config, tmp_path / "budget", train=False)
+    done = train_encoder(grid.path, config, tmp_path / "budget", show_progress_bars=False)
+    whole = train_encoder(grid.path, config, tmp_path / "whole", show_progress_bars=False)
+    a, b = load_checkpoint(done["path"])["model"], load_checkpoint(whole["path"])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _in_float64(monkeypatch=None):
     """The encoder, its inputs and its loss in float64 (see the test below)."""
     import agglib.sets_training.encoder as recipe

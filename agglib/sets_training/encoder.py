@@ -194,7 +194,8 @@ def _precise_batchnorm(model, images: torch.Tensor, epp: float, device, config: 
 
 def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_bars: bool | None = None,
                   stop_after_epochs: int | None = None, stop_after_steps: int | None = None,
-                  checkpoint_every_steps: int | None = None, extra_training=(), train: bool = True) -> dict:
+                  checkpoint_every_steps: int | None = None, time_budget_s: float | None = None,
+                  extra_training=(), train: bool = True) -> dict:
     """Train (or resume, or return at once if finished) the image encoder of a dataset with the
     engine (:func:`agglib.engine.run_training`).
 
@@ -216,6 +217,9 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
         ``checkpoint_every_steps``).
     checkpoint_every_steps : int, optional
         Also write ``last.pt`` every this many steps within an epoch.
+    time_budget_s : float, optional
+        Stop after the epoch during which this wall time [s] was exceeded and write
+        ``encoder.pt`` from the epochs done (a later call continues to ``config.epochs``).
     extra_training : sequence of (DatasetStore, indices)
         More training images from other stores with the same STEM settings (the new method adds
         part of the continuous dataset's T: configurations the posterior never trains on).
@@ -239,5 +243,5 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
                                       f"({start_epoch} of {config.epochs} epochs done)")
         result = run_training(recipe, out_dir, show_progress_bars=show_progress_bars,
                               stop_after_epochs=stop_after_epochs, stop_after_steps=stop_after_steps,
-                              checkpoint_every_steps=checkpoint_every_steps)
+                              checkpoint_every_steps=checkpoint_every_steps, time_budget_s=time_budget_s)
         return {"history": result["history"], "path": result.get("path")}
