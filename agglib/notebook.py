@@ -181,7 +181,9 @@ def setup_notebook(notebook: str, profile: str = "quick", seed: int = 0, overrid
     profile, seed, overrides
         The papermill parameters every notebook has.
     progress_bars : bool
-        tqdm bars (False in the book; set True in JupyterLab).
+        tqdm bars in this kernel (False in the book; set True in JupyterLab). It is the kernel's
+        setting: ``agglib.config['progress_bars']``, which every long call of agglib reads unless
+        given ``show_progress_bars=``.
     record_to : str, optional
         Also write what :meth:`NotebookRun.record` records to this file (``agglib sweep`` sets it).
     **parameters
