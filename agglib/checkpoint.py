@@ -81,7 +81,7 @@ def _from_legacy_paper_layout(payload: dict) -> dict:
     metadata = {k: v for k, v in payload["metadata"].items() if k != "format"}
     out = {"format": CHECKPOINT_FORMAT, "kind": "paper_network", "metadata": json.dumps(metadata),
            "model": payload["model"], "history": json.dumps(payload.get("history", []))}
-    if "epoch" in payload and "metadata" in payload and "optimizer" in payload:
+    if "optimizer" in payload:                                   # last.pt of a run in progress
         out["optimizer"] = payload["optimizer"]
         out["progress"] = {"epoch": int(payload["epoch"]), "step": int(payload.get("step", 0))}
         out["run_state"] = json.dumps({"best_val_loss": payload.get("best_val_loss"), "E": payload.get("E")})

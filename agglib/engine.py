@@ -2,8 +2,8 @@
 
 A method supplies a :class:`Recipe` — its model, optimizer, batches, loss, learning rate and what
 it does after an epoch and at the end — and :func:`run_training` does everything else the same
-way for the paper's networks (:mod:`agglib.paper_training`) and the new method's image encoder
-(:mod:`agglib.sets_training.encoder`):
+way for the paper's networks (:class:`agglib.paper_training.PaperRecipe`) and the new method's
+image encoder (:class:`agglib.sets_training.encoder.EncoderRecipe`):
 
 - **the order of an epoch** is :func:`epoch_order` of (seed, epoch): a permutation (or weighted
   draws), split round-robin across ranks, so K ranks together train on what one process does;
@@ -21,8 +21,8 @@ way for the paper's networks (:mod:`agglib.paper_training`) and the new method's
   (:func:`synced_batchnorm`, any device), so K processes with the global batch of one train the
   same weights as one process, up to float rounding. Only rank 0 writes and shows progress; it
   decides for all when a time budget ends training;
-- **bf16** autocast for the forward pass (the loss in float32); BatchNorm statistics are made
-  safe by each method's precise-BatchNorm pass (:func:`recalibrate_batchnorm`);
+- **bf16** autocast for the forward pass (each recipe takes its loss in float32); BatchNorm
+  statistics are made safe by each method's precise-BatchNorm pass (:func:`recalibrate_batchnorm`);
 - **progress bars** (tqdm) for epochs and steps; the loss is read back from the device once per
   epoch (and every 25 steps for the bar, when shown).
 
@@ -53,17 +53,23 @@ __all__ = ["Recipe", "run_training", "training_session", "read_progress", "epoch
 
 
 class Recipe:
-    """What a method gives the engine; subclasses set the attributes and override the hooks.
+    """What a method gives the engine: a subclass sets the attributes below in its ``__init__``
+    (model built, optimizer made, data located) and overrides the hooks. The engine calls
+    :meth:`initialise` on a fresh start (not on resume), then per step :meth:`hyperparameters`,
+    :meth:`batches` and :meth:`loss`, after each epoch :meth:`end_epoch` (rank 0) and at the end
+    :meth:`finish` (rank 0). Rank-0 hooks must call no collective operation (the other ranks do
+    not enter them).
 
     Attributes
     ----------
     name : str
         Label of the progress bars.
     kind : str
-        Checkpoint kind (:mod:`agglib.checkpoint`), e.g. ``"encoder"``, ``"paper_network"``.
+        Checkpoint kind (:mod:`agglib.checkpoint`): ``"encoder"``, ``"paper_network"``.
     model : nn.Module
         The module whose weights are trained and saved.
     optimizer : torch.optim.Optimizer
+        Its optimizer (its state is saved in ``last.pt``).
     metadata : dict
         What ``last.pt`` records about the run (JSON); :meth:`mismatch` compares it on resume.
     epochs : int
@@ -75,29 +81,36 @@ class Recipe:
     n_items : int
         Training items (images or groups) of one epoch, before the split across ranks.
     batch : int
-        Items per step on this rank.
+        Items per step on this rank (a global batch of ``batch`` × the number of processes).
     steps_per_epoch : int
-        Steps of a full epoch (fewer when a rank's share is shorter).
+        Steps of an epoch: the stride of the global step count the learning rate is a function of
+        (an epoch with fewer items on this rank takes fewer).
     sampling_weights : ndarray or None
         Draw the epoch's items with replacement by these weights (None: a permutation).
     images_per_item : int
         Images in one item (ν for the paper's multi-image networks), for the images/s record.
     env : DistEnv
+        This process's rank and the number of processes (:func:`training_session`).
     device : torch.device
+        Where the model and the batches live.
     """
 
     name = "training"
-    kind = "network"
+    kind = ""
     bf16 = False
     sampling_weights = None
     images_per_item = 1
+
+    def initialise(self) -> None:
+        """A fresh run's starting weights beyond the model's own initialisation (not on resume)."""
 
     def trained_module(self) -> nn.Module:
         """The module whose output :meth:`loss` takes (wrapped by DDP in several processes)."""
         return self.model
 
-    def hyperparameters(self, step: int) -> dict:
-        """``{"lr": …[, "beta1": …]}`` for global step ``step`` ({} keeps the optimizer's)."""
+    def hyperparameters(self, step: int, total_steps: int) -> dict:
+        """``{"lr": …[, "beta1": …]}`` at global step ``step`` of ``total_steps`` ({}: keep the
+        optimizer's)."""
         return {}
 
     def batches(self, epoch: int, keys: np.ndarray, first_step: int):
@@ -106,15 +119,19 @@ class Recipe:
         raise NotImplementedError
 
     def loss(self, out, y) -> torch.Tensor:
-        """This rank's share of the loss of the global batch (what it back-propagates)."""
+        """The loss this rank back-propagates: one whose gradient, averaged over the ranks by
+        DDP, is the gradient of the global batch's loss (a mean over this rank's equal share, or
+        its share of a sum × the number of processes)."""
         raise NotImplementedError
 
     def end_epoch(self, epoch: int, record: dict, history: list, final: bool) -> None:
         """On rank 0 after each epoch: validate, add to ``record`` (already the last entry of
         ``history``), write what the method keeps."""
 
-    def finish(self, history: list, finished_before: bool) -> dict:
-        """On rank 0 once the last epoch is done (or was done by an earlier call)."""
+    def finish(self, history: list, complete: bool, finished_before: bool) -> dict:
+        """On rank 0 when training stops: after the last epoch (``complete``), after the epoch
+        that ended a time budget (not ``complete``; a later call continues), or when an earlier
+        call had finished (``finished_before``)."""
         return {}
 
     def mismatch(self, saved_metadata: dict) -> list[str]:
@@ -268,7 +285,8 @@ def training_session(device_name):
 
 
 def read_progress(recipe: Recipe, last: Path):
-    """``(state, epoch, step)`` to resume ``recipe`` from ``last`` (``(None, 0, 0)`` when absent).
+    """``(state, epoch, step)``: the saved run of ``last`` and where to continue — the epoch to
+    train next and the steps of it already done (``(None, 0, 0)`` when ``last`` is absent).
 
     Raises :class:`~agglib.checkpoint.CheckpointError` when ``last`` belongs to another run.
     """
@@ -282,15 +300,15 @@ def read_progress(recipe: Recipe, last: Path):
     return state, int(state["progress"]["epoch"]) + (0 if step else 1), step
 
 
-def _save_run(recipe: Recipe, last: Path, history: list, epoch: int, step: int) -> None:
+def _save_run(recipe: Recipe, last: Path, history: list, epoch: int, step: int, weights: dict | None = None) -> None:
     """``last.pt`` of ``recipe`` after ``step`` steps of ``epoch`` (0: the epoch is complete)."""
-    save_checkpoint(last, recipe.kind, recipe.metadata, recipe.model.state_dict(),
+    save_checkpoint(last, recipe.kind, recipe.metadata, recipe.model.state_dict() if weights is None else weights,
                     optimizer_state=recipe.optimizer.state_dict(), progress={"epoch": epoch, "step": step},
                     history=history, run_state=json.dumps(recipe.run_state()),
                     tensors={"torch_rng": torch.get_rng_state()})
 
 
-def _all_agree(flag: bool, env, device) -> bool:
+def _rank0_decides(flag: bool, env, device) -> bool:
     """``flag`` of rank 0 on every rank (so that all ranks stop at the same epoch)."""
     if not env.distributed:
         return bool(flag)
@@ -341,7 +359,9 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
     last = run_dir / "last.pt"
     state, start_epoch, start_step = read_progress(recipe, last)
     history = []
-    if state is not None:
+    if state is None:
+        recipe.initialise()
+    else:
         history = state["history"]
         recipe.load_run_state(state["run_state"])
         model.load_state_dict(state["model"])
@@ -353,9 +373,7 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
             if env.is_main:
                 if not (run_dir / "history.json").is_file():
                     atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
-                out = recipe.finish(history, finished_before=True)
-                if recipe.run_state() != state["run_state"]:     # e.g. stopped before its scores were kept
-                    _save_run(recipe, last, history, state["progress"]["epoch"], state["progress"]["step"])
+                out = _finish(recipe, last, history, complete=True, finished_before=True)
             return {"history": history, "finished": True, **out}
     show = (agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars) \
         and env.is_main
@@ -364,6 +382,7 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+    total_steps = recipe.epochs * recipe.steps_per_epoch
 
     def save(epoch: int, step: int) -> None:
         _save_run(recipe, last, history, epoch, step)
@@ -371,22 +390,23 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
     started, steps_this_call, interrupted = time.perf_counter(), 0, False
     epoch_bar = tqdm(range(start_epoch, recipe.epochs), desc=f"{recipe.name} epochs", disable=not show,
                      initial=start_epoch, total=recipe.epochs)
-    with synced_batchnorm(model, env):
-        for epoch in epoch_bar:
-            if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
-                interrupted = True
-                break
-            order = epoch_order(recipe.n_items, recipe.seed, epoch, weights=recipe.sampling_weights,
-                                rank=env.rank, world_size=env.world_size)
-            n_steps = min(max(1, len(order) // recipe.batch), recipe.steps_per_epoch)
-            first = start_step if epoch == start_epoch else 0
-            wrapped.train()
-            t0, seen = time.perf_counter(), 0
-            running = torch.zeros((), dtype=torch.float64, device=device)
-            step_bar = tqdm(total=n_steps, initial=first, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
-            batches = recipe.batches(epoch, order[first * recipe.batch:n_steps * recipe.batch], first)
+    for epoch in epoch_bar:
+        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
+            interrupted = True
+            break
+        order = epoch_order(recipe.n_items, recipe.seed, epoch, weights=recipe.sampling_weights,
+                            rank=env.rank, world_size=env.world_size)
+        n_steps = min(max(1, len(order) // recipe.batch), recipe.steps_per_epoch)
+        first = start_step if epoch == start_epoch else 0
+        wrapped.train()
+        t0, seen = time.perf_counter(), 0
+        running = torch.zeros((), dtype=torch.float64, device=device)
+        step_bar = tqdm(total=n_steps, initial=first, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
+        batches = recipe.batches(epoch, order[first * recipe.batch:n_steps * recipe.batch], first)
+        with synced_batchnorm(model, env):                # the training steps only: rank-0 hooks stay local
             for step, (x, y) in enumerate(batches, start=first):
-                set_step_hyperparameters(optimizer, recipe.hyperparameters(epoch * recipe.steps_per_epoch + step))
+                set_step_hyperparameters(optimizer, recipe.hyperparameters(epoch * recipe.steps_per_epoch + step,
+                                                                           total_steps))
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
                     out = wrapped(x)
@@ -405,27 +425,42 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
                 if stop_after_steps is not None and steps_this_call >= stop_after_steps and done < n_steps:
                     interrupted = True                            # as a kill would: the mid-epoch last.pt stays
                     break
-            step_bar.close()
-            if interrupted:
-                break
-            seconds = _synced_seconds(t0, device)
-            record = {"epoch": epoch, "train_loss": float(running) / max(seen, 1), "train_seconds": seconds,
-                      "images_per_s": seen * recipe.images_per_item / max(seconds, 1e-9)}
-            if env.is_main:
-                history.append(record)
-                recipe.end_epoch(epoch, record, history, final=epoch == recipe.epochs - 1)
-                save(epoch, 0)
-                epoch_bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
-                                       if k in ("train_loss", "val_loss", "val_mae")})
-            if time_budget_s is not None and _all_agree(time.perf_counter() - started > time_budget_s, env, device):
-                break
+        step_bar.close()
+        if interrupted:
+            break
+        seconds = _synced_seconds(t0, device)
+        if env.distributed:                               # the epoch's loss and images over all ranks
+            import torch.distributed as dist
+
+            totals = torch.stack([running, torch.tensor(float(seen), dtype=torch.float64, device=device)])
+            dist.all_reduce(totals)
+            running, seen = totals[0], int(totals[1].item())
+        record = {"epoch": epoch, "train_loss": float(running) / max(seen, 1), "train_seconds": seconds,
+                  "images_per_s": seen * recipe.images_per_item / max(seconds, 1e-9)}
+        if env.is_main:
+            history.append(record)
+            recipe.end_epoch(epoch, record, history, final=epoch == recipe.epochs - 1)
+            save(epoch, 0)
+            epoch_bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss")})
+        if time_budget_s is not None and _rank0_decides(time.perf_counter() - started > time_budget_s, env, device):
+            break
     epoch_bar.close()
     out = {}
+    complete = not interrupted and bool(history) and int(history[-1]["epoch"]) == recipe.epochs - 1
     if env.is_main:
         atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
         if not interrupted:                # the last epoch, or the one that ended the budget
-            kept = recipe.run_state()
-            out = recipe.finish(history, finished_before=False)
-            if recipe.run_state() != kept:
-                _save_run(recipe, last, history, int(history[-1]["epoch"]), 0)
-    return {"history": history, "finished": not interrupted, **out}
+            out = _finish(recipe, last, history, complete=complete, finished_before=False)
+    return {"history": history, "finished": complete, **out}
+
+
+def _finish(recipe: Recipe, last: Path, history: list, complete: bool, finished_before: bool) -> dict:
+    """:meth:`Recipe.finish`; ``last.pt`` rewritten when it changed the run state (its weights as
+    trained: whatever ``finish`` does to the model is its own)."""
+    kept = recipe.run_state()
+    trained = {k: v.detach().clone() for k, v in recipe.model.state_dict().items()}
+    out = recipe.finish(history, complete=complete, finished_before=finished_before)
+    if recipe.run_state() != kept:
+        progress = load_checkpoint(last, kind=recipe.kind)["progress"]
+        _save_run(recipe, last, history, progress["epoch"], progress["step"], weights=trained)
+    return out

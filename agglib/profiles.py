@@ -81,7 +81,7 @@ class Profile:
         epoch is chosen on V; E is only scored after training); 0 validates on all of V.
     bn_batches : int
         Batches of T over which the paper networks' BatchNorm statistics are recomputed before
-        each validation (:func:`agglib.paper_training.recalibrate_batchnorm`); 0 keeps training's running
+        each validation (:func:`agglib.engine.recalibrate_batchnorm`); 0 keeps training's running
         averages (the paper). At the paper profile (constant rate, batch 16) the running averages
         make the validation error jump between epochs; recomputed, it falls steadily.
     shadow_configs : int

@@ -564,7 +564,8 @@ def _ddp_train_worker(rank, world_size, port, store_path, out_dir, device="cpu")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
-    cfg = TrainConfig(target="rho_class", epochs=3, lr=1e-3, batch=4, seed=1, device=device)
+    cfg = TrainConfig(target="rho_class", epochs=3, lr=1e-3, batch=4, seed=1, device=device,
+                      bn_batches=2)                # rank 0 alone recomputes BatchNorm before validating
     # rank 1's clock says the budget is over after its first epoch, rank 0's does not until later:
     # rank 0 decides, so both stop at the same epoch instead of one waiting forever for the other
     budget = 0.0 if rank == 1 else 1e9

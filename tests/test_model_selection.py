@@ -194,6 +194,7 @@ def test_checkpoints_in_the_paper_networks_former_layout_still_load_and_resume(t
     assert net.metadata["target"] == "df" and "format" not in net.metadata
     resumed = train_network(tiny_store.path, two, tmp_path / "old", show_progress_bars=False)
     assert [h["epoch"] for h in resumed["history"]] == [0, 1]
+    assert resumed["E"]["last"]["epoch"] == 1                       # scored again, not the first call's report
     a = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "old" / "last.pt")
     assert b["format"] == CHECKPOINT_FORMAT and b["kind"] == "paper_network"        # saved in today's format

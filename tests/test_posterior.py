@@ -175,12 +175,20 @@ def test_encoder_time_budget_writes_an_encoder_that_a_later_call_finishes(tiny_s
     config = EncoderConfig(epochs=2, batch=16, val_images=0, seed=4, bn_batches=1)
     early = train_encoder(grid.path, config, tmp_path / "budget", show_progress_bars=False, time_budget_s=0.0)
     assert load_checkpoint(early["path"])["metadata"]["epochs_trained"] == 1       # stopped after epoch 1
+    partial = early["path"].read_bytes()
     with pytest.raises(NotTrainedError, match="1 of 2 epochs"):
         train_encoder(grid.path, config, tmp_path / "budget", train=False)
     done = train_encoder(grid.path, config, tmp_path / "budget", show_progress_bars=False)
     whole = train_encoder(grid.path, config, tmp_path / "whole", show_progress_bars=False)
     a, b = load_checkpoint(done["path"])["model"], load_checkpoint(whole["path"])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # killed after the last epoch's last.pt and before encoder.pt: the budget's encoder is not taken
+    done["path"].write_bytes(partial)
+    with pytest.raises(NotTrainedError):
+        train_encoder(grid.path, config, tmp_path / "budget", train=False)
+    again = train_encoder(grid.path, config, tmp_path / "budget", show_progress_bars=False)
+    assert load_checkpoint(again["path"])["metadata"]["epochs_trained"] == 2
+    assert all(torch.equal(a[k], v) for k, v in load_checkpoint(again["path"])["model"].items())
 
 
 def _in_float64(monkeypatch=None):

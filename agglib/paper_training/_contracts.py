@@ -105,7 +105,7 @@ class TrainConfig:
         bfloat16 autocast for the forward pass (faster on GPUs and AVX-512 CPUs; check accuracy).
     bn_batches : int
         Before each validation, set the BatchNorm running statistics to their averages over this
-        many batches of T∖V (:func:`recalibrate_batchnorm`; 0: keep the running averages of
+        many batches of T∖V (:func:`agglib.engine.recalibrate_batchnorm`; 0: keep the running averages of
         training, as the paper). The history then also records ``val_mae_running_bn``, the
         validation error with the running averages, measured first.
     """

@@ -162,8 +162,8 @@ def train_network(store_path, config: TrainConfig, checkpoint_dir, *, show_progr
 
     The result: ``history`` (one record per epoch; ``val_*`` are on V), ``best_val_loss`` (on V),
     ``metadata``, and ``E``: the best and the last weights scored on all of E after the last epoch
-    (``{"best": {"epoch", "E_loss", "E_mae"[, "E_accuracy"]}, "last": {...}, ...}``; None while
-    the run is unfinished), reported only, never used to choose.
+    (or the epoch that ended a time budget) (``{"best": {"epoch", "E_loss", "E_mae"[, "E_accuracy"]},
+    "last": {...}, ...}``; None after an interruption), reported only, never used to choose.
 
     Parameters
     ----------
@@ -246,11 +246,6 @@ class PaperRecipe(Recipe):
             neg = max(float(len(labels) - labels.sum()), 1.0)
             self.sampling_weights = np.where(labels > 0.5, 0.5 / pos, 0.5 / neg)
         self.loss_fn = _loss_fn(config.spec)
-        if not (checkpoint_dir / "last.pt").is_file():
-            if config.init_features is not None:
-                init_features_from(self.model, config.init_features, config.arch, int(settings["image_size_px"]))
-            if config.spec.loss == "mse":
-                self.model.start_at(np.nanmean(train_set.labels[train_set.sample_indices], axis=0))
         self._feeds = None
         val_keys = np.arange(len(val_set))
         if config.val_images is not None and config.val_images < len(val_set):
@@ -259,6 +254,14 @@ class PaperRecipe(Recipe):
         else:
             self.val_subset = val_keys
         self.val_keys = val_keys
+
+    def initialise(self):
+        """f copied from ``init_features`` (pretraining), the head's output started at the labels' mean."""
+        c, train_set = self.config, self.train_set
+        if c.init_features is not None:
+            init_features_from(self.model, c.init_features, c.arch, int(self.store.identity["stem_settings"]["image_size_px"]))
+        if c.spec.loss == "mse":
+            self.model.start_at(np.nanmean(train_set.labels[train_set.sample_indices], axis=0))
 
     def feeds(self):
         """The T∖V feed and (rank 0) the V feed, made at the first batch (not for a finished run)."""
@@ -274,10 +277,10 @@ class PaperRecipe(Recipe):
     def trained_module(self):
         return _BCELogitsModel(self.model) if self.config.spec.loss == "bce" else self.model
 
-    def hyperparameters(self, step: int) -> dict:
+    def hyperparameters(self, step, total_steps):
         if self.config.schedule == "constant":
             return {}
-        return torch_one_cycle(step, self.epochs * self.steps_per_epoch, self.config.lr)
+        return torch_one_cycle(step, total_steps, self.config.lr)
 
     def batches(self, epoch, keys, first_step):
         return self.feeds()[0].prepared(epoch, keys, self.preprocess, self.config, augment=True)
@@ -299,8 +302,10 @@ class PaperRecipe(Recipe):
             save_checkpoint(self.checkpoint_dir / "best.pt", self.kind, {**self.metadata, "epoch": epoch},
                             self.model.state_dict(), history=history)
 
-    def finish(self, history, finished_before):
-        if self.scores_on_e is None and history:          # not scored yet (or stopped before its scores were kept)
+    def finish(self, history, complete, finished_before):
+        # scored after every call that trained (a resumed run's scores are its last epoch's), and by a
+        # later call when the one that finished stopped before its scores were kept
+        if history and (not finished_before or self.scores_on_e is None):
             self._feeds = None                             # E is read after T∖V and V are released
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -317,7 +322,8 @@ class PaperRecipe(Recipe):
         return {"best_val_loss": self.best, "E": self.scores_on_e}
 
     def load_run_state(self, state):
-        self.best = state.get("best_val_loss", math.inf)
+        best = state.get("best_val_loss")
+        self.best = math.inf if best is None else best
         self.scores_on_e = state.get("E")
 
 

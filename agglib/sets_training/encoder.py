@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import agglib
-from agglib.checkpoint import save_checkpoint
+from agglib.checkpoint import load_checkpoint, save_checkpoint
 from agglib.dataset.store import DatasetStore
 from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, augmentation_draws, encoder_inputs, encoder_labels,
                             label_scaling, multitask_loss, per_image_errors, unscale_predictions)
@@ -39,7 +39,7 @@ from agglib.lr_schedule import one_cycle_lr
 from agglib.preprocess import augment_batch
 from agglib.sets_training._contracts import EncoderConfig, NotTrainedError
 
-__all__ = ["train_encoder"]
+__all__ = ["train_encoder", "EncoderRecipe"]
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -98,7 +98,6 @@ class EncoderRecipe(Recipe):
                              "that share it; choose a batch divisible by the number of processes")
         self.batch = config.batch // env.world_size
         self.steps_per_epoch = max(self.n_items // config.batch, 1)
-        self.total_steps = config.epochs * self.steps_per_epoch
         meta = {"kind": "encoder", "agglib": agglib.__version__, "input_size": size,
                 "pixel_size_nm": float(settings["pixel_size_nm"]), "electrons_per_pixel": self.epp,
                 "stem_settings": settings, "label_scaling": self.scaling, "profile": store.identity["profile_name"],
@@ -130,8 +129,8 @@ class EncoderRecipe(Recipe):
                                        / np.asarray(self.scaling["sd"], np.float32))
         return self._images
 
-    def hyperparameters(self, step):
-        return {"lr": one_cycle_lr(step, self.total_steps, self.config.lr)}
+    def hyperparameters(self, step, total_steps):
+        return {"lr": one_cycle_lr(step, total_steps, self.config.lr)}
 
     def batches(self, epoch, keys, first_step):
         images, c, env = self.images, self.config, self.env
@@ -164,9 +163,9 @@ class EncoderRecipe(Recipe):
         if self._val:
             record.update(_scores(self.model, *self._val, self.names, self.scaling, self.epp, self.device))
 
-    def finish(self, history, finished_before):
+    def finish(self, history, complete, finished_before):
         final = self.out_dir / "encoder.pt"
-        if not (finished_before and final.is_file()):
+        if not (finished_before and _trained_epochs(final) == len(history)):
             _precise_batchnorm(self.model, self.images, self.epp, self.device, self.config)
             save_checkpoint(final, "encoder", {**self.metadata, "epochs_trained": len(history),
                                                "bn_recalibrated": self.config.bn_batches},
@@ -178,6 +177,14 @@ class EncoderRecipe(Recipe):
                   if saved.get(k) != self.metadata.get(k)]
         return differ + [f"train_config.{k}" for k, v in EncoderConfig(**saved["train_config"]).identity().items()
                          if self.config.identity().get(k) != v]
+
+
+def _trained_epochs(path: Path) -> int | None:
+    """The epochs of the encoder in ``path`` (None when there is none): one a time budget ended
+    early is not the finished one."""
+    if not path.is_file():
+        return None
+    return int(load_checkpoint(path, kind="encoder")["metadata"].get("epochs_trained", -1))
 
 
 def _precise_batchnorm(model, images: torch.Tensor, epp: float, device, config: EncoderConfig) -> None:
@@ -237,8 +244,8 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
     with training_session(config.device) as (env, device):
         recipe = EncoderRecipe(store_path, config, out_dir, env, device, extra_training)
         if not train:
-            _, start_epoch, _ = read_progress(recipe, out_dir / "last.pt")
-            if start_epoch < config.epochs or not (out_dir / "encoder.pt").is_file():
+            state, start_epoch, _ = read_progress(recipe, out_dir / "last.pt")
+            if start_epoch < config.epochs or _trained_epochs(out_dir / "encoder.pt") != len(state["history"]):
                 raise NotTrainedError(f"no finished encoder of this configuration in {out_dir} "
                                       f"({start_epoch} of {config.epochs} epochs done)")
         result = run_training(recipe, out_dir, show_progress_bars=show_progress_bars,
