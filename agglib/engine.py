@@ -47,9 +47,10 @@ import agglib
 from agglib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from agglib.core.distributed import DistEnv, cleanup_distributed, init_distributed, pick_device
 from agglib.core.files import atomic_write_text
+from agglib.lr_schedule import set_hyperparameters
 
 __all__ = ["Recipe", "run_training", "training_session", "read_progress", "epoch_order", "recalibrate_batchnorm",
-           "synced_batchnorm", "set_step_hyperparameters"]
+           "synced_batchnorm"]
 
 
 class Recipe:
@@ -162,15 +163,6 @@ def epoch_order(n: int, seed: int, epoch: int, *, weights=None, rank: int = 0, w
     per_rank = math.ceil(n / world_size)
     order = np.resize(order, per_rank * world_size)
     return order[rank::world_size]
-
-
-def set_step_hyperparameters(optimizer, values: dict) -> None:
-    """Set ``lr`` (and ``beta1`` of Adam-like optimizers) of every parameter group."""
-    for group in optimizer.param_groups:
-        if "lr" in values:
-            group["lr"] = values["lr"]
-        if "beta1" in values:
-            group["betas"] = (values["beta1"], *group["betas"][1:])
 
 
 def recalibrate_batchnorm(model: nn.Module, batches) -> int:
@@ -405,8 +397,8 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
         batches = recipe.batches(epoch, order[first * recipe.batch:n_steps * recipe.batch], first)
         with synced_batchnorm(model, env):                # the training steps only: rank-0 hooks stay local
             for step, (x, y) in enumerate(batches, start=first):
-                set_step_hyperparameters(optimizer, recipe.hyperparameters(epoch * recipe.steps_per_epoch + step,
-                                                                           total_steps))
+                set_hyperparameters(optimizer, recipe.hyperparameters(epoch * recipe.steps_per_epoch + step,
+                                                                      total_steps))
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
                     out = wrapped(x)

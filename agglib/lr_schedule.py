@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["one_cycle_lr", "set_lr", "torch_one_cycle"]
+__all__ = ["one_cycle_lr", "torch_one_cycle", "set_hyperparameters"]
 
 
 def one_cycle_lr(step: int, total_steps: int, peak_lr: float, warmup: float = 0.15,
@@ -37,10 +37,14 @@ def one_cycle_lr(step: int, total_steps: int, peak_lr: float, warmup: float = 0.
     return low + 0.5 * (peak_lr - low) * (1.0 + math.cos(math.pi * progress))
 
 
-def set_lr(optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
+def set_hyperparameters(optimizer, values: dict) -> None:
+    """Set ``lr`` (and ``beta1`` of Adam-like optimizers) of every parameter group from ``values``
+    (:func:`one_cycle_lr` as ``{"lr": …}``, :func:`torch_one_cycle`; missing keys are kept)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if "lr" in values:
+            group["lr"] = values["lr"]
+        if "beta1" in values:
+            group["betas"] = (values["beta1"], *group["betas"][1:])
 
 
 def _cosine(start: float, end: float, pct: float) -> float:

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 import agglib
-from agglib.lr_schedule import one_cycle_lr, set_lr
+from agglib.lr_schedule import one_cycle_lr, set_hyperparameters
 from agglib.posterior import SetPosterior, ThetaGrid
 from agglib.sets_training._contracts import PosteriorConfig
 
@@ -94,7 +94,7 @@ def train_posterior(summaries: np.ndarray, theta: np.ndarray, config_id: np.ndar
         m = set_size(rng, max_m, config.set_sizes)
         idx, mask = draw_sets(members, counts, rows, m, rng)
         first = torch.from_numpy(members[rows, 0])
-        set_lr(optimizer, one_cycle_lr(step, config.steps, config.lr))
+        set_hyperparameters(optimizer, {"lr": one_cycle_lr(step, config.steps, config.lr)})
         loss = -model.log_prob(z[torch.from_numpy(idx)], torch.from_numpy(mask), pair[first], u[first],
                                standardised=True).mean()
         optimizer.zero_grad(set_to_none=True)
