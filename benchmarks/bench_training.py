@@ -9,9 +9,12 @@ of inference (batch 64), on random 128² and 512² images with the torch threads
 The ratio column is against the paper's VGG-like network at the same image size. Accuracy at
 equal training budget is in notebook 9 (Table 6).
 
-``--loop STORE`` measures the training loop itself (``agglib.paper_training.train_network``: data,
-preprocessing, augmentation, optimizer) on a dataset store against the network alone at the
-same batch and image size: the ratio is how well the loop keeps the device busy (goal ≥ 0.8).
+``--loop STORE`` measures the training loop itself (the engine, :mod:`agglib.engine`, with the
+paper networks' recipe ``agglib.paper_training.train_network``: data, preprocessing,
+augmentation, optimizer) on a dataset store against the network alone at the same batch and image
+size: the ratio is how well the loop keeps the device busy (goal ≥ 0.8). ``--loop STORE --encoder``
+measures the new method's encoder the same way (the engine with ``train_encoder``'s recipe, two
+epochs over the store's T, against the encoder alone on random three-channel inputs).
 """
 
 from __future__ import annotations
@@ -81,6 +84,46 @@ def loop_rate(store: str, arch: str, device: str, batch: int, steps: int, num_wo
     return float(history[-1]["images_per_s"]), size
 
 
+def encoder_loop_rate(store: str, device: str, batch: int, bf16: bool = False) -> tuple[float, int]:
+    """Images/s of ``train_encoder``'s training steps: the second of two epochs over T."""
+    import tempfile
+
+    from agglib.dataset import open_store
+    from agglib.sets_training import EncoderConfig, train_encoder
+
+    size = int(open_store(store).images.shape[1])
+    cfg = EncoderConfig(epochs=2, batch=batch, val_images=0, bn_batches=0, bf16=bf16, device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        history = train_encoder(store, cfg, tmp, show_progress_bars=False)["history"]
+    return float(history[-1]["images_per_s"]), size
+
+
+def encoder_rate(size: int, steps: int, device="cpu", batch: int = 64, bf16: bool = False) -> float:
+    """Images/s of the encoder alone (AdamW step on random inputs, MSE on its 13 heads)."""
+    from agglib.encoder import ENCODER_TARGETS, ImageEncoder
+
+    device = torch.device(device)
+    net = ImageEncoder(size, len(ENCODER_TARGETS)).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    x, y = torch.randn(batch, 3, size, size, device=device), torch.randn(batch, len(ENCODER_TARGETS), device=device)
+
+    def step():
+        opt.zero_grad()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = net(x)[1]
+        torch.nn.functional.mse_loss(out.float(), y).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return batch * steps / (time.perf_counter() - t)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps per case")
@@ -90,7 +133,16 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16, help="images per step of --loop")
     ap.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of --loop")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast in --loop and its network-alone anchor")
+    ap.add_argument("--encoder", action="store_true", help="--loop: the new method's encoder (batch: --batch, e.g. 64)")
     args = ap.parse_args(argv)
+    if args.loop and args.encoder:
+        loop, size = encoder_loop_rate(args.loop, args.device, args.batch, args.bf16)
+        net = encoder_rate(size, max(args.steps, 20), args.device, args.batch, args.bf16)
+        name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
+        print(f"encoder at {size}² on {args.device} ({name}), batch {args.batch}{', bf16' if args.bf16 else ''}: "
+              f"training loop {loop:.1f} images/s, encoder alone {net:.1f} images/s, ratio {loop / net:.2f} "
+              "(goal ≥ 0.8)", flush=True)
+        return
     if args.loop:
         loop, size = loop_rate(args.loop, args.arch, args.device, args.batch, max(args.steps, 20), args.num_workers,
                                args.bf16)
