@@ -99,10 +99,9 @@ def read_torch_file(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:                   # truncated or foreign file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first}); it is "
-                              "probably truncated (an interrupted copy or download): copy it again, restore "
-                              "it from a backup, or train it again") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint: a file cut short (an interrupted copy or "
+                              "download) or not a PyTorch checkpoint at all ({type(err).__name__} while reading it); "
+                              "copy it again, restore it from a backup, or train again in another folder") from None
 
 
 def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
@@ -119,7 +118,8 @@ def load_checkpoint(path, kind: str | None = None, map_location="cpu") -> dict:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an {CHECKPOINT_FORMAT} checkpoint")
     if kind is not None and payload.get("kind") != kind:
-        raise CheckpointError(f"{path} holds a {payload.get('kind')!r} checkpoint, expected {kind!r}")
+        raise CheckpointError(f"{path} holds a checkpoint of kind {payload.get('kind')!r}, not {kind!r}: another "
+                              "kind of training wrote it; use another file or folder")
     out = dict(payload)
     out["metadata"] = json.loads(payload["metadata"])
     out["history"] = json.loads(payload["history"]) if "history" in payload else []

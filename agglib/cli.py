@@ -139,9 +139,16 @@ def _cmd_train(args) -> int:
                          bn_batches=args.bn_batches)
     result = train_network(args.store, config, args.out, checkpoint_every_steps=args.checkpoint_every,
                            time_budget_s=args.time_budget_s)
+    from agglib.core.distributed import DistEnv
+
+    if not DistEnv.from_env().is_main:             # torchrun: rank 0 reports
+        return 0
     last = result["history"][-1] if result["history"] else {}
     print(f"{args.target}: {len(result['history'])} epochs, best validation loss on V {result['best_val_loss']:.4g}, "
           f"last validation MAE on V {last.get('val_mae', float('nan')):.4g}; checkpoints in {args.out}/")
+    if len(result["history"]) < args.epochs:
+        print(f"stopped by the time budget after epoch {len(result['history'])} of {args.epochs}: run the same "
+              "command again to continue")
     scores = result.get("E")
     if scores:                    # reported, not used to choose
         best = scores["best"] or {}
@@ -171,13 +178,16 @@ def _cmd_estimator(args) -> int:
     if DistEnv.from_env().distributed:             # torchrun: every process would build the same store
         from agglib.dataset.store import DatasetStore
 
+        missing = []
         for path, design in ((grid_path, "grid"), (cont_path, "continuous")):
             try:
                 DatasetStore(path)
-            except (FileNotFoundError, ValueError) as err:
-                raise ValueError(f"{path}: no finished dataset store ({err}). Under torchrun every process would "
-                                 f"build it: build it first, in one process: agglib dataset build --profile "
-                                 f"{args.profile} --seed {args.seed} --design {design} --out {path}") from None
+            except (FileNotFoundError, ValueError):
+                missing.append(f"agglib dataset build --profile {args.profile} --seed {args.seed} --design {design} "
+                               f"--out {path}")
+        if missing:
+            raise ValueError("under torchrun the datasets must exist (every process would build them): build "
+                             "them first, in one process:\n  " + "\n  ".join(missing))
     grid = build_dataset(grid_path, prof, seed=args.seed, workers=args.workers)
     cont = build_dataset(cont_path, prof, seed=args.seed, workers=args.workers, design="continuous")
     run_dir = Path(args.run_dir) if args.run_dir else run.run_dir
@@ -469,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("train-estimator", help="train (or resume) the new method for a profile: the image encoder "
-                                               "and the set-level posterior over θ (builds the two datasets if missing)")
+                                               "and the set-level posterior over θ (builds the two datasets if missing; under "
+                                               "torchrun build them first)")
     e.add_argument("--profile", default="quick", help="tiny, quick, paper, bremen2023 or a profile file (*.yaml, "
                                                       "`agglib profiles write`)")
     e.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

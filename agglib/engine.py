@@ -66,7 +66,11 @@ class Recipe:
     name : str
         Label of the progress bars.
     kind : str
-        Checkpoint kind (:mod:`agglib.checkpoint`): ``"encoder"``, ``"paper_network"``.
+        Checkpoint kind (:mod:`agglib.checkpoint`), any name; agglib's loaders know
+        ``"encoder"`` and ``"paper_network"``.
+    outputs : tuple of str
+        Files the recipe writes into the run folder besides ``last.pt`` and ``history.json``
+        (a fresh run is refused in a folder that already holds one of them).
     model : nn.Module
         The module whose weights are trained and saved.
     optimizer : torch.optim.Optimizer
@@ -94,10 +98,35 @@ class Recipe:
         This process's rank and the number of processes (:func:`training_session`).
     device : torch.device
         Where the model and the batches live.
+
+    Examples
+    --------
+    A linear model on tensors ``X`` (n, d) and ``Y`` (n,) held in memory::
+
+        class Linear(Recipe):
+            name, kind = "linear", "linear"
+            def __init__(self, X, Y, env, device, epochs=3, batch=8, seed=0):
+                self.X, self.Y, self.env, self.device = X, Y, env, device
+                self.epochs, self.seed, self.batch = epochs, seed, batch
+                torch.manual_seed(seed)
+                self.model = nn.Linear(X.shape[1], 1).to(device)
+                self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-2)
+                self.metadata, self.n_items = {"features": X.shape[1]}, len(X)
+                self.steps_per_epoch = len(X) // (batch * env.world_size)
+            def batches(self, epoch, keys, first_step):
+                for a in range(0, len(keys) - self.batch + 1, self.batch):
+                    k = torch.from_numpy(keys[a:a + self.batch])
+                    yield self.X[k].to(self.device), self.Y[k].to(self.device)
+            def loss(self, out, y):
+                return nn.functional.mse_loss(out.float().squeeze(1), y)
+
+        with training_session("cpu") as (env, device):
+            run_training(Linear(X, Y, env, device), "runs/linear")
     """
 
     name = "training"
     kind = ""
+    outputs: tuple = ()
     bf16 = False
     sampling_weights = None
     images_per_item = 1
@@ -115,8 +144,9 @@ class Recipe:
         return {}
 
     def batches(self, epoch: int, keys: np.ndarray, first_step: int):
-        """``(x, y)`` on the device for the consecutive ``batch``-sized slices of ``keys`` (this
-        rank's items of ``epoch`` from step ``first_step`` on)."""
+        """``(x, y)`` on the device for the consecutive ``batch``-sized slices of ``keys``: this
+        rank's items of ``epoch`` still to train, already starting at step ``first_step`` (> 0 on
+        a mid-epoch resume; use it only to advance the recipe's own random draws)."""
         raise NotImplementedError
 
     def loss(self, out, y) -> torch.Tensor:
@@ -145,6 +175,7 @@ class Recipe:
 
     def load_run_state(self, state: dict) -> None:
         """Restore :meth:`run_state` on resume."""
+
 
 
 def epoch_order(n: int, seed: int, epoch: int, *, weights=None, rank: int = 0, world_size: int = 1) -> np.ndarray:
@@ -263,8 +294,9 @@ def synced_batchnorm(model: nn.Module, env: DistEnv):
 
 @contextmanager
 def training_session(device_name):
-    """``(env, device)`` of this process: the device named (``"auto"``: CUDA when available), the
-    rank's GPU under ``torchrun``, the process group joined (NCCL / gloo) and left at the end."""
+    """A context manager, ``with training_session("auto") as (env, device):`` — this process's
+    rank information and device (``"auto"``: CUDA when available; the rank's GPU under
+    ``torchrun``), with the process group joined (NCCL / gloo) inside the block and left after it."""
     env = DistEnv.from_env()
     device = pick_device(device_name)
     if env.distributed and device.type == "cuda":
@@ -287,7 +319,7 @@ def read_progress(recipe: Recipe, last: Path):
     state = load_checkpoint(last, kind=recipe.kind)
     differ = recipe.mismatch(state["metadata"])
     if differ:
-        raise CheckpointError(f"{last} belongs to another run ({'; '.join(differ)} differ); use another folder")
+        raise CheckpointError(f"{last} belongs to another run (other {'; '.join(differ)}); use another folder")
     step = int(state["progress"]["step"])                     # > 0: saved in the middle of an epoch
     return state, int(state["progress"]["epoch"]) + (0 if step else 1), step
 
@@ -352,6 +384,12 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
     state, start_epoch, start_step = read_progress(recipe, last)
     history = []
     if state is None:
+        found = [n for n in ("history.json", *recipe.outputs) if (run_dir / n).exists()]
+        if found:                             # never overwrite what this run did not write
+            from agglib.core.files import OutputFolderError
+
+            raise OutputFolderError(f"{run_dir} holds {', '.join(found)} but no last.pt of a run: agglib did not "
+                                    "write them for this run (or their run's last.pt is gone); choose another folder")
         recipe.initialise()
     else:
         history = state["history"]

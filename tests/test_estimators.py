@@ -671,6 +671,6 @@ def test_a_run_folder_copied_to_another_machine_continues(tiny_store, tmp_path):
     history = train_network(rebuilt.path, longer, tmp_path / "there" / "df", show_progress_bars=False)["history"]
     assert [h["epoch"] for h in history] == [0, 1]
     other = build_dataset(tmp_path / "other" / "tiny.zarr", "tiny", seed=12, workers=1, show_progress_bars=False)
-    with pytest.raises(ValueError, match="belongs to another run \\(dataset_sha256 differ"):
+    with pytest.raises(ValueError, match="belongs to another run \\(other dataset_sha256"):
         train_network(other.path, TrainConfig(**{**cfg.__dict__, "epochs": 3}), tmp_path / "there" / "df",
                       show_progress_bars=False)

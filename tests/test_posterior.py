@@ -164,8 +164,10 @@ def test_encoder_killed_mid_epoch_resumes_to_the_same_weights(tiny_stores, tmp_p
     b = load_checkpoint(resumed["path"])["model"]
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert [h["train_loss"] for h in resumed["history"][:1]] == [h["train_loss"] for h in whole["history"][:1]]
-    with pytest.raises(CheckpointError, match="belongs to another run"):
+    with pytest.raises(CheckpointError, match=r"belongs to another run \(other train_config.batch \(8 there, 16"):
         train_encoder(grid.path, EncoderConfig(epochs=2, batch=16, val_images=8, seed=4), tmp_path / "cut")
+    with pytest.raises(ValueError, match=f"batch of 512 images is larger than its {grid.indices('T').size}"):
+        train_encoder(grid.path, EncoderConfig(epochs=1, batch=512), tmp_path / "big")   # no step would be taken
 
 
 def test_encoder_time_budget_writes_an_encoder_that_a_later_call_finishes(tiny_stores, tmp_path):
@@ -289,7 +291,7 @@ def test_checkpoints_load_with_weights_only_and_name_the_bad_file(tiny_estimator
     (tmp_path / "broken.pt").write_bytes((run / "sets" / "encoder.pt").read_bytes()[:200])
     with pytest.raises(CheckpointError, match="broken.pt is not a readable checkpoint"):
         load_checkpoint(tmp_path / "broken.pt")
-    with pytest.raises(CheckpointError, match="expected 'encoder'"):
+    with pytest.raises(CheckpointError, match="of kind 'set_posterior', not 'encoder'"):
         load_checkpoint(run / "sets" / "posterior.pt", kind="encoder")
     other = SampleEstimator.load(run / "sets")
     save_checkpoint(tmp_path / "x" / "encoder.pt", "encoder", other.encoder.metadata,

@@ -126,8 +126,8 @@ def _resume_mismatch(saved: dict, meta: dict) -> list[str]:
     old = {**defaults, **{k: v for k, v in saved["train_config"].items() if k != "epochs"}}
     new = {**defaults, **{k: v for k, v in meta["train_config"].items() if k != "epochs"}}
     old.pop("epochs"), new.pop("epochs")
-    differ += [f"train_config.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
-               and k not in ("device", "num_workers", "bf16")]
+    differ += [f"train_config.{k} ({old.get(k)!r} there, {new.get(k)!r} here)" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and k not in ("device", "num_workers", "bf16")]
     if differ and "val_share" not in saved["train_config"]:
         differ[-1] += "; it was made before validation on V: its best epoch was chosen on E"
     return differ
@@ -210,6 +210,7 @@ class PaperRecipe(Recipe):
     and the final report on E."""
 
     kind = CHECKPOINT_KIND
+    outputs = ("best.pt", "E.json")
 
     def __init__(self, store_path: Path, config: TrainConfig, checkpoint_dir: Path, env, device):
         from dataclasses import replace

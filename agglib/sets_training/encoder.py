@@ -69,6 +69,7 @@ class EncoderRecipe(Recipe):
 
     kind = "encoder"
     name = "encoder"
+    outputs = ("encoder.pt",)
 
     def __init__(self, store_path, config: EncoderConfig, out_dir: Path, env, device, extra_training=()):
         self.config, self.out_dir, self.env, self.device = config, out_dir, env, device
@@ -94,8 +95,12 @@ class EncoderRecipe(Recipe):
         size = int(settings["image_size_px"])
         self.n_items = len(self.train_labels)
         if config.batch % env.world_size:
-            raise ValueError(f"batch={config.batch} images is not a multiple of the {env.world_size} processes "
-                             "that share it; choose a batch divisible by the number of processes")
+            raise ValueError(f"the encoder's batch of {config.batch} images is not a multiple of the "
+                             f"{env.world_size} processes that share it: launch a number of processes that divides "
+                             f"it (1, 2, 4, 8 … for 64), or set EncoderConfig(batch=…)")
+        if self.n_items < config.batch:
+            raise ValueError(f"the encoder's batch of {config.batch} images is larger than its {self.n_items} "
+                             f"training images ({store.path}): choose a batch of at most {self.n_items}")
         self.batch = config.batch // env.world_size
         self.steps_per_epoch = max(self.n_items // config.batch, 1)
         meta = {"kind": "encoder", "agglib": agglib.__version__, "input_size": size,
@@ -175,7 +180,8 @@ class EncoderRecipe(Recipe):
     def mismatch(self, saved):
         differ = [k for k in ("dataset_sha256", "input_size", "training_images")
                   if saved.get(k) != self.metadata.get(k)]
-        return differ + [f"train_config.{k}" for k, v in EncoderConfig(**saved["train_config"]).identity().items()
+        return differ + [f"train_config.{k} ({v!r} there, {self.config.identity().get(k)!r} here)"
+                         for k, v in EncoderConfig(**saved["train_config"]).identity().items()
                          if self.config.identity().get(k) != v]
 
 
