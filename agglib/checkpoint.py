@@ -100,7 +100,7 @@ def read_torch_file(path, map_location="cpu"):
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:                   # truncated or foreign file
         raise CheckpointError(f"{path} is not a readable checkpoint: a file cut short (an interrupted copy or "
-                              "download) or not a PyTorch checkpoint at all ({type(err).__name__} while reading it); "
+                              f"download) or not a PyTorch checkpoint at all ({type(err).__name__} while reading it); "
                               "copy it again, restore it from a backup, or train again in another folder") from None
 
 
