@@ -263,7 +263,7 @@ def test_damaged_files_are_named_and_can_be_skipped(tmp_path, capsys):
     shutil.copytree(shipped_models_dir("paper"), models)
     ckpt = models / "theta0" / "best.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match=r"the theta0 network of the paper method.*theta0/best.pt.*truncated"):
+    with pytest.raises(CheckpointError, match=r"the theta0 network of the paper method.*theta0/best.pt.*cut short"):
         ParameterEstimator.load(models)
     sets = tmp_path / "sets"
     shutil.copytree(shipped_models_dir("sets"), sets)
