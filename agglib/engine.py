@@ -177,7 +177,6 @@ class Recipe:
         """Restore :meth:`run_state` on resume."""
 
 
-
 def epoch_order(n: int, seed: int, epoch: int, *, weights=None, rank: int = 0, world_size: int = 1) -> np.ndarray:
     """The training items of one epoch for one rank, a pure function of (seed, epoch).
 
@@ -258,8 +257,8 @@ def _global_batchnorm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> t
     dims = [0] + list(range(2, x.dim()))
     shape = [1, -1] + [1] * (x.dim() - 2)
     xf = x if x.dtype == torch.float64 else x.float()
-    count = all_reduce(torch.tensor([xf.numel() / xf.shape[1]], dtype=torch.float64, device=x.device))
-    n = float(count.item())
+    # the values per channel over all ranks, kept on the device (no read-back to the host per layer)
+    n = all_reduce(torch.tensor(xf.numel() // xf.shape[1], dtype=xf.dtype, device=x.device))
     mean = all_reduce(xf.sum(dims)) / n
     centred = xf - mean.reshape(shape)
     var = all_reduce((centred * centred).sum(dims)) / n
@@ -267,7 +266,7 @@ def _global_batchnorm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> t
         bn.num_batches_tracked.add_(1)
         factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
         bn.running_mean.mul_(1 - factor).add_(factor * mean.detach())
-        bn.running_var.mul_(1 - factor).add_(factor * var.detach() * n / max(n - 1, 1))
+        bn.running_var.mul_(1 - factor).add_(factor * var.detach() * n / (n - 1).clamp(min=1))
     y = centred * torch.rsqrt(var + bn.eps).reshape(shape)
     if bn.affine:
         y = y * bn.weight.reshape(shape) + bn.bias.reshape(shape)
@@ -403,7 +402,7 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
             if env.is_main:
                 if not (run_dir / "history.json").is_file():
                     atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
-                out = _finish(recipe, last, history, complete=True, finished_before=True)
+                out = _finish(recipe, last, history, state["progress"], complete=True, finished_before=True)
             return {"history": history, "finished": True, **out}
     show = (agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars) \
         and env.is_main
@@ -480,17 +479,18 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
     if env.is_main:
         atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
         if not interrupted:                # the last epoch, or the one that ended the budget
-            out = _finish(recipe, last, history, complete=complete, finished_before=False)
+            out = _finish(recipe, last, history, {"epoch": int(history[-1]["epoch"]), "step": 0},
+                          complete=complete, finished_before=False)
     return {"history": history, "finished": complete, **out}
 
 
-def _finish(recipe: Recipe, last: Path, history: list, complete: bool, finished_before: bool) -> dict:
-    """:meth:`Recipe.finish`; ``last.pt`` rewritten when it changed the run state (its weights as
-    trained: whatever ``finish`` does to the model is its own)."""
+def _finish(recipe: Recipe, last: Path, history: list, progress: dict, complete: bool,
+            finished_before: bool) -> dict:
+    """:meth:`Recipe.finish`; ``last.pt`` (at ``progress``) rewritten when it changed the run state
+    (its weights as trained: whatever ``finish`` does to the model is its own)."""
     kept = recipe.run_state()
     trained = {k: v.detach().clone() for k, v in recipe.model.state_dict().items()}
     out = recipe.finish(history, complete=complete, finished_before=finished_before)
     if recipe.run_state() != kept:
-        progress = load_checkpoint(last, kind=recipe.kind)["progress"]
         _save_run(recipe, last, history, progress["epoch"], progress["step"], weights=trained)
     return out

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["pick_device", "host_to_device", "DistEnv", "init_distributed", "cleanup_distributed"]
+__all__ = ["pick_device", "host_to_device", "resident_budget", "DistEnv", "init_distributed", "cleanup_distributed"]
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -57,6 +57,18 @@ def host_to_device(array, device) -> torch.Tensor:
     if device.type != "cuda":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
+
+
+def resident_budget(device: torch.device) -> int:
+    """Bytes one split of training images may take when held on ``device``: 40 % of the free GPU
+    memory (T∖V and V together leave a fifth of it to the network; E is read after they are
+    released), or the ``preload_mb`` setting in RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.4 * free)
+    import agglib
+
+    return int(agglib.config.get("preload_mb")) * 1024**2
 
 
 def init_distributed(env: DistEnv, device: torch.device) -> None:

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import agglib
-from agglib.core.distributed import host_to_device
+from agglib.core.distributed import host_to_device, resident_budget
 from agglib.core.validation import check_range
 from agglib.dataset.pytorch import ConfigurationBatchDataset, ResidentImages, StemImageDataset
 from agglib.dataset.store import DatasetStore
@@ -203,16 +202,6 @@ def make_eval_dataset(store_path, config: TrainConfig, store: DatasetStore | Non
     if config.spec.multi_image:
         return _ImageGroups(store_path, store.indices("E"), config.nu, 10_000 + config.seed, labels, name="E")
     return _SingleImages(store_path, store.indices("E"), labels)
-
-
-def resident_budget(device: torch.device) -> int:
-    """Bytes one split may take when held on ``device``: 40 % of the free GPU memory (T∖V and V
-    together leave a fifth of it to the network; E is read after they are released), or the
-    ``preload_mb`` setting in RAM."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(0.4 * free)
-    return int(agglib.config.get("preload_mb")) * 1024**2
 
 
 class _Feed:

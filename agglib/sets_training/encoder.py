@@ -31,6 +31,7 @@ import torch
 
 import agglib
 from agglib.checkpoint import load_checkpoint, save_checkpoint
+from agglib.core.distributed import resident_budget
 from agglib.dataset.store import DatasetStore
 from agglib.encoder import (ENCODER_TARGETS, ImageEncoder, augmentation_draws, encoder_inputs, encoder_labels,
                             label_scaling, multitask_loss, per_image_errors, unscale_predictions)
@@ -125,8 +126,6 @@ class EncoderRecipe(Recipe):
             store = self.store
             images = torch.from_numpy(np.concatenate([store.read_images(self.t_idx)]
                                                      + [extra.read_images(rows) for extra, rows in self.extra_training]))
-            from agglib.paper_training.data import resident_budget
-
             if self.device.type == "cuda" and images.numel() * images.element_size() <= resident_budget(self.device):
                 images = images.to(self.device)
             self._images = images
@@ -249,11 +248,12 @@ def train_encoder(store_path, config: EncoderConfig, out_dir, *, show_progress_b
     out_dir = Path(out_dir)
     with training_session(config.device) as (env, device):
         recipe = EncoderRecipe(store_path, config, out_dir, env, device, extra_training)
-        if not train:
+        if not train:                          # only a finished encoder of this run, read as it is
             state, start_epoch, _ = read_progress(recipe, out_dir / "last.pt")
             if start_epoch < config.epochs or _trained_epochs(out_dir / "encoder.pt") != len(state["history"]):
                 raise NotTrainedError(f"no finished encoder of this configuration in {out_dir} "
                                       f"({start_epoch} of {config.epochs} epochs done)")
+            return {"history": state["history"], "path": out_dir / "encoder.pt"}
         result = run_training(recipe, out_dir, show_progress_bars=show_progress_bars,
                               stop_after_epochs=stop_after_epochs, stop_after_steps=stop_after_steps,
                               checkpoint_every_steps=checkpoint_every_steps, time_budget_s=time_budget_s)
