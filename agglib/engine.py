@@ -319,8 +319,10 @@ def read_progress(recipe: Recipe, last: Path):
     differ = recipe.mismatch(state["metadata"])
     if differ:
         raise CheckpointError(f"{last} belongs to another run (other {'; '.join(differ)}); use another folder")
-    step = int(state["progress"]["step"])                     # > 0: saved in the middle of an epoch
-    return state, int(state["progress"]["epoch"]) + (0 if step else 1), step
+    epoch, step = int(state["progress"]["epoch"]), int(state["progress"]["step"])   # step > 0: mid-epoch
+    if step >= recipe.steps_per_epoch:         # runs saved before this engine counted steps from the run's start
+        step = 0
+    return state, epoch + (0 if step else 1), step
 
 
 def _save_run(recipe: Recipe, last: Path, history: list, epoch: int, step: int, weights: dict | None = None) -> None:

@@ -385,6 +385,11 @@ def export_estimators(run_dir, out_dir) -> Path:
 
 # ---------------------------------------------------------------------------- the new method
 
+#: What the set posterior reads from each image (``metadata["inputs"]`` of a ``posterior.pt``):
+#: :data:`INPUTS_WITH_STATISTICS` for estimators trained now, :data:`INPUTS_HEADS` for older ones.
+INPUTS_HEADS = "encoder head outputs"
+INPUTS_WITH_STATISTICS = "encoder head outputs + acquisition statistics"
+
 #: The posterior family ``posterior.pt`` must hold (see :mod:`agglib.posterior`).
 POSTERIOR_FAMILY = "ensemble of mixed posteriors: categorical (θ0, θ1) × Gaussian mixture (logit θ_Df, logit θ_ρ)"
 
@@ -460,8 +465,8 @@ class SampleEstimator(_TrainedOnImages):
 
     @torch.no_grad()
     def from_summaries(self, summaries: np.ndarray, groups, recalibrated: bool = True) -> "PosteriorEstimate":
-        """Posteriors of several samples from per-image summaries (N, K) (the encoder's head outputs,
-        :attr:`agglib.encoder.Encoded.outputs`): ``groups`` lists the rows of each sample.
+        """Posteriors of several samples from per-image summaries (N, K) (:meth:`summaries`):
+        ``groups`` lists the rows of each sample.
         ``recalibrated=False``: the trained posterior without its :attr:`widening` (to fit one)."""
         from agglib.posterior import PosteriorEstimate
 
@@ -491,7 +496,7 @@ class SampleEstimator(_TrainedOnImages):
         return None if found is None else SummaryReference.from_dict(found)
 
     def out_of_model(self, summaries: np.ndarray) -> dict | None:
-        """Does a sample look like anything the model makes? Its per-image summaries (M, K) scored
+        """Does a sample look like anything the model makes? The encoder head outputs (M, K) of its images scored
         against the in-model reference (:meth:`agglib.misspecification.SummaryReference.score`:
         ``statistic``, ``threshold``, ``out_of_model`` …); None without a reference."""
         reference = self.out_of_model_reference
@@ -510,8 +515,28 @@ class SampleEstimator(_TrainedOnImages):
             ``.point()`` (θ̂: mean of θ_Df and θ_ρ, median of θ0 and θ1), ``.interval(name, level)``,
             ``.sample(count)`` (posterior draws of θ), ``.table()``.
         """
-        encoded = self.encoder.encode(images)
-        return self.from_summaries(encoded.outputs, [np.arange(encoded.outputs.shape[0])])
+        summaries = self.summaries(images)
+        return self.from_summaries(summaries, [np.arange(summaries.shape[0])])
+
+    @property
+    def reads_statistics(self) -> bool:
+        """Whether the posterior reads :func:`agglib.stem.acquisition.acquisition_statistics` beside
+        the encoder's head outputs (``metadata["inputs"]``)."""
+        return self.metadata.get("inputs", INPUTS_HEADS) == INPUTS_WITH_STATISTICS
+
+    def summaries(self, images, encoded=None) -> np.ndarray:
+        """What the set posterior reads from each of M images [counts] (M, K): the encoder's head
+        outputs (``encoded``, if already computed, is reused) and, for estimators that read them,
+        the images' :func:`agglib.stem.acquisition.acquisition_statistics`. The one place where an
+        image becomes the posterior's input; :meth:`from_summaries` takes the rows."""
+        images = self.encoder.check_images(images)
+        encoded = self.encoder.encode(images) if encoded is None else encoded
+        if not self.reads_statistics:
+            return encoded.outputs
+        from agglib.stem.acquisition import acquisition_statistics
+
+        stats = acquisition_statistics(images / self.encoder.electrons_per_pixel)
+        return np.concatenate([encoded.outputs, stats], axis=1).astype(np.float32)
 
     def read_sample(self, images, resamples) -> SampleReading:
         """The posterior of M ≥ 1 images [counts] of one sample: θ̂ (posterior mean of θ_Df, θ_ρ,
@@ -520,9 +545,11 @@ class SampleEstimator(_TrainedOnImages):
         the training range."""
         from agglib.posterior import PARAMETERS
 
+        images = self.encoder.check_images(images)
         encoded = self.encoder.encode(images)
-        m = encoded.outputs.shape[0]
-        post = self.from_summaries(encoded.outputs, [np.arange(m)])
+        summaries = self.summaries(images, encoded)
+        m = summaries.shape[0]
+        post = self.from_summaries(summaries, [np.arange(m)])
         intervals = {k: tuple(float(v) for v in post.interval(k, 0.95)[0]) for k in PARAMETERS}
         warnings = []
         for k in PARAMETERS:
@@ -532,7 +559,7 @@ class SampleEstimator(_TrainedOnImages):
                                 f"[{lo:g}, {hi:g}]: the sample may lie outside what the estimator was trained on")
         pred = encoded.predictions
         return SampleReading(post.point().iloc[0].to_dict(), intervals, "posterior",
-                             self.from_summaries(encoded.outputs, resamples).point(),
+                             self.from_summaries(summaries, resamples).point(),
                              {"df": pred["df"], "rho": pred["rho"], "homogeneous": pred["homogeneous"] > 0.5}, warnings,
                              post, self.out_of_model(encoded.outputs))
 

@@ -28,15 +28,15 @@ configurations from the prior, M = 1 … 24): the previous family, independent c
 marginals on 0.01-wide cells, gave comb-shaped densities whose 90 % highest-density regions held
 the truth 54–70 % of the time and had no joint at all; one mixed posterior held it jointly
 82–85 % of the time at M ≤ 4 (it over-fits the 2,000 training configurations); an ensemble of
-five (:class:`PosteriorEnsemble`), trained on log-uniform set sizes, 83–91 %; widened as below, 86–94 % (notebook 6).
+five (:class:`PosteriorEnsemble`), trained on log-uniform set sizes, 83–91 %; recalibrated as below: notebook 6.
 
 The training (:func:`agglib.sets_training.posterior.train_posterior`) minimises the negative log
 posterior density of the true θ on random sets of images of simulated configurations whose θ is
 drawn from the prior. The trained ensemble's categorical was still too sharp (held-out
-temperature 1.5 at M = 1) and its joint 90 % regions held the truth in 83–91 % of fresh samples; a
-:class:`Widening` fitted on held-out configurations (:mod:`agglib.sets_training.recalibration`:
-temperature scaling of the categorical, a width factor of the Gaussians, each a line in log M)
-is applied to every posterior the estimator returns. Calibration is checked on fresh
+temperature 1.5 at M = 1) and its Gaussians too wide at large M; a :class:`Widening` fitted on
+held-out configurations (:mod:`agglib.sets_training.recalibration`: temperature scaling of the
+categorical, a width factor of the Gaussians per continuous parameter, each a line in log M) is
+applied to every posterior the estimator returns. Calibration is checked on fresh
 simulations that neither the training nor that fit touched (:mod:`agglib.evaluate.calibration`).
 """
 
@@ -600,16 +600,19 @@ class PosteriorEstimate:
 def widened(estimate: PosteriorEstimate, width, temperature) -> PosteriorEstimate:
     """``estimate`` with its Gaussians over u = logit(θ_Df), logit(θ_ρ) ``width`` × wider and its
     categorical over (θ0, θ1) at ``temperature`` (probabilities to the power 1 / ``temperature``,
-    renormalised); both scalars or one value per sample (S,). Values above 1 widen, below 1
+    renormalised). ``width``: a scalar, one value per sample (S,) or one per sample and continuous
+    parameter (S, 2) (θ_Df, θ_ρ); ``temperature``: a scalar or (S,). Values above 1 widen, below 1
     sharpen. The result stays in the family: densities, HPD regions and joint draws stay exact."""
     from scipy.special import logsumexp
 
     s = len(estimate)
-    width = np.broadcast_to(np.asarray(width, dtype=np.float64), (s,))
+    width = np.asarray(width, dtype=np.float64)
+    width = np.broadcast_to(width[:, None] if width.ndim == 1 else width, (s, 2))
     temperature = np.broadcast_to(np.asarray(temperature, dtype=np.float64), (s,))
     p = dict(estimate.params)
-    p["log_scale"] = p["log_scale"] + np.log(width)[:, None, None, None]
-    p["offdiag"] = p["offdiag"] * width[:, None, None]
+    # u = μ + L y with L = [[σ1, 0], [c, σ2]]: scaling u_k about μ by w_k scales σ1 by w1 and (c, σ2) by w2
+    p["log_scale"] = p["log_scale"] + np.log(width)[:, None, None, :]
+    p["offdiag"] = p["offdiag"] * width[:, None, None, 1]
     log_p = np.log(np.maximum(p["discrete"], 1e-300)) / temperature[:, None]
     p["discrete"] = np.exp(log_p - logsumexp(log_p, axis=1, keepdims=True))
     return replace(estimate, params=p, _tables={})
@@ -617,47 +620,63 @@ def widened(estimate: PosteriorEstimate, width, temperature) -> PosteriorEstimat
 
 @dataclass(frozen=True)
 class Widening:
-    """How much wider a trained posterior must be to hold the truth as often as it claims: the
-    Gaussians' width factor and the categorical's temperature as functions of the sample size M,
-    ``log factor = intercept + slope · log M`` each, never below 1 (fitted on held-out simulations
-    by :func:`agglib.sets_training.recalibration.fit_widening`; the identity by default).
+    """How much wider (or narrower) a trained posterior must be to hold the truth as often as it
+    claims, as functions of the sample size M: a width factor of the Gaussians along each of
+    logit θ_Df and logit θ_ρ and the categorical's temperature, each ``log factor = intercept +
+    slope · log M`` (fitted on held-out simulations by
+    :func:`agglib.sets_training.recalibration.fit_widening`; the identity by default).
 
     Attributes
     ----------
-    width : tuple of float
-        ``(intercept, slope)`` of the log width factor against log M.
+    width : tuple of (float, float)
+        ``(intercept, slope)`` of the log width factor against log M, one pair per continuous
+        parameter (θ_Df, θ_ρ).
     temperature : tuple of float
         ``(intercept, slope)`` of the log temperature against log M.
     max_images : int
-        M beyond which the law is not extrapolated (the largest M it was fitted on, × 2).
+        M beyond which the law is held constant (the largest M it was fitted at).
+    widen_only : bool
+        Factors below 1 are taken as 1 (the rule of laws fitted before narrowing was allowed;
+        their ``width`` is one pair for both parameters).
     """
 
-    width: tuple = (0.0, 0.0)
+    width: tuple = ((0.0, 0.0), (0.0, 0.0))
     temperature: tuple = (0.0, 0.0)
     max_images: int = 1
+    widen_only: bool = False
 
     def factors(self, n_images) -> tuple[np.ndarray, np.ndarray]:
-        """Width factors and temperatures (S,) for samples of ``n_images`` images."""
-        log_m = np.log(np.clip(np.asarray(n_images, dtype=np.float64), 1.0, max(1, self.max_images)))
-        return (np.exp(np.maximum(self.width[0] + self.width[1] * log_m, 0.0)),            # widening only
-                np.exp(np.maximum(self.temperature[0] + self.temperature[1] * log_m, 0.0)))
+        """Width factors (S, 2) (θ_Df, θ_ρ) and temperatures (S,) for samples of ``n_images`` images."""
+        log_m = np.log(np.clip(np.asarray(n_images, dtype=np.float64).reshape(-1), 1.0, max(1, self.max_images)))
+        floor = 0.0 if self.widen_only else -np.inf
+        width = np.stack([np.exp(np.maximum(a + b * log_m, floor)) for a, b in self.width], axis=1)
+        return width, np.exp(np.maximum(self.temperature[0] + self.temperature[1] * log_m, floor))
 
     def apply(self, estimate: PosteriorEstimate) -> PosteriorEstimate:
         """``estimate`` widened by the factors of its samples' sizes (:func:`widened`); the
         identity law returns it unchanged."""
-        if not (any(self.width) or any(self.temperature)):
+        if not (any(any(w) for w in self.width) or any(self.temperature)):
             return estimate
         return widened(estimate, *self.factors(estimate.n_images))
 
     def to_dict(self) -> dict:
-        return {"width": list(map(float, self.width)), "temperature": list(map(float, self.temperature)),
-                "max_images": int(self.max_images)}
+        return {"width": {name: list(map(float, w)) for name, w in zip(CONTINUOUS, self.width)},
+                "temperature": list(map(float, self.temperature)), "max_images": int(self.max_images),
+                "widen_only": bool(self.widen_only)}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Widening":
+        """The law of :meth:`to_dict`; also a law of the former format (one width line for both
+        parameters, widening only)."""
         if not d:
             return cls()
-        return cls(tuple(map(float, d["width"])), tuple(map(float, d["temperature"])), int(d["max_images"]))
+        width = d["width"]
+        if isinstance(width, dict):
+            pairs = tuple(tuple(map(float, width[name])) for name in CONTINUOUS)
+            widen_only = bool(d.get("widen_only", False))
+        else:
+            pairs, widen_only = (tuple(map(float, width)),) * 2, True
+        return cls(pairs, tuple(map(float, d["temperature"])), int(d["max_images"]), widen_only)
 
 
 def overconfident(estimate: PosteriorEstimate, factor: float = 3.0) -> PosteriorEstimate:

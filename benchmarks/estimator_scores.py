@@ -53,12 +53,12 @@ def main(argv=None) -> int:
     prof = agglib.load_profile(est.metadata["profile"])
     sizes = [m for m in (1, 4, 12, 24) if m <= args.images]
     grid = fresh_configurations(prof, args.configs, args.images, seed=1000)
-    errors = {"simulator's settings": error_by_set_size(est, est.encoder.encode(grid["images"]).outputs, grid["theta"],
+    errors = {"simulator's settings": error_by_set_size(est, est.summaries(grid["images"]), grid["theta"],
                                                         grid["config_id"], sizes, repeats=1)}
     if args.acquisition == "drawn":
         measured = fresh_configurations(prof, args.configs, args.images, seed=1000, acquisition=MEASURED)
         errors["measured detector and contrast"] = error_by_set_size(
-            est, est.encoder.encode(measured["images"]).outputs, measured["theta"], measured["config_id"], sizes,
+            est, est.summaries(measured["images"]), measured["theta"], measured["config_id"], sizes,
             repeats=1)
     parts = [f"### Errors, {name} (grid prior, seed 1000)\n\n{table.round(3).to_markdown(index=False)}"
              for name, table in errors.items()]

@@ -43,3 +43,24 @@ def test_the_documented_recipe_trains_resumes_and_refuses_a_foreign_folder(tmp_p
         with pytest.raises(OutputFolderError, match="history.json but no last.pt"):
             engine.run_training(Linear(X, Y, env, device), tmp_path / "mine")
         assert (tmp_path / "mine" / "history.json").read_text() == "my own notes"
+
+
+def test_a_finished_run_that_counted_steps_from_its_start_is_not_trained_again(tmp_path):
+    """``last.pt`` of runs saved before the engine counted the steps of the whole run: a finished
+    one is read as finished (no extra epoch record, no changed weights)."""
+    from agglib.checkpoint import save_checkpoint
+
+    Linear = _documented_recipe()
+    rng = np.random.default_rng(1)
+    X = torch.from_numpy(rng.normal(size=(64, 3)).astype(np.float32))
+    Y = X @ torch.tensor([1.0, -2.0, 0.5])
+    with engine.training_session("cpu") as (env, device):
+        done = engine.run_training(Linear(X, Y, env, device), tmp_path)
+        state = load_checkpoint(tmp_path / "last.pt")
+        recipe = Linear(X, Y, env, device)
+        save_checkpoint(tmp_path / "last.pt", state["kind"], state["metadata"], state["model"],
+                        optimizer_state=state["optimizer"], history=state["history"], tensors=state["tensors"],
+                        progress={"epoch": 2, "step": 3 * recipe.steps_per_epoch})     # the former count
+        assert engine.read_progress(recipe, tmp_path / "last.pt")[1:] == (3, 0)
+        again = engine.run_training(recipe, tmp_path)
+        assert again["finished"] and len(again["history"]) == len(done["history"]) == 3

@@ -312,19 +312,26 @@ def test_finished_pipeline_loads_without_training_again(tiny_stores, tiny_estima
     assert np.allclose(again.estimate(images).params["mean"], est.estimate(images).params["mean"])
 
 
-def test_the_pipeline_recalibrates_on_the_continuous_datasets_e(tiny_stores, tiny_estimator, monkeypatch):
-    """The posterior is widened as fitted on the E configurations (which no gradient step saw);
-    an estimator trained before recalibration existed is recalibrated, not trained again."""
+def test_the_pipeline_recalibrates_on_configurations_no_gradient_step_saw(tiny_stores, tiny_estimator, monkeypatch):
+    """The posterior is recalibrated as fitted on held-out posterior configurations (as many images
+    as training sets) and E; it reads the acquisition statistics beside the head outputs; an
+    estimator trained before recalibration existed is recalibrated, not trained again."""
     import agglib.sets_training.pipeline as pipeline
     from agglib.posterior import Widening
+    from agglib.stem.acquisition import ACQUISITION_STATISTICS
 
     est, run = tiny_estimator
+    cont = tiny_stores[1]
+    train, held = pipeline.posterior_split(cont, seed=0)
+    assert held.size and train.size and not np.isin(cont.config_id[held], cont.config_id[train]).any()
+    assert np.array_equal(np.sort(np.concatenate([train, held])), cont.continuous_roles()["posterior"])
     assert est.metadata["recalibration"] == pipeline.RECALIBRATION
     fitted = [row["M"] for row in est.metadata["widening_fit"]]
-    assert fitted == [m for m in pipeline.RECALIBRATION["sizes"] if m <= agglib.load_profile("tiny").posterior_images_E]
+    assert fitted == [m for m in pipeline.RECALIBRATION["sizes"] if m <= agglib.load_profile("tiny").posterior_images_T]
     assert est.widening == Widening.from_dict(est.metadata["widening"]) != Widening()
     images = tiny_stores[0].read_images(tiny_stores[0].indices("E")[:3])
-    summaries = est.encoder.encode(images).outputs
+    summaries = est.summaries(images)
+    assert est.reads_statistics and summaries.shape == (3, est.encoder.model.heads.out_features + len(ACQUISITION_STATISTICS))
     raw = est.from_summaries(summaries, [np.arange(3)], recalibrated=False)
     assert np.allclose(est.estimate(images).params["log_scale"], est.widening.apply(raw).params["log_scale"])
     old = SampleEstimator(est.encoder, est.posterior, est.grid,

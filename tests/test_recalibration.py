@@ -1,5 +1,6 @@
-"""Recalibration (agglib.sets_training.recalibration): the widening law recovers a known
-over-confidence, and the widened posteriors pass the calibration checks the raw ones fail."""
+"""Recalibration (agglib.sets_training.recalibration): the law recovers a known over- or
+under-confidence, per parameter, and the recalibrated posteriors pass the calibration checks the
+raw ones fail."""
 
 import numpy as np
 import pytest
@@ -64,9 +65,12 @@ def test_fit_recovers_a_known_over_confidence_and_the_widened_posterior_is_calib
     law, table = fit_widening(raw, summaries, theta, config_id, seed=0, sizes=(1, 2, 4, 8, 12))
     assert list(table.index) == [1, 2, 4, 8, 12]
     width, temperature = law.factors([1, 4, 12])
-    assert width == pytest.approx(1.6, rel=0.06) and temperature == pytest.approx(1.5, rel=0.08)
-    assert (table["continuous NLL after"] < table["continuous NLL before"]).all()
-    assert (table["discrete NLL after"] < table["discrete NLL before"]).all()
+    assert width.shape == (3, 2)
+    assert width == pytest.approx(1.6, rel=0.08) and temperature == pytest.approx(1.5, rel=0.08)
+    for lab in ("Df", "ρ"):                    # the 90 % intervals: far too short before, about right after
+        assert (table[f"θ_{lab} 90 % before"] < 0.8).all()
+        assert (abs(table[f"θ_{lab} 90 % after"] - 0.9) < 0.04).all()
+    assert (table["(θ0, θ1) NLL after"] < table["(θ0, θ1) NLL before"]).all()
     # fresh configurations of the same problem: raw posteriors fail the checks, widened ones pass
     f_summaries, f_theta, f_config, f_p = known_problem(400, 12, seed=4)
     starts = np.arange(400) * 12
@@ -80,24 +84,44 @@ def test_fit_recovers_a_known_over_confidence_and_the_widened_posterior_is_calib
     assert all(after.values()), after
 
 
-def test_an_under_confident_posterior_is_never_narrowed():
-    """Widening only: a posterior too wide on the held-out sets keeps its width (factors exactly 1)."""
-    summaries, theta, config_id, p = known_problem(300, 8, seed=6)
+def test_an_under_confident_posterior_is_narrowed_and_each_parameter_gets_its_own_factor():
+    """A posterior too wide on the held-out sets is narrowed to what they support; a problem whose
+    θ_Df is too narrow and θ_ρ too wide gets one factor each."""
+    summaries, theta, config_id, p = known_problem(800, 8, seed=6)
     law, table = fit_widening(OverconfidentEstimator(summaries, p, config_id, width=0.7, temperature=0.7), summaries,
                               theta, config_id, seed=1, sizes=(1, 2, 4, 8))
-    assert (table["width"] < 0.9).all() and (table["temperature"] < 0.9).all()     # the fit sees it too wide
-    width, temperature = law.factors([1, 2, 4, 8, 16])
-    assert np.all(width == 1.0) and np.all(temperature == 1.0)
+    width, temperature = law.factors([1, 2, 4, 8])
+    assert width == pytest.approx(0.7, rel=0.1) and temperature == pytest.approx(0.7, rel=0.1)
+
+    class Mixed(OverconfidentEstimator):            # θ_Df 1.5 × too narrow, θ_ρ 1.5 × too wide
+        def from_summaries(self, summaries, groups, recalibrated=True):
+            post = super().from_summaries(summaries, groups, recalibrated=False)
+            return widened(post, np.array([[1 / 1.5, 1.5]] * len(groups)), 1.0)
+
+    law, _ = fit_widening(Mixed(summaries, p, config_id, 1.0, 1.0), summaries, theta, config_id, seed=1,
+                          sizes=(1, 4, 8))
+    width, _ = law.factors([1, 4, 8])
+    assert width[:, 0] == pytest.approx(1.5, rel=0.08) and width[:, 1] == pytest.approx(1 / 1.5, rel=0.08)
 
 
 def test_a_calibrated_posterior_is_left_about_as_it_is():
-    summaries, theta, config_id, p = known_problem(300, 8, seed=5)
+    summaries, theta, config_id, p = known_problem(800, 8, seed=5)
     law, _ = fit_widening(OverconfidentEstimator(summaries, p, config_id, 1.0, 1.0), summaries, theta, config_id,
                           seed=1, sizes=(1, 2, 4, 8))
     width, temperature = law.factors([1, 8])
     assert np.allclose(width, 1.0, atol=0.06) and np.allclose(temperature, 1.0, atol=0.1)
-    assert law.max_images == 16 and law.factors([100])[0] == pytest.approx(law.factors([16])[0])
+    assert law.max_images == 8 and law.factors([100])[0] == pytest.approx(law.factors([8])[0])  # held beyond
     assert Widening.from_dict(law.to_dict()) == law
+
+
+def test_a_law_of_the_former_format_reads_as_it_was_applied():
+    """Estimators recalibrated before per-parameter factors: one width line for both parameters,
+    factors below 1 taken as 1."""
+    old = Widening.from_dict({"width": [-0.1, 0.05], "temperature": [0.4, -0.2], "max_images": 24})
+    width, temperature = old.factors([1, 24])
+    assert old.widen_only and np.allclose(width[:, 0], width[:, 1])
+    assert width[0, 0] == 1.0 and width[1, 0] == pytest.approx(np.exp(-0.1 + 0.05 * np.log(24)))
+    assert temperature[0] == pytest.approx(np.exp(0.4)) and temperature[1] == 1.0
 
 
 @settings(max_examples=25, deadline=None)
@@ -119,3 +143,6 @@ def test_widening_keeps_the_family_and_orders_intervals(width, temperature, seed
     assert np.allclose(same.params["discrete"], post.params["discrete"]) and np.array_equal(same.params["mean"], post.params["mean"])
     control = overconfident(post, 1.0 / width)
     assert np.allclose(control.params["log_scale"], widened(post, width, width).params["log_scale"])
+    apart = widened(post, np.array([[width, 1.0]] * 2), 1.0)     # θ_Df alone: θ_ρ's intervals unchanged
+    assert np.allclose(apart.interval("rho", 0.9), post.interval("rho", 0.9))
+    assert np.allclose(apart.interval("df", 0.9), widened(post, width, 1.0).interval("df", 0.9))

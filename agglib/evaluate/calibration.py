@@ -146,7 +146,7 @@ def calibration_report(estimator, profile, n_configs: int, sizes=(1, 4, 12, 24),
     if fresh is None:
         fresh = fresh_configurations(profile, n_configs, sizes[-1], seed, prior="continuous", acquisition=acquisition,
                                      show_progress_bars=show_progress_bars)
-    summaries = estimator.encoder.encode(fresh["images"]).outputs
+    summaries = estimator.summaries(fresh["images"])
     per = np.bincount(fresh["config_id"])
     rows = []
     for m in sizes:

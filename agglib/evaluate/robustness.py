@@ -112,8 +112,7 @@ def robustness_table(estimators: dict, n_configs: int, images_per_config: int, s
                                  for g in groups])
             row = {"perturbation": name, "estimator": est_name, "refused": float(1.0 - accepted.mean())}
             if accepted.any():
-                encoded = est.encoder.encode(images)
-                post = est.from_summaries(encoded.outputs, [g for g, ok in zip(groups, accepted) if ok])
+                post = est.from_summaries(est.summaries(images), [g for g, ok in zip(groups, accepted) if ok])
                 truth = theta[accepted]
                 row.update(theta_scores(post.point()[["df", "rho", "theta0", "theta1"]].to_numpy(), truth))
                 for level in (0.9, 0.95):

@@ -7,9 +7,12 @@
 2. the encoder's per-image summaries of the other images of the continuous dataset, computed
    once and cached beside the encoder (``summaries-<store>.npz``, keyed by the encoder's weights);
 3. the set-level posterior on the ``posterior`` part of the continuous dataset's T
-   (:func:`agglib.sets_training.train_posterior`) — configurations and images the encoder never saw;
-4. its widening (:func:`agglib.sets_training.recalibration.fit_widening`) on the continuous dataset's E —
-   configurations no gradient step saw. Calibration is checked on fresh simulations (notebook 6).
+   (:func:`agglib.sets_training.train_posterior`) — configurations and images the encoder never saw —
+   less a tenth of its configurations (:func:`posterior_split`), held out; it reads each image's
+   head outputs and :func:`agglib.stem.acquisition.acquisition_statistics`;
+4. its recalibration (:func:`agglib.sets_training.recalibration.fit_widening`) on the held-out
+   configurations and the continuous dataset's E — configurations no gradient step saw.
+   Calibration is checked on fresh simulations (notebook 6).
 
 The result is written to ``<run_dir>/sets/`` (``encoder.pt``, ``posterior.pt``) and loads with
 :meth:`agglib.estimate.SampleEstimator.load`.
@@ -34,18 +37,22 @@ from agglib.posterior import ThetaGrid
 from agglib.sets_training._contracts import EncoderConfig, PosteriorConfig
 from agglib.sets_training.encoder import train_encoder
 from agglib.sets_training.posterior import train_posterior_ensemble
-from agglib.sets_training.recalibration import SETS_PER_CONFIG, WIDENING_SIZES, fit_widening
+from agglib.sets_training.recalibration import SETS_PER_CONFIG, WIDENING_SIZES, WIDTH_OBJECTIVE, fit_widening
 
 __all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cached_summaries", "OUT_OF_MODEL",
-           "RECALIBRATION", "recalibrate"]
+           "RECALIBRATION", "HELD_OUT_SHARE", "posterior_split", "recalibrate"]
 
 #: The out-of-model check fitted with every posterior (:class:`agglib.misspecification.SummaryReference`
 #: on the encoder's head outputs of the posterior's training images: in-model samples of the
 #: estimator's own prior and acquisition). ``level``: the share of in-model samples it lets pass.
 OUT_OF_MODEL = {"features": "encoder head outputs", "level": 0.99}
+#: Share of the posterior's training configurations held out for its recalibration (:func:`posterior_split`).
+HELD_OUT_SHARE = 0.1
 #: How every posterior is recalibrated (:func:`agglib.sets_training.recalibration.fit_widening`).
-RECALIBRATION = {"on": "continuous dataset E", "objective": "negative log density of the truth",
-                 "sizes": list(WIDENING_SIZES), "sets_per_config": SETS_PER_CONFIG, "factors": "widening only (≥ 1)"}
+RECALIBRATION = {"on": f"{HELD_OUT_SHARE:.0%} of the continuous dataset's posterior configurations, held out, and its E",
+                 "objective": {"width": WIDTH_OBJECTIVE, "temperature": "negative log probability of the true (θ0, θ1)"},
+                 "sizes": list(WIDENING_SIZES), "sets_per_config": SETS_PER_CONFIG,
+                 "factors": "per parameter, widening or narrowing"}
 
 
 
@@ -60,33 +67,51 @@ def posterior_config(profile, seed: int = 0, **changes) -> PosteriorConfig:
     return PosteriorConfig(**{"steps": profile.posterior_steps, "seed": seed, "hidden": 64, **changes})
 
 
-def cached_summaries(encoder: TrainedEncoder, store: DatasetStore, cache_dir, *,
+def cached_summaries(encoder: TrainedEncoder, store: DatasetStore, cache_dir, *, statistics: bool = False,
                      show_progress_bars: bool | None = None) -> np.ndarray:
-    """The encoder's head outputs (n, K) for the images of ``store``, computed once and cached.
+    """The per-image summaries (n, K) of the images of ``store``, computed once and cached: the
+    encoder's head outputs and, with ``statistics``, the images'
+    :func:`agglib.stem.acquisition.acquisition_statistics` after them (what
+    :meth:`agglib.estimate.SampleEstimator.summaries` gives for an estimator that reads them).
 
     Rows the encoder trained on (the ``encoder`` role of a continuous dataset) are not encoded
     and hold NaN. The cache file ``cache_dir/summaries-<store>.npz`` records the encoder's weights
     digest and the store's identity; a different encoder or store is recomputed, never mixed.
     """
+    from agglib.stem.acquisition import ACQUISITION_STATISTICS, acquisition_statistics
+
     digest = weights_digest(encoder.model.state_dict())
     store_id = store.identity_sha256()
     path = Path(cache_dir) / f"summaries-{store.path.name}.npz"
+    found = {}
     if path.is_file():
         with np.load(path) as cached:
             if str(cached["encoder"]) == digest and str(cached["store"]) == store_id:
-                return cached["summaries"]
+                found = {k: cached[k] for k in ("summaries", "statistics") if k in cached.files}
+    if "summaries" in found and (not statistics or "statistics" in found):
+        return np.concatenate([found["summaries"], found["statistics"]], axis=1) if statistics else found["summaries"]
     show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
     rows = np.arange(len(store))
     if store.identity.get("design") == "continuous":
         rows = np.setdiff1d(rows, store.continuous_roles()["encoder"])
     chunk = 2048
-    parts = [encoder.encode(store.read_images(rows[k:k + chunk]), show_progress_bars=False).outputs
-             for k in _progress(range(0, rows.size, chunk), show, f"summaries of {store.path.name}")]
-    summaries = np.full((len(store), encoder.model.heads.out_features), np.nan, dtype=np.float32)
-    summaries[rows] = np.concatenate(parts)
+    outputs = np.full((len(store), encoder.model.heads.out_features), np.nan, dtype=np.float32)
+    stats = np.full((len(store), len(ACQUISITION_STATISTICS)), np.nan, dtype=np.float32)
+    need_stats = statistics and "statistics" not in found
+    for k in _progress(range(0, rows.size, chunk), show, f"summaries of {store.path.name}"):
+        part = rows[k:k + chunk]
+        images = store.read_images(part)
+        if "summaries" not in found:
+            outputs[part] = encoder.encode(images, show_progress_bars=False).outputs
+        if need_stats:
+            stats[part] = acquisition_statistics(images / encoder.electrons_per_pixel)
+    outputs = found.get("summaries", outputs)
+    record = {"summaries": outputs}
+    if statistics or "statistics" in found:
+        record["statistics"] = stats if need_stats else found["statistics"]
     with atomic_open(path, "wb") as fh:
-        np.savez(fh, summaries=summaries, encoder=digest, store=store_id)
-    return summaries
+        np.savez(fh, **record, encoder=digest, store=store_id)
+    return np.concatenate([outputs, record["statistics"]], axis=1) if statistics else outputs
 
 
 def _progress(iterable, show, desc):
@@ -105,7 +130,7 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     profile : Profile
     grid_store, continuous_store : path-like or DatasetStore
         The profile's grid dataset (the encoder trains on its T) and continuous dataset (the
-        posterior trains on its T; its E fits the posterior's widening).
+        posterior trains on its T; held-out configurations of it and its E recalibrate the posterior).
     run_dir : path-like
         Receives ``encoder/`` (training checkpoints), the cached summaries and ``sets/``.
     seed : int
@@ -137,12 +162,14 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
         return None
     encoder = TrainedEncoder.load(run_dir / "encoder" / "encoder.pt")
     grid = ThetaGrid.from_profile(profile)
-    from agglib.estimate import POSTERIOR_FAMILY
+    from agglib.estimate import INPUTS_WITH_STATISTICS, POSTERIOR_FAMILY
+    from agglib.stem.acquisition import ACQUISITION_STATISTICS
 
-    meta = {"kind": "set_posterior", "agglib": agglib.__version__, "in_dim": int(encoder.model.heads.out_features),
+    n_heads = int(encoder.model.heads.out_features)
+    meta = {"kind": "set_posterior", "agglib": agglib.__version__, "in_dim": n_heads + len(ACQUISITION_STATISTICS),
             "hidden": post_config.hidden, "components": post_config.components, "members": post_config.members,
-            "family": POSTERIOR_FAMILY,
-            "inputs": "encoder head outputs", "grid": grid.to_dict(), "out_of_model": OUT_OF_MODEL,
+            "family": POSTERIOR_FAMILY, "inputs": INPUTS_WITH_STATISTICS, "held_out_for_recalibration": HELD_OUT_SHARE,
+            "grid": grid.to_dict(), "out_of_model": OUT_OF_MODEL,
             "train_config": asdict(post_config), "continuous_dataset_sha256": continuous_store.identity_sha256(),
             "profile": profile.name, "method": "sets"}
     out = run_dir / "sets"
@@ -162,12 +189,14 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
         from agglib.sets_training._contracts import NotTrainedError
 
         raise NotTrainedError(f"no set-level posterior of these settings in {out}")
-    summaries = cached_summaries(encoder, continuous_store, run_dir, show_progress_bars=show_progress_bars)
-    t_idx = roles["posterior"]
+    summaries = cached_summaries(encoder, continuous_store, run_dir, statistics=True,
+                                 show_progress_bars=show_progress_bars)
+    t_idx, _ = posterior_split(continuous_store, seed)
     model, history = train_posterior_ensemble(summaries[t_idx], continuous_store.theta[t_idx], continuous_store.config_id[t_idx],
                                      grid, post_config, show_progress_bars=show_progress_bars)
-    largest = int(np.unique(continuous_store.config_id[t_idx], return_counts=True)[1].max())
-    reference = SummaryReference.fit(summaries[t_idx], continuous_store.config_id[t_idx], seed=seed,
+    all_t = roles["posterior"]                  # the out-of-model reference: every posterior configuration
+    largest = int(np.unique(continuous_store.config_id[all_t], return_counts=True)[1].max())
+    reference = SummaryReference.fit(summaries[all_t, :n_heads], continuous_store.config_id[all_t], seed=seed,
                                      max_images=min(post_config.max_images, largest), level=OUT_OF_MODEL["level"],
                                      feature_name=OUT_OF_MODEL["features"])
     estimator = SampleEstimator(encoder, model, grid, {**meta, "history": history,
@@ -175,15 +204,34 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     return recalibrate(estimator, continuous_store, run_dir, seed, out, show_progress_bars=show_progress_bars)
 
 
+def posterior_split(continuous_store: DatasetStore, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (train, held out) of the continuous dataset's ``posterior`` role: a share
+    :data:`HELD_OUT_SHARE` of its configurations (drawn with ``seed``, at least one, never all)
+    is held out of the posterior's training for its recalibration — configurations with as many
+    images as the training ones (24 at the quick profile; E has 12), so the widening is fitted at
+    every M the posterior is used for."""
+    rows = continuous_store.continuous_roles()["posterior"]
+    ids = np.unique(continuous_store.config_id[rows])
+    held = np.random.default_rng([int(seed), 41]).random(ids.size) < HELD_OUT_SHARE
+    if not held.any() and ids.size > 1:
+        held[0] = True
+    if held.all():
+        held[-1] = False
+    out = np.isin(continuous_store.config_id[rows], ids[held])
+    return rows[~out], rows[out]
+
+
 def recalibrate(estimator: SampleEstimator, continuous_store: DatasetStore, run_dir, seed: int, out, *,
                 show_progress_bars: bool | None = None) -> SampleEstimator:
-    """Fit ``estimator``'s widening on the E configurations of ``continuous_store`` (which no
-    gradient step saw), record it (``widening``, ``recalibration``, ``widening_fit``: the fitted
-    factors per M) and save the estimator to ``out``; returns it as loaded from there."""
-    summaries = cached_summaries(estimator.encoder, continuous_store, run_dir, show_progress_bars=show_progress_bars)
-    e_idx = continuous_store.continuous_roles()["E"]
-    law, table = fit_widening(estimator, summaries[e_idx], continuous_store.theta[e_idx],
-                              continuous_store.config_id[e_idx], seed=seed)
+    """Fit ``estimator``'s widening on configurations of ``continuous_store`` that no gradient step
+    saw (those :func:`posterior_split` holds out and E), record it (``widening``,
+    ``recalibration``, ``widening_fit``: the fitted factors per M) and save the estimator to
+    ``out``; returns it as loaded from there."""
+    summaries = cached_summaries(estimator.encoder, continuous_store, run_dir, statistics=estimator.reads_statistics,
+                                 show_progress_bars=show_progress_bars)
+    held = np.concatenate([posterior_split(continuous_store, seed)[1], continuous_store.continuous_roles()["E"]])
+    law, table = fit_widening(estimator, summaries[held], continuous_store.theta[held],
+                              continuous_store.config_id[held], seed=seed)
     fit = table.reset_index().round(4).to_dict(orient="records")
     done = SampleEstimator(estimator.encoder, estimator.posterior, estimator.grid,
                            {**estimator.metadata, "widening": law.to_dict(), "recalibration": RECALIBRATION,

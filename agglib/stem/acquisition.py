@@ -29,7 +29,8 @@ import numpy as np
 from agglib.core.seeding import as_generator
 
 __all__ = ["INTENSITY_UNITS", "beam_fraction", "area_rebin", "resample_mean", "AcquisitionRanges",
-           "ACQUISITION_KEYS", "draw_acquisition", "acquire_image", "intensity_statistics"]
+           "ACQUISITION_KEYS", "draw_acquisition", "acquire_image", "intensity_statistics", "ACQUISITION_STATISTICS",
+           "acquisition_statistics"]
 
 INTENSITY_UNITS = ("counts", "fraction")
 
@@ -198,3 +199,49 @@ def intensity_statistics(fraction_images) -> dict:
     the beam]."""
     x = np.asarray(fraction_images, dtype=np.float64).reshape(-1, *np.shape(fraction_images)[-2:])
     return {"background": np.median(x, axis=(1, 2)), "signal": np.percentile(x, 99.5, axis=(1, 2))}
+
+
+#: The columns of :func:`acquisition_statistics`.
+ACQUISITION_STATISTICS = ("log q90", "log q95", "log q98", "log q99", "log q99.5", "log q99.9", "log noise",
+                          "log edge", "background ‰")
+_QUANTILES = (0.90, 0.95, 0.98, 0.99, 0.995, 0.999)
+_FLOOR = 1e-5                # [fraction of the beam]: quantiles below it are read as vacuum
+
+
+def acquisition_statistics(fraction_images) -> np.ndarray:
+    """What an image says about how it was recorded: nine numbers per image (n, 9), the columns
+    of :data:`ACQUISITION_STATISTICS`, from images as fractions of the beam (n, H, W).
+
+    * ``log q90`` … ``log q99.9``: log of the 90th … 99.9th percentiles of the signal above the
+      vacuum level b (the median: aggregates cover a fifth of an image at most), floored at 10⁻⁵
+      — the intensity scale and the WO3/TiO2 contrast, with the thickness and ρ of the aggregate;
+    * ``log noise``: log of the median |second difference along the scan line| of the pixels
+      above a quarter of the 99.5th percentile, ÷ √(their median signal) — shot noise against
+      signal: the dose;
+    * ``log edge``: log of the median |first difference across scan lines| of the same pixels ÷
+      their median signal — the sharpness: blur and resampling;
+    * ``background ‰``: b in thousandths of the beam — the vacuum offset.
+
+    The set posterior pools them over a sample's images with the encoder's outputs
+    (:meth:`agglib.estimate.SampleEstimator.summaries`), so it can read the acquisition a
+    sample's images share from the images themselves.
+    """
+    p = np.asarray(fraction_images, dtype=np.float64).reshape(-1, *np.shape(fraction_images)[-2:])
+    n = p.shape[0]
+    flat = p.reshape(n, -1)
+    background = np.median(flat, axis=1)
+    above = p - background[:, None, None]
+    q = np.quantile(above.reshape(n, -1), _QUANTILES, axis=1).T                       # (n, 6)
+    bright = above > 0.25 * q[:, 4][:, None, None]
+    line = np.abs(p[:, :, 1:-1] - 0.5 * (p[:, :, :-2] + p[:, :, 2:]))                # along the scan line
+    across = np.abs(np.diff(p, axis=1))[:, :, 1:-1]                                 # across scan lines
+    noise, edge = np.full(n, 1e-7 / np.sqrt(_FLOOR)), np.full(n, 1e-7 / _FLOOR)
+    for k in range(n):
+        inner = bright[k, :, 1:-1]
+        if inner.sum() < 5:                      # (nearly) empty image: no particles to read
+            continue
+        level = max(float(np.median(above[k][bright[k]])), _FLOOR)
+        noise[k] = max(float(np.median(line[k][inner])), 1e-7) / np.sqrt(level)
+        edge[k] = max(float(np.median(across[k][inner[:-1]])), 1e-7) / level
+    return np.concatenate([np.log(np.maximum(q, _FLOOR)), np.log(noise)[:, None], np.log(edge)[:, None],
+                           1000.0 * background[:, None]], axis=1).astype(np.float32)
