@@ -8,7 +8,7 @@
    once and cached beside the encoder (``summaries-<store>.npz``, keyed by the encoder's weights);
 3. the set-level posterior on the ``posterior`` part of the continuous dataset's T
    (:func:`agglib.sets_training.train_posterior`) — configurations and images the encoder never saw —
-   less a tenth of its configurations (:func:`posterior_split`), held out; it reads each image's
+   less a fifth of its configurations (:func:`posterior_split`), held out; it reads each image's
    head outputs and :func:`agglib.stem.acquisition.acquisition_statistics`;
 4. its recalibration (:func:`agglib.sets_training.recalibration.fit_widening`) on the held-out
    configurations and the continuous dataset's E — configurations no gradient step saw.
@@ -47,7 +47,7 @@ __all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cach
 #: estimator's own prior and acquisition). ``level``: the share of in-model samples it lets pass.
 OUT_OF_MODEL = {"features": "encoder head outputs", "level": 0.99}
 #: Share of the posterior's training configurations held out for its recalibration (:func:`posterior_split`).
-HELD_OUT_SHARE = 0.1
+HELD_OUT_SHARE = 0.2
 #: How every posterior is recalibrated (:func:`agglib.sets_training.recalibration.fit_widening`).
 RECALIBRATION = {"on": f"{HELD_OUT_SHARE:.0%} of the continuous dataset's posterior configurations, held out, and its E",
                  "objective": {"width": WIDTH_OBJECTIVE, "temperature": "negative log probability of the true (θ0, θ1)"},
