@@ -151,3 +151,36 @@ def test_continuous_randomised_store_shares_one_acquisition_per_sample(tmp_path)
     g = zarr.open_group(str(grid.path), mode="r")["acquisition"][...]
     first = grid.config_id == grid.config_id[0]
     assert len({tuple(r) for r in g[first]}) > 1                       # per image in the encoder's data
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10**6), offset=st.floats(-0.002, 0.004), gain=st.floats(0.3, 3.0))
+def test_acquisition_statistics_follow_offset_and_gain(seed, offset, gain):
+    """A vacuum offset moves only the background column (by 1000 × the offset); a gain k moves the
+    log percentiles by log k, the log noise-to-√signal by ½ log k and leaves the edge sharpness."""
+    from agglib.stem.acquisition import ACQUISITION_STATISTICS, acquisition_statistics
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:64, :64]
+    image = np.zeros((64, 64))
+    for _ in range(3):                              # a few bright discs on vacuum, with shot-like noise
+        cy, cx, r = rng.uniform(16, 48), rng.uniform(16, 48), rng.uniform(3, 7)
+        image += 0.02 * np.clip(1 - ((y - cy) ** 2 + (x - cx) ** 2) / r ** 2, 0, None)
+    image += rng.normal(0, 1e-4, image.shape) * np.sqrt(image / 0.02)
+    base = acquisition_statistics(image[None])[0].astype(np.float64)
+    assert base.shape == (len(ACQUISITION_STATISTICS),) and np.isfinite(base).all()
+    shifted = acquisition_statistics((image + offset)[None])[0]
+    assert np.allclose(shifted[:8], base[:8], atol=1e-4)
+    assert shifted[8] == pytest.approx(base[8] + 1000 * offset, abs=1e-3)
+    scaled = acquisition_statistics((gain * image)[None])[0]
+    live = base[:6] > np.log(1e-5) + 1e-6             # percentiles above the vacuum floor
+    assert np.allclose(scaled[:6][live], base[:6][live] + np.log(gain), atol=1e-4)
+    assert scaled[6] == pytest.approx(base[6] + 0.5 * np.log(gain), abs=1e-4)
+    assert scaled[7] == pytest.approx(base[7], abs=1e-4)
+
+
+def test_acquisition_statistics_of_an_empty_image_are_finite():
+    from agglib.stem.acquisition import acquisition_statistics
+
+    out = acquisition_statistics(np.zeros((2, 32, 32)))
+    assert out.shape == (2, 9) and np.isfinite(out).all() and np.all(out[:, 8] == 0)

@@ -393,3 +393,17 @@ def test_one_combine_function_serves_estimate_fit_and_evaluate(monkeypatch, tmp_
     assert out == pytest.approx({"df": 1.9, "rho": 0.3, "rho_without_classifier": 0.2})
     assert estimate.combine_groups([2.4, 2.8], [-1.0, 0.2])["theta0"] == 3
     assert estimate.combine_groups([2.4, 2.8], [-1.0, 0.2])["theta1"] == 0
+
+
+def test_cached_summaries_of_an_estimator_are_what_it_reads(tiny_stores, tiny_estimator):
+    """The one cached path the pipeline and the notebooks use gives, for an estimator, exactly
+    :meth:`SampleEstimator.summaries` of the same images (head outputs and acquisition statistics)."""
+    from agglib.sets_training.pipeline import cached_summaries
+
+    est, run = tiny_estimator
+    grid = tiny_stores[0]
+    cached = cached_summaries(est, grid, run)
+    rows = grid.indices("E")[:5]
+    assert np.allclose(cached[rows], est.summaries(grid.read_images(rows)), atol=1e-5)
+    heads = cached_summaries(est.encoder, grid, run)            # an encoder alone: its head outputs
+    assert np.array_equal(heads, cached[:, :heads.shape[1]]) and cached.shape[1] == heads.shape[1] + 9

@@ -67,12 +67,15 @@ def posterior_config(profile, seed: int = 0, **changes) -> PosteriorConfig:
     return PosteriorConfig(**{"steps": profile.posterior_steps, "seed": seed, "hidden": 64, **changes})
 
 
-def cached_summaries(encoder: TrainedEncoder, store: DatasetStore, cache_dir, *, statistics: bool = False,
+def cached_summaries(source, store: DatasetStore, cache_dir, *, statistics: bool | None = None,
                      show_progress_bars: bool | None = None) -> np.ndarray:
-    """The per-image summaries (n, K) of the images of ``store``, computed once and cached: the
-    encoder's head outputs and, with ``statistics``, the images'
-    :func:`agglib.stem.acquisition.acquisition_statistics` after them (what
-    :meth:`agglib.estimate.SampleEstimator.summaries` gives for an estimator that reads them).
+    """The per-image summaries (n, K) of the images of ``store``, computed once and cached: what
+    :meth:`agglib.estimate.SampleEstimator.summaries` gives for them.
+
+    ``source`` is a :class:`~agglib.estimate.SampleEstimator` (its encoder's head outputs, and the
+    images' :func:`agglib.stem.acquisition.acquisition_statistics` after them if its posterior
+    reads them) or a :class:`~agglib.encoder.TrainedEncoder` (head outputs; ``statistics=True``
+    adds the statistics).
 
     Rows the encoder trained on (the ``encoder`` role of a continuous dataset) are not encoded
     and hold NaN. The cache file ``cache_dir/summaries-<store>.npz`` records the encoder's weights
@@ -80,6 +83,9 @@ def cached_summaries(encoder: TrainedEncoder, store: DatasetStore, cache_dir, *,
     """
     from agglib.stem.acquisition import ACQUISITION_STATISTICS, acquisition_statistics
 
+    encoder: TrainedEncoder = getattr(source, "encoder", source)
+    if statistics is None:
+        statistics = bool(getattr(source, "reads_statistics", False))
     digest = weights_digest(encoder.model.state_dict())
     store_id = store.identity_sha256()
     path = Path(cache_dir) / f"summaries-{store.path.name}.npz"
@@ -227,8 +233,7 @@ def recalibrate(estimator: SampleEstimator, continuous_store: DatasetStore, run_
     saw (those :func:`posterior_split` holds out and E), record it (``widening``,
     ``recalibration``, ``widening_fit``: the fitted factors per M) and save the estimator to
     ``out``; returns it as loaded from there."""
-    summaries = cached_summaries(estimator.encoder, continuous_store, run_dir, statistics=estimator.reads_statistics,
-                                 show_progress_bars=show_progress_bars)
+    summaries = cached_summaries(estimator, continuous_store, run_dir, show_progress_bars=show_progress_bars)
     held = np.concatenate([posterior_split(continuous_store, seed)[1], continuous_store.continuous_roles()["E"]])
     law, table = fit_widening(estimator, summaries[held], continuous_store.theta[held],
                               continuous_store.config_id[held], seed=seed)
