@@ -320,8 +320,11 @@ def read_progress(recipe: Recipe, last: Path):
     if differ:
         raise CheckpointError(f"{last} belongs to another run (other {'; '.join(differ)}); use another folder")
     epoch, step = int(state["progress"]["epoch"]), int(state["progress"]["step"])   # step > 0: mid-epoch
-    if step >= recipe.steps_per_epoch:         # runs saved before this engine counted steps from the run's start
-        step = 0
+    if step == (epoch + 1) * recipe.steps_per_epoch:
+        step = 0                               # a finished epoch as runs before this engine recorded it
+    elif step >= recipe.steps_per_epoch:
+        raise CheckpointError(f"{last} is {step} steps into epoch {epoch + 1}, which has {recipe.steps_per_epoch} "
+                              "steps in this run (another number of processes?); resume it as it was launched")
     return state, epoch + (0 if step else 1), step
 
 

@@ -1,8 +1,10 @@
 """A joint posterior over θ from any number of images of one sample (neural posterior estimation).
 
 The images of a sample are exchangeable, so the posterior p(θ | I_1 … I_M) is computed from a
-permutation-invariant summary of their encoder outputs (:mod:`agglib.encoder`), DeepSets-style
-(Zaheer et al. 2017): each image's outputs pass through a small network φ, the M results are
+permutation-invariant summary of what is read from each image — the encoder's outputs
+(:mod:`agglib.encoder`) and the image's acquisition statistics
+(:func:`agglib.stem.acquisition.acquisition_statistics`) — DeepSets-style (Zaheer et al. 2017):
+each image's summary passes through a small network φ, the M results are
 pooled by their mean and standard deviation (0 for M = 1) together with log M, and a second
 network maps the pooled summary s to the posterior. Any M ≥ 1 works.
 
@@ -33,7 +35,8 @@ five (:class:`PosteriorEnsemble`), trained on log-uniform set sizes, 83–91 %; 
 The training (:func:`agglib.sets_training.posterior.train_posterior`) minimises the negative log
 posterior density of the true θ on random sets of images of simulated configurations whose θ is
 drawn from the prior. The trained ensemble's categorical was still too sharp (held-out
-temperature 1.5 at M = 1) and its Gaussians too wide at large M; a :class:`Widening` fitted on
+temperature 1.5 at M = 1) and its Gaussians' widths off by parameter-dependent factors; a
+:class:`Widening` fitted on
 held-out configurations (:mod:`agglib.sets_training.recalibration`: temperature scaling of the
 categorical, a width factor of the Gaussians per continuous parameter, each a line in log M) is
 applied to every posterior the estimator returns. Calibration is checked on fresh
@@ -155,7 +158,8 @@ class SetPosterior(nn.Module):
     Parameters
     ----------
     in_dim : int
-        Size of one image's summary (the encoder's head outputs).
+        Size of one image's summary (the encoder's head outputs and, for estimators trained now,
+        the image's acquisition statistics: :meth:`agglib.estimate.SampleEstimator.summaries`).
     n_theta0, n_theta1 : int
         Values of θ0 and θ1 (the joint categorical has ``n_theta0 · n_theta1`` cells).
     hidden : int
@@ -601,7 +605,8 @@ def widened(estimate: PosteriorEstimate, width, temperature) -> PosteriorEstimat
     """``estimate`` with its Gaussians over u = logit(θ_Df), logit(θ_ρ) ``width`` × wider and its
     categorical over (θ0, θ1) at ``temperature`` (probabilities to the power 1 / ``temperature``,
     renormalised). ``width``: a scalar, one value per sample (S,) or one per sample and continuous
-    parameter (S, 2) (θ_Df, θ_ρ); ``temperature``: a scalar or (S,). Values above 1 widen, below 1
+    parameter (S, 2) (θ_Df, θ_ρ; one pair for all samples as shape (1, 2): a shape (2,) is read as
+    per sample); ``temperature``: a scalar or (S,). Values above 1 widen, below 1
     sharpen. The result stays in the family: densities, HPD regions and joint draws stay exact."""
     from scipy.special import logsumexp
 

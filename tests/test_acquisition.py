@@ -184,3 +184,14 @@ def test_acquisition_statistics_of_an_empty_image_are_finite():
 
     out = acquisition_statistics(np.zeros((2, 32, 32)))
     assert out.shape == (2, 9) and np.isfinite(out).all() and np.all(out[:, 8] == 0)
+
+
+def test_acquisition_statistics_of_particles_cut_by_the_last_row_are_finite():
+    """Bright pixels only in the image's last row (an aggregate cut by the field of view): no
+    difference to a next row exists; the statistics stay finite (a NaN would void the sample)."""
+    from agglib.stem.acquisition import acquisition_statistics
+
+    image = np.zeros((32, 32))
+    image[-1, 8:20] = 0.02
+    out = acquisition_statistics(image[None])
+    assert np.isfinite(out).all()

@@ -4,8 +4,9 @@
 
 1. the image encoder on the grid dataset's T and the ``encoder`` part of the continuous dataset's
    T (:func:`agglib.sets_training.train_encoder`, resumable);
-2. the encoder's per-image summaries of the other images of the continuous dataset, computed
-   once and cached beside the encoder (``summaries-<store>.npz``, keyed by the encoder's weights);
+2. the per-image summaries of the other images of the continuous dataset — the encoder's head
+   outputs and the images' acquisition statistics — computed once and cached beside the encoder
+   (``summaries-<store>.npz``, keyed by the encoder's weights, the store and the statistics' version);
 3. the set-level posterior on the ``posterior`` part of the continuous dataset's T
    (:func:`agglib.sets_training.train_posterior`) — configurations and images the encoder never saw —
    less a fifth of its configurations (:func:`posterior_split`), held out; it reads each image's
@@ -52,7 +53,7 @@ HELD_OUT_SHARE = 0.2
 RECALIBRATION = {"on": f"{HELD_OUT_SHARE:.0%} of the continuous dataset's posterior configurations, held out, and its E",
                  "objective": {"width": WIDTH_OBJECTIVE, "temperature": "negative log probability of the true (θ0, θ1)"},
                  "sizes": list(WIDENING_SIZES), "sets_per_config": SETS_PER_CONFIG,
-                 "factors": "per parameter, widening or narrowing"}
+                 "factors": "per parameter, widening or narrowing; widths fitted on the tempered posterior"}
 
 
 
@@ -81,7 +82,7 @@ def cached_summaries(source, store: DatasetStore, cache_dir, *, statistics: bool
     and hold NaN. The cache file ``cache_dir/summaries-<store>.npz`` records the encoder's weights
     digest and the store's identity; a different encoder or store is recomputed, never mixed.
     """
-    from agglib.stem.acquisition import ACQUISITION_STATISTICS, acquisition_statistics
+    from agglib.stem.acquisition import ACQUISITION_STATISTICS, STATISTICS_VERSION, acquisition_statistics
 
     encoder: TrainedEncoder = getattr(source, "encoder", source)
     if statistics is None:
@@ -93,7 +94,9 @@ def cached_summaries(source, store: DatasetStore, cache_dir, *, statistics: bool
     if path.is_file():
         with np.load(path) as cached:
             if str(cached["encoder"]) == digest and str(cached["store"]) == store_id:
-                found = {k: cached[k] for k in ("summaries", "statistics") if k in cached.files}
+                found = {"summaries": cached["summaries"]}
+                if "statistics" in cached.files and int(cached.get("statistics_version", 0)) == STATISTICS_VERSION:
+                    found["statistics"] = cached["statistics"]
     if "summaries" in found and (not statistics or "statistics" in found):
         return np.concatenate([found["summaries"], found["statistics"]], axis=1) if statistics else found["summaries"]
     show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
@@ -116,7 +119,7 @@ def cached_summaries(source, store: DatasetStore, cache_dir, *, statistics: bool
     if statistics or "statistics" in found:
         record["statistics"] = stats if need_stats else found["statistics"]
     with atomic_open(path, "wb") as fh:
-        np.savez(fh, **record, encoder=digest, store=store_id)
+        np.savez(fh, **record, encoder=digest, store=store_id, statistics_version=STATISTICS_VERSION)
     return np.concatenate([outputs, record["statistics"]], axis=1) if statistics else outputs
 
 

@@ -30,7 +30,7 @@ from agglib.core.seeding import as_generator
 
 __all__ = ["INTENSITY_UNITS", "beam_fraction", "area_rebin", "resample_mean", "AcquisitionRanges",
            "ACQUISITION_KEYS", "draw_acquisition", "acquire_image", "intensity_statistics", "ACQUISITION_STATISTICS",
-           "acquisition_statistics"]
+           "STATISTICS_VERSION", "acquisition_statistics"]
 
 INTENSITY_UNITS = ("counts", "fraction")
 
@@ -201,6 +201,8 @@ def intensity_statistics(fraction_images) -> dict:
     return {"background": np.median(x, axis=(1, 2)), "signal": np.percentile(x, 99.5, axis=(1, 2))}
 
 
+#: Version of :func:`acquisition_statistics` (caches of its values are recomputed when it changes).
+STATISTICS_VERSION = 2
 #: The columns of :func:`acquisition_statistics`.
 ACQUISITION_STATISTICS = ("log q90", "log q95", "log q98", "log q99", "log q99.5", "log q99.9", "log noise",
                           "log edge", "background ‰")
@@ -242,6 +244,7 @@ def acquisition_statistics(fraction_images) -> np.ndarray:
             continue
         level = max(float(np.median(above[k][bright[k]])), _FLOOR)
         noise[k] = max(float(np.median(line[k][inner])), 1e-7) / np.sqrt(level)
-        edge[k] = max(float(np.median(across[k][inner[:-1]])), 1e-7) / level
+        if inner[:-1].any():                      # bright pixels off the last row: a difference to the next
+            edge[k] = max(float(np.median(across[k][inner[:-1]])), 1e-7) / level
     return np.concatenate([np.log(np.maximum(q, _FLOOR)), np.log(noise)[:, None], np.log(edge)[:, None],
                            1000.0 * background[:, None]], axis=1).astype(np.float32)
