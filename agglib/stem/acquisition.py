@@ -217,10 +217,10 @@ def acquisition_statistics(fraction_images) -> np.ndarray:
     * ``log q90`` … ``log q99.9``: log of the 90th … 99.9th percentiles of the signal above the
       vacuum level b (the median: aggregates cover a fifth of an image at most), floored at 10⁻⁵
       — the intensity scale and the WO3/TiO2 contrast, with the thickness and ρ of the aggregate;
-    * ``log noise``: log of the median |second difference along the scan line| of the pixels
+    * ``log noise``: log of the median absolute second difference along the scan line of the pixels
       above a quarter of the 99.5th percentile, ÷ √(their median signal) — shot noise against
       signal: the dose;
-    * ``log edge``: log of the median |first difference across scan lines| of the same pixels ÷
+    * ``log edge``: log of the median absolute first difference across scan lines of the same pixels ÷
       their median signal — the sharpness: blur and resampling;
     * ``background ‰``: b in thousandths of the beam — the vacuum offset.
 
