@@ -48,6 +48,7 @@ WIDENING_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 SETS_PER_CONFIG = 3
 #: Central-interval levels whose coverage the width factors match.
 COVERAGE_LEVELS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
+#: What the width factors are chosen to match (recorded in each estimator's ``recalibration`` metadata).
 WIDTH_OBJECTIVE = "coverage of central intervals at 5 %, 10 %, … 95 % (uniform PIT of the truth)"
 _WIDTH_GRID = np.linspace(-0.7, 0.7, 141)   # log width factors tried: 0.5 … 2.0, steps of 1 %
 _LOG_BOUNDS = (-0.7, 1.2)            # log temperatures searched: 0.5 … 3.3
