@@ -274,6 +274,15 @@ class TrainedEncoder:
 
         return check_image_stack(images, self.image_size_px, self.pixel_size_nm, "this encoder")
 
+    def acquisition_statistics(self, images) -> np.ndarray:
+        """What images [counts] (M, H, W) say about the acquisition they share (M, 9):
+        :func:`agglib.stem.acquisition.acquisition_statistics` of the images in units of this
+        encoder's beam (counts ÷ ``electrons_per_pixel``). Read beside the head outputs by
+        estimators whose posterior takes them (:meth:`agglib.estimate.SampleEstimator.summaries`)."""
+        from agglib.stem.acquisition import acquisition_statistics
+
+        return acquisition_statistics(np.asarray(images) / self.electrons_per_pixel)
+
     @torch.no_grad()
     def encode(self, images, batch_size: int = 256, show_progress_bars: bool = False) -> Encoded:
         """Embeddings, head outputs and per-image predictions of images [counts] (M, H, W)."""

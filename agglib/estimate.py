@@ -56,12 +56,15 @@ class TrainedNetwork:
 
         return check_image_stack(images, self.image_size_px, self.pixel_size_nm, f"the {self.target} network")
 
+    def _inputs(self, images: np.ndarray) -> torch.Tensor:
+        """Images [counts] (M, H, W) checked and preprocessed as the network reads them (M, 1, H, W)."""
+        return self.preprocess(torch.from_numpy(self._check_images(images)))[:, None]
+
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Network outputs for images [counts], (M, H, W) → (M,) for single-image networks and
         (⌊M/ν⌋,) — one per consecutive group of ν images — for multi-image networks."""
-        images = self._check_images(images)
-        x = self.preprocess(torch.from_numpy(images))[:, None]       # (M, 1, H, W)
+        x = self._inputs(images)
         device = next(self.model.parameters()).device
         if self.nu > 1:
             groups = x.shape[0] // self.nu
@@ -72,14 +75,11 @@ class TrainedNetwork:
         out = [self.model(x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
         return torch.cat(out).numpy()
 
-
     @torch.no_grad()
     def features(self, images: np.ndarray) -> torch.Tensor:
         """The feature extractor's output (M, F) for each image [counts] (of a multi-image network:
         before its head reads groups of ν)."""
-        images = self._check_images(images)
-        x = self.preprocess(torch.from_numpy(images))[:, None].to(next(self.model.parameters()).device)
-        return self.model.features(x).cpu()
+        return self.model.features(self._inputs(images).to(next(self.model.parameters()).device)).cpu()
 
     @torch.no_grad()
     def group_outputs(self, features: torch.Tensor, order: np.ndarray) -> float:
@@ -533,10 +533,7 @@ class SampleEstimator(_TrainedOnImages):
         encoded = self.encoder.encode(images) if encoded is None else encoded
         if not self.reads_statistics:
             return encoded.outputs
-        from agglib.stem.acquisition import acquisition_statistics
-
-        stats = acquisition_statistics(images / self.encoder.electrons_per_pixel)
-        return np.concatenate([encoded.outputs, stats], axis=1).astype(np.float32)
+        return np.concatenate([encoded.outputs, self.encoder.acquisition_statistics(images)], axis=1).astype(np.float32)
 
     def read_sample(self, images, resamples) -> SampleReading:
         """The posterior of M ≥ 1 images [counts] of one sample: θ̂ (posterior mean of θ_Df, θ_ρ,

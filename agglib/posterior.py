@@ -389,6 +389,19 @@ class PosteriorEstimate:
         u = np.broadcast_to(self._u(name, x), (w.shape[0],))
         return np.clip((w * _ndtr((u[:, None] - mean) / sd)).sum(axis=1), 0.0, 1.0)
 
+    def cdf_widened(self, name: str, x, widths) -> np.ndarray:
+        """The marginal CDF of θ_Df or θ_ρ at ``x`` (S,) as it would be with the Gaussians along
+        its logit ``widths`` (W,) × wider, for W widths at once: (S, W) (the column of width w is
+        ``widened(self, ...).cdf(name, x)`` with factor w on ``name``; components of no weight in
+        any sample are skipped). For recalibration searches over widths."""
+        k = CONTINUOUS.index(name)
+        w, mean, sd = self._component_terms(k)
+        u = np.broadcast_to(self._u(name, x), (w.shape[0],))
+        live = w.max(axis=0) > 1e-12
+        w, mean, sd = w[:, live], mean[:, live], sd[:, live]
+        z = (u[:, None] - mean)[:, :, None] / (sd[:, :, None] * np.asarray(widths, dtype=np.float64)[None, None, :])
+        return np.einsum("sk,skw->sw", w, _ndtr(z))
+
     def density(self, name: str, x) -> np.ndarray:
         """The marginal posterior density of θ_Df or θ_ρ at ``x`` (S,) [1/unit]."""
         k = CONTINUOUS.index(name)
@@ -435,23 +448,27 @@ class PosteriorEstimate:
         x, cdf, _ = self.table_of(name)
         return np.array([np.interp(q, c, x) for c in cdf])
 
-    def _moment(self, name: str, power: int) -> np.ndarray:
-        """E[θ^power] (S,) of θ_Df or θ_ρ by Gauss–Hermite quadrature over each Gaussian (exact to
-        ~1e-10 for the smooth logistic map; far cheaper than the tabulated CDF)."""
-        nodes, weights = np.polynomial.hermite.hermgauss(24)
-        w, mean, sd = self._component_terms(CONTINUOUS.index(name))
-        lo, hi = self.grid.bounds(name)
-        out = np.zeros(w.shape[0])
-        for x_k, w_k in zip(nodes, weights):
-            theta = lo + (hi - lo) / (1 + np.exp(-(mean + np.sqrt(2.0) * sd * x_k)))
-            out += w_k / np.sqrt(np.pi) * (w * theta ** power).sum(axis=1)
-        return out
+    def _moments(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(E[θ], E[θ²]) (S,) of θ_Df or θ_ρ by Gauss–Hermite quadrature over each Gaussian (exact
+        to ~1e-10 for the smooth logistic map; far cheaper than the tabulated CDF); cached."""
+        key = ("moments", name)
+        if key not in self._tables:
+            nodes, weights = np.polynomial.hermite.hermgauss(24)
+            w, mean, sd = self._component_terms(CONTINUOUS.index(name))
+            lo, hi = self.grid.bounds(name)
+            first, second = np.zeros(w.shape[0]), np.zeros(w.shape[0])
+            for x_k, w_k in zip(nodes, weights):
+                theta = lo + (hi - lo) / (1 + np.exp(-(mean + np.sqrt(2.0) * sd * x_k)))
+                first += w_k / np.sqrt(np.pi) * (w * theta).sum(axis=1)
+                second += w_k / np.sqrt(np.pi) * (w * theta ** 2).sum(axis=1)
+            self._tables[key] = (first, second)
+        return self._tables[key]
 
     def mean(self, name: str) -> np.ndarray:
         """Posterior mean (S,) of one parameter."""
         if name in DISCRETE:
             return self.probabilities(name) @ self.grid.integers(name).astype(float)
-        return self._moment(name, 1)
+        return self._moments(name)[0]
 
     def sd(self, name: str) -> np.ndarray:
         """Posterior standard deviation (S,) of one parameter."""
@@ -459,7 +476,8 @@ class PosteriorEstimate:
             v = self.grid.integers(name).astype(float)
             prob = self.probabilities(name)
             return np.sqrt(np.maximum(prob @ v ** 2 - (prob @ v) ** 2, 0.0))
-        return np.sqrt(np.maximum(self._moment(name, 2) - self.mean(name) ** 2, 0.0))
+        first, second = self._moments(name)
+        return np.sqrt(np.maximum(second - first ** 2, 0.0))
 
     def point(self) -> pd.DataFrame:
         """θ̂ per sample: the posterior mean of θ_Df and θ_ρ, the marginal posterior median of θ0 and θ1.

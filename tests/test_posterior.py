@@ -407,3 +407,22 @@ def test_cached_summaries_of_an_estimator_are_what_it_reads(tiny_stores, tiny_es
     assert np.allclose(cached[rows], est.summaries(grid.read_images(rows)), atol=1e-5)
     heads = cached_summaries(est.encoder, grid, run)            # an encoder alone: its head outputs
     assert np.array_equal(heads, cached[:, :heads.shape[1]]) and cached.shape[1] == heads.shape[1] + 9
+
+
+def test_cached_statistics_are_keyed_by_their_version(tiny_stores, tiny_estimator, tmp_path, monkeypatch):
+    """A statistics cache of another version (or another beam) is recomputed, never reused; one of
+    this version is read as it was saved."""
+    import agglib.stem.acquisition as acquisition
+    from agglib.sets_training.pipeline import cached_summaries
+
+    est, _ = tiny_estimator
+    grid = tiny_stores[0]
+    first = cached_summaries(est, grid, tmp_path)
+    path = tmp_path / f"statistics-{grid.path.name}.npz"
+    with np.load(path) as cached:
+        saved = dict(cached)
+    np.savez(path, **{**saved, "statistics": np.zeros_like(saved["statistics"])})
+    assert np.all(cached_summaries(est, grid, tmp_path)[:, -9:] == 0)          # read as saved
+    monkeypatch.setattr(acquisition, "STATISTICS_VERSION", acquisition.STATISTICS_VERSION + 1)
+    again = cached_summaries(est, grid, tmp_path)                                # another version: recomputed
+    assert np.array_equal(again, first, equal_nan=True)

@@ -93,7 +93,7 @@ def robustness_table(estimators: dict, n_configs: int, images_per_config: int, s
     from tqdm.auto import tqdm
 
     import agglib
-    from agglib.fit.intensity import check_intensity, intensity_reference, sample_statistics
+    from agglib.fit.intensity import intensity_reference, sample_statistics, samples_accepted
 
     perturbations = PERTURBATIONS if perturbations is None else perturbations
     first = next(iter(estimators.values()))
@@ -108,8 +108,7 @@ def robustness_table(estimators: dict, n_configs: int, images_per_config: int, s
         images = perturbed_images(aggs, settings, change, seed)
         stats = sample_statistics(images / settings.electrons_per_pixel, settings.pixel_size_nm)
         for est_name, est in estimators.items():
-            accepted = np.array([not check_intensity({k: v[g] for k, v in stats.items()}, references[est_name])[0]
-                                 for g in groups])
+            accepted = samples_accepted(stats, groups, references[est_name])
             row = {"perturbation": name, "estimator": est_name, "refused": float(1.0 - accepted.mean())}
             if accepted.any():
                 post = est.from_summaries(est.summaries(images), [g for g, ok in zip(groups, accepted) if ok])

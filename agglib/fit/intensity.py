@@ -46,7 +46,7 @@ from agglib.core.wording import counted
 from agglib.stem.acquisition import intensity_statistics
 
 __all__ = ["intensity_reference", "reference_key", "simulate_reference", "reference_file_name", "check_intensity",
-           "sample_statistics", "BACKGROUND_TOLERANCE", "SIGNAL_MARGIN",
+           "sample_statistics", "samples_accepted", "BACKGROUND_TOLERANCE", "SIGNAL_MARGIN",
            "BRIGHTNESS_PERCENTILE", "REFERENCE_IMAGES"]
 
 #: Vacuum level accepted beyond the training images' [fraction of the beam].
@@ -171,6 +171,12 @@ def reference_key(estimator, count: int = 256, seed: int = 0) -> str:
     if particles is not None and not particles.is_paper:       # the paper's keep their cache key
         spec["particles"] = particles.to_dict()
     return json.dumps(spec, sort_keys=True)
+
+
+def samples_accepted(stats: dict, groups, reference: dict) -> np.ndarray:
+    """For simulated samples: which of ``groups`` (index arrays into the images of ``stats``, one
+    per sample) :func:`check_intensity` accepts against ``reference`` (bool, one per group)."""
+    return np.array([not check_intensity({k: v[g] for k, v in stats.items()}, reference)[0] for g in groups], dtype=bool)
 
 
 def check_intensity(stats: dict, reference: dict, dose_e_per_A2: float | None = None,

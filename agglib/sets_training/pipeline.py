@@ -74,53 +74,67 @@ def cached_summaries(source, store: DatasetStore, cache_dir, *, statistics: bool
     :meth:`agglib.estimate.SampleEstimator.summaries` gives for them.
 
     ``source`` is a :class:`~agglib.estimate.SampleEstimator` (its encoder's head outputs, and the
-    images' :func:`agglib.stem.acquisition.acquisition_statistics` after them if its posterior
-    reads them) or a :class:`~agglib.encoder.TrainedEncoder` (head outputs; ``statistics=True``
-    adds the statistics).
+    images' :meth:`~agglib.encoder.TrainedEncoder.acquisition_statistics` after them if its
+    posterior reads them) or a :class:`~agglib.encoder.TrainedEncoder` (head outputs;
+    ``statistics=True`` adds the statistics).
 
     Rows the encoder trained on (the ``encoder`` role of a continuous dataset) are not encoded
-    and hold NaN. The cache file ``cache_dir/summaries-<store>.npz`` records the encoder's weights
-    digest and the store's identity; a different encoder or store is recomputed, never mixed.
+    and hold NaN. Two cache files in ``cache_dir``: ``summaries-<store>.npz`` (keyed by the
+    encoder's weights digest and the store's identity) and ``statistics-<store>.npz`` (keyed by the
+    store's identity, the encoder's beam and the statistics' version); what does not match is
+    recomputed (in one pass over the images), never mixed.
     """
-    from agglib.stem.acquisition import ACQUISITION_STATISTICS, STATISTICS_VERSION, acquisition_statistics
+    from agglib.stem.acquisition import STATISTICS_VERSION
 
     encoder: TrainedEncoder = getattr(source, "encoder", source)
     if statistics is None:
         statistics = bool(getattr(source, "reads_statistics", False))
-    digest = weights_digest(encoder.model.state_dict())
     store_id = store.identity_sha256()
-    path = Path(cache_dir) / f"summaries-{store.path.name}.npz"
-    found = {}
-    if path.is_file():
-        with np.load(path) as cached:
-            if str(cached["encoder"]) == digest and str(cached["store"]) == store_id:
-                found = {"summaries": cached["summaries"]}
-                if "statistics" in cached.files and int(cached.get("statistics_version", 0)) == STATISTICS_VERSION:
-                    found["statistics"] = cached["statistics"]
-    if "summaries" in found and (not statistics or "statistics" in found):
-        return np.concatenate([found["summaries"], found["statistics"]], axis=1) if statistics else found["summaries"]
-    show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
+    entries = {"summaries": {"encoder": weights_digest(encoder.model.state_dict()), "store": store_id}}
+    if statistics:
+        entries["statistics"] = {"store": store_id, "electrons_per_pixel": repr(encoder.electrons_per_pixel),
+                                 "statistics_version": str(STATISTICS_VERSION)}
+    paths = {name: Path(cache_dir) / f"{name}-{store.path.name}.npz" for name in entries}
+    found = {name: _read_cached(paths[name], name, key) for name, key in entries.items()}
+    missing = [name for name, values in found.items() if values is None]
+    if missing:
+        show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
+        for name, values in _image_summaries(encoder, store, missing, show).items():
+            with atomic_open(paths[name], "wb") as fh:
+                np.savez(fh, **{name: values}, **entries[name])
+            found[name] = values
+    return np.concatenate([found["summaries"], found["statistics"]], axis=1) if statistics else found["summaries"]
+
+
+def _read_cached(path: Path, name: str, key: dict) -> np.ndarray | None:
+    """Array ``name`` of cache file ``path`` if every entry of ``key`` matches, else None."""
+    if not path.is_file():
+        return None
+    with np.load(path) as cached:
+        if name in cached.files and all(k in cached.files and str(cached[k]) == v for k, v in key.items()):
+            return cached[name]
+    return None
+
+
+def _image_summaries(encoder: TrainedEncoder, store: DatasetStore, names, show: bool) -> dict:
+    """Head outputs (``"summaries"``) and/or ``"statistics"`` of every image of ``store`` the
+    encoder did not train on (the rest NaN), in one pass over the images."""
+    from agglib.stem.acquisition import ACQUISITION_STATISTICS
+
     rows = np.arange(len(store))
     if store.identity.get("design") == "continuous":
         rows = np.setdiff1d(rows, store.continuous_roles()["encoder"])
+    widths = {"summaries": encoder.model.heads.out_features, "statistics": len(ACQUISITION_STATISTICS)}
+    out = {name: np.full((len(store), widths[name]), np.nan, dtype=np.float32) for name in names}
     chunk = 2048
-    outputs = np.full((len(store), encoder.model.heads.out_features), np.nan, dtype=np.float32)
-    stats = np.full((len(store), len(ACQUISITION_STATISTICS)), np.nan, dtype=np.float32)
-    need_stats = statistics and "statistics" not in found
     for k in _progress(range(0, rows.size, chunk), show, f"summaries of {store.path.name}"):
         part = rows[k:k + chunk]
         images = store.read_images(part)
-        if "summaries" not in found:
-            outputs[part] = encoder.encode(images, show_progress_bars=False).outputs
-        if need_stats:
-            stats[part] = acquisition_statistics(images / encoder.electrons_per_pixel)
-    outputs = found.get("summaries", outputs)
-    record = {"summaries": outputs}
-    if statistics or "statistics" in found:
-        record["statistics"] = stats if need_stats else found["statistics"]
-    with atomic_open(path, "wb") as fh:
-        np.savez(fh, **record, encoder=digest, store=store_id, statistics_version=STATISTICS_VERSION)
-    return np.concatenate([outputs, record["statistics"]], axis=1) if statistics else outputs
+        if "summaries" in out:
+            out["summaries"][part] = encoder.encode(images, show_progress_bars=False).outputs
+        if "statistics" in out:
+            out["statistics"][part] = encoder.acquisition_statistics(images)
+    return out
 
 
 def _progress(iterable, show, desc):

@@ -235,16 +235,18 @@ def acquisition_statistics(fraction_images) -> np.ndarray:
     above = p - background[:, None, None]
     q = np.quantile(above.reshape(n, -1), _QUANTILES, axis=1).T                       # (n, 6)
     bright = above > 0.25 * q[:, 4][:, None, None]
-    line = np.abs(p[:, :, 1:-1] - 0.5 * (p[:, :, :-2] + p[:, :, 2:]))                # along the scan line
-    across = np.abs(np.diff(p, axis=1))[:, :, 1:-1]                                 # across scan lines
     noise, edge = np.full(n, 1e-7 / np.sqrt(_FLOOR)), np.full(n, 1e-7 / _FLOOR)
     for k in range(n):
-        inner = bright[k, :, 1:-1]
-        if inner.sum() < 5:                      # (nearly) empty image: no particles to read
+        r, c = np.nonzero(bright[k, :, 1:-1])    # bright pixels off the first and last columns (c + 1)
+        if r.size < 5:                           # (nearly) empty image: no particles to read
             continue
         level = max(float(np.median(above[k][bright[k]])), _FLOOR)
-        noise[k] = max(float(np.median(line[k][inner])), 1e-7) / np.sqrt(level)
-        if inner[:-1].any():                      # bright pixels off the last row: a difference to the next
-            edge[k] = max(float(np.median(across[k][inner[:-1]])), 1e-7) / level
+        x = p[k]
+        line = np.abs(x[r, c + 1] - 0.5 * (x[r, c] + x[r, c + 2]))                 # along the scan line
+        noise[k] = max(float(np.median(line)), 1e-7) / np.sqrt(level)
+        off_last = r < x.shape[0] - 1              # bright pixels off the last row: a difference to the next
+        if off_last.any():
+            across = np.abs(x[r[off_last] + 1, c[off_last] + 1] - x[r[off_last], c[off_last] + 1])
+            edge[k] = max(float(np.median(across)), 1e-7) / level
     return np.concatenate([np.log(np.maximum(q, _FLOOR)), np.log(noise)[:, None], np.log(edge)[:, None],
                            1000.0 * background[:, None]], axis=1).astype(np.float32)
