@@ -416,24 +416,33 @@ class PosteriorEstimate:
     def table_of(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The marginal of θ_Df or θ_ρ tabulated at :data:`_TABLE_POINTS` points of its box:
         ``(x (n,), cdf (S, n), density (S, n))`` (cached)."""
-        if name not in self._tables:
+        return self._table(name, "cdf")[0], self._table(name, "cdf")[1], self._table(name, "density")[1]
+
+    def _table(self, name: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(x (n,), values (S, n))``: the marginal ``kind`` ("cdf" or "density") of θ_Df or θ_ρ at
+        :data:`_TABLE_POINTS` points of its box (cached; each computed only when asked for —
+        HPD levels need only the density)."""
+        if (name, kind) not in self._tables:
             lo, hi = self.grid.bounds(name)
             x = np.linspace(lo, hi, _TABLE_POINTS)
             k = CONTINUOUS.index(name)
             w, mean, sd = self._component_terms(k)
             u = self._u(name, x)
-            cdf = np.empty((w.shape[0], x.size))
-            dens = np.empty_like(cdf)
+            out = np.empty((w.shape[0], x.size))
             t = np.clip((x - lo) / (hi - lo), 1e-12, 1 - 1e-12)
             jac = 1.0 / ((hi - lo) * t * (1 - t))
             for a in range(w.shape[0]):             # one sample at a time: (components, points) stays in cache
                 z = (u[None, :] - mean[a, :, None]) / sd[a, :, None]
                 ww = w[a, :, None]
-                cdf[a] = (ww * _ndtr(z)).sum(axis=0)
-                dens[a] = (ww * np.exp(-0.5 * z ** 2) / (sd[a, :, None] * math.sqrt(2 * math.pi))).sum(axis=0) * jac
-            cdf[:, 0], cdf[:, -1] = 0.0, 1.0
-            self._tables[name] = (x, np.maximum.accumulate(np.clip(cdf, 0.0, 1.0), axis=1), dens)
-        return self._tables[name]
+                if kind == "cdf":
+                    out[a] = (ww * _ndtr(z)).sum(axis=0)
+                else:
+                    out[a] = (ww * np.exp(-0.5 * z ** 2) / (sd[a, :, None] * math.sqrt(2 * math.pi))).sum(axis=0) * jac
+            if kind == "cdf":
+                out[:, 0], out[:, -1] = 0.0, 1.0
+                out = np.maximum.accumulate(np.clip(out, 0.0, 1.0), axis=1)
+            self._tables[(name, kind)] = (x, out)
+        return self._tables[(name, kind)]
 
     def quantile(self, name: str, q: float) -> np.ndarray:
         """The ``q`` quantile (S,) of the marginal posterior of ``name`` (θ0, θ1: dequantised)."""
@@ -445,7 +454,7 @@ class PosteriorEstimate:
                 j = int(np.clip(np.searchsorted(cum[s], q, side="left") - 1, 0, prob.shape[1] - 1))
                 out[s] = e[j] + np.clip((q - cum[s, j]) / max(prob[s, j], 1e-12), 0.0, 1.0) * (e[j + 1] - e[j])
             return out
-        x, cdf, _ = self.table_of(name)
+        x, cdf = self._table(name, "cdf")
         return np.array([np.interp(q, c, x) for c in cdf])
 
     def _moments(self, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -519,7 +528,7 @@ class PosteriorEstimate:
             above = np.where(prob > p_x[:, None], prob, 0.0).sum(axis=1)
             ties = np.where(prob == p_x[:, None], prob, 0.0).sum(axis=1)
             return above + rng.random(prob.shape[0]) * ties
-        grid_x, _, dens = self.table_of(name)
+        grid_x, dens = self._table(name, "density")
         d_x = self.density(name, x)
         step = np.gradient(grid_x)
         return np.clip(((dens > d_x[:, None]) * dens * step[None]).sum(axis=1), 0.0, 1.0)
