@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
@@ -426,3 +427,20 @@ def test_cached_statistics_are_keyed_by_their_version(tiny_stores, tiny_estimato
     monkeypatch.setattr(acquisition, "STATISTICS_VERSION", acquisition.STATISTICS_VERSION + 1)
     again = cached_summaries(est, grid, tmp_path)                                # another version: recomputed
     assert np.array_equal(again, first, equal_nan=True)
+
+
+def test_calibration_report_reuses_given_summaries(tiny_estimator):
+    """Summaries passed in are what the report reads (the same report as computing them); a
+    summaries array of another length is refused, naming both lengths."""
+    from agglib.evaluate import fresh_configurations
+    from agglib.evaluate.calibration import calibration_report
+
+    est, _ = tiny_estimator
+    prof = agglib.load_profile("tiny")
+    fresh = fresh_configurations(prof, 6, 4, seed=9, prior="continuous", workers=1, show_progress_bars=False)
+    summaries = est.summaries(fresh["images"])
+    given = calibration_report(est, prof, 6, (1, 4), fresh=fresh, summaries=summaries, draws=50)
+    computed = calibration_report(est, prof, 6, (1, 4), fresh=fresh, draws=50)
+    pd.testing.assert_frame_equal(given, computed)
+    with pytest.raises(ValueError, match="summaries has 23 rows; the fresh set has 24 images"):
+        calibration_report(est, prof, 6, (1, 4), fresh=fresh, summaries=summaries[:-1], draws=50)

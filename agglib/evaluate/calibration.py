@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from agglib.posterior import CONTINUOUS, DISCRETE, PARAMETERS, PosteriorEstimate, overconfident, pit_values, shifted
+from agglib.posterior import DISCRETE, PARAMETERS, PosteriorEstimate, overconfident, pit_values, shifted
 
 __all__ = ["calibration_checks", "calibration_report", "calibration_under_acquisitions", "negative_controls", "ACCEPTED_COVERAGE",
            "TARP_REFERENCE_DRAWS",
@@ -141,15 +141,16 @@ def outside_band(report: pd.DataFrame) -> list[str]:
 
 def calibration_report(estimator, profile, n_configs: int, sizes=(1, 4, 12, 24), seed: int = 0, *,
                        acquisition=None, level: float = 0.9, draws: int = 500, fresh: dict | None = None,
-                       show_progress_bars: bool | None = None) -> pd.DataFrame:
+                       summaries: np.ndarray | None = None, show_progress_bars: bool | None = None) -> pd.DataFrame:
     """:func:`calibration_checks` of ``estimator`` at each set size M on fresh configurations.
 
     ``n_configs`` configurations are drawn from the continuous prior, each with ``max(sizes)``
     images recorded with ``acquisition`` (see :func:`agglib.evaluate.sets.fresh_configurations`:
     ``None``, a fixed dict, or :class:`agglib.stem.acquisition.AcquisitionRanges` for one
     acquisition per sample); the posterior of each configuration from its first M images is
-    checked against its θ. Pass ``fresh`` (the dict that function returns) to reuse images.
-    One row per M.
+    checked against its θ. Pass ``fresh`` (the dict that function returns) to reuse images, and
+    ``summaries`` (``estimator.summaries(fresh["images"])``) to reuse what the posterior read from
+    them. One row per M.
     """
     from agglib.evaluate.sets import fresh_configurations
 
@@ -157,7 +158,10 @@ def calibration_report(estimator, profile, n_configs: int, sizes=(1, 4, 12, 24),
     if fresh is None:
         fresh = fresh_configurations(profile, n_configs, sizes[-1], seed, prior="continuous", acquisition=acquisition,
                                      show_progress_bars=show_progress_bars)
-    summaries = estimator.summaries(fresh["images"])
+    if summaries is None:
+        summaries = estimator.summaries(fresh["images"])
+    elif len(summaries) != len(fresh["images"]):
+        raise ValueError(f"summaries has {len(summaries)} rows; the fresh set has {len(fresh['images'])} images")
     per = np.bincount(fresh["config_id"])
     rows = []
     for m in sizes:
