@@ -72,3 +72,20 @@ def test_contact_threshold_is_one_percent():
 def test_empty_aggregate_rejected():
     with pytest.raises(ValueError, match="N=0"):
         agglib.describe(make(np.zeros((0, 3)), [], []))
+
+
+def test_shadows_from_the_true_theta_are_reused_exactly_as_drawn():
+    """Notebook 8's second comparison (the ceiling) reuses the shadows from θ of the first: the
+    reused descriptors equal a fresh draw with the same seed, are a copy (changing them leaves
+    the kept ones alone), and another seed draws others."""
+    import pandas as pd
+
+    from agglib.core.seeding import spawn_seeds
+    from agglib.evaluate import shadows
+
+    theta = agglib.ModelParams(1.8, 0.5, 2, 3)
+    first = shadows._true_descriptors(theta, 3, spawn_seeds(5, 2)[0], 1)
+    first.loc[first.index[0], "z_total"] = -1.0
+    again = shadows._true_descriptors(theta, 3, spawn_seeds(5, 2)[0], 1)
+    pd.testing.assert_frame_equal(again, shadows._describe(theta, 3, spawn_seeds(5, 2)[0], 1))
+    assert not shadows._true_descriptors(theta, 3, spawn_seeds(6, 2)[0], 1).equals(again)
