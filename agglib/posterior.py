@@ -477,7 +477,7 @@ class PosteriorEstimate:
         """Posterior mean (S,) of one parameter."""
         if name in DISCRETE:
             return self.probabilities(name) @ self.grid.integers(name).astype(float)
-        return self._moments(name)[0]
+        return self._moments(name)[0].copy()
 
     def sd(self, name: str) -> np.ndarray:
         """Posterior standard deviation (S,) of one parameter."""

@@ -48,9 +48,11 @@ _TRUE_SHADOWS: dict = {}
 
 def _true_descriptors(theta: ModelParams, count: int, seed: np.random.SeedSequence, workers) -> pd.DataFrame:
     """:func:`_describe` of the shadows from the true θ, kept for this process: they depend only
-    on θ, the count and the seed, so a second comparison with the same seed (the ceiling's,
-    notebook 8) reuses them instead of drawing them again."""
-    key = (theta, int(count), seed.entropy, seed.spawn_key, seed.pool_size, seed.n_children_spawned)
+    on θ, the count, the seed (its state) and the generator's settings in ``agglib.config``, so a
+    second comparison with the same seed (the ceiling's, notebook 8) reuses them instead of
+    drawing them again."""
+    settings = tuple(agglib.config.get(k) for k in ("max_draws", "max_rotations", "max_restarts"))  # the generator's
+    key = (theta, int(count), repr(seed.entropy), seed.spawn_key, seed.pool_size, seed.n_children_spawned, settings)
     if key not in _TRUE_SHADOWS:
         if len(_TRUE_SHADOWS) >= 1024:
             _TRUE_SHADOWS.clear()

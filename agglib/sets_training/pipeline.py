@@ -92,7 +92,7 @@ def cached_summaries(source, store: DatasetStore, cache_dir, *, statistics: bool
     store_id = store.identity_sha256()
     entries = {"summaries": {"encoder": weights_digest(encoder.model.state_dict()), "store": store_id}}
     if statistics:
-        entries["statistics"] = {"store": store_id, "electrons_per_pixel": repr(encoder.electrons_per_pixel),
+        entries["statistics"] = {"store": store_id, "electrons_per_pixel": repr(float(encoder.electrons_per_pixel)),
                                  "statistics_version": str(STATISTICS_VERSION)}
     paths = {name: Path(cache_dir) / f"{name}-{store.path.name}.npz" for name in entries}
     found = {name: _read_cached(paths[name], name, key) for name, key in entries.items()}
