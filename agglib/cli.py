@@ -228,6 +228,11 @@ def _cmd_fit(args) -> int:
         raise ValueError(f"--bootstrap {args.bootstrap}: give at least 10 resamples")
     if args.dose is not None and args.dose <= 0:
         raise ValueError(f"--dose {args.dose:g}: the electron dose must be > 0 e/Å²")
+    if args.dose is not None and args.units == "fraction":
+        raise ValueError(f"--dose {args.dose:g} with --units fraction: the dose converts counts to fractions of the "
+                         "beam; images already in fractions need none (leave --dose out, or give --units counts)")
+    if args.pixel_size is not None and not 0 < args.pixel_size <= 1000:
+        raise ValueError(f"--pixel-size {args.pixel_size:g}: out of range; accepted range (0, 1000] nm")
     _compiling()
     if args.models is not None and not Path(args.models).is_dir():
         hint = (": that is a profile file; train an estimator for it first (agglib train-estimator --profile "

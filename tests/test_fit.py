@@ -94,6 +94,16 @@ def test_small_field_of_view_and_coarse_pixels_are_refused(tmp_path, tiny_models
         characterise(write_measured(tmp_path / "few", count=3), est, n_bootstrap=10)
 
 
+def test_refusals_of_the_automatically_chosen_estimator_say_why_it_was_chosen(tmp_path):
+    """fit's default picks the shipped estimator by the images' field of view; when that one cannot
+    read them (116 nm at 2.9 nm/px: the 80 nm estimator would upsample 4.6 ×), the refusal names the
+    choice; a field of view below every shipped one lists what each needs."""
+    with pytest.raises(ImageInputError, match=r"too coarse .* was chosen because it reads the most"):
+        characterise(write_measured(tmp_path / "mid", count=2, pixel_nm=2.9, size=40), n_bootstrap=10)
+    with pytest.raises(ImageInputError, match=r"No shipped estimator is made for it \(.*at least 80 nm"):
+        characterise(write_measured(tmp_path / "tiny", count=2, pixel_nm=2.9, size=10), n_bootstrap=10)
+
+
 def test_characterise_gives_intervals_and_exports_shadows(tmp_path, tiny_models):
     est = ParameterEstimator.load(tiny_models)
     paths = write_measured(tmp_path / "m", count=6)

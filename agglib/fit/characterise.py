@@ -56,8 +56,9 @@ def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int) -> n
     if zoom > MAX_UPSAMPLING:
         raise ImageInputError(
             f"{image.path}: pixel size {image.pixel_size_nm:g} nm is too coarse for an estimator made for "
-            f"{pixel_size_nm:g} nm/px (accepted: up to {MAX_UPSAMPLING * pixel_size_nm:g} nm/px); use a "
-            "checkpoint trained for this pixel size")
+            f"{pixel_size_nm:g} nm/px (accepted: up to {MAX_UPSAMPLING * pixel_size_nm:g} nm/px); record finer "
+            "pixels, or train an estimator for this pixel size (agglib profiles write my.yaml --images … --radii …; "
+            "agglib train-estimator --profile my.yaml)")
     resampled = resample_mean(image.data, zoom)
     if min(resampled.shape) < size_px:
         raise ImageInputError(
@@ -83,7 +84,8 @@ def field_of_view_advice(field_of_view_nm: float) -> str:
                for method, fov in shipped_fields_of_view().items() if fov <= field_of_view_nm * (1 + 1e-6)]
     if fitting:
         return "Shipped estimators for this field of view: " + ", ".join(fitting)
-    return ("No shipped estimator is made for it: write a profile for your images "
+    needs = ", ".join(f"{SHIPPED_MODELS[method]} at least {fov:.0f} nm" for method, fov in shipped_fields_of_view().items())
+    return (f"No shipped estimator is made for it ({needs}): write a profile for your images "
             "(agglib profiles write my.yaml --images … --radii …) and train one "
             "(agglib train-estimator --profile my.yaml)")
 
@@ -216,7 +218,10 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
             prepared.append(prepare_image(fraction, estimator.pixel_size_nm, estimator.image_size_px))
             items.append(item)
         except ImageInputError as err:
-            bad.append(str(err))
+            bad.append(str(err) + ("" if chosen is None else
+                                   f" (the shipped {chosen} estimator — {estimator.field_of_view_nm:.0f} nm field of "
+                                   f"view at {estimator.pixel_size_nm:g} nm/px — was chosen because it reads the most "
+                                   "of these images' fields of view; --models chooses another)"))
     if not items:
         raise ImageInputError(bad[0] if len(bad) == 1 else
                               f"none of the {len(bad)} images can be used; the first: {bad[0]}")

@@ -200,7 +200,10 @@ def check_intensity(stats: dict, reference: dict, dose_e_per_A2: float | None = 
     s_lo, s_hi = (float(np.percentile(simulated, q)) for q in (2.5, 97.5))
     refusals, warnings = [], []
     fix = ("give detector-normalised images with --units fraction (vacuum 0, incident beam 1), or counts "
-           "with --units counts and their --dose [e/Å²]")
+           "with --units counts and their --dose [e/Å²]" if dose_e_per_A2 is not None else
+           "images read as fractions of the beam (--units fraction) must be detector-normalised: vacuum 0, "
+           "incident beam 1 — normalise them (subtract the vacuum level, divide by the beam's), or give raw "
+           "counts with --units counts and their --dose [e/Å²]")
     typical = float(np.median(simulated))
     implied = ("" if dose_e_per_A2 is None else
                f" For a sample as bright as the median training sample these counts would mean a dose of the "
