@@ -416,7 +416,8 @@ class PosteriorEstimate:
     def table_of(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The marginal of θ_Df or θ_ρ tabulated at :data:`_TABLE_POINTS` points of its box:
         ``(x (n,), cdf (S, n), density (S, n))`` (cached)."""
-        return self._table(name, "cdf")[0], self._table(name, "cdf")[1], self._table(name, "density")[1]
+        x, cdf = self._table(name, "cdf")
+        return x, cdf, self._table(name, "density")[1]
 
     def _table(self, name: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """``(x (n,), values (S, n))``: the marginal ``kind`` ("cdf" or "density") of θ_Df or θ_ρ at

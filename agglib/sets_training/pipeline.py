@@ -5,8 +5,9 @@
 1. the image encoder on the grid dataset's T and the ``encoder`` part of the continuous dataset's
    T (:func:`agglib.sets_training.train_encoder`, resumable);
 2. the per-image summaries of the other images of the continuous dataset — the encoder's head
-   outputs and the images' acquisition statistics — computed once and cached beside the encoder
-   (``summaries-<store>.npz``, keyed by the encoder's weights, the store and the statistics' version);
+   outputs and the images' acquisition statistics — computed once and cached in the run folder
+   (``summaries-<store>.npz``, keyed by the encoder's weights and the store; ``statistics-<store>.npz``,
+   keyed by the store, the encoder's beam and the statistics' version: :func:`cached_summaries`);
 3. the set-level posterior on the ``posterior`` part of the continuous dataset's T
    (:func:`agglib.sets_training.train_posterior`) — configurations and images the encoder never saw —
    less a fifth of its configurations (:func:`posterior_split`), held out; it reads each image's
