@@ -104,7 +104,8 @@ class Profile:
     encoder_lr : float
         Peak learning rate of the encoder (one-cycle).
     encoder_bf16 : bool
-        Train the encoder under bfloat16 autocast.
+        Train the encoder under bfloat16 autocast where the device has fast bf16 (GPUs, CPUs with
+        AVX-512; :func:`agglib.core.distributed.fast_bfloat16`), in float32 elsewhere.
     posterior_configs_T : int
         Configurations of the continuous dataset (θ drawn anew) for training the posterior (T).
     posterior_configs_E : int

@@ -284,6 +284,24 @@ def test_training_twice_with_one_seed_gives_identical_weights(tiny_stores, tmp_p
     assert all(torch.equal(x, y) for x, y in zip(pa.state_dict().values(), pb.state_dict().values()))
 
 
+def test_profiles_ask_for_bf16_only_where_it_is_fast(monkeypatch):
+    """A profile's ``encoder_bf16`` gives bf16 autocast on devices with fast bf16 and float32 on the
+    others (AVX2 CPUs emulate bf16, ~7 × slower than float32); an explicit ``bf16`` change wins, and
+    a run resumed on a machine of the other kind is the same run (as for the paper's networks)."""
+    import agglib.core.distributed as distributed
+    from agglib.sets_training.pipeline import encoder_config
+
+    quick = agglib.load_profile("quick")
+    assert quick.encoder_bf16
+    for fast in (False, True):
+        monkeypatch.setattr(distributed, "fast_bfloat16", lambda device="auto", fast=fast: fast)
+        assert encoder_config(quick).bf16 is fast
+        assert encoder_config(quick, bf16=True).bf16 is True
+    assert encoder_config(agglib.load_profile("quick", encoder_bf16=False)).bf16 is False
+    assert EncoderConfig(bf16=True).identity() == EncoderConfig(bf16=False).identity()
+    assert EncoderConfig(seed=1).identity() != EncoderConfig(seed=2).identity()
+
+
 def test_checkpoints_load_with_weights_only_and_name_the_bad_file(tiny_estimator, tmp_path):
     est, run = tiny_estimator
     for name in ("encoder.pt", "posterior.pt"):

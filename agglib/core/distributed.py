@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["pick_device", "host_to_device", "resident_budget", "DistEnv", "init_distributed", "cleanup_distributed"]
+__all__ = ["pick_device", "fast_bfloat16", "host_to_device", "resident_budget", "DistEnv", "init_distributed", "cleanup_distributed"]
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -20,6 +20,22 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} requested but no CUDA device is available; use 'cpu' or 'auto'")
     return dev
+
+
+def fast_bfloat16(device: str | torch.device | None = "auto") -> bool:
+    """Whether bfloat16 autocast is fast on ``device``: a CUDA GPU with bf16 support, or a CPU on
+    which oneDNN has bf16 kernels (AVX-512 and newer: ``torch.ops.mkldnn._is_mkldnn_bf16_supported``).
+    On a CPU without them (AVX2 only, most laptops) bf16 is emulated: measured on an AMD EPYC
+    (AVX2), one step of the quick encoder took 3.0 s in bf16 against 0.40 s in float32."""
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if dev.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):          # a torch without the query: assume no fast bf16
+        return False
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ class EncoderConfig:
     val_images : int
         Images of E scored after each epoch (0: none; the final scores use all of E).
     bf16 : bool
-        bfloat16 autocast for forward and backward (CPU with AVX-512 or a GPU).
+        bfloat16 autocast for forward and backward: fast on GPUs and CPUs with AVX-512, emulated
+        and slow on others (:func:`agglib.core.distributed.fast_bfloat16`).
     bn_batches : int
         Batches of training images over which the BatchNorm statistics are recomputed in
         float32 with the final weights (0: keep training's running averages).
@@ -59,8 +60,9 @@ class EncoderConfig:
         check_range("bn_batches", self.bn_batches, low=0, integer=True)
 
     def identity(self) -> dict:
-        """The fields that define the run (a resumed run must match them; epochs may grow)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("device", "epochs")}
+        """The fields that define the run (a resumed run must match them; epochs may grow; the
+        precision may change with the machine it resumes on, as for the paper's networks)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("device", "epochs", "bf16")}
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+import sys
 
 import numpy as np
 
 import agglib
 from agglib.checkpoint import CheckpointError, weights_digest
-from agglib.core.distributed import DistEnv
+from agglib.core.distributed import DistEnv, pick_device
 from agglib.core.files import atomic_open
 from agglib.dataset.store import DatasetStore
 from agglib.encoder import TrainedEncoder
@@ -59,8 +60,13 @@ RECALIBRATION = {"on": f"{HELD_OUT_SHARE:.0%} of the continuous dataset's poster
 
 
 def encoder_config(profile, seed: int = 0, **changes) -> EncoderConfig:
-    """The encoder settings of a profile."""
-    return EncoderConfig(**{"epochs": profile.encoder_epochs, "lr": profile.encoder_lr, "bf16": profile.encoder_bf16,
+    """The encoder settings of a profile. Its ``encoder_bf16`` asks for bfloat16 autocast where it
+    is fast (:func:`agglib.core.distributed.fast_bfloat16` of the device): on a CPU without fast
+    bf16 the encoder trains in float32 (``changes`` may set ``bf16`` either way)."""
+    from agglib.core.distributed import fast_bfloat16
+
+    bf16 = bool(profile.encoder_bf16) and fast_bfloat16(changes.get("device", "auto"))
+    return EncoderConfig(**{"epochs": profile.encoder_epochs, "lr": profile.encoder_lr, "bf16": bf16,
                             "seed": seed, **changes})
 
 
@@ -177,6 +183,10 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
         raise ValueError(f"{continuous_store.path} is a {continuous_store.identity.get('design', 'grid')} dataset; "
                          "the posterior trains on a continuous one (build_dataset(..., design='continuous'))")
     enc_config = encoder_config(profile, seed, **(encoder_changes or {}))
+    if train and profile.encoder_bf16 and not enc_config.bf16 and DistEnv.from_env().is_main:
+        print(f"agglib: the {profile.name} profile trains the encoder under bfloat16 autocast where it is fast; this "
+              f"{pick_device(enc_config.device).type.upper()} has no fast bf16, so it trains in float32 (the weights "
+              "differ from a bf16 run's in the last bits and from there on)", file=sys.stderr)
     post_config = posterior_config(profile, seed, **(posterior_changes or {}))
     roles = continuous_store.continuous_roles()
     extra = [(continuous_store, roles["encoder"])] if roles["encoder"].size else []
