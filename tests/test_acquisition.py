@@ -195,3 +195,24 @@ def test_acquisition_statistics_of_particles_cut_by_the_last_row_are_finite():
     image[-1, 8:20] = 0.02
     out = acquisition_statistics(image[None])
     assert np.isfinite(out).all()
+
+
+def test_contrast_interval_brackets_the_measured_contrast_and_is_seeded():
+    """The bootstrap interval of the WO3/TiO2 contrast holds the estimate of measurement_summary
+    (which the detector efficiency does not change), is a function of its seed, narrows at a lower
+    level, and bad input is named."""
+    from agglib.stem.measurements import compare_with_measurements, contrast_interval, measurement_summary
+
+    comparison = compare_with_measurements()
+    out = contrast_interval(comparison, draws=400, seed=3)
+    assert out["estimate"] == pytest.approx(measurement_summary(comparison).loc["WO3 / TiO2", "measured / simulated"])
+    assert out["low"] < out["estimate"] < out["high"]
+    assert contrast_interval(compare_with_measurements(efficiency=0.72), draws=400, seed=3)["low"] == \
+        pytest.approx(out["low"])
+    assert contrast_interval(comparison, draws=400, seed=3) == out
+    narrow = contrast_interval(comparison, level=0.5, draws=400, seed=3)
+    assert out["low"] < narrow["low"] < narrow["high"] < out["high"]
+    with pytest.raises(ValueError, match="level"):
+        contrast_interval(comparison, level=1.0)
+    with pytest.raises(ValueError, match="no TiO2 particle"):
+        contrast_interval(comparison[comparison["material"] == "WO3"])

@@ -65,9 +65,9 @@ def encoder_config(profile, seed: int = 0, **changes) -> EncoderConfig:
     bf16 the encoder trains in float32 (``changes`` may set ``bf16`` either way)."""
     from agglib.core.distributed import fast_bfloat16
 
-    bf16 = bool(profile.encoder_bf16) and fast_bfloat16(changes.get("device", "auto"))
-    return EncoderConfig(**{"epochs": profile.encoder_epochs, "lr": profile.encoder_lr, "bf16": bf16,
-                            "seed": seed, **changes})
+    if "bf16" not in changes:
+        changes["bf16"] = bool(profile.encoder_bf16) and fast_bfloat16(changes.get("device", "auto"))
+    return EncoderConfig(**{"epochs": profile.encoder_epochs, "lr": profile.encoder_lr, "seed": seed, **changes})
 
 
 def posterior_config(profile, seed: int = 0, **changes) -> PosteriorConfig:
@@ -183,10 +183,11 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
         raise ValueError(f"{continuous_store.path} is a {continuous_store.identity.get('design', 'grid')} dataset; "
                          "the posterior trains on a continuous one (build_dataset(..., design='continuous'))")
     enc_config = encoder_config(profile, seed, **(encoder_changes or {}))
-    if train and profile.encoder_bf16 and not enc_config.bf16 and DistEnv.from_env().is_main:
+    if train and profile.encoder_bf16 and not enc_config.bf16 and "bf16" not in (encoder_changes or {}) \
+            and not (run_dir / "encoder" / "encoder.pt").is_file() and DistEnv.from_env().is_main:
         print(f"agglib: the {profile.name} profile trains the encoder under bfloat16 autocast where it is fast; this "
-              f"{pick_device(enc_config.device).type.upper()} has no fast bf16, so it trains in float32 (the weights "
-              "differ from a bf16 run's in the last bits and from there on)", file=sys.stderr)
+              f"device ({pick_device(enc_config.device)}) has no fast bf16, so it trains in float32 (its weights "
+              "are not those of a bf16 run: not the shipped estimator's)", file=sys.stderr)
     post_config = posterior_config(profile, seed, **(posterior_changes or {}))
     roles = continuous_store.continuous_roles()
     extra = [(continuous_store, roles["encoder"])] if roles["encoder"].size else []
