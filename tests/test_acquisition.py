@@ -198,7 +198,7 @@ def test_acquisition_statistics_of_particles_cut_by_the_last_row_are_finite():
 
 
 def test_contrast_interval_brackets_the_measured_contrast_and_is_seeded():
-    """The bootstrap interval of the WO3/TiO2 contrast holds the estimate of measurement_summary
+    """The bootstrap interval of the WO3/TiO2 contrast holds its estimate, which equals measurement_summary's
     (which the detector efficiency does not change), is a function of its seed, narrows at a lower
     level, and bad input is named."""
     from agglib.stem.measurements import compare_with_measurements, contrast_interval, measurement_summary
