@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= quick
+# pytest-xdist workers of `make test` (auto: one per core; 0: the tests in this one process)
+TEST_WORKERS ?= auto
 
 .PHONY: book test venv bench clean lab
 
@@ -20,9 +22,10 @@ venv: $(STAMP)
 book: $(STAMP)
 	$(BIN)/python book/make_book.py --profile $(PROFILE)
 
-## make test: the whole test suite (unit, property-based, every notebook at the tiny profile, the book)
+## make test: the whole test suite (unit, property-based, every notebook at the tiny profile, the book),
+## a test module per worker (tests/conftest.py groups them; the slow ones start first)
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 ## make lab: JupyterLab on the notebooks with the project's kernel ("Python 3 (agglib)")
 lab: $(STAMP)

@@ -176,20 +176,26 @@ def _cmd_estimator(args) -> int:
     from agglib.core.distributed import DistEnv
 
     if DistEnv.from_env().distributed:             # torchrun: every process would build the same store
-        from agglib.dataset.store import DatasetStore
+        from agglib.dataset.build import sample_identity
+        from agglib.dataset.store import DatasetStore, check_identity
 
-        missing = []
+        stores, missing = [], []
         for path, design in ((grid_path, "grid"), (cont_path, "continuous")):
             try:
-                DatasetStore(path)
+                store = DatasetStore(path)         # complete, or it raises
             except (FileNotFoundError, ValueError):
                 missing.append(f"agglib dataset build --profile {args.profile} --seed {args.seed} --design {design} "
                                f"--out {path}")
+                continue
+            check_identity(store.identity, sample_identity(prof, args.seed, design), path)   # as build_dataset does
+            stores.append(store)
         if missing:
             raise ValueError("under torchrun the datasets must exist (every process would build them): build "
                              "them first, in one process:\n  " + "\n  ".join(missing))
-    grid = build_dataset(grid_path, prof, seed=args.seed, workers=args.workers)
-    cont = build_dataset(cont_path, prof, seed=args.seed, workers=args.workers, design="continuous")
+        grid, cont = stores                        # opened, not built: no "already complete" line from every rank
+    else:
+        grid = build_dataset(grid_path, prof, seed=args.seed, workers=args.workers)
+        cont = build_dataset(cont_path, prof, seed=args.seed, workers=args.workers, design="continuous")
     run_dir = Path(args.run_dir) if args.run_dir else run.run_dir
     estimator = train_sample_estimator(prof, grid, cont, run_dir, seed=args.seed,
                                        encoder_changes={"device": args.device})

@@ -57,7 +57,7 @@ from agglib.core.wording import counted
 
 __all__ = ["PARAMETERS", "CONTINUOUS", "DISCRETE", "ThetaGrid", "SetPosterior", "PosteriorEnsemble", "PosteriorEstimate",
            "merge_posteriors",
-           "Widening", "widened", "pit_values", "coverage", "overconfident", "shifted"]
+           "Widening", "widened", "pit_values", "coverage", "overconfident", "shifted", "HPD_DRAWS"]
 
 #: The parameters, in the order of θ.
 PARAMETERS = ("df", "rho", "theta0", "theta1")
@@ -66,6 +66,8 @@ PARAMETERS = ("df", "rho", "theta0", "theta1")
 CONTINUOUS = ("df", "rho")
 DISCRETE = ("theta0", "theta1")
 _LOG_2PI = math.log(2 * math.pi)
+#: Posterior draws behind :meth:`PosteriorEstimate.hpd_level` of θ_Df and θ_ρ when none are given.
+HPD_DRAWS = 1000
 _TABLE_POINTS = 801          # points of the tabulated marginal CDFs of θ_Df and θ_ρ
 
 
@@ -514,11 +516,20 @@ class PosteriorEstimate:
             return np.stack([lo, hi], axis=1)
         return np.stack([np.floor(lo + 0.5), np.ceil(hi - 0.5)], axis=1)
 
-    def hpd_level(self, name: str, x, seed=0) -> np.ndarray:
+    def hpd_level(self, name: str, x, seed=0, draws: np.ndarray | None = None) -> np.ndarray:
         """The smallest level (S,) of the marginal highest-density region of ``name`` that contains
         ``x``: the posterior mass where the density exceeds its value at ``x``. θ0, θ1: the mass
         of the integers more probable than ``x``'s, plus a uniform share of ties and of ``x``'s own
-        mass (randomised, so that a calibrated posterior gives levels uniform on [0, 1])."""
+        mass (randomised, so that a calibrated posterior gives levels uniform on [0, 1]).
+
+        θ_Df, θ_ρ: the share of posterior draws of ``name`` whose density exceeds the density at
+        ``x`` — ``draws`` (L, S), or :data:`HPD_DRAWS` drawn with ``seed``. For a true value drawn
+        from the posterior this count is uniform on 0 … L (the draws and the truth are
+        exchangeable), whatever the density's shape. A component wide along the logit has a
+        density that grows without bound toward the box's edges while holding little mass there;
+        a sum of tabulated density × step (this method before) gave the edge points more than all
+        the mass, and levels of 1 to values inside the region (the shipped `sets-quick-robust` at
+        M = 1: 4.7 % of 300 fresh samples' θ_Df)."""
         if name in DISCRETE:
             rng = np.random.default_rng(seed)
             prob = self.probabilities(name)
@@ -529,10 +540,16 @@ class PosteriorEstimate:
             above = np.where(prob > p_x[:, None], prob, 0.0).sum(axis=1)
             ties = np.where(prob == p_x[:, None], prob, 0.0).sum(axis=1)
             return above + rng.random(prob.shape[0]) * ties
-        grid_x, dens = self._table(name, "density")
+        if draws is None:
+            draws = self.sample_all(HPD_DRAWS, seed=seed)[..., PARAMETERS.index(name)]
+        draws = np.asarray(draws, dtype=np.float64)
+        if draws.ndim != 2 or draws.shape[1] != len(self):
+            raise ValueError(f"draws has shape {draws.shape}; expected (L, {len(self)}): L draws of {name} per posterior")
         d_x = self.density(name, x)
-        step = np.gradient(grid_x)
-        return np.clip(((dens > d_x[:, None]) * dens * step[None]).sum(axis=1), 0.0, 1.0)
+        higher = np.zeros(len(self))
+        for row in draws:                           # (S,) at a time
+            higher += self.density(name, row) > d_x
+        return higher / draws.shape[0]
 
     def table(self, levels=(0.5, 0.9), sample: int = 0) -> pd.DataFrame:
         """One sample's θ̂ with posterior SD and central credible intervals, one row per parameter."""

@@ -5,11 +5,21 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-# What agglib makes during the tests (datasets, runs, caches) goes to a fresh folder, never to data/.
+# What agglib makes during the tests (datasets, runs, caches) goes to a fresh folder, never to data/;
+# the folder is removed when the test process ends.
 if "AGGLIB_DATA_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["AGGLIB_DATA_DIR"] = tempfile.mkdtemp(prefix="agglib-test-data-")
+    atexit.register(shutil.rmtree, os.environ["AGGLIB_DATA_DIR"], ignore_errors=True)
+# Under pytest-xdist (`make test` runs `pytest -n auto`) the workers share the cores: each worker's
+# torch (and the notebooks and commands it starts) gets its share of them instead of all of them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -46,7 +56,27 @@ def executed_notebooks(tmp_path_factory):
     return out_dir, results
 
 
+#: Test modules that share the session's executed notebooks (:func:`executed_notebooks`): one
+#: pytest-xdist group, so the notebooks run once, on one worker.
+NOTEBOOK_MODULES = ("test_book", "test_notebooks")
+
+
+def _worker_group(item) -> str:
+    """The pytest-xdist group of a test: its module (a module's fixtures are made once, on one
+    worker), the notebook modules together."""
+    module = item.path.stem
+    return "notebooks" if module in NOTEBOOK_MODULES else module
+
+
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # `--dist loadgroup --no-loadscope-reorder` hands out groups in this order: the groups
+        # holding slow tests (minutes) first, so no worker is left with one of them at the end.
+        groups = {item: _worker_group(item) for item in items}
+        slow = {groups[item] for item in items if "slow" in item.keywords}
+        items.sort(key=lambda item: groups[item] not in slow)
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group(groups[item]))
     try:
         import torch
 

@@ -9,9 +9,9 @@ from agglib.evaluate.calibration import calibration_checks, negative_controls, o
 from agglib.posterior import PosteriorEstimate, ThetaGrid, overconfident, shifted
 
 
-def random_posteriors(n: int, seed: int, components: int = 3) -> PosteriorEstimate:
-    """n joint posteriors of the family with random parameters (varied widths, correlations,
-    mixtures, discrete shapes)."""
+def random_posteriors(n: int, seed: int, components: int = 3, log_scale=(-3.0, 0.0)) -> PosteriorEstimate:
+    """n joint posteriors of the family with random parameters (varied widths — log SDs along the
+    logits uniform on ``log_scale`` —, correlations, mixtures, discrete shapes)."""
     grid = ThetaGrid.from_profile(agglib.load_profile("quick"))
     rng = np.random.default_rng(seed)
     pairs = 36
@@ -21,7 +21,7 @@ def random_posteriors(n: int, seed: int, components: int = 3) -> PosteriorEstima
     log_w -= np.log(np.exp(log_w).sum(axis=2, keepdims=True))
     params = {"discrete": discrete, "log_w": log_w,
               "mean": rng.normal(0, 1.2, (n, pairs, components, 2)),
-              "log_scale": rng.uniform(-3.0, 0.0, (n, pairs, components, 2)),
+              "log_scale": rng.uniform(*log_scale, (n, pairs, components, 2)),
               "offdiag": rng.normal(0, 0.1, (n, pairs, components))}
     return PosteriorEstimate(params, grid, np.full(n, 12))
 
@@ -39,6 +39,22 @@ def test_known_posterior_passes(known):
     row = calibration_checks(post, truth, draws=300, seed=0)
     assert all(within_accepted(row).values()), row
     assert min(row[f"{p} SBC KS p"] for p in ("df", "rho", "theta0", "theta1")) > 1e-3
+
+
+def test_hpd_levels_are_uniform_where_components_are_wide_along_the_logit():
+    """Components of SD 2–8 along the logit (trained posteriors have them at M = 1) put unbounded
+    but integrable density at the box's edges. The HPD levels of truths drawn from the posterior
+    are still uniform: each cell of the box counts with its mass, not with the density at a point
+    times the step (which gave the edge points more than all the mass: levels of 1)."""
+    from scipy.stats import kstest
+
+    post = random_posteriors(800, seed=3, log_scale=(np.log(2.0), np.log(8.0)))
+    truth = post.sample_all(1, seed=4)[0]
+    for k, p in enumerate(("df", "rho")):
+        levels = post.hpd_level(p, truth[:, k])
+        assert abs(np.mean(levels <= 0.9) - 0.9) < 0.035, p            # 3 standard errors
+        assert np.mean(levels > 0.999) < 0.01, p
+        assert kstest(levels, "uniform").pvalue > 1e-3, p
 
 
 @pytest.mark.parametrize("control", [lambda p: overconfident(p, 3.0), lambda p: shifted(p, 1.0)],

@@ -88,3 +88,24 @@ def test_counts_are_worded_in_the_singular_for_one():
 
     assert counted(1, "image") == "1 image" and counted(12, "image") == "12 images"
     assert counted(0, "digital shadow") == "0 digital shadows"
+
+
+def test_train_estimator_under_torchrun_opens_the_stores_and_never_builds_them(tmp_path, capsys, monkeypatch):
+    """Under torchrun every process runs the command: the datasets must exist (each process would
+    build them), be this profile's and seed's (as a build checks), and are opened, not built (no
+    "already complete" line from every rank)."""
+    grid, cont = tmp_path / "g.zarr", tmp_path / "c.zarr"
+    changes = ["--set", "samples_per_config=4", "--set", "eval_per_config=2", "--set", "rho_values=[0.5]"]
+    assert main(["dataset", "build", "--profile", "tiny", "--out", str(grid), "--seed", "2", "--workers", "1",
+                 *changes]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    args = ["train-estimator", "--profile", "tiny", "--store", str(grid), "--continuous-store", str(cont), *changes]
+    assert main([*args, "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "under torchrun the datasets must exist" in err
+    assert f"--design continuous --out {cont}" in err and "--design grid" not in err   # only what is missing
+    assert not cont.exists()                                                         # nothing built
+    assert main([*args, "--seed", "0"]) == 2                                         # the grid store is seed 2's
+    assert "refusing to mix" in capsys.readouterr().err

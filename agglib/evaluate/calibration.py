@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from agglib.posterior import DISCRETE, PARAMETERS, PosteriorEstimate, overconfident, pit_values, shifted
+from agglib.posterior import CONTINUOUS, DISCRETE, PARAMETERS, PosteriorEstimate, overconfident, pit_values, shifted
 
 __all__ = ["calibration_checks", "calibration_report", "calibration_under_acquisitions", "negative_controls", "ACCEPTED_COVERAGE",
            "TARP_REFERENCE_DRAWS",
@@ -76,7 +76,8 @@ def calibration_checks(estimate: PosteriorEstimate, theta: np.ndarray, level: fl
     pit = pit_values(estimate, theta, seed=int(rng.integers(2**32)))
     for k, p in enumerate(PARAMETERS):
         out[f"{p} central"] = float(np.mean(np.abs(pit[p].to_numpy() - 0.5) <= level / 2))
-        out[f"{p} HPD"] = float(np.mean(estimate.hpd_level(p, theta[:, k], seed=int(rng.integers(2**32))) <= level))
+        out[f"{p} HPD"] = float(np.mean(estimate.hpd_level(p, theta[:, k], seed=int(rng.integers(2**32)),
+                                                           draws=samples[..., k] if p in CONTINUOUS else None) <= level))
     # SBC ranks per parameter (sbi), θ0 and θ1 dequantised
     deq_samples = torch.as_tensor(_dequantise(samples, rng), dtype=torch.float32)
     deq_theta = torch.as_tensor(_dequantise(theta, rng), dtype=torch.float32)
