@@ -471,3 +471,18 @@ def test_calibration_report_reuses_given_summaries(tiny_estimator):
     pd.testing.assert_frame_equal(given, computed)
     with pytest.raises(ValueError, match="summaries has 23 rows; the fresh set has 24 images"):
         calibration_report(est, prof, 6, (1, 4), fresh=fresh, summaries=summaries[:-1], draws=50)
+
+
+def test_posterior_figure_draws_the_densities_inside_the_box():
+    """The figure's marginal densities are drawn at cell centres, never at the box's edges, where
+    logit(θ) is infinite and a component wide along it gives an unbounded density."""
+    import agglib.visualize as viz
+
+    est = untrained_posteriors(2)
+    est.params["log_scale"][...] = np.log(8.0)               # wide along both logits
+    fig = viz.plot_posterior(est)
+    for trace, p in zip(fig.data[:2], ("df", "rho")):
+        lo, hi = est.grid.bounds(p)
+        x, y = np.asarray(trace.x), np.asarray(trace.y)
+        assert lo < x.min() and x.max() < hi, p
+        assert np.isfinite(y).all() and y.max() < 1e3 / (hi - lo), p

@@ -10,7 +10,8 @@ size M, with the implementations of ``sbi.diagnostics`` (sbi 0.27) where it has 
 * **central coverage** per parameter: the share of central credible intervals at level L that
   hold the truth (from the exact marginal CDF, :func:`agglib.posterior.pit_values`);
 * **HPD coverage** per parameter: the share of marginal highest-density regions at level L that
-  hold the truth (:meth:`agglib.posterior.PosteriorEstimate.hpd_level`);
+  hold the truth (:meth:`agglib.posterior.PosteriorEstimate.hpd_level`: for θ_Df and θ_ρ, the
+  share of the same posterior draws as the SBC ranks' whose marginal density exceeds the truth's);
 * **joint checks**: the expected coverage of the *joint* highest-density region (ranks of the
   truth's joint log density among the draws', sbi's ``run_sbc`` with the posterior's
   ``log_prob`` as reduction) and TARP (``sbi.diagnostics.tarp``: coverage of random balls
