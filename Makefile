@@ -23,9 +23,9 @@ book: $(STAMP)
 	$(BIN)/python book/make_book.py --profile $(PROFILE)
 
 ## make test: the whole test suite (unit, property-based, every notebook at the tiny profile, the book),
-## a test module per worker (tests/conftest.py groups them; the slow ones start first)
+## whole test modules to each worker (tests/conftest.py: the notebook modules together, the slow ones first)
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --no-loadscope-reorder
 
 ## make lab: JupyterLab on the notebooks with the project's kernel ("Python 3 (agglib)")
 lab: $(STAMP)

@@ -57,26 +57,36 @@ def executed_notebooks(tmp_path_factory):
 
 
 #: Test modules that share the session's executed notebooks (:func:`executed_notebooks`): one
-#: pytest-xdist group, so the notebooks run once, on one worker.
+#: pytest-xdist work unit, so the notebooks run once, on one worker.
 NOTEBOOK_MODULES = ("test_book", "test_notebooks")
 
 
-def _worker_group(item) -> str:
-    """The pytest-xdist group of a test: its module (a module's fixtures are made once, on one
-    worker), the notebook modules together."""
-    module = item.path.stem
-    return "notebooks" if module in NOTEBOOK_MODULES else module
+def _work_unit(nodeid: str) -> str:
+    """The pytest-xdist work unit of a test: its module (a module's fixtures are made once, on
+    one worker), the notebook modules together."""
+    module = nodeid.split("::", 1)[0]
+    return "notebooks" if Path(module).stem in NOTEBOOK_MODULES else module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` (``pytest -n auto --no-loadscope-reorder``): whole work units to each worker,
+    in the order of the collection (:func:`pytest_collection_modifyitems` puts the slow ones
+    first). pytest-xdist's own ``loadgroup`` does not group under pytest 9 (its worker renames
+    ``item._nodeid``, which pytest 9 no longer reads)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        # `--dist loadgroup --no-loadscope-reorder` hands out groups in this order: the groups
-        # holding slow tests (minutes) first, so no worker is left with one of them at the end.
-        groups = {item: _worker_group(item) for item in items}
-        slow = {groups[item] for item in items if "slow" in item.keywords}
-        items.sort(key=lambda item: groups[item] not in slow)
-        for item in items:
-            item.add_marker(pytest.mark.xdist_group(groups[item]))
+        # the work units holding slow tests (minutes) first, so no worker is left with one at the end
+        slow = {_work_unit(item.nodeid) for item in items if "slow" in item.keywords}
+        items.sort(key=lambda item: _work_unit(item.nodeid) not in slow)
     try:
         import torch
 
