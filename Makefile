@@ -25,7 +25,7 @@ book: $(STAMP)
 ## make test: the whole test suite (unit, property-based, every notebook at the tiny profile, the book),
 ## whole test modules to each worker (tests/conftest.py: the notebook modules together, the slow ones first)
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 ## make lab: JupyterLab on the notebooks with the project's kernel ("Python 3 (agglib)")
 lab: $(STAMP)

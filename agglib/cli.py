@@ -179,13 +179,16 @@ def _cmd_estimator(args) -> int:
         from agglib.dataset.build import sample_identity
         from agglib.dataset.store import DatasetStore, check_identity
 
+        import shlex
+
+        sets = "".join(f" --set {shlex.quote(change)}" for change in args.set or [])
         stores, missing = [], []
         for path, design in ((grid_path, "grid"), (cont_path, "continuous")):
             try:
                 store = DatasetStore(path)         # complete, or it raises
-            except (FileNotFoundError, ValueError):
-                missing.append(f"agglib dataset build --profile {args.profile} --seed {args.seed} --design {design} "
-                               f"--out {path}")
+            except (FileNotFoundError, ValueError) as err:
+                missing.append(f"agglib dataset build --profile {args.profile} --seed {args.seed} --design {design}"
+                               f"{sets} --out {path}\n    ({err})")
                 continue
             check_identity(store.identity, sample_identity(prof, args.seed, design), path)   # as build_dataset does
             stores.append(store)

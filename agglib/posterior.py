@@ -417,14 +417,16 @@ class PosteriorEstimate:
 
     def table_of(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The marginal of θ_Df or θ_ρ tabulated at :data:`_TABLE_POINTS` points of its box:
-        ``(x (n,), cdf (S, n), density (S, n))`` (cached)."""
+        ``(x (n,), cdf (S, n), density (S, n))`` (cached; the density at the two end points, where
+        logit(θ) is infinite, stands for its limit and may be unbounded)."""
         x, cdf = self._table(name, "cdf")
         return x, cdf, self._table(name, "density")[1]
 
     def _table(self, name: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """``(x (n,), values (S, n))``: the marginal ``kind`` ("cdf" or "density") of θ_Df or θ_ρ at
-        :data:`_TABLE_POINTS` points of its box (cached; each computed only when asked for —
-        HPD levels need only the density)."""
+        :data:`_TABLE_POINTS` points of its box (cached; each computed only when asked for).
+        At the box's two end points logit(θ) is infinite: the density there stands for its limit
+        (for a component wide along the logit, without bound)."""
         if (name, kind) not in self._tables:
             lo, hi = self.grid.bounds(name)
             x = np.linspace(lo, hi, _TABLE_POINTS)
@@ -529,7 +531,8 @@ class PosteriorEstimate:
         density that grows without bound toward the box's edges while holding little mass there;
         a sum of tabulated density × step (this method before) gave the edge points more than all
         the mass, and levels of 1 to values inside the region (the shipped `sets-quick-robust` at
-        M = 1: 4.7 % of 300 fresh samples' θ_Df)."""
+        M = 1: 4.7 % of 300 fresh samples' θ_Df). A value outside the open box, where the density
+        is 0, has level 1."""
         if name in DISCRETE:
             rng = np.random.default_rng(seed)
             prob = self.probabilities(name)
@@ -543,13 +546,16 @@ class PosteriorEstimate:
         if draws is None:
             draws = self.sample_all(HPD_DRAWS, seed=seed)[..., PARAMETERS.index(name)]
         draws = np.asarray(draws, dtype=np.float64)
-        if draws.ndim != 2 or draws.shape[1] != len(self):
-            raise ValueError(f"draws has shape {draws.shape}; expected (L, {len(self)}): L draws of {name} per posterior")
+        if draws.ndim != 2 or draws.shape[1] != len(self) or draws.shape[0] < 1:
+            raise ValueError(f"draws has shape {draws.shape}; expected (L, {len(self)}), L ≥ 1: L draws of {name} "
+                             "per posterior")
+        x = np.broadcast_to(np.asarray(x, dtype=np.float64), (len(self),))
         d_x = self.density(name, x)
         higher = np.zeros(len(self))
         for row in draws:                           # (S,) at a time
             higher += self.density(name, row) > d_x
-        return higher / draws.shape[0]
+        lo, hi = self.grid.bounds(name)
+        return np.where((x > lo) & (x < hi), higher / draws.shape[0], 1.0)
 
     def table(self, levels=(0.5, 0.9), sample: int = 0) -> pd.DataFrame:
         """One sample's θ̂ with posterior SD and central credible intervals, one row per parameter."""

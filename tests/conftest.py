@@ -17,7 +17,7 @@ if "AGGLIB_DATA_DIR" not in os.environ:
 # Under pytest-xdist (`make test` runs `pytest -n auto`) the workers share the cores: each worker's
 # torch (and the notebooks and commands it starts) gets its share of them instead of all of them.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, str(_share))
 
@@ -68,11 +68,14 @@ def _work_unit(nodeid: str) -> str:
     return "notebooks" if Path(module).stem in NOTEBOOK_MODULES else module
 
 
+@pytest.hookimpl(optionalhook=True)            # a hook of pytest-xdist: absent without it
 def pytest_xdist_make_scheduler(config, log):
-    """`make test` (``pytest -n auto --no-loadscope-reorder``): whole work units to each worker,
-    in the order of the collection (:func:`pytest_collection_modifyitems` puts the slow ones
-    first). pytest-xdist's own ``loadgroup`` does not group under pytest 9 (its worker renames
-    ``item._nodeid``, which pytest 9 no longer reads)."""
+    """`make test` (``pytest -n auto --dist loadscope --no-loadscope-reorder``): whole work units
+    to each worker, in the order of the collection (:func:`pytest_collection_modifyitems` puts the
+    slow ones first); another ``--dist`` is left to pytest-xdist. Its own ``loadgroup`` does not
+    group under pytest 9 (its worker renames ``item._nodeid``, which pytest 9 no longer reads)."""
+    if config.getoption("dist") != "loadscope":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleScheduling(LoadScopeScheduling):

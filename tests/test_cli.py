@@ -105,7 +105,9 @@ def test_train_estimator_under_torchrun_opens_the_stores_and_never_builds_them(t
     assert main([*args, "--seed", "2"]) == 2
     err = capsys.readouterr().err
     assert "under torchrun the datasets must exist" in err
-    assert f"--design continuous --out {cont}" in err and "--design grid" not in err   # only what is missing
+    assert "--design grid" not in err                                                # only what is missing,
+    assert f"--design continuous --set samples_per_config=4 --set eval_per_config=2 --set 'rho_values=[0.5]' " \
+           f"--out {cont}" in err                                                    # with the user's changes
     assert not cont.exists()                                                         # nothing built
     assert main([*args, "--seed", "0"]) == 2                                         # the grid store is seed 2's
     assert "refusing to mix" in capsys.readouterr().err
