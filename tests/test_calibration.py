@@ -44,13 +44,14 @@ def test_known_posterior_passes(known):
 def _hpd_level_by_quadrature(post, name: str, x: np.ndarray) -> np.ndarray:
     """The mass where the marginal density of ``name`` exceeds its value at ``x``, integrated along
     the logit u (where each component is a Gaussian: exact cell masses from its CDF, cells of
-    0.002 over ±80) — independent of the draws :meth:`PosteriorEstimate.hpd_level` counts."""
+    0.005 over ±60, SD ≤ 8 and means near 0) — independent of the draws
+    :meth:`PosteriorEstimate.hpd_level` counts."""
     from scipy.special import logsumexp, ndtr
 
     k = ("df", "rho").index(name)
     w, mean, sd = post._component_terms(k)
     lo, hi = post.grid.bounds(name)
-    edges = np.arange(-80.0, 80.0 + 1e-9, 0.002)
+    edges = np.arange(-60.0, 60.0 + 1e-9, 0.005)
     mid = (edges[:-1] + edges[1:]) / 2
     log_t, log_1mt = -np.logaddexp(0.0, -mid), -np.logaddexp(0.0, mid)
     log_d_x = np.log(post.density(name, x))
@@ -74,16 +75,16 @@ def test_hpd_levels_match_a_quadrature_where_components_are_wide_along_the_logit
 
     post = random_posteriors(800, seed=3, log_scale=(np.log(2.0), np.log(8.0)))
     truth = post.sample_all(1, seed=4)[0]
-    few = post.select(np.arange(12))
+    few = post.select(np.arange(8))
     draws = 20_000
     for k, p in enumerate(("df", "rho")):
-        counted = few.hpd_level(p, truth[:12, k], draws=few.sample_all(draws, seed=5)[..., k])
-        np.testing.assert_allclose(counted, _hpd_level_by_quadrature(few, p, truth[:12, k]), atol=4 / np.sqrt(draws))
+        counted = few.hpd_level(p, truth[:8, k], draws=few.sample_all(draws, seed=5)[..., k])
+        np.testing.assert_allclose(counted, _hpd_level_by_quadrature(few, p, truth[:8, k]), atol=4 / np.sqrt(draws))
         levels = post.hpd_level(p, truth[:, k])
         assert abs(np.mean(levels <= 0.9) - 0.9) < 0.035, p            # 3 standard errors
         assert kstest(levels, "uniform").pvalue > 1e-3, p
     lo, hi = post.grid.bounds("df")
-    assert np.all(few.hpd_level("df", np.r_[lo - 0.1, hi, hi + 0.1, lo].repeat(3)) == 1.0)   # outside the open box
+    assert np.all(few.hpd_level("df", np.r_[lo - 0.1, hi, hi + 0.1, lo].repeat(2)) == 1.0)   # outside the open box
 
 
 @pytest.mark.parametrize("control", [lambda p: overconfident(p, 3.0), lambda p: shifted(p, 1.0)],
