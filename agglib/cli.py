@@ -176,10 +176,10 @@ def _cmd_estimator(args) -> int:
     from agglib.core.distributed import DistEnv
 
     if DistEnv.from_env().distributed:             # torchrun: every process would build the same store
+        import shlex
+
         from agglib.dataset.build import sample_identity
         from agglib.dataset.store import DatasetStore, check_identity
-
-        import shlex
 
         sets = "".join(f" --set {shlex.quote(change)}" for change in args.set or [])
         stores, missing = [], []

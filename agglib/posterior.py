@@ -406,14 +406,29 @@ class PosteriorEstimate:
 
     def density(self, name: str, x) -> np.ndarray:
         """The marginal posterior density of θ_Df or θ_ρ at ``x`` (S,) [1/unit]."""
-        k = CONTINUOUS.index(name)
-        w, mean, sd = self._component_terms(k)
+        return self._density(name, x, self._component_terms(CONTINUOUS.index(name)))
+
+    def _density(self, name: str, x, terms) -> np.ndarray:
+        """:meth:`density` from the components' ``terms`` (:meth:`_component_terms`), made once by
+        callers that evaluate it many times; ``x`` broadcast against the S samples (one sample's
+        density at n points: ``x`` (n,))."""
+        w, mean, sd = terms
         lo, hi = self.grid.bounds(name)
-        xx = np.broadcast_to(np.asarray(x, dtype=np.float64), (w.shape[0],))
+        x = np.asarray(x, dtype=np.float64)
+        xx = np.broadcast_to(x, np.broadcast_shapes(x.shape, (w.shape[0],)))
         u = self._u(name, xx)
         pdf = (w * np.exp(-0.5 * ((u[:, None] - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))).sum(axis=1)
         t = np.clip((xx - lo) / (hi - lo), 1e-12, 1 - 1e-12)
         return pdf / ((hi - lo) * t * (1 - t))
+
+    def density_curve(self, name: str, points: int, sample: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """One sample's marginal density of θ_Df or θ_ρ [1/unit] at the centres of ``points`` equal
+        cells of the prior's box (not at the box's edges, where logit(θ) is infinite and a
+        component wide along it gives an unbounded density): ``(x (points,), density (points,))``."""
+        lo, hi = self.grid.bounds(name)
+        x = lo + (np.arange(points) + 0.5) * (hi - lo) / points
+        one = self.select([sample])
+        return x, one._density(name, x, one._component_terms(CONTINUOUS.index(name)))
 
     def table_of(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The marginal of θ_Df or θ_ρ tabulated at :data:`_TABLE_POINTS` points of its box:
@@ -550,10 +565,11 @@ class PosteriorEstimate:
             raise ValueError(f"draws has shape {draws.shape}; expected (L, {len(self)}), L ≥ 1: L draws of {name} "
                              "per posterior")
         x = np.broadcast_to(np.asarray(x, dtype=np.float64), (len(self),))
-        d_x = self.density(name, x)
+        terms = self._component_terms(CONTINUOUS.index(name))
+        d_x = self._density(name, x, terms)
         higher = np.zeros(len(self))
         for row in draws:                           # (S,) at a time
-            higher += self.density(name, row) > d_x
+            higher += self._density(name, row, terms) > d_x
         lo, hi = self.grid.bounds(name)
         return np.where((x > lo) & (x < hi), higher / draws.shape[0], 1.0)
 
@@ -644,10 +660,9 @@ class PosteriorEstimate:
                "theta1_values": self.grid.integers("theta1").tolist(),
                "p_theta0_theta1": one.discrete_joint()[0].round(6).tolist()}
         for name in CONTINUOUS:
-            lo, hi = self.grid.bounds(name)
-            x = lo + (np.arange(200) + 0.5) * (hi - lo) / 200
+            x, density = one.density_curve(name, 200)
             out[f"{name}_points"] = x.round(5).tolist()
-            out[f"{name}_density"] = [float(one.density(name, v)[0]) for v in x]
+            out[f"{name}_density"] = density.tolist()
         out["mixture"] = {k: v[0].tolist() for k, v in one.params.items() if k != "discrete"}
         return out
 

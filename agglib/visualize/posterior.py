@@ -90,9 +90,8 @@ def plot_posterior(estimate, truth=None, sample: int = 0, title: str | None = No
                         horizontal_spacing=0.12, vertical_spacing=0.2)
     cells = {"df": (1, 1), "rho": (1, 2), "theta0": (2, 1), "theta1": (2, 2)}
     for p in ("df", "rho"):
-        lo, hi = one.grid.bounds(p)
-        x = lo + (np.arange(400) + 0.5) * (hi - lo) / 400     # cell centres: at the box's edges logit(θ) is infinite
-        fig.add_trace(go.Scatter(x=x, y=[float(one.density(p, v)[0]) for v in x], mode="lines", showlegend=False,
+        x, density = one.density_curve(p, 400)
+        fig.add_trace(go.Scatter(x=x, y=density, mode="lines", showlegend=False,
                                  line=dict(color="#1f77b4")), *cells[p])
         a, b = one.interval(p, 0.9)[0]
         fig.add_vrect(x0=a, x1=b, fillcolor="#1f77b4", opacity=0.12, line_width=0, row=cells[p][0], col=cells[p][1])
