@@ -386,16 +386,13 @@ class PosteriorEstimate:
             x = np.broadcast_to(np.asarray(x, dtype=np.float64), (prob.shape[0],))
             within = np.clip((x[:, None] - e[None, :-1]) / (e[1:] - e[:-1])[None], 0.0, 1.0)
             return (prob * within).sum(axis=1)
-        k = CONTINUOUS.index(name)
-        w, mean, sd = self._component_terms(k)
-        u = np.broadcast_to(self._u(name, x), (w.shape[0],))
-        return np.clip((w * _ndtr((u[:, None] - mean) / sd)).sum(axis=1), 0.0, 1.0)
+        return np.clip(self.cdf_widened(name, x, (1.0,))[:, 0], 0.0, 1.0)
 
     def cdf_widened(self, name: str, x, widths) -> np.ndarray:
         """The marginal CDF of θ_Df or θ_ρ at ``x`` (S,) as it would be with the Gaussians along
         its logit ``widths`` (W,) × wider, for W widths at once: (S, W) (the column of width w is
         ``widened(self, ...).cdf(name, x)`` with factor w on ``name``; components of no weight in
-        any sample are skipped). For recalibration searches over widths."""
+        any sample are skipped). For recalibration searches over widths; :meth:`cdf` is its width 1."""
         k = CONTINUOUS.index(name)
         w, mean, sd = self._component_terms(k)
         u = np.broadcast_to(self._u(name, x), (w.shape[0],))
