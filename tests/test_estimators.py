@@ -157,6 +157,29 @@ def test_checkpoint_of_another_run_is_refused(tiny_store, tmp_path):
                       show_progress_bars=False)
 
 
+def test_a_run_of_another_number_of_processes_is_refused_on_resume(tiny_store, tmp_path):
+    """Each process of the paper recipe takes its own batches, so a run launched with 2 processes
+    continued by one would silently be another run: refused, saying how to resume it."""
+    from agglib.checkpoint import save_checkpoint
+
+    cfg = TrainConfig(target="df", epochs=1, batch=8, steps_per_epoch=2)
+    train_network(tiny_store.path, cfg, tmp_path / "x", show_progress_bars=False)
+    last = tmp_path / "x" / "last.pt"
+    state = load_checkpoint(last)
+    assert state["metadata"]["processes"] == 1
+    save_checkpoint(last, state["kind"], {**state["metadata"], "processes": 2}, state["model"],
+                    optimizer_state=state["optimizer"], progress=state["progress"],
+                    history=state["history"], run_state=json.dumps(state["run_state"]))
+    longer = TrainConfig(**{**cfg.__dict__, "epochs": 2})
+    with pytest.raises(ValueError, match=r"processes \(2 there, 1 here.*torchrun --nproc_per_node 2"):
+        train_network(tiny_store.path, longer, tmp_path / "x", show_progress_bars=False)
+    save_checkpoint(last, state["kind"], {k: v for k, v in state["metadata"].items() if k != "processes"},
+                    state["model"], optimizer_state=state["optimizer"], progress=state["progress"],
+                    history=state["history"], run_state=json.dumps(state["run_state"]))
+    history = train_network(tiny_store.path, longer, tmp_path / "x", show_progress_bars=False)["history"]
+    assert [h["epoch"] for h in history] == [0, 1]         # a run saved before the count was recorded: one process
+
+
 def test_finished_run_returns_without_reading_images(tiny_store, tmp_path, monkeypatch):
     from agglib.dataset.pytorch import _LazyStore
 

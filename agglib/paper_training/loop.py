@@ -121,6 +121,12 @@ _BEFORE_FIELD = {"val_share": None}
 def _resume_mismatch(saved: dict, meta: dict) -> list[str]:
     """What differs between a checkpoint's run and this one (the number of epochs may grow)."""
     differ = [k for k in ("dataset_sha256", "arch", "parameters") if saved.get(k) != meta.get(k)]
+    # each process takes its own batches of `batch` groups: another number of processes is another
+    # run (runs saved before this was recorded were launched as one process unless distributed)
+    there, here = int(saved.get("processes", 1)), int(meta.get("processes", 1))
+    if there != here:
+        differ.append(f"processes ({there} there, {here} here: each takes its own batches; resume it as it was "
+                      f"launched, {'one process' if there == 1 else f'torchrun --nproc_per_node {there}'})")
     # fields added since it was saved: their default, or what a run without them did
     defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **_BEFORE_FIELD}
     old = {**defaults, **{k: v for k, v in saved["train_config"].items() if k != "epochs"}}
@@ -234,6 +240,7 @@ class PaperRecipe(Recipe):
                               "V_configurations": int(np.unique(store.config_id[val_set.sample_indices]).size),
                               "V_samples": int(val_set.sample_indices.size),
                               "trained_on_samples": int(train_set.sample_indices.size)}
+        meta["processes"] = int(env.world_size)    # the run's batches depend on it (see _resume_mismatch)
         self.metadata = meta
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.n_items, self.batch, self.images_per_item = len(train_set), config.images_per_step, config.group_size
