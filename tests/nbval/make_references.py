@@ -19,7 +19,8 @@ NOTEBOOKS = HERE.parents[1] / "notebooks"
 #: notebook -> substrings identifying the cells whose outputs are references
 CHECKED = {
     "01_aggregate_generation": ['summary = table.groupby("theta_df")'],
-    "02_stem_simulation": ["summary = pd.DataFrame({f\"{t} nm\"", "summaries = {\"ideal detector\""],
+    "02_stem_simulation": ["summary = pd.DataFrame({f\"{t} nm\"", "summaries = {\"ideal detector\"",
+                           "contrast, trained = contrast_interval(with_detector)"],
 }
 
 
