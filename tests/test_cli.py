@@ -90,6 +90,43 @@ def test_counts_are_worded_in_the_singular_for_one():
     assert counted(0, "digital shadow") == "0 digital shadows"
 
 
+def test_train_estimator_under_torchrun_trains_on_two_processes_from_built_stores(tmp_path):
+    """The success path of a torchrun launch: two processes (gloo) open the stores built before,
+    train the encoder together, rank 0 trains the posterior and reports once; no process builds or
+    re-announces a store."""
+    import os
+    import subprocess
+    import sys
+
+    grid, cont, out = tmp_path / "g.zarr", tmp_path / "c.zarr", tmp_path / "est"
+    changes = ["--set", "samples_per_config=4", "--set", "eval_per_config=2", "--set", "rho_values=[0.5]",
+               "--set", "encoder_epochs=1", "--set", "posterior_steps=20"]
+    for path, design in ((grid, "grid"), (cont, "continuous")):
+        assert main(["dataset", "build", "--profile", "tiny", "--out", str(path), "--design", design, "--workers", "1",
+                     *changes]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(_free_port()), "-m", "agglib.cli", "train-estimator", "--profile", "tiny",
+                          "--store", str(grid), "--continuous-store", str(cont), "--run-dir", str(tmp_path / "run"),
+                          "--out", str(out), *changes],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "encoder.pt").is_file() and (out / "posterior.pt").is_file()
+    assert run.stdout.count("estimator (encoder + set-level posterior) in") == 1, run.stdout   # rank 0 alone
+    assert "already complete" not in run.stdout + run.stderr                                  # opened, not built
+    from agglib.estimate import SampleEstimator
+
+    assert SampleEstimator.load(out).encoder.metadata["train_config"]["epochs"] == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_train_estimator_under_torchrun_opens_the_stores_and_never_builds_them(tmp_path, capsys, monkeypatch):
     """Under torchrun every process runs the command: the datasets must exist (each process would
     build them), be this profile's and seed's (as a build checks), and are opened, not built (no
