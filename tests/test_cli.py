@@ -95,8 +95,6 @@ def test_train_estimator_under_torchrun_trains_on_two_processes_from_built_store
     train the encoder together, rank 0 trains the posterior and reports once; no process builds or
     re-announces a store."""
     import os
-    import subprocess
-    import sys
 
     grid, cont, out = tmp_path / "g.zarr", tmp_path / "c.zarr", tmp_path / "est"
     changes = ["--set", "samples_per_config=4", "--set", "eval_per_config=2", "--set", "rho_values=[0.5]",
