@@ -427,39 +427,20 @@ class PosteriorEstimate:
         one = self.select([sample])
         return x, one._density(name, x, one._component_terms(CONTINUOUS.index(name)))
 
-    def table_of(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The marginal of θ_Df or θ_ρ tabulated at :data:`_TABLE_POINTS` points of its box:
-        ``(x (n,), cdf (S, n), density (S, n))`` (cached; the density at the two end points, where
-        logit(θ) is infinite, stands for its limit and may be unbounded)."""
-        x, cdf = self._table(name, "cdf")
-        return x, cdf, self._table(name, "density")[1]
-
-    def _table(self, name: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(x (n,), values (S, n))``: the marginal ``kind`` ("cdf" or "density") of θ_Df or θ_ρ at
-        :data:`_TABLE_POINTS` points of its box (cached; each computed only when asked for).
-        At the box's two end points logit(θ) is infinite: the density there stands for its limit
-        (for a component wide along the logit, without bound)."""
-        if (name, kind) not in self._tables:
+    def _cdf_table(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(x (n,), cdf (S, n))``: the marginal CDF of θ_Df or θ_ρ at :data:`_TABLE_POINTS` points
+        of its box, 0 and 1 at its ends (cached; what :meth:`quantile` inverts)."""
+        if ("cdf", name) not in self._tables:
             lo, hi = self.grid.bounds(name)
             x = np.linspace(lo, hi, _TABLE_POINTS)
-            k = CONTINUOUS.index(name)
-            w, mean, sd = self._component_terms(k)
+            w, mean, sd = self._component_terms(CONTINUOUS.index(name))
             u = self._u(name, x)
             out = np.empty((w.shape[0], x.size))
-            t = np.clip((x - lo) / (hi - lo), 1e-12, 1 - 1e-12)
-            jac = 1.0 / ((hi - lo) * t * (1 - t))
             for a in range(w.shape[0]):             # one sample at a time: (components, points) stays in cache
-                z = (u[None, :] - mean[a, :, None]) / sd[a, :, None]
-                ww = w[a, :, None]
-                if kind == "cdf":
-                    out[a] = (ww * _ndtr(z)).sum(axis=0)
-                else:
-                    out[a] = (ww * np.exp(-0.5 * z ** 2) / (sd[a, :, None] * math.sqrt(2 * math.pi))).sum(axis=0) * jac
-            if kind == "cdf":
-                out[:, 0], out[:, -1] = 0.0, 1.0
-                out = np.maximum.accumulate(np.clip(out, 0.0, 1.0), axis=1)
-            self._tables[(name, kind)] = (x, out)
-        return self._tables[(name, kind)]
+                out[a] = (w[a, :, None] * _ndtr((u[None, :] - mean[a, :, None]) / sd[a, :, None])).sum(axis=0)
+            out[:, 0], out[:, -1] = 0.0, 1.0
+            self._tables[("cdf", name)] = (x, np.maximum.accumulate(np.clip(out, 0.0, 1.0), axis=1))
+        return self._tables[("cdf", name)]
 
     def quantile(self, name: str, q: float) -> np.ndarray:
         """The ``q`` quantile (S,) of the marginal posterior of ``name`` (θ0, θ1: dequantised)."""
@@ -471,7 +452,7 @@ class PosteriorEstimate:
                 j = int(np.clip(np.searchsorted(cum[s], q, side="left") - 1, 0, prob.shape[1] - 1))
                 out[s] = e[j] + np.clip((q - cum[s, j]) / max(prob[s, j], 1e-12), 0.0, 1.0) * (e[j + 1] - e[j])
             return out
-        x, cdf = self._table(name, "cdf")
+        x, cdf = self._cdf_table(name)
         return np.array([np.interp(q, c, x) for c in cdf])
 
     def _moments(self, name: str) -> tuple[np.ndarray, np.ndarray]:
