@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import agglib
 from agglib.cli import main
 
@@ -103,11 +105,18 @@ def test_train_estimator_under_torchrun_trains_on_two_processes_from_built_store
         assert main(["dataset", "build", "--profile", "tiny", "--out", str(path), "--design", design, "--workers", "1",
                      *changes]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(_free_port()), "-m", "agglib.cli", "train-estimator", "--profile", "tiny",
-                          "--store", str(grid), "--continuous-store", str(cont), "--run-dir", str(tmp_path / "run"),
-                          "--out", str(out), *changes],
-                         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "agglib.cli", "train-estimator", "--profile", "tiny", "--device", "cpu",
+                               "--store", str(grid), "--continuous-store", str(cont), "--run-dir", str(tmp_path / "run"),
+                               "--out", str(out), *changes],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        stdout, stderr = launch.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        launch.terminate()                    # torchrun's agent stops its workers on SIGTERM
+        stdout, stderr = launch.communicate(timeout=60)
+        pytest.fail(f"torchrun did not finish in 300 s:\n{stderr[-3000:]}")
+    run = subprocess.CompletedProcess(launch.args, launch.returncode, stdout, stderr)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / "encoder.pt").is_file() and (out / "posterior.pt").is_file()
     assert run.stdout.count("estimator (encoder + set-level posterior) in") == 1, run.stdout   # rank 0 alone
@@ -115,14 +124,6 @@ def test_train_estimator_under_torchrun_trains_on_two_processes_from_built_store
     from agglib.estimate import SampleEstimator
 
     assert SampleEstimator.load(out).encoder.metadata["train_config"]["epochs"] == 1
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_train_estimator_under_torchrun_opens_the_stores_and_never_builds_them(tmp_path, capsys, monkeypatch):

@@ -171,13 +171,14 @@ def test_a_run_of_another_number_of_processes_is_refused_on_resume(tiny_store, t
                     optimizer_state=state["optimizer"], progress=state["progress"],
                     history=state["history"], run_state=json.dumps(state["run_state"]))
     longer = TrainConfig(**{**cfg.__dict__, "epochs": 2})
-    with pytest.raises(ValueError, match=r"processes \(2 there, 1 here.*torchrun --nproc_per_node 2"):
+    with pytest.raises(ValueError, match=r"processes \(2 there, 1 here.*2 processes in all, e.g. torchrun "
+                                         r"--nproc_per_node 2"):
         train_network(tiny_store.path, longer, tmp_path / "x", show_progress_bars=False)
     save_checkpoint(last, state["kind"], {k: v for k, v in state["metadata"].items() if k != "processes"},
                     state["model"], optimizer_state=state["optimizer"], progress=state["progress"],
                     history=state["history"], run_state=json.dumps(state["run_state"]))
     history = train_network(tiny_store.path, longer, tmp_path / "x", show_progress_bars=False)["history"]
-    assert [h["epoch"] for h in history] == [0, 1]         # a run saved before the count was recorded: one process
+    assert [h["epoch"] for h in history] == [0, 1]         # a run saved before the count was recorded: not checked
 
 
 def test_finished_run_returns_without_reading_images(tiny_store, tmp_path, monkeypatch):
@@ -625,6 +626,7 @@ def test_ddp_training_with_gloo_keeps_oversampling_and_stops_together(tiny_store
     assert runs[0]["epochs"] == 3                                       # rank 0's budget: all epochs
     assert len(runs[0]["drawn"]) == len(runs[1]["drawn"]) == 3          # rank 1 stopped with rank 0, not before
     assert (tmp_path / "ddp" / "last.pt").is_file()
+    assert load_checkpoint(tmp_path / "ddp" / "last.pt")["metadata"]["processes"] == 2   # what a resume checks
     from agglib.paper_training.data import validation_split
 
     train_idx, _ = validation_split(tiny_store, TrainConfig(target="rho_class", seed=1))   # T∖V, as trained

@@ -114,6 +114,24 @@ def test_posterior_estimate_quantiles_invert_the_cdf_and_draws_stay_in_the_prior
     assert "PosteriorEstimate(3 samples" in repr(est) and len(repr(est)) < 300
 
 
+def test_marginal_cdf_matches_draws_and_widening_scales_it_as_the_family_does():
+    """:meth:`cdf` (width 1 of :meth:`cdf_widened`) against the share of joint draws below x, and
+    each width column of :meth:`cdf_widened` against the CDF of the posterior widened in the family
+    (:func:`agglib.posterior.widened`: both Gaussians' spreads along the logits scaled)."""
+    from agglib.posterior import widened
+
+    est = untrained_posteriors()
+    widths = np.array([0.5, 1.0, 1.7])
+    for k, p in enumerate(("df", "rho")):
+        x = np.array([est.quantile(p, q)[0] for q in (0.1, 0.4, 0.8)])
+        draws = est.sample(40_000, seed=3, which=0)[:, k]
+        assert np.allclose([est.cdf(p, v)[0] for v in x], [(draws <= v).mean() for v in x], atol=0.01)
+        for v in x:
+            columns = est.cdf_widened(p, v, widths)
+            for j, w in enumerate(widths):
+                assert np.allclose(columns[:, j], widened(est, np.array([[w, w]]), 1.0).cdf(p, v), atol=1e-12)
+
+
 def test_posterior_on_a_problem_with_known_answer_is_calibrated():
     """Per-image summaries = θ (standardised) + Gaussian noise: the trained posterior's central and
     highest-density regions and its joint checks must hold the truth as often as they claim, on

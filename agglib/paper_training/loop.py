@@ -122,11 +122,13 @@ def _resume_mismatch(saved: dict, meta: dict) -> list[str]:
     """What differs between a checkpoint's run and this one (the number of epochs may grow)."""
     differ = [k for k in ("dataset_sha256", "arch", "parameters") if saved.get(k) != meta.get(k)]
     # each process takes its own batches of `batch` groups: another number of processes is another
-    # run (runs saved before this was recorded were launched as one process unless distributed)
-    there, here = int(saved.get("processes", 1)), int(meta.get("processes", 1))
-    if there != here:
+    # run (runs saved before the number was recorded are not checked: it is not known)
+    if "processes" in saved and int(saved["processes"]) != int(meta.get("processes", 1)):
+        there, here = int(saved["processes"]), int(meta.get("processes", 1))
         differ.append(f"processes ({there} there, {here} here: each takes its own batches; resume it as it was "
-                      f"launched, {'one process' if there == 1 else f'torchrun --nproc_per_node {there}'})")
+                      "launched, " + ("in one process" if there == 1 else
+                                      f"with {there} processes in all, e.g. torchrun --nproc_per_node {there} "
+                                      "on one node") + ")")
     # fields added since it was saved: their default, or what a run without them did
     defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **_BEFORE_FIELD}
     old = {**defaults, **{k: v for k, v in saved["train_config"].items() if k != "epochs"}}

@@ -32,8 +32,12 @@ def main():
         nb = nbformat.read(out, as_version=4)
         found = 0
         for cell in nb.cells:
+            cell.metadata.pop("papermill", None)           # timings: every regeneration would rewrite them
+            cell.metadata.pop("execution", None)
             if cell.cell_type != "code":
                 continue
+            if "injected-parameters" in cell.metadata.get("tags", []):
+                cell.id = "injected-parameters"            # papermill draws a new id each run
             tags = [t for t in cell.metadata.get("tags", []) if t != "nbval-check-output"]
             if any(m in cell.source for m in markers):
                 tags.append("nbval-check-output")
@@ -41,8 +45,6 @@ def main():
             else:
                 cell.outputs = []
             cell.metadata["tags"] = tags
-            cell.metadata.pop("papermill", None)
-            cell.metadata.pop("execution", None)
         nb.metadata.pop("papermill", None)
         assert found == len(markers), f"{name}: {found} of {len(markers)} checked cells found"
         nbformat.write(nb, out)
