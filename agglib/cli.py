@@ -11,11 +11,12 @@ import agglib
 from agglib.core.wording import counted
 
 
-def _compiling() -> None:
-    """The one-line notice before numba compiles the kernels on a first run (after the input checks)."""
+def _compiling(*modules: str) -> None:
+    """The one-line notice before numba compiles the kernels of ``modules`` ("model": aggregation,
+    "stem": rendering) on a first run (after the input checks)."""
     from agglib.core.compilation import announce_first_compilation
 
-    announce_first_compilation()
+    announce_first_compilation(modules=modules)
 
 
 def _cmd_generate(args) -> int:
@@ -27,7 +28,7 @@ def _cmd_generate(args) -> int:
     width = len(str(max(args.count - 1, 0)))
     names = [f"aggregate_{k:0{width}d}.npz" for k in range(args.count)]
     check_output_dir(args.out, names, overwrite=args.overwrite)
-    _compiling()
+    _compiling("model")
     aggs = agglib.generate_aggregates(params, args.count, seed=args.seed, n_particles=args.n_particles,
                                       cluster_sizes=args.cluster_sizes, workers=args.workers)
     out = claim_output_dir(args.out, names, overwrite=args.overwrite, command="agglib generate")
@@ -39,7 +40,6 @@ def _cmd_generate(args) -> int:
 
 def _cmd_describe(args) -> int:
     aggregates = [agglib.Aggregate.load(path) for path in args.paths]      # every input checked first
-    _compiling()
     writer = csv.writer(sys.stdout)
     writer.writerow(["file", *agglib.descriptors.DESCRIPTOR_NAMES])
     for path, agg in zip(args.paths, aggregates):
@@ -63,7 +63,7 @@ def _cmd_render(args) -> int:
     aggregates = [agglib.Aggregate.load(path) for path in args.paths]      # every input checked first
     out = claim_output_dir(args.out, names, inputs=args.paths, overwrite=args.overwrite, command="agglib render")
     seeds = spawn_seeds(args.seed, len(args.paths))
-    _compiling()
+    _compiling("stem")
     for agg, name, seed in zip(aggregates, names, seeds):
         image = agglib.render_stem(agg, seed=seed, settings=settings)
         with atomic_open(out / name) as fh:
@@ -108,7 +108,7 @@ def _cmd_dataset_build(args) -> int:
     from agglib.profiles import load_profile
 
     profile = load_profile(args.profile, **_parse_sets(args.set))          # a bad profile or field: refused first
-    _compiling()
+    _compiling("model", "stem")
     build_dataset(args.out, profile, seed=args.seed, workers=args.workers, scheduler=args.scheduler,
                   shard_size=args.shard_size, design=args.design)
     return 0
@@ -171,7 +171,7 @@ def _cmd_estimator(args) -> int:
         from agglib.core.files import check_output_dir
 
         check_output_dir(args.out, ["encoder.pt", "posterior.pt"], overwrite=args.overwrite)
-    _compiling()
+    _compiling("model", "stem")
     grid_path, cont_path = args.store or run.store_path("grid"), args.continuous_store or run.store_path("continuous")
     from agglib.core.distributed import DistEnv
 
@@ -242,7 +242,7 @@ def _cmd_fit(args) -> int:
                          "beam; images already in fractions need none (leave --dose out, or give --units counts)")
     if args.pixel_size is not None and not 0 < args.pixel_size <= 1000:
         raise ValueError(f"--pixel-size {args.pixel_size:g}: out of range; accepted range (0, 1000] nm")
-    _compiling()
+    _compiling("model")                            # the shadows; fit renders nothing with shipped estimators
     if args.models is not None and not Path(args.models).is_dir():
         hint = (": that is a profile file; train an estimator for it first (agglib train-estimator --profile "
                 f"{args.models} --out my_estimator) and give its folder" if str(args.models).endswith((".yaml", ".yml"))
@@ -253,6 +253,10 @@ def _cmd_fit(args) -> int:
         estimator = None                    # fit chooses the shipped estimator for the images' field of view
     elif (Path(args.models) / "posterior.pt").is_file():
         estimator = SampleEstimator.load(args.models)
+    elif not any(Path(args.models).glob("*/best.pt")):
+        raise FileNotFoundError(f"--models {args.models}: the folder holds no estimator (an estimator folder holds "
+                                "encoder.pt and posterior.pt, or the paper method's five networks as "
+                                "<target>/best.pt); give the folder `agglib train-estimator --out` wrote")
     else:
         estimator = ParameterEstimator.load(args.models)
     result = characterise(files, estimator, pixel_size_nm=args.pixel_size, dose_e_per_A2=args.dose,
@@ -518,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="estimate θ from measured images of one sample; export digital shadows")
     f.add_argument("paths", nargs="+", help="image files or folders (TIFF, DM3/DM4, EMD, SER, MRC, ...)")
     f.add_argument("--pixel-size", type=float, default=None,
-                   help="pixel size [nm] of the images, overriding the files' own (None: each file's own)")
+                   help="pixel size [nm] of the images, overriding the files' own (None: each file's own); at "
+                        "most twice the estimator's (6.8 nm for the shipped default's 3.4 nm)")
     f.add_argument("--units", choices=["counts", "fraction"], default="counts",
                    help="intensity units of the images: 'counts', detector counts [electrons] at --dose; "
                         "'fraction', detector-normalised fraction of the incident beam (vacuum 0, beam 1; "

@@ -147,3 +147,35 @@ def test_train_estimator_under_torchrun_opens_the_stores_and_never_builds_them(t
     assert not cont.exists()                                                         # nothing built
     assert main([*args, "--seed", "0"]) == 2                                         # the grid store is seed 2's
     assert "refusing to mix" in capsys.readouterr().err
+
+
+def test_the_first_compilation_notice_asks_only_for_the_commands_kernels(monkeypatch):
+    """`fit` compiles the aggregation kernels, never all the renderer's: with one model kernel cached
+    and no rendering kernel, fit's modules count as compiled (no notice on every run), render's not."""
+    import io
+
+    from agglib.core import compilation
+    from agglib.model import kernels as model_kernels
+
+    cached = next(getattr(model_kernels, name)._cache._cache_file._index_path for name in dir(model_kernels)
+                  if hasattr(getattr(model_kernels, name), "_cache")
+                  and hasattr(getattr(model_kernels, name)._cache, "_cache_file"))
+    monkeypatch.setattr(compilation.os.path, "exists", lambda path: path == cached)
+    assert compilation.kernels_cached(("model",)) and not compilation.kernels_cached(("stem",))
+    assert not compilation.kernels_cached()                               # both: the renderer's are not
+    stream = io.StringIO()
+    assert not compilation.announce_first_compilation(stream, ("model",)) and stream.getvalue() == ""
+    assert compilation.announce_first_compilation(stream, ("stem",)) and "first run" in stream.getvalue()
+
+
+def test_fit_help_states_the_coarsest_pixel_size_the_default_accepts(capsys):
+    """`agglib fit --help` names the limit `fit` enforces (MAX_UPSAMPLING × the default estimator's
+    pixel size), not only the syntactic range."""
+    from agglib.estimate import SampleEstimator, shipped_models_dir
+    from agglib.fit.characterise import MAX_UPSAMPLING
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    pixel = SampleEstimator.load(shipped_models_dir("robust")).pixel_size_nm
+    assert f"{MAX_UPSAMPLING * pixel:g} nm for the shipped default's {pixel:g} nm" in text

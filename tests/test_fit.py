@@ -191,6 +191,11 @@ def test_cli_fit_writes_nothing_on_bad_input(tmp_path, tiny_models, capsys):
     assert "RGB" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
     bad.unlink()
+    (tmp_path / "empty_models").mkdir()                     # a folder that is not an estimator's
+    assert main(["fit", str(tmp_path / "imgs"), "--models", str(tmp_path / "empty_models"), "--out", str(out),
+                 "--pixel-size", "4.0"]) == 2
+    assert "the folder holds no estimator (an estimator folder holds encoder.pt and posterior.pt" \
+        in capsys.readouterr().err
     assert main(["fit", *map(str, good), "--models", str(tiny_models), "--out", str(out),
                  "--bootstrap", "20", "--shadows", "5", "--pixel-size", "4.0"]) == 0
     printed = capsys.readouterr().out

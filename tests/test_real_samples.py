@@ -196,14 +196,15 @@ def test_profiles_write_makes_a_profile_from_images_and_radii(tmp_path, capsys):
     ("no_pixel_size", r"img00.tif: .*no pixel size; give it with --pixel-size"),
     ("radius_zero", r"radii.csv, line 3: radius_nm=0 must be > 0"),
     ("empty_csv", r"radii.csv: the CSV is empty"),
-    ("no_radius_column", r"radii.csv: no radius_nm \(or diameter_nm\) column"),
+    ("header_only_csv", r"radii.csv: the CSV has a header line \(radius_nm\) but no rows"),
+    ("no_radius_column", r"radii.csv: no radius_nm \(or diameter_nm\) column; found size: name the column"),
     ("reversed_range", r"--n-particles 80-20: give LOW-HIGH with 1 ≤ LOW ≤ HIGH ≤ 10000 \(range \[80, 20\]"),
 ])
 def test_profiles_write_refuses_bad_input_in_one_line(tmp_path, capsys, case, match):
     write_images(tmp_path / "images", 1, 0.5, 160, ParticleModel.same_radii(RadiusDistribution(6, 1.5), ParticleCount(9, 12)),
                  with_pixel_size=case != "no_pixel_size")
     radii = tmp_path / "radii.csv"
-    radii.write_text({"radius_zero": "radius_nm\n5\n0\n", "empty_csv": "",
+    radii.write_text({"radius_zero": "radius_nm\n5\n0\n", "empty_csv": "", "header_only_csv": "radius_nm\n",
                       "no_radius_column": "size\n5\n6\n"}.get(case, "radius_nm\n5\n6\n"))
     out = tmp_path / "p.yaml"
     extra = ["--n-particles", "80-20"] if case == "reversed_range" else []

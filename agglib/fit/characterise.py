@@ -62,7 +62,7 @@ def prepare_image(image: MeasuredImage, pixel_size_nm: float, size_px: int) -> n
     resampled = resample_mean(image.data, zoom)
     if min(resampled.shape) < size_px:
         raise ImageInputError(
-            f"{image.path}: field of view {image.field_of_view_nm:.0f} nm is smaller than the estimator's "
+            f"{image.path}: field of view {image.field_of_view_nm:.3g} nm is smaller than the estimator's "
             f"{size_px * pixel_size_nm:.0f} nm ({size_px} px at {pixel_size_nm} nm/px); accepted: images "
             f"at least {size_px * pixel_size_nm:.0f} nm wide. {field_of_view_advice(image.field_of_view_nm)}")
     weights = np.clip(resampled - np.median(resampled), 0.0, None)

@@ -60,8 +60,11 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
         raise ProfileInputError(f"{path}: no such file")
     text = _text(path)
     lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) < 2:
+    if not lines:
         raise ProfileInputError(f"{path}: the CSV is empty (expected a header line and one row per measurement)")
+    if len(lines) < 2:
+        raise ProfileInputError(f"{path}: the CSV has a header line ({lines[0].strip()[:80]}) but no rows; expected "
+                                "one row per measurement below it")
     delimiter = max(",;\t", key=lambda d: lines[0].count(d)) if any(d in lines[0] for d in ",;\t") else ","
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     rows = []
@@ -95,7 +98,8 @@ def read_radii_csv(path) -> dict:
     columns = {c.strip().lower(): c for c in rows[0][1] if c is not None}
     size = "radius_nm" if "radius_nm" in columns else "diameter_nm" if "diameter_nm" in columns else None
     if size is None:
-        raise ProfileInputError(f"{path}: no radius_nm (or diameter_nm) column; found {', '.join(columns.values())}")
+        raise ProfileInputError(f"{path}: no radius_nm (or diameter_nm) column; found {', '.join(columns.values())}: "
+                                "name the column of radii [nm] radius_nm (or of diameters diameter_nm)")
     factor = 0.5 if size == "diameter_nm" else 1.0
     out = {"WO3": [], "TiO2": []}
     for line, row in rows:
@@ -121,7 +125,8 @@ def read_counts_csv(path) -> np.ndarray:
     rows = _rows(path)
     columns = {c.strip().lower(): c for c in rows[0][1] if c is not None}
     if "n_particles" not in columns:
-        raise ProfileInputError(f"{path}: no n_particles column; found {', '.join(columns.values())}")
+        raise ProfileInputError(f"{path}: no n_particles column; found {', '.join(columns.values())}: name the "
+                                "column of particles per aggregate n_particles")
     counts = []
     for line, row in rows:
         value = _number(path, line, "n_particles", row[columns["n_particles"]])
