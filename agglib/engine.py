@@ -379,7 +379,8 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
     -------
     dict
         ``history`` (one record per epoch: ``epoch``, ``train_loss``, ``train_seconds``,
-        ``images_per_s`` and the recipe's validation), ``finished`` (bool) and what
+        ``images_per_s``, ``bf16`` and ``processes`` — what that epoch ran with: a resumed run may
+        differ — and the recipe's validation), ``finished`` (bool) and what
         :meth:`Recipe.finish` returned.
     """
     run_dir = Path(run_dir)
@@ -470,7 +471,8 @@ def run_training(recipe: Recipe, run_dir, *, show_progress_bars: bool | None = N
             dist.all_reduce(totals)
             running, seen = totals[0], int(totals[1].item())
         record = {"epoch": epoch, "train_loss": float(running) / max(seen, 1), "train_seconds": seconds,
-                  "images_per_s": seen * recipe.images_per_item / max(seconds, 1e-9)}
+                  "images_per_s": seen * recipe.images_per_item / max(seconds, 1e-9),
+                  "bf16": bool(recipe.bf16), "processes": int(env.world_size)}   # a resumed run may change them
         if env.is_main:
             history.append(record)
             recipe.end_epoch(epoch, record, history, final=epoch == recipe.epochs - 1)

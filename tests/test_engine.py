@@ -45,6 +45,21 @@ def test_the_documented_recipe_trains_resumes_and_refuses_a_foreign_folder(tmp_p
         assert (tmp_path / "mine" / "history.json").read_text() == "my own notes"
 
 
+def test_each_epoch_record_says_the_precision_and_processes_it_ran_with(tmp_path):
+    """A run resumed on another machine may train on under bf16 where it began in float32 (the
+    precision is not part of a run's identity): the history says which epochs ran how."""
+    Linear = _documented_recipe()
+    rng = np.random.default_rng(2)
+    X = torch.from_numpy(rng.normal(size=(64, 3)).astype(np.float32))
+    Y = X @ torch.tensor([1.0, -2.0, 0.5])
+    with engine.training_session("cpu") as (env, device):
+        engine.run_training(Linear(X, Y, env, device), tmp_path, checkpoint_every_steps=2, stop_after_steps=8 + 3)
+        resumed = Linear(X, Y, env, device)
+        resumed.bf16 = True
+        history = engine.run_training(resumed, tmp_path)["history"]
+    assert [(h["epoch"], h["bf16"], h["processes"]) for h in history] == [(0, False, 1), (1, True, 1), (2, True, 1)]
+
+
 def test_a_finished_run_that_counted_steps_from_its_start_is_not_trained_again(tmp_path):
     """``last.pt`` of runs saved before the engine counted the steps of the whole run: a finished
     one is read as finished (no extra epoch record, no changed weights)."""
