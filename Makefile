@@ -9,11 +9,13 @@ TEST_WORKERS ?= auto
 
 .PHONY: book test venv bench clean lab
 
+# (ipykernel's install leaves an empty temporary folder behind: made in .venv/tmp, removed after)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[book,dev,multislice,io,lab]"
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (agglib)" >/dev/null
+	mkdir -p $(VENV)/tmp && TMPDIR=$(VENV)/tmp $(BIN)/python -m ipykernel install --sys-prefix --name python3 \
+		--display-name "Python 3 (agglib)" >/dev/null && rm -rf $(VENV)/tmp
 	touch $(STAMP)
 
 venv: $(STAMP)
