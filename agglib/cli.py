@@ -243,22 +243,20 @@ def _cmd_fit(args) -> int:
     if args.pixel_size is not None and not 0 < args.pixel_size <= 1000:
         raise ValueError(f"--pixel-size {args.pixel_size:g}: out of range; accepted range (0, 1000] nm")
     _compiling("model")                            # the shadows; fit renders nothing with shipped estimators
-    if args.models is not None and not Path(args.models).is_dir():
+    models = None if args.models is None else Path(args.models)
+    if models is not None and not (models / "posterior.pt").is_file() and not any(models.glob("*/best.pt")):
         hint = (": that is a profile file; train an estimator for it first (agglib train-estimator --profile "
                 f"{args.models} --out my_estimator) and give its folder" if str(args.models).endswith((".yaml", ".yml"))
-                else ": no such folder")
+                else ": no such folder" if not models.is_dir() else ": the folder holds no estimator")
         raise FileNotFoundError(f"--models {args.models}{hint} (an estimator folder holds encoder.pt and posterior.pt, "
-                                "or the paper method's five networks)")
-    if args.models is None:
+                                "or the paper method's five networks as <target>/best.pt, as `agglib train-estimator "
+                                "--out` and `agglib train` write them)")
+    if models is None:
         estimator = None                    # fit chooses the shipped estimator for the images' field of view
-    elif (Path(args.models) / "posterior.pt").is_file():
-        estimator = SampleEstimator.load(args.models)
-    elif not any(Path(args.models).glob("*/best.pt")):
-        raise FileNotFoundError(f"--models {args.models}: the folder holds no estimator (an estimator folder holds "
-                                "encoder.pt and posterior.pt, or the paper method's five networks as "
-                                "<target>/best.pt); give the folder `agglib train-estimator --out` wrote")
+    elif (models / "posterior.pt").is_file():
+        estimator = SampleEstimator.load(models)
     else:
-        estimator = ParameterEstimator.load(args.models)
+        estimator = ParameterEstimator.load(models)
     result = characterise(files, estimator, pixel_size_nm=args.pixel_size, dose_e_per_A2=args.dose,
                           n_bootstrap=args.bootstrap, seed=args.seed, skip_bad=args.skip_bad, units=args.units,
                           check_intensity_scale=not args.skip_intensity_check)

@@ -26,18 +26,17 @@ def kernels_cached(modules=tuple(KERNEL_MODULES)) -> bool:
     unused. Unknown (a numba without these internals): True, so that nothing is announced wrongly."""
     import importlib
 
+    def cached(kernel) -> bool:
+        cache = getattr(kernel, "_cache", None)
+        if cache is None or not hasattr(cache, "_cache_file") \
+                or getattr(kernel, "targetoptions", {}).get("inline") == "always":   # compiled into its callers
+            return False
+        return os.path.exists(cache._cache_file._index_path)
+
     try:
         for name in modules:
             module = importlib.import_module(KERNEL_MODULES[name])
-            found = False
-            for attr in dir(module):
-                kernel = getattr(module, attr)
-                cache = getattr(kernel, "_cache", None)
-                if cache is None or not hasattr(cache, "_cache_file") \
-                        or getattr(kernel, "targetoptions", {}).get("inline") == "always":   # compiled into its callers
-                    continue
-                found = found or os.path.exists(cache._cache_file._index_path)
-            if not found:
+            if not any(cached(getattr(module, attr)) for attr in dir(module)):
                 return False
     except Exception:                              # numba internals changed: say nothing
         return True

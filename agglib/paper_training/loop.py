@@ -123,8 +123,8 @@ def _resume_mismatch(saved: dict, meta: dict) -> list[str]:
     differ = [k for k in ("dataset_sha256", "arch", "parameters") if saved.get(k) != meta.get(k)]
     # each process takes its own batches of `batch` groups: another number of processes is another
     # run (runs saved before the number was recorded are not checked: it is not known)
-    if "processes" in saved and int(saved["processes"]) != int(meta.get("processes", 1)):
-        there, here = int(saved["processes"]), int(meta.get("processes", 1))
+    there, here = saved.get("processes"), meta.get("processes", 1)
+    if there is not None and there != here:
         differ.append(f"processes ({there} there, {here} here: each takes its own batches; resume it as it was "
                       "launched, " + ("in one process" if there == 1 else
                                       f"with {there} processes in all, e.g. torchrun --nproc_per_node {there} "
