@@ -9,13 +9,14 @@ TEST_WORKERS ?= auto
 
 .PHONY: book test venv bench clean lab
 
-# (ipykernel's install leaves an empty temporary folder behind: made in .venv/tmp, removed after)
+# (ipykernel's install leaves an empty temporary folder behind: made in a folder of our own in .venv,
+# removed after)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[book,dev,multislice,io,lab]"
-	mkdir -p $(VENV)/tmp && TMPDIR=$(VENV)/tmp $(BIN)/python -m ipykernel install --sys-prefix --name python3 \
-		--display-name "Python 3 (agglib)" >/dev/null && rm -rf $(VENV)/tmp
+	t=$$(mktemp -d $(VENV)/ipykernel-install.XXXXXX) && TMPDIR=$$t $(BIN)/python -m ipykernel install --sys-prefix \
+		--name python3 --display-name "Python 3 (agglib)" >/dev/null && rm -rf $$t
 	touch $(STAMP)
 
 venv: $(STAMP)
