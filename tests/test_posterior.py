@@ -491,6 +491,29 @@ def test_calibration_report_reuses_given_summaries(tiny_estimator):
         calibration_report(est, prof, 6, (1, 4), fresh=fresh, summaries=summaries[:-1], draws=50)
 
 
+def test_calibration_under_fixed_acquisitions(tiny_estimator):
+    """Each acquisition records the same aggregates (a paired design: the simulator's own settings
+    give calibration_report's rows for the same fresh set), adds the posteriors' spread against their
+    error, and an acquisition the intensity check refuses has only its refused share."""
+    from agglib.evaluate import fresh_configurations
+    from agglib.evaluate.calibration import calibration_report, calibration_under_acquisitions
+
+    est, _ = tiny_estimator
+    prof = agglib.load_profile("tiny")
+    acquisitions = {"own settings": {}, "contrast ×0.69": {"wo3_contrast": 0.69}, "counts ×10": {"intensity_scale": 10.0}}
+    table = calibration_under_acquisitions(est, prof, acquisitions, 6, (1, 4), seed=9, draws=50, show_progress_bars=False)
+    assert list(dict.fromkeys(table.index.get_level_values("acquisition"))) == list(acquisitions)
+    assert table.loc["counts ×10", "refused"].eq(1.0).all() and table.loc["counts ×10", "joint HPD"].isna().all()
+    own = table.loc["own settings"]
+    assert own["refused"].eq(0.0).all(), own["refused"]
+    fresh = fresh_configurations(prof, 6, 4, seed=9, prior="continuous", workers=1, show_progress_bars=False)
+    alone = calibration_report(est, prof, 6, (1, 4), seed=9, fresh=fresh, draws=50, spread=True)
+    pd.testing.assert_frame_equal(own[alone.columns], alone, check_names=False, check_dtype=False)
+    for p in ("df", "rho"):
+        assert (table[f"{p} RMSE"].dropna() > table[f"{p} bias"].dropna().abs()).all() and (table[f"{p} spread"].dropna() > 0).all()
+    assert not np.allclose(table.loc["contrast ×0.69", "rho RMSE"], own["rho RMSE"])   # recorded differently
+
+
 def test_posterior_figure_draws_the_densities_inside_the_box():
     """The figure's marginal densities are drawn at cell centres, never at the box's edges, where
     logit(θ) is infinite and a component wide along it gives an unbounded density."""

@@ -34,7 +34,7 @@ import pandas as pd
 from agglib.posterior import CONTINUOUS, DISCRETE, PARAMETERS, PosteriorEstimate, overconfident, pit_values, shifted
 
 __all__ = ["calibration_checks", "calibration_report", "calibration_under_acquisitions", "negative_controls", "ACCEPTED_COVERAGE",
-           "TARP_REFERENCE_DRAWS",
+           "TARP_REFERENCE_DRAWS", "spread_and_error",
            "coverage_columns", "within_accepted", "outside_band"]
 
 #: Coverage of 90 % regions accepted as calibrated (≥ 300 posteriors: ± about 3 binomial SDs):
@@ -113,6 +113,29 @@ def calibration_checks(estimate: PosteriorEstimate, theta: np.ndarray, level: fl
     return out
 
 
+def spread_and_error(estimate: PosteriorEstimate, theta: np.ndarray) -> dict:
+    """How wide the posteriors claim to be against how far their means fall from the truth, per
+    continuous parameter: ``<parameter> RMSE`` (root mean square error of the posterior mean),
+    ``<parameter> bias`` (its mean error) and ``<parameter> spread`` (root mean posterior
+    variance), all in the parameter's units.
+
+    Over θ drawn from the prior the posterior was trained under, a calibrated posterior has both
+    equal in expectation (E[(E[θ | x] − θ)²] = E[Var(θ | x)]: the spread–skill relation of
+    ensemble forecasts, Fortin et al. 2014). Under one fixed acquisition, spread below RMSE says
+    the posterior is narrower than its errors on such samples — which the coverage checks then
+    find —, whether the error grew or the spread shrank, and a bias says the acquisition moves
+    the estimate one way (an error that more images do not average out)."""
+    theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
+    out = {}
+    for p in CONTINUOUS:
+        k = PARAMETERS.index(p)
+        error = estimate.mean(p) - theta[:, k]
+        out[f"{p} RMSE"] = float(np.sqrt(np.mean(error ** 2)))
+        out[f"{p} bias"] = float(np.mean(error))
+        out[f"{p} spread"] = float(np.sqrt(np.mean(estimate.sd(p) ** 2)))
+    return out
+
+
 def coverage_columns(level: float = 0.9) -> list[str]:
     """The coverage columns of :func:`calibration_checks` that :func:`within_accepted` judges."""
     return [f"{p} {kind}" for p in PARAMETERS for kind in ("central", "HPD")] + ["joint HPD", "TARP"]
@@ -143,7 +166,8 @@ def outside_band(report: pd.DataFrame) -> list[str]:
 
 def calibration_report(estimator, profile, n_configs: int, sizes=(1, 4, 12, 24), seed: int = 0, *,
                        acquisition=None, level: float = 0.9, draws: int = 500, fresh: dict | None = None,
-                       summaries: np.ndarray | None = None, show_progress_bars: bool | None = None) -> pd.DataFrame:
+                       summaries: np.ndarray | None = None, spread: bool = False,
+                       show_progress_bars: bool | None = None) -> pd.DataFrame:
     """:func:`calibration_checks` of ``estimator`` at each set size M on fresh configurations.
 
     ``n_configs`` configurations are drawn from the continuous prior, each with ``max(sizes)``
@@ -152,7 +176,7 @@ def calibration_report(estimator, profile, n_configs: int, sizes=(1, 4, 12, 24),
     acquisition per sample); the posterior of each configuration from its first M images is
     checked against its θ. Pass ``fresh`` (the dict that function returns) to reuse images, and
     ``summaries`` (``estimator.summaries(fresh["images"])``) to reuse what the posterior read from
-    them. One row per M.
+    them. ``spread=True`` adds the columns of :func:`spread_and_error`. One row per M.
     """
     from agglib.evaluate.sets import fresh_configurations
 
@@ -173,7 +197,8 @@ def calibration_report(estimator, profile, n_configs: int, sizes=(1, 4, 12, 24),
         groups = [np.arange(s, s + m) for s in starts]
         post = estimator.from_summaries(summaries, groups)
         truth = fresh["theta"][starts]
-        rows.append({"M": m, **calibration_checks(post, truth, level=level, draws=draws, seed=seed + m)})
+        rows.append({"M": m, **calibration_checks(post, truth, level=level, draws=draws, seed=seed + m),
+                     **(spread_and_error(post, truth) if spread else {})})
     return pd.DataFrame(rows).set_index("M")
 
 
@@ -206,7 +231,8 @@ def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_con
     -------
     DataFrame
         Rows (acquisition, M): ``refused`` (share of samples the intensity check of ``agglib fit``
-        turns away, on all their images) and the checks of :func:`calibration_checks` on the
+        turns away, on all their images), the checks of :func:`calibration_checks` and the
+        posterior means' error against the posteriors' spread (:func:`spread_and_error`) on the
         samples it accepts (none where it refuses more than half).
     """
     from tqdm.auto import tqdm
@@ -234,7 +260,7 @@ def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_con
         kept = {"images": fresh["images"][keep], "theta": fresh["theta"][keep],
                 "config_id": np.repeat(np.arange(int(accepted.sum())), sizes[-1])}
         report = calibration_report(estimator, profile, int(accepted.sum()), sizes, seed, level=level, draws=draws,
-                                    fresh=kept).reset_index()
+                                    fresh=kept, spread=True).reset_index()
         tables.append(report.assign(acquisition=name, refused=refused))
     out = pd.concat(tables, ignore_index=True)
     return out.set_index(["acquisition", "M"])

@@ -193,6 +193,7 @@ def check_intensity(stats: dict, reference: dict, dose_e_per_A2: float | None = 
     other units among good ones leaves the medians as they are.
     """
     m = min(len(stats["signal"]), REFERENCE_IMAGES)
+    samples_of = f"{m} images" + (" (the most the reference holds)" if len(stats["signal"]) > m else "")
     background, signal = float(np.median(stats["background"])), float(np.median(stats["signal"]))
     b_lo, b_hi = float(reference["background"].min()), float(reference["background"].max())
     simulated = np.median(reference["signal"][:, :m], axis=1)          # samples of as many images
@@ -216,7 +217,7 @@ def check_intensity(stats: dict, reference: dict, dose_e_per_A2: float | None = 
                         f"{implied} Fix: {fix}")
     elif signal > SIGNAL_MARGIN * s_max or signal < s_min / SIGNAL_MARGIN:
         refusals.append(f"the particles' signal is {signal:.3g} of the beam (median over the images of the 99.5th "
-                        f"percentile); simulated samples of {m} images as the estimator was trained on span "
+                        f"percentile); simulated samples of {samples_of} as the estimator was trained on span "
                         f"{s_min:.3g}–{s_max:.3g} (accepted: {s_min / SIGNAL_MARGIN:.3g}–{s_max * SIGNAL_MARGIN:.3g}): "
                         f"the intensity scale is off — a wrong dose, gain or units?{implied} Fix: {fix}")
     elif not s_lo <= signal <= s_hi:
@@ -235,7 +236,7 @@ def check_intensity(stats: dict, reference: dict, dose_e_per_A2: float | None = 
         if value < floor:
             refusals.append(f"the particles are dim for their size: {value:.3g} of the beam per nm of particle scale "
                             f"(median over the images of (99.5th percentile − median) / particle scale), below "
-                            f"{floor:.3g}, which {100 - BRIGHTNESS_PERCENTILE:g} % of simulated samples of {m} images as "
+                            f"{floor:.3g}, which {100 - BRIGHTNESS_PERCENTILE:g} % of simulated samples of {samples_of} as "
                             f"the estimator was trained on exceed: the intensity scale is low — a wrong gain, dose or "
                             f"units? {fix}")
     brighter = np.flatnonzero(np.asarray(stats["signal"]) >= 1.0)
