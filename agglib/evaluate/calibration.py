@@ -119,12 +119,13 @@ def spread_and_error(estimate: PosteriorEstimate, theta: np.ndarray) -> dict:
     ``<parameter> bias`` (its mean error) and ``<parameter> spread`` (root mean posterior
     variance), all in the parameter's units.
 
-    Over θ drawn from the prior the posterior was trained under, a calibrated posterior has both
-    equal in expectation (E[(E[θ | x] − θ)²] = E[Var(θ | x)]: the spread–skill relation of
-    ensemble forecasts, Fortin et al. 2014). Under one fixed acquisition, spread below RMSE says
-    the posterior is narrower than its errors on such samples — which the coverage checks then
-    find —, whether the error grew or the spread shrank, and a bias says the acquisition moves
-    the estimate one way (an error that more images do not average out)."""
+    For the true posterior, over θ (and acquisitions) drawn as in training, the two agree in
+    expectation (E[(E[θ | x] − θ)²] = E[Var(θ | x)], the law of total variance: the spread–skill
+    relation of ensemble forecasts, Fortin et al. 2014); right coverage alone does not imply it.
+    Under one fixed acquisition, spread below RMSE says the posterior is narrower than its errors
+    on such samples — which the coverage checks then find — and whether the error grew or the
+    spread shrank; a bias says the acquisition moves the estimate one way on average (whether more
+    images remove it shows across M)."""
     theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
     out = {}
     for p in CONTINUOUS:
