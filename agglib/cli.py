@@ -172,7 +172,20 @@ def _cmd_estimator(args) -> int:
 
         check_output_dir(args.out, ["encoder.pt", "posterior.pt"], overwrite=args.overwrite)
     _compiling("model", "stem")
-    grid_path, cont_path = args.store or run.store_path("grid"), args.continuous_store or run.store_path("continuous")
+    grid_path = args.store or run.store_path("grid")
+    if args.continuous_store and len(args.continuous_store) != prof.posterior_datasets:
+        raise ValueError(f"--continuous-store given {len(args.continuous_store)} times; the {prof.name} profile's "
+                         f"posterior trains on posterior_datasets={prof.posterior_datasets} continuous datasets "
+                         "(seeds --seed, --seed + 1, …): give that many, or none")
+    from agglib.dataset import default_store_path
+
+    cont_paths = args.continuous_store or [default_store_path(run.data_tag, args.seed + k, "continuous")
+                                           for k in range(prof.posterior_datasets)]
+    if args.encoder and not Path(args.encoder).is_file():
+        raise FileNotFoundError(f"--encoder {args.encoder}: no such file (an encoder.pt of a trained estimator)")
+    if args.encoder and not args.run_dir:           # the default run folder is the one that trains its own encoder
+        raise ValueError(f"--encoder {args.encoder} needs --run-dir: a folder for this posterior's training (the "
+                         "default run folder belongs to the run that trains its own encoder)")
     from agglib.core.distributed import DistEnv
 
     if DistEnv.from_env().distributed:             # torchrun: every process would build the same store
@@ -183,25 +196,28 @@ def _cmd_estimator(args) -> int:
 
         sets = "".join(f" --set {shlex.quote(change)}" for change in args.set or [])
         stores, missing = [], []
-        for path, design in ((grid_path, "grid"), (cont_path, "continuous")):
+        wanted = ([] if args.encoder else [(grid_path, "grid", args.seed)]) \
+            + [(p, "continuous", args.seed + k) for k, p in enumerate(cont_paths)]
+        for path, design, seed in wanted:
             try:
                 store = DatasetStore(path)         # complete, or it raises
             except (FileNotFoundError, ValueError) as err:
-                missing.append(f"agglib dataset build --profile {args.profile} --seed {args.seed} --design {design}"
+                missing.append(f"agglib dataset build --profile {args.profile} --seed {seed} --design {design}"
                                f"{sets} --out {path}\n    ({err})")
                 continue
-            check_identity(store.identity, sample_identity(prof, args.seed, design), path)   # as build_dataset does
+            check_identity(store.identity, sample_identity(prof, seed, design), path)   # as build_dataset does
             stores.append(store)
         if missing:
             raise ValueError("under torchrun the datasets must exist (every process would build them): build "
                              "them first, in one process:\n  " + "\n  ".join(missing))
-        grid, cont = stores                        # opened, not built: no "already complete" line from every rank
+        grid, cont = (None, stores) if args.encoder else (stores[0], stores[1:])   # opened, not built
     else:
-        grid = build_dataset(grid_path, prof, seed=args.seed, workers=args.workers)
-        cont = build_dataset(cont_path, prof, seed=args.seed, workers=args.workers, design="continuous")
+        grid = None if args.encoder else build_dataset(grid_path, prof, seed=args.seed, workers=args.workers)
+        cont = [build_dataset(p, prof, seed=args.seed + k, workers=args.workers, design="continuous")
+                for k, p in enumerate(cont_paths)]
     run_dir = Path(args.run_dir) if args.run_dir else run.run_dir
     estimator = train_sample_estimator(prof, grid, cont, run_dir, seed=args.seed,
-                                       encoder_changes={"device": args.device})
+                                       encoder_changes={"device": args.device}, encoder=args.encoder)
     if estimator is None:                          # a torchrun process other than rank 0: its part is done
         return 0
     out = estimator.save(args.out, overwrite=args.overwrite) if args.out else run_dir / "sets"
@@ -242,6 +258,12 @@ def _cmd_fit(args) -> int:
                          "beam; images already in fractions need none (leave --dose out, or give --units counts)")
     if args.pixel_size is not None and not 0 < args.pixel_size <= 1000:
         raise ValueError(f"--pixel-size {args.pixel_size:g}: out of range; accepted range (0, 1000] nm")
+    if (args.intensity_scale is None) != (args.wo3_contrast is None):
+        given = "--intensity-scale" if args.intensity_scale is not None else "--wo3-contrast"
+        raise ValueError(f"{given} given alone: give both --intensity-scale and --wo3-contrast (notebook 2 measures "
+                         "both against published particles: 0.72 and 0.69), or neither")
+    acquisition = None if args.intensity_scale is None else {"intensity_scale": args.intensity_scale,
+                                                             "wo3_contrast": args.wo3_contrast}
     _compiling("model")                            # the shadows; fit renders nothing with shipped estimators
     models = None if args.models is None else Path(args.models)
     if models is not None and not (models / "posterior.pt").is_file() and not any(models.glob("*/best.pt")):
@@ -259,7 +281,7 @@ def _cmd_fit(args) -> int:
         estimator = ParameterEstimator.load(models)
     result = characterise(files, estimator, pixel_size_nm=args.pixel_size, dose_e_per_A2=args.dose,
                           n_bootstrap=args.bootstrap, seed=args.seed, skip_bad=args.skip_bad, units=args.units,
-                          check_intensity_scale=not args.skip_intensity_check)
+                          check_intensity_scale=not args.skip_intensity_check, acquisition=acquisition)
     if result.settings.get("estimator_chosen_by_field_of_view"):
         print(f"estimator: the shipped {result.settings['estimator_chosen_by_field_of_view']} one, made for "
               f"{result.settings['estimator_field_of_view_nm']:.0f} nm fields of view (--models to choose another)")
@@ -505,8 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--store", default=None, help="grid dataset store (None: <data>/datasets/<tag>-seed<seed>.zarr; "
                         "<data>: $AGGLIB_DATA_DIR, a checkout's data/ or the user data folder; <tag>: the "
                         "profile, with a digest of the --set changes to its datasets)")
-    e.add_argument("--continuous-store", default=None,
-                   help="continuous dataset store (None: <data>/datasets/<tag>-seed<seed>-continuous.zarr)")
+    e.add_argument("--continuous-store", default=None, action="append",
+                   help="continuous dataset store, once per posterior_datasets of the profile (None: "
+                        "<data>/datasets/<tag>-seed<seed + k>-continuous.zarr, k = 0, 1, …)")
+    e.add_argument("--encoder", default=None,
+                   help="a trained encoder.pt to train only the posterior on (None: train the encoder too; the grid "
+                        "dataset is then not built)")
     e.add_argument("--run-dir", default=None,
                    help="training folder (None: <data>/runs/<tag>-seed<seed>; <tag>: the profile, with a digest of "
                         "the --set changes)")
@@ -530,6 +556,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dose", type=float, default=None, help="electron dose of images in counts [e/Å²], with --units "
                                                             "counts (None: the estimator's training dose; 149 for "
                                                             "the shipped ones)")
+    f.add_argument("--intensity-scale", type=float, default=None,
+                   help="your microscope's HAADF signal ÷ the simulator's for the same particles, where you know it "
+                        "(notebook 2 measures 0.72 against published particles), with --wo3-contrast; the default "
+                        "estimator then reads it, its intervals calibrated for a known acquisition (None: unknown; "
+                        "the default estimator's training range is 0.45-1.6)")
+    f.add_argument("--wo3-contrast", type=float, default=None,
+                   help="your WO3/TiO2 signal ratio ÷ the simulator's, with --intensity-scale (notebook 2 measures "
+                        "0.69; None: unknown; the default estimator's training range is 0.65-1.1)")
     f.add_argument("--skip-intensity-check", action="store_true",
                    help="estimate even when the intensity scale is far from the training images' (warns)")
     f.add_argument("--models", default=None, help="folder of a trained estimator: encoder.pt + posterior.pt "

@@ -22,7 +22,8 @@ from agglib.preprocess import Preprocess
 
 __all__ = ["TrainedNetwork", "load_estimator", "ParameterEstimator", "NETWORK_NAMES", "export_estimators",
            "SampleReading", "INTERVAL_KINDS",
-           "shipped_models_dir", "SampleEstimator", "combine_per_image", "combine_groups", "load_default_estimator"]
+           "shipped_models_dir", "SampleEstimator", "combine_per_image", "combine_groups", "load_default_estimator",
+           "KNOWN_ACQUISITION", "known_acquisition_columns"]
 
 NETWORK_NAMES = ("df", "rho_reg", "rho_class", "theta0", "theta1")
 
@@ -386,9 +387,51 @@ def export_estimators(run_dir, out_dir) -> Path:
 # ---------------------------------------------------------------------------- the new method
 
 #: What the set posterior reads from each image (``metadata["inputs"]`` of a ``posterior.pt``):
-#: :data:`INPUTS_WITH_STATISTICS` for estimators trained now, :data:`INPUTS_HEADS` for older ones.
+#: :data:`INPUTS_HEADS` (the oldest estimators), :data:`INPUTS_WITH_STATISTICS` (with each image's
+#: acquisition statistics) or :data:`INPUTS_WITH_ACQUISITION` (and the sample's
+#: :data:`KNOWN_ACQUISITION` where the user knows it, marked missing where not).
 INPUTS_HEADS = "encoder head outputs"
 INPUTS_WITH_STATISTICS = "encoder head outputs + acquisition statistics"
+INPUTS_WITH_ACQUISITION = ("encoder head outputs + acquisition statistics + the sample's intensity scale and "
+                           "WO3/TiO2 contrast where known")
+#: What a user may tell a posterior that reads :data:`INPUTS_WITH_ACQUISITION` about how a sample
+#: was recorded (:class:`agglib.stem.acquisition.AcquisitionRanges`): the factor on the HAADF signal
+#: of both materials against the simulator's table (``intensity_scale``: the detector's
+#: sensitivity; notebook 2 measures 0.72 against published particles) and the extra factor on
+#: WO3's (``wo3_contrast``: notebook 2 measures 0.69). Both or neither.
+KNOWN_ACQUISITION = ("intensity_scale", "wo3_contrast")
+
+
+def known_acquisition_columns(acquisition, n: int) -> np.ndarray:
+    """The columns (n, 3) a posterior reading :data:`INPUTS_WITH_ACQUISITION` gets beside each of
+    n images' summaries: log intensity scale, WO3/TiO2 contrast factor and 1 where the sample's
+    acquisition is known; (0, 0, 0) where it is not (``acquisition=None``).
+
+    ``acquisition``: None or a mapping with both keys of :data:`KNOWN_ACQUISITION`, each a number
+    or an array of n (one per image). The one place where a known acquisition becomes the
+    posterior's input (training, recalibration, checks and ``fit`` all call it)."""
+    out = np.zeros((int(n), 3), dtype=np.float32)
+    if acquisition is None:
+        return out
+    missing = [k for k in KNOWN_ACQUISITION if k not in acquisition]
+    if missing:
+        raise ValueError(f"the known acquisition {dict(acquisition)} lacks {', '.join(missing)}: give both "
+                         f"{' and '.join(KNOWN_ACQUISITION)} (notebook 2 measures both), or neither")
+    values = {}
+    for key in KNOWN_ACQUISITION:
+        try:
+            values[key] = np.broadcast_to(np.asarray(acquisition[key], dtype=np.float64), (int(n),))
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}={acquisition[key]!r}: a number (a factor on the simulator's signal) is "
+                             "expected") from None
+        bad = values[key][~(np.isfinite(values[key]) & (values[key] > 0))]
+        if bad.size:
+            raise ValueError(f"{key}={bad[0]:g}: a factor on the simulator's signal must be finite and > 0; leave "
+                             "both out if you do not know them")
+    out[:, 0] = np.log(values["intensity_scale"])
+    out[:, 1] = values["wo3_contrast"]
+    out[:, 2] = 1.0
+    return out
 
 #: The posterior family ``posterior.pt`` must hold (see :mod:`agglib.posterior`).
 POSTERIOR_FAMILY = "ensemble of mixed posteriors: categorical (θ0, θ1) × Gaussian mixture (logit θ_Df, logit θ_ρ)"
@@ -458,10 +501,72 @@ class SampleEstimator(_TrainedOnImages):
     def widening(self) -> "Widening":
         """How much the trained posterior is widened for a sample of M images
         (:class:`agglib.posterior.Widening`, fitted on held-out simulations by
-        :func:`agglib.sets_training.recalibration.fit_widening`; the identity if it never was)."""
+        :func:`agglib.sets_training.recalibration.fit_widening`; the identity if it never was).
+        For a posterior that reads the acquisition: where it is not known."""
         from agglib.posterior import Widening
 
         return Widening.from_dict(self.metadata.get("widening"))
+
+    @property
+    def widening_known_acquisition(self) -> "Widening":
+        """:attr:`widening` of samples whose acquisition is given (:attr:`reads_acquisition`:
+        fitted on the same held-out configurations with their acquisition given)."""
+        from agglib.posterior import Widening
+
+        return Widening.from_dict(self.metadata.get("widening_known_acquisition"))
+
+    @property
+    def reads_acquisition(self) -> bool:
+        """Whether the posterior reads a sample's :data:`KNOWN_ACQUISITION` where the user knows it
+        (``metadata["inputs"]`` is :data:`INPUTS_WITH_ACQUISITION`)."""
+        return self.metadata.get("inputs") == INPUTS_WITH_ACQUISITION
+
+    @property
+    def known_acquisition_ranges(self) -> dict:
+        """``{key: (low, high)}`` of :data:`KNOWN_ACQUISITION`: the ranges the posterior's training
+        samples were drawn from (empty for a posterior that does not :attr:`reads_acquisition`)."""
+        if not self.reads_acquisition:
+            return {}
+        ranges = self.metadata["acquisition_ranges"]
+        return {key: tuple(map(float, ranges[key])) for key in KNOWN_ACQUISITION}
+
+    def check_known_acquisition(self, acquisition: dict) -> dict:
+        """``acquisition`` (both keys of :data:`KNOWN_ACQUISITION`, numbers) checked against this
+        estimator: it must read them and they must lie in the ranges its training images were
+        drawn from; returns them as floats."""
+        from agglib.core.validation import check_range
+
+        if not self.reads_acquisition:
+            raise ValueError(f"this estimator (profile {self.metadata.get('profile', '?')}) does not read a known "
+                             "acquisition (intensity scale, WO3/TiO2 contrast): use the shipped default "
+                             "(--models agglib/data/models/sets-quick-robust) or one trained with "
+                             "posterior_acquisition_input=true, or leave both out")
+        ranges = self.known_acquisition_ranges
+        out = {}
+        for key in KNOWN_ACQUISITION:
+            if key not in acquisition or acquisition[key] is None:
+                raise ValueError(f"the known acquisition lacks {key}: give both {' and '.join(KNOWN_ACQUISITION)} "
+                                 "(notebook 2 measures both against published particles), or neither")
+            lo, hi = ranges[key]
+            try:
+                out[key] = float(check_range(key, float(acquisition[key]), low=lo, high=hi))
+            except ValueError as err:
+                raise ValueError(f"{err}: the range this estimator's training samples were drawn from (a factor on "
+                                 "the simulator's signal); outside it the posterior would extrapolate. Leave both "
+                                 "out (--intensity-scale and --wo3-contrast) to treat the acquisition as unknown, or "
+                                 "train an estimator on wider ranges") from None
+        return out
+
+    def with_acquisition(self, summaries: np.ndarray, acquisition) -> np.ndarray:
+        """``summaries`` (N, K) of :meth:`summaries` with their known-acquisition columns set to
+        ``acquisition`` (:func:`known_acquisition_columns`: None, or both keys of
+        :data:`KNOWN_ACQUISITION` as numbers or arrays of N); a copy."""
+        if not self.reads_acquisition:
+            raise ValueError("this estimator does not read a known acquisition (metadata inputs: "
+                             f"{self.metadata.get('inputs', INPUTS_HEADS)!r})")
+        out = np.array(summaries, dtype=np.float32, copy=True)
+        out[:, -3:] = known_acquisition_columns(acquisition, out.shape[0])
+        return out
 
     @torch.no_grad()
     def from_summaries(self, summaries: np.ndarray, groups, recalibrated: bool = True) -> "PosteriorEstimate":
@@ -483,7 +588,23 @@ class SampleEstimator(_TrainedOnImages):
                   for k in range(0, len(groups), 512)]
         params = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
         estimate = PosteriorEstimate(params, self.grid, mask.sum(axis=1))
-        return self.widening.apply(estimate) if recalibrated else estimate
+        if not recalibrated:
+            return estimate
+        if not self.reads_acquisition:
+            return self.widening.apply(estimate)
+        known = np.asarray(summaries)[idx, -1] > 0.5                 # (S, M): the known-acquisition flag
+        if np.any(known[mask] != np.repeat(known[:, 0], mask.sum(axis=1))):
+            raise ValueError("a sample mixes images with and without a known acquisition; its images share one")
+        return self._widened(estimate, known[:, 0])
+
+    def _widened(self, estimate, known: np.ndarray):
+        """``estimate`` widened by :attr:`widening_known_acquisition` where ``known`` (S,) and by
+        :attr:`widening` elsewhere."""
+        from agglib.posterior import widened
+
+        w_u, t_u = self.widening.factors(estimate.n_images)
+        w_k, t_k = self.widening_known_acquisition.factors(estimate.n_images)
+        return widened(estimate, np.where(known[:, None], w_k, w_u), np.where(known, t_k, t_u))
 
     @property
     def out_of_model_reference(self):
@@ -506,8 +627,11 @@ class SampleEstimator(_TrainedOnImages):
         """Per-image predictions of the encoder's heads (D_f, ρ, S_WO3, … in natural units)."""
         return self.encoder.encode(images).predictions
 
-    def estimate(self, images) -> "PosteriorEstimate":
+    def estimate(self, images, acquisition: dict | None = None) -> "PosteriorEstimate":
         """The posterior over θ from M ≥ 1 images [counts] of one sample (at the encoder's pixel size).
+
+        ``acquisition``: the sample's intensity scale and WO3/TiO2 contrast where known
+        (:data:`KNOWN_ACQUISITION`; estimators that :attr:`reads_acquisition` only).
 
         Returns
         -------
@@ -515,36 +639,44 @@ class SampleEstimator(_TrainedOnImages):
             ``.point()`` (θ̂: mean of θ_Df and θ_ρ, median of θ0 and θ1), ``.interval(name, level)``,
             ``.sample(count)`` (posterior draws of θ), ``.table()``.
         """
-        summaries = self.summaries(images)
+        summaries = self.summaries(images, acquisition=acquisition)
         return self.from_summaries(summaries, [np.arange(summaries.shape[0])])
 
     @property
     def reads_statistics(self) -> bool:
         """Whether the posterior reads :func:`agglib.stem.acquisition.acquisition_statistics` beside
         the encoder's head outputs (``metadata["inputs"]``)."""
-        return self.metadata.get("inputs", INPUTS_HEADS) == INPUTS_WITH_STATISTICS
+        return self.metadata.get("inputs", INPUTS_HEADS) in (INPUTS_WITH_STATISTICS, INPUTS_WITH_ACQUISITION)
 
-    def summaries(self, images, encoded=None) -> np.ndarray:
+    def summaries(self, images, encoded=None, acquisition: dict | None = None) -> np.ndarray:
         """What the set posterior reads from each of M images [counts] (M, K): the encoder's head
-        outputs (``encoded``, if already computed, is reused) and, for estimators that read them,
-        the images' :func:`agglib.stem.acquisition.acquisition_statistics`. The one place where an
-        image becomes the posterior's input; :meth:`from_summaries` takes the rows."""
+        outputs (``encoded``, if already computed, is reused), for estimators that read them the
+        images' :func:`agglib.stem.acquisition.acquisition_statistics` and, for those that
+        :attr:`reads_acquisition`, the sample's known ``acquisition`` (:meth:`check_known_acquisition`;
+        None: not known) as :func:`known_acquisition_columns`. The one place where an image becomes
+        the posterior's input; :meth:`from_summaries` takes the rows."""
+        if acquisition is not None:
+            acquisition = self.check_known_acquisition(acquisition)
         images = self.encoder.check_images(images)
         encoded = self.encoder.encode(images) if encoded is None else encoded
         if not self.reads_statistics:
             return encoded.outputs
-        return np.concatenate([encoded.outputs, self.encoder.acquisition_statistics(images)], axis=1).astype(np.float32)
+        parts = [encoded.outputs, self.encoder.acquisition_statistics(images)]
+        if self.reads_acquisition:
+            parts.append(known_acquisition_columns(acquisition, images.shape[0]))
+        return np.concatenate(parts, axis=1).astype(np.float32)
 
-    def read_sample(self, images, resamples) -> SampleReading:
+    def read_sample(self, images, resamples, acquisition: dict | None = None) -> SampleReading:
         """The posterior of M ≥ 1 images [counts] of one sample: θ̂ (posterior mean of θ_Df, θ_ρ,
         median of θ0, θ1), 95 % central credible intervals, θ̂ of ``resamples`` (index arrays into
         the M images), the out-of-model check; warns where the posterior piles up at an edge of
-        the training range."""
+        the training range. ``acquisition``: the sample's known intensity scale and WO3/TiO2
+        contrast (:data:`KNOWN_ACQUISITION`; None: unknown)."""
         from agglib.posterior import PARAMETERS
 
         images = self.encoder.check_images(images)
         encoded = self.encoder.encode(images)
-        summaries = self.summaries(images, encoded)
+        summaries = self.summaries(images, encoded, acquisition=acquisition)
         m = summaries.shape[0]
         post = self.from_summaries(summaries, [np.arange(m)])
         intervals = {k: tuple(float(v) for v in post.interval(k, 0.95)[0]) for k in PARAMETERS}
@@ -560,11 +692,13 @@ class SampleEstimator(_TrainedOnImages):
                              {"df": pred["df"], "rho": pred["rho"], "homogeneous": pred["homogeneous"] > 0.5}, warnings,
                              post, self.out_of_model(encoded.outputs))
 
-    def shadow_parameters(self, images, count: int, seed=None, draws: str = "posterior"):
+    def shadow_parameters(self, images, count: int, seed=None, draws: str = "posterior",
+                          acquisition: dict | None = None):
         """θ̂ (posterior mean of θ_Df, θ_ρ; median of θ0, θ1) and ``count`` model parameters for
         digital shadows: θ drawn from the posterior (``draws="posterior"``: the shadows carry the
-        estimate's uncertainty) or θ̂ itself (``"point"``: the paper's protocol, Table 5)."""
-        post = self.estimate(images)
+        estimate's uncertainty) or θ̂ itself (``"point"``: the paper's protocol, Table 5).
+        ``acquisition``: as for :meth:`estimate`."""
+        post = self.estimate(images, acquisition)
         return post.point().iloc[0].to_dict(), post.model_params(count, seed=seed, draws=draws)
 
     def save(self, directory, overwrite: bool = False) -> Path:

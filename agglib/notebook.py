@@ -137,6 +137,16 @@ class NotebookRun:
         """The profile's continuous dataset (built, or resumed, if missing)."""
         return self._store("continuous")
 
+    def continuous_stores(self) -> list:
+        """The ``profile.posterior_datasets`` continuous datasets the posterior trains on (seeds
+        ``seed``, ``seed + 1`` …; built, or resumed, if missing): the first is :meth:`continuous_store`."""
+        from agglib.dataset import build_dataset, default_store_path
+
+        more = [build_dataset(default_store_path(self.data_tag, self.seed + k, "continuous"), self.profile,
+                              seed=self.seed + k, design="continuous", show_progress_bars=False)
+                for k in range(1, self.profile.posterior_datasets)]
+        return [self.continuous_store(), *more]
+
     def sample_estimator(self, train: bool = False):
         """The new method's estimator of this run: trained here with ``train=True`` (notebooks 4
         and 5), else loaded — or :class:`agglib.sets_training.NotTrainedError` naming what to run."""
@@ -144,7 +154,7 @@ class NotebookRun:
         from agglib.sets_training.pipeline import train_sample_estimator
 
         try:
-            return train_sample_estimator(self.profile, self.grid_store(), self.continuous_store(), self.run_dir,
+            return train_sample_estimator(self.profile, self.grid_store(), self.continuous_stores(), self.run_dir,
                                           seed=self.seed, train=train)
         except NotTrainedError as err:
             upstream = [NotebookRun(n, self.profile, self.seed, self.overrides).command

@@ -120,6 +120,14 @@ class Profile:
         Samples per configuration of the continuous dataset in E.
     posterior_steps : int
         Optimizer steps of the set-level posterior.
+    posterior_datasets : int
+        Continuous datasets the posterior trains on (seeds ``seed``, ``seed + 1`` …; the encoder
+        reads only the first's, the others' encoder configurations go unused): more
+        configurations than one dataset's ``posterior_configs_T``.
+    posterior_acquisition_input : bool
+        The posterior also reads a sample's intensity scale and WO3/TiO2 contrast where the user
+        knows them (:data:`agglib.estimate.KNOWN_ACQUISITION`), trained with them given and
+        marked missing (randomised acquisitions only).
     fresh_configs : int
         Configurations drawn anew from the grid (images made in memory) for the fresh-θ
         evaluation and the error against the number of images.
@@ -190,6 +198,8 @@ class Profile:
     posterior_images_T: int = 20
     posterior_images_E: int = 12
     posterior_steps: int = 2000
+    posterior_datasets: int = 1
+    posterior_acquisition_input: bool = False
     fresh_configs: int = 90
     fresh_images: int = 24
     robustness_configs: int = 60
@@ -228,6 +238,9 @@ class Profile:
             check_range(f"{self.name}.{name}", getattr(self, name), low=0.0, high=1.0, low_inclusive=False)
         if self.acquisition not in ACQUISITIONS:
             raise ValueError(f"{self.name}.acquisition={self.acquisition!r}; accepted: {', '.join(ACQUISITIONS)}")
+        if self.posterior_acquisition_input and self.acquisition != "randomised":
+            raise ValueError(f"{self.name}.posterior_acquisition_input=true needs acquisition: randomised (with the "
+                             f"paper's fixed acquisition there is nothing to know; acquisition={self.acquisition!r})")
         if self.method not in ("sets", "paper"):
             raise ValueError(f"{self.name}.method={self.method!r}; accepted: 'sets', 'paper'")
         check_range(f"{self.name}.encoder_lr", self.encoder_lr, low=0.0, high=1.0, low_inclusive=False)

@@ -1,14 +1,16 @@
 """Accuracy and calibration of a trained estimator on fresh configurations (issue 21's protocol).
 
     python benchmarks/estimator_scores.py [--models agglib/data/models/sets-quick] [--acquisition none|drawn]
-        [--configs 300] [--images 24]
+        [--configs 300] [--images 24] [--error-seed 1000] [--coverage-seed 2000]
 
-Errors: ``--configs`` configurations drawn from the quick grid (seed 1000), ``--images`` images each
+Errors: ``--configs`` configurations drawn from the quick grid (``--error-seed``), ``--images`` images each
 at the simulator's settings (and, for ``--acquisition drawn``, the same aggregates recorded with
-the measured detector 0.72 and WO3/TiO2 contrast 0.69), θ̂ from the first M images
+the measured detector 0.72 and WO3/TiO2 contrast 0.69 — for an estimator that reads a known
+acquisition, also with those two values given), θ̂ from the first M images
 (:func:`agglib.evaluate.error_by_set_size`, M = 1, 4, 12, 24). Calibration: configurations
-from the continuous prior (seed 2000), at the simulator's settings (``none``) or with one
-acquisition drawn per sample (``drawn``), :func:`agglib.evaluate.calibration.calibration_checks`
+from the continuous prior (``--coverage-seed``), at the simulator's settings (``none``) or with one
+acquisition drawn per sample (``drawn``; for an estimator that reads a known acquisition, also
+with each sample's intensity scale and contrast given), :func:`agglib.evaluate.calibration.calibration_checks`
 with 500 draws at M = 1, 4, 12, 24. Prints markdown tables; nothing is trained. With ``--write``
 the scores also go to ``<models>/scores.json`` and replace the tables of ``<models>/README.md``
 (from its first ``###`` heading to the next bold paragraph): notebook 5 of the book compares its
@@ -43,6 +45,8 @@ def main(argv=None) -> int:
                     help="calibration samples at the simulator's settings or with one drawn acquisition each")
     ap.add_argument("--configs", type=int, default=300, help="fresh configurations per set")
     ap.add_argument("--images", type=int, default=24, help="images per configuration (the largest M)")
+    ap.add_argument("--error-seed", type=int, default=1000, help="seed of the grid configurations (errors)")
+    ap.add_argument("--coverage-seed", type=int, default=2000, help="seed of the continuous configurations (coverage)")
     ap.add_argument("--write", action="store_true",
                     help="write <models>/scores.json and replace the tables of <models>/README.md")
     args = ap.parse_args(argv)
@@ -52,15 +56,18 @@ def main(argv=None) -> int:
     est = SampleEstimator.load(args.models or shipped_models_dir("sets"))
     prof = agglib.load_profile(est.metadata["profile"])
     sizes = [m for m in (1, 4, 12, 24) if m <= args.images]
-    grid = fresh_configurations(prof, args.configs, args.images, seed=1000)
+    grid = fresh_configurations(prof, args.configs, args.images, seed=args.error_seed)
     errors = {"simulator's settings": error_by_set_size(est, est.summaries(grid["images"]), grid["theta"],
                                                         grid["config_id"], sizes, repeats=1)}
     if args.acquisition == "drawn":
-        measured = fresh_configurations(prof, args.configs, args.images, seed=1000, acquisition=MEASURED)
+        measured = fresh_configurations(prof, args.configs, args.images, seed=args.error_seed, acquisition=MEASURED)
+        read = est.summaries(measured["images"])
         errors["measured detector and contrast"] = error_by_set_size(
-            est, est.summaries(measured["images"]), measured["theta"], measured["config_id"], sizes,
-            repeats=1)
-    parts = [f"### Errors, {name} (grid prior, seed 1000)\n\n{table.round(3).to_markdown(index=False)}"
+            est, read, measured["theta"], measured["config_id"], sizes, repeats=1)
+        if est.reads_acquisition:
+            errors["measured detector and contrast, given"] = error_by_set_size(
+                est, est.with_acquisition(read, MEASURED), measured["theta"], measured["config_id"], sizes, repeats=1)
+    parts = [f"### Errors, {name} (grid prior, seed {args.error_seed})\n\n{table.round(3).to_markdown(index=False)}"
              for name, table in errors.items()]
     from agglib.dataset.plan import make_plan
     from agglib.evaluate import trivial_theta_scores
@@ -70,11 +77,18 @@ def main(argv=None) -> int:
     trivial = trivial_theta_scores(plan.configs, first)
     print("trivial predictor (mean θ of the grid), per configuration: "
           + ", ".join(f"{k} {v:.3f}" for k, v in trivial.items()))
-    cont = fresh_configurations(prof, args.configs, args.images, seed=2000, prior="continuous",
+    cont = fresh_configurations(prof, args.configs, args.images, seed=args.coverage_seed, prior="continuous",
                                 acquisition=AcquisitionRanges() if args.acquisition == "drawn" else None)
-    coverage = calibration_report(est, prof, args.configs, sizes, seed=0, fresh=cont)     # checks seeded M
-    parts.append(f"### Coverage of 90 % regions (continuous prior, seed 2000, acquisition {args.acquisition})\n\n"
-                 + coverage.round(3).to_markdown())
+    read = est.summaries(cont["images"])
+    coverage = calibration_report(est, prof, args.configs, sizes, seed=0, fresh=cont, summaries=read)  # checks seeded M
+    parts.append(f"### Coverage of 90 % regions (continuous prior, seed {args.coverage_seed}, acquisition "
+                 f"{args.acquisition})\n\n" + coverage.round(3).to_markdown())
+    given = None
+    if args.acquisition == "drawn" and est.reads_acquisition:
+        given = calibration_report(est, prof, args.configs, sizes, seed=0, fresh=cont, summaries=read,
+                                   acquisition_given=True)
+        parts.append(f"### Coverage of 90 % regions (continuous prior, seed {args.coverage_seed}, acquisition drawn "
+                     "and given)\n\n" + given.round(3).to_markdown())
     tables = "\n\n".join(parts)
     print(tables)
     if args.write:
@@ -82,9 +96,11 @@ def main(argv=None) -> int:
         record = {"command": "python benchmarks/estimator_scores.py " + " ".join(sys.argv[1:] if argv is None else argv),
                   "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {platform.processor()}",
                   "agglib": agglib.__version__, "configs": args.configs, "images": args.images,
+                  "error_seed": args.error_seed, "coverage_seed": args.coverage_seed,
                   "errors": {name: table.to_dict(orient="records") for name, table in errors.items()},
                   "trivial": trivial,
-                  "coverage": coverage.reset_index().to_dict(orient="records")}
+                  "coverage": coverage.reset_index().to_dict(orient="records"),
+                  **({} if given is None else {"coverage_acquisition_given": given.reset_index().to_dict(orient="records")})}
         atomic_write_text(folder / "scores.json", json.dumps(record, indent=1, ensure_ascii=False))
         readme = (folder / "README.md").read_text()
         start = readme.index("\n### ") + 1

@@ -6,7 +6,9 @@
 For every acquisition of :data:`agglib.evaluate.robustness.PERTURBATIONS`, the same fresh
 configurations (θ from the continuous prior, aggregates and images made in memory, never stored)
 are recorded with it; the samples the intensity check of ``agglib fit`` accepts are checked with
-:func:`agglib.evaluate.calibration.calibration_report` at M = 1, 4, 12, 24. The JSON it writes is
+:func:`agglib.evaluate.calibration.calibration_report` at M = 1, 4, 12, 24 — for an estimator that
+reads a known acquisition, as a user who does not know it runs it and as one who gives its intensity
+scale and WO3/TiO2 contrast (``agglib fit --intensity-scale … --wo3-contrast …``). The JSON it writes is
 shipped in ``agglib/data/runs/`` and shown by notebook 6 (:func:`agglib.evaluate.recorded_run`).
 About 15 minutes on 2 CPU cores.
 """
@@ -45,7 +47,9 @@ def main(argv=None) -> int:
     prof = agglib.load_profile("quick")
     sizes = [m for m in (1, 4, 12, 24) if m <= args.images]
     t0 = time.perf_counter()
-    table = calibration_under_acquisitions(estimator, prof, PERTURBATIONS, args.configs, sizes, seed=args.seed)
+    given = (False, True) if estimator.reads_acquisition else (False,)
+    table = calibration_under_acquisitions(estimator, prof, PERTURBATIONS, args.configs, sizes, seed=args.seed,
+                                           acquisition_given=given)
     rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
             for r in table.reset_index().to_dict(orient="records")]
     record = {"command": "python benchmarks/robust_calibration.py " + " ".join(sys.argv[1:] if argv is None else argv),

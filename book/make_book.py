@@ -216,7 +216,9 @@ def results_figures(records: list[dict]) -> str:
     if headlines.shape[1] > 1:
         figures.append(("The headline numbers", viz.plot_headlines(headlines)))
     for label, name in (("paper's acquisition", "this book's estimator (paper's acquisition)"),
-                        ("default estimator, drawn acquisition", "the default of fit (one drawn acquisition per sample)")):
+                        ("default estimator, drawn acquisition", "the default of fit (one drawn acquisition per sample)"),
+                        ("default estimator, drawn acquisition given",
+                         "the default of fit, each sample's intensity scale and contrast given")):
         coverage = recorded_coverage(results, label)
         if not coverage.empty:
             columns = [c for c in ("df central", "df HPD", "rho central", "rho HPD", "joint HPD", "TARP") if c in coverage]

@@ -223,6 +223,21 @@ def test_cli_fit_on_the_shipped_sample_prints_intervals_and_writes_shadows(tmp_p
         assert lo <= truth <= hi, (key, lo, hi)
     assert not any("non-integer ratio" in w for w in summary["warnings"])   # the default estimator saw such ratios
     assert not any("border" in w or "particles look" in w for w in summary["warnings"]), summary["warnings"]
+    assert summary["settings"]["known_acquisition"] is None
+    # the acquisition given (the sample was recorded at the simulator's own intensity scale and contrast)
+    given = ["fit", str(sample), "--pixel-size", "2.9", "--bootstrap", "100", "--shadows", "20"]
+    assert main([*given, "--out", str(tmp_path / "alone"), "--intensity-scale", "0.72"]) == 2
+    assert "--intensity-scale given alone: give both" in capsys.readouterr().err
+    assert main([*given, "--out", str(tmp_path / "far"), "--intensity-scale", "3", "--wo3-contrast", "1"]) == 2
+    assert "intensity_scale=3.0 is out of range; accepted range [0.45, 1.6]" in capsys.readouterr().err
+    assert not (tmp_path / "alone").exists() and not (tmp_path / "far").exists()
+    assert main([*given, "--out", str(tmp_path / "known"), "--intensity-scale", "1", "--wo3-contrast", "1"]) == 0
+    known = json.loads((tmp_path / "known" / "summary.json").read_text())
+    assert known["settings"]["known_acquisition"] == {"intensity_scale": 1.0, "wo3_contrast": 1.0}
+    assert known["estimate"] != summary["estimate"]
+    for key, truth in zip(("df", "rho", "theta0", "theta1"), (1.8, 0.6, 2, 3)):
+        lo, hi = known["interval_95"][key]
+        assert lo <= truth <= hi, (key, lo, hi)
 
 
 def test_intervals_of_the_shipped_estimator_hold_the_truth_and_stay_informative():

@@ -503,7 +503,12 @@ def test_calibration_under_fixed_acquisitions(tiny_estimator):
     acquisitions = {"own settings": {}, "contrast ×0.69": {"wo3_contrast": 0.69}, "counts ×10": {"intensity_scale": 10.0}}
     table = calibration_under_acquisitions(est, prof, acquisitions, 6, (1, 4), seed=9, draws=50, show_progress_bars=False)
     assert list(dict.fromkeys(table.index.get_level_values("acquisition"))) == list(acquisitions)
-    assert table.loc["counts ×10", "refused"].eq(1.0).all() and table.loc["counts ×10", "joint HPD"].isna().all()
+    refused = table.xs("counts ×10", level="acquisition")
+    assert refused["refused"].eq(1.0).all() and refused["joint HPD"].isna().all()
+    assert not table.index.get_level_values("acquisition given").any()      # not asked for, and not readable here
+    with pytest.raises(ValueError, match="does not read a known acquisition"):
+        calibration_under_acquisitions(est, prof, acquisitions, 6, (1,), seed=9, acquisition_given=(True,))
+    table = table.droplevel("acquisition given")
     own = table.loc["own settings"]
     assert own["refused"].eq(0.0).all(), own["refused"]
     fresh = fresh_configurations(prof, 6, 4, seed=9, prior="continuous", workers=1, show_progress_bars=False)
@@ -527,3 +532,114 @@ def test_posterior_figure_draws_the_densities_inside_the_box():
         x, y = np.asarray(trace.x), np.asarray(trace.y)
         assert lo < x.min() and x.max() < hi, p
         assert np.isfinite(y).all() and y.max() < 1e3 / (hi - lo), p
+
+
+# ------------------------------------------------------------------ a posterior that reads the known acquisition
+
+@pytest.fixture(scope="module")
+def known_acquisition_estimator(tiny_estimator, tmp_path_factory):
+    """The tiny profile with randomised acquisitions, a posterior trained on two continuous datasets
+    that reads the sample's intensity scale and contrast where known (on the tiny estimator's encoder)."""
+    base = tmp_path_factory.mktemp("known-acquisition")
+    prof = agglib.load_profile("tiny", acquisition="randomised", posterior_datasets=2, posterior_acquisition_input=True)
+    stores = [build_dataset(base / f"cont{k}.zarr", prof, seed=4 + k, workers=1, design="continuous",
+                            show_progress_bars=False) for k in range(2)]
+    est = train_sample_estimator(prof, None, stores, base / "run", seed=4, encoder=tiny_estimator[0].encoder)
+    again = train_sample_estimator(prof, None, stores, base / "run", seed=4, encoder=tiny_estimator[0].encoder,
+                                   train=False)                           # found as trained, not trained again
+    assert weights_digest(again.posterior.state_dict()) == weights_digest(est.posterior.state_dict())
+    return est, prof, stores
+
+
+def test_posterior_reads_the_known_acquisition_and_widens_by_its_own_law(known_acquisition_estimator):
+    """Both uses in one network: the acquisition's columns (log intensity scale, contrast, flag) or
+    zeros where unknown; each sample widened by the law fitted for its case."""
+    from agglib.estimate import known_acquisition_columns
+    from agglib.posterior import widened
+
+    est, prof, stores = known_acquisition_estimator
+    assert est.reads_acquisition and est.reads_statistics
+    assert est.metadata["in_dim"] == est.encoder.model.heads.out_features + 9 + 3
+    assert est.metadata["continuous_datasets_sha256"] == [s.identity_sha256() for s in stores]
+    assert est.metadata["widening"] != est.metadata["widening_known_acquisition"]   # two fits, two laws
+    images = stores[0].read_images(np.arange(6))
+    unknown = est.summaries(images)
+    known = est.summaries(images, acquisition={"intensity_scale": 0.72, "wo3_contrast": 0.69})
+    assert np.all(unknown[:, -3:] == 0) and np.allclose(known[:, -3:], [np.log(0.72), 0.69, 1.0])
+    np.testing.assert_array_equal(known[:, :-3], unknown[:, :-3])
+    np.testing.assert_array_equal(est.with_acquisition(unknown, {"intensity_scale": 0.72, "wo3_contrast": 0.69}), known)
+    both = np.concatenate([unknown, known])
+    post = est.from_summaries(both, [np.arange(6), np.arange(6, 12)])
+    raw = est.from_summaries(both, [np.arange(6), np.arange(6, 12)], recalibrated=False)
+    for k, law in enumerate((est.widening, est.widening_known_acquisition)):
+        width, temperature = law.factors([6])
+        expect = widened(raw.select([k]), width, temperature)
+        np.testing.assert_allclose(post.select([k]).cdf("rho", [0.5]), expect.cdf("rho", [0.5]), rtol=1e-10)
+        np.testing.assert_allclose(post.select([k]).params["discrete"], expect.params["discrete"], rtol=1e-10)
+    mixed = both.copy()
+    mixed[3, -3:] = known_acquisition_columns({"intensity_scale": 1.0, "wo3_contrast": 1.0}, 1)
+    with pytest.raises(ValueError, match="mixes images with and without a known acquisition"):
+        est.from_summaries(mixed, [np.arange(6)])
+
+
+def test_known_acquisition_is_checked_against_the_training_ranges(known_acquisition_estimator, tiny_estimator):
+    est, _, stores = known_acquisition_estimator
+    images = stores[0].read_images(np.arange(3))
+    with pytest.raises(ValueError, match=r"intensity_scale=10.0 is out of range; accepted range \[0.45, 1.6\]"):
+        est.estimate(images, {"intensity_scale": 10.0, "wo3_contrast": 0.8})
+    with pytest.raises(ValueError, match="lacks wo3_contrast: give both"):
+        est.estimate(images, {"intensity_scale": 0.8})
+    with pytest.raises(ValueError, match="does not read a known acquisition"):
+        tiny_estimator[0].estimate(images, {"intensity_scale": 0.8, "wo3_contrast": 0.8})
+
+
+def test_posterior_datasets_are_counted_and_distinct(known_acquisition_estimator, tmp_path):
+    from agglib.sets_training.pipeline import continuous_stores
+
+    _, prof, stores = known_acquisition_estimator
+    with pytest.raises(ValueError, match="posterior_datasets=2"):
+        continuous_stores(prof, stores[0])
+    with pytest.raises(ValueError, match="the same dataset twice"):
+        continuous_stores(prof, [stores[0], stores[0]])
+    with pytest.raises(ValueError, match="needs acquisition: randomised"):
+        agglib.load_profile("tiny", posterior_acquisition_input=True)
+
+
+def test_calibration_with_the_acquisition_given(known_acquisition_estimator):
+    """The fixed-acquisition checks as a user who gives the acquisition runs them: the same images,
+    the posterior told (intensity scale, contrast); rows of both cases."""
+    from agglib.evaluate.calibration import calibration_under_acquisitions, given_acquisition
+
+    est, prof, _ = known_acquisition_estimator
+    acquisitions = {"contrast ×0.69": {"wo3_contrast": 0.69}, "counts ×10": {"intensity_scale": 10.0},
+                    "contrast ×0.5": {"wo3_contrast": 0.5}}
+    table = calibration_under_acquisitions(est, prof, acquisitions, 6, (1, 4), seed=9, draws=50,
+                                           acquisition_given=(False, True), show_progress_bars=False)
+    unknown, known = table.xs(False, level="acquisition given"), table.xs(True, level="acquisition given")
+    assert known.loc["counts ×10", "joint HPD"].isna().all()
+    # accepted by the intensity check, but a contrast outside the trained 0.65–1.1: fit refuses it when given
+    assert unknown.loc["contrast ×0.5", "joint HPD"].notna().all() and unknown.loc["contrast ×0.5", "refused"].lt(0.5).all()
+    assert known.loc["contrast ×0.5", "joint HPD"].isna().all() and known.loc["contrast ×0.5", "refused"].eq(1.0).all()
+    assert known.loc["contrast ×0.69", "rho RMSE"].notna().all()
+    assert not np.allclose(known.loc["contrast ×0.69", "rho spread"], unknown.loc["contrast ×0.69", "rho spread"])
+    fresh = {"config_id": np.array([0, 0, 1]), "acquisitions": [{"wo3_contrast": 0.69}, {"intensity_scale": 1.5}]}
+    got = given_acquisition(fresh)
+    np.testing.assert_allclose(got["wo3_contrast"], [0.69, 0.69, 1.0])
+    np.testing.assert_allclose(got["intensity_scale"], [1.0, 1.0, 1.5])
+
+
+def test_copies_of_a_configuration_are_held_out_together():
+    """The two reads of a configuration (acquisition given, unknown) share images and θ: validating
+    on one while training on the other would pick the weights on what the steps saw."""
+    from agglib.sets_training.posterior import validation_configurations
+
+    config_id = np.repeat(np.arange(40), 3)
+    alone = validation_configurations(config_id, 0.2, seed=5)
+    assert 0 < alone.sum() < 40
+    before = np.random.default_rng([5, 10**6]).random(40) < 0.2        # the draw of the estimators trained so far
+    np.testing.assert_array_equal(validation_configurations(config_id, 0.2, seed=5, groups=config_id), alone)
+    np.testing.assert_array_equal(alone, before)
+    twins = validation_configurations(config_id, 0.2, seed=5, groups=config_id % 20)    # 0 and 20 are one sample …
+    assert 0 < twins.sum() < 40 and np.array_equal(twins[:20], twins[20:])
+    with pytest.raises(ValueError, match="constant within each configuration"):
+        validation_configurations(config_id, 0.2, seed=5, groups=np.arange(config_id.size))

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agglib.estimate import shipped_models_dir
+from agglib.estimate import SampleEstimator, shipped_models_dir
 from agglib.evaluate import recorded_scores, same_as_recorded
 
 
@@ -19,10 +19,15 @@ def test_readme_tables_are_the_recorded_scores(method):
     assert recorded["configs"] >= 300                   # the protocol: ≥ 300 fresh configurations
     for name, rows in recorded["errors"].items():
         table = pd.DataFrame(rows).round(3).to_markdown(index=False)
-        assert f"### Errors, {name} (grid prior, seed 1000)\n\n{table}" in readme, name
-    coverage = pd.DataFrame(recorded["coverage"]).set_index("M").round(3).to_markdown()
-    assert coverage in readme
-    assert {row["M"] for row in recorded["coverage"]} == {1, 4, 12, 24}
+        assert f"### Errors, {name} (grid prior, seed {recorded.get('error_seed', 1000)})\n\n{table}" in readme, name
+    assert "coverage" in recorded
+    for key in ("coverage", "coverage_acquisition_given"):
+        if key in recorded:                             # the second: estimators that read a known acquisition
+            assert pd.DataFrame(recorded[key]).set_index("M").round(3).to_markdown() in readme, key
+            assert {row["M"] for row in recorded[key]} == {1, 4, 12, 24}
+    reads = SampleEstimator.load(shipped_models_dir(method)).reads_acquisition
+    assert ("coverage_acquisition_given" in recorded) == reads             # recorded for every use of the estimator
+    assert ("measured detector and contrast, given" in recorded["errors"]) == reads
 
 
 def test_same_as_recorded_can_fail():

@@ -175,6 +175,14 @@ class DatasetStore:
         return self._array("sample_seed")
 
     @property
+    def acquisition(self):
+        """Each sample's acquisition (n, 6), columns
+        :data:`agglib.stem.acquisition.ACQUISITION_KEYS` (intensity scale, WO3/TiO2 contrast, dose
+        [e/Å²], vacuum offset [fraction of the beam], extra blur [nm], pixel zoom), or None for a
+        store of the paper's fixed acquisition."""
+        return self._array("acquisition") if "acquisition" in self.root else None
+
+    @property
     def descriptors(self):
         """Descriptors as a pandas DataFrame (columns ``descriptor_names``)."""
         import pandas as pd

@@ -34,7 +34,7 @@ import pandas as pd
 from agglib.posterior import CONTINUOUS, DISCRETE, PARAMETERS, PosteriorEstimate, overconfident, pit_values, shifted
 
 __all__ = ["calibration_checks", "calibration_report", "calibration_under_acquisitions", "negative_controls", "ACCEPTED_COVERAGE",
-           "TARP_REFERENCE_DRAWS", "spread_and_error",
+           "TARP_REFERENCE_DRAWS", "spread_and_error", "given_acquisition",
            "coverage_columns", "within_accepted", "outside_band"]
 
 #: Coverage of 90 % regions accepted as calibrated (≥ 300 posteriors: ± about 3 binomial SDs):
@@ -167,7 +167,7 @@ def outside_band(report: pd.DataFrame) -> list[str]:
 
 def calibration_report(estimator, profile, n_configs: int, sizes=(1, 4, 12, 24), seed: int = 0, *,
                        acquisition=None, level: float = 0.9, draws: int = 500, fresh: dict | None = None,
-                       summaries: np.ndarray | None = None, spread: bool = False,
+                       summaries: np.ndarray | None = None, spread: bool = False, acquisition_given: bool = False,
                        show_progress_bars: bool | None = None) -> pd.DataFrame:
     """:func:`calibration_checks` of ``estimator`` at each set size M on fresh configurations.
 
@@ -177,7 +177,10 @@ def calibration_report(estimator, profile, n_configs: int, sizes=(1, 4, 12, 24),
     acquisition per sample); the posterior of each configuration from its first M images is
     checked against its θ. Pass ``fresh`` (the dict that function returns) to reuse images, and
     ``summaries`` (``estimator.summaries(fresh["images"])``) to reuse what the posterior read from
-    them. ``spread=True`` adds the columns of :func:`spread_and_error`. One row per M.
+    them. ``spread=True`` adds the columns of :func:`spread_and_error`. ``acquisition_given=True``
+    tells a posterior that :attr:`~agglib.estimate.SampleEstimator.reads_acquisition` each sample's
+    intensity scale and WO3/TiO2 contrast, as a user who knows them would (:func:`given_acquisition`).
+    One row per M.
     """
     from agglib.evaluate.sets import fresh_configurations
 
@@ -189,6 +192,8 @@ def calibration_report(estimator, profile, n_configs: int, sizes=(1, 4, 12, 24),
         summaries = estimator.summaries(fresh["images"])
     elif len(summaries) != len(fresh["images"]):
         raise ValueError(f"summaries has {len(summaries)} rows; the fresh set has {len(fresh['images'])} images")
+    if acquisition_given:
+        summaries = estimator.with_acquisition(summaries, given_acquisition(fresh))
     per = np.bincount(fresh["config_id"])
     rows = []
     for m in sizes:
@@ -213,8 +218,20 @@ def negative_controls(estimate: PosteriorEstimate, theta: np.ndarray, level: flo
     return pd.DataFrame({name: calibration_checks(est, theta, level, draws, seed) for name, est in rows.items()}).T
 
 
+def given_acquisition(fresh: dict) -> dict:
+    """What a user who knows how each sample of ``fresh`` (:func:`agglib.evaluate.sets.fresh_configurations`)
+    was recorded tells the posterior: per image, the intensity scale and WO3/TiO2 contrast of its
+    sample's acquisition (the simulator's, 1 and 1, where it has none) — the keys of
+    :data:`agglib.estimate.KNOWN_ACQUISITION`, arrays of the images' length."""
+    from agglib.estimate import KNOWN_ACQUISITION
+
+    per_config = fresh.get("acquisitions") or [{}] * (int(np.max(fresh["config_id"])) + 1)
+    return {key: np.array([float(per_config[c].get(key, 1.0)) for c in fresh["config_id"]]) for key in KNOWN_ACQUISITION}
+
+
 def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_configs: int, sizes=(1, 4, 12, 24),
                                    seed: int = 0, *, level: float = 0.9, draws: int = 500,
+                                   acquisition_given=(False,),
                                    show_progress_bars: bool | None = None) -> pd.DataFrame:
     """:func:`calibration_report` of ``estimator`` with each sample recorded under each acquisition.
 
@@ -227,14 +244,19 @@ def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_con
     n_configs : int
         Fresh configurations from the continuous prior, the same aggregates under every
         acquisition (a paired design), ``max(sizes)`` images each.
+    acquisition_given : sequence of bool
+        Check the posterior as a user who does not know the acquisition runs it (False) and/or
+        as one who gives its intensity scale and WO3/TiO2 contrast (True: estimators that
+        :attr:`~agglib.estimate.SampleEstimator.reads_acquisition`; rows whose values lie outside
+        the estimator's training ranges, which ``fit`` refuses, are refused entirely).
 
     Returns
     -------
     DataFrame
-        Rows (acquisition, M): ``refused`` (share of samples the intensity check of ``agglib fit``
-        turns away, on all their images), the checks of :func:`calibration_checks` and the
-        posterior means' error against the posteriors' spread (:func:`spread_and_error`) on the
-        samples it accepts (none where it refuses more than half).
+        Rows (acquisition, acquisition given, M): ``refused`` (share of samples the intensity check
+        of ``agglib fit`` turns away, on all their images), the checks of :func:`calibration_checks`
+        and the posterior means' error against the posteriors' spread (:func:`spread_and_error`)
+        on the samples it accepts (none where it refuses more than half).
     """
     from tqdm.auto import tqdm
 
@@ -246,6 +268,12 @@ def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_con
     reference = intensity_reference(estimator)
     epp = estimator.stem_settings.electrons_per_pixel
     show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
+    given_modes = [bool(g) for g in acquisition_given]
+    if not given_modes:
+        raise ValueError("acquisition_given=(): give at least one of False (unknown), True (given)")
+    if any(given_modes) and not estimator.reads_acquisition:
+        raise ValueError("acquisition_given=True: this estimator does not read a known acquisition")
+    ranges = estimator.known_acquisition_ranges if any(given_modes) else {}
     tables = []
     for name, acquisition in tqdm(acquisitions.items(), desc="acquisitions", disable=not show):
         fresh = fresh_configurations(profile, n_configs, sizes[-1], seed, prior="continuous",
@@ -254,14 +282,23 @@ def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_con
         stats = sample_statistics(fresh["images"] / epp, estimator.pixel_size_nm)
         accepted = samples_accepted(stats, groups, reference)
         refused = float(1.0 - accepted.mean())
-        if accepted.mean() < 0.5:
-            tables.append(pd.DataFrame([{"acquisition": name, "M": m, "refused": refused} for m in sizes]))
-            continue
-        keep = np.concatenate([groups[c] for c in np.flatnonzero(accepted)])
+        keep = np.concatenate([groups[c] for c in np.flatnonzero(accepted)]) if accepted.any() else np.zeros(0, int)
         kept = {"images": fresh["images"][keep], "theta": fresh["theta"][keep],
-                "config_id": np.repeat(np.arange(int(accepted.sum())), sizes[-1])}
-        report = calibration_report(estimator, profile, int(accepted.sum()), sizes, seed, level=level, draws=draws,
-                                    fresh=kept, spread=True).reset_index()
-        tables.append(report.assign(acquisition=name, refused=refused))
+                "config_id": np.repeat(np.arange(int(accepted.sum())), sizes[-1]),
+                "acquisitions": None if fresh["acquisitions"] is None else
+                [fresh["acquisitions"][c] for c in np.flatnonzero(accepted)]}
+        summaries = estimator.summaries(kept["images"]) if accepted.mean() >= 0.5 else None
+        for given in given_modes:
+            known = given_acquisition(kept) if given and kept["images"].shape[0] else {}
+            outside = any(not ranges[k][0] - 1e-9 <= v <= ranges[k][1] + 1e-9
+                          for k, values in known.items() for v in np.unique(values))
+            if summaries is None or outside:             # fit refuses given values outside the training ranges
+                tables.append(pd.DataFrame([{"acquisition": name, "acquisition given": given, "M": m,
+                                             "refused": 1.0 if outside else refused} for m in sizes]))
+                continue
+            report = calibration_report(estimator, profile, int(accepted.sum()), sizes, seed, level=level, draws=draws,
+                                        fresh=kept, summaries=summaries, spread=True,
+                                        acquisition_given=given).reset_index()
+            tables.append(report.assign(acquisition=name, refused=refused, **{"acquisition given": given}))
     out = pd.concat(tables, ignore_index=True)
-    return out.set_index(["acquisition", "M"])
+    return out.set_index(["acquisition", "acquisition given", "M"])

@@ -147,7 +147,8 @@ class FitResult:
 
 def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = None,
                  dose_e_per_A2: float | None = None, n_bootstrap: int = 200, seed=None,
-                 skip_bad: bool = False, units: str = "counts", check_intensity_scale: bool = True) -> FitResult:
+                 skip_bad: bool = False, units: str = "counts", check_intensity_scale: bool = True,
+                 acquisition: dict | None = None) -> FitResult:
     """θ̂ with 95 % intervals from the images of one sample.
 
     Parameters
@@ -177,6 +178,13 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         detector-normalised fraction of the incident beam (vacuum 0, beam 1).
     check_intensity_scale : bool
         Refuse a sample whose intensity scale is far from the training images' (False: warn only).
+    acquisition : dict, optional
+        What the user knows of how the sample was recorded: ``intensity_scale`` (the HAADF signal ÷
+        the simulator's for the same particles) and ``wo3_contrast`` (the WO3/TiO2 signal ratio ÷
+        the simulator's), both — notebook 2 measures 0.72 and 0.69 against published particles.
+        For estimators that read them (:attr:`agglib.estimate.SampleEstimator.reads_acquisition`:
+        the shipped default); None: unknown, the posterior accounts for any value in its training
+        ranges.
     """
     from agglib.estimate import SampleEstimator, load_default_estimator
 
@@ -208,6 +216,11 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         else:
             estimator = SampleEstimator.load(shipped_models_dir(best))
             chosen = estimator.metadata.get("profile")
+    if acquisition is not None:
+        if not isinstance(estimator, SampleEstimator):
+            raise ValueError("a known acquisition is read by the new method's estimators only; the paper method "
+                             f"({estimator.method}) has no input for it")
+        acquisition = estimator.check_known_acquisition(acquisition)
     train_dose = estimator.dose_e_per_A2
     dose = train_dose if dose_e_per_A2 is None else float(dose_e_per_A2)
     check_range("dose_e_per_A2", dose, low=0.0, low_inclusive=False, unit="e/Å²")
@@ -263,10 +276,11 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
                 "estimator_profile": estimator.profile_name,
                 "estimator_field_of_view_nm": estimator.field_of_view_nm,
                 "estimator_chosen_by_field_of_view": chosen,
-                "particles": None if estimator.particles.is_paper else estimator.particles.to_dict()}
+                "particles": None if estimator.particles.is_paper else estimator.particles.to_dict(),
+                "known_acquisition": acquisition}
     base = {"path": [it.path for it in items], "pixel_size_nm": [it.pixel_size_nm for it in items],
             "pixel_size_source": [it.pixel_size_source for it in items]}
-    reading = estimator.read_sample(images, resamples)
+    reading = estimator.read_sample(images, resamples, **({} if acquisition is None else {"acquisition": acquisition}))
     warnings += reading.warnings
     check = reading.out_of_model
     if check is not None and check["out_of_model"]:

@@ -11,10 +11,19 @@
 3. the set-level posterior on the ``posterior`` part of the continuous dataset's T
    (:func:`agglib.sets_training.train_posterior`) — configurations and images the encoder never saw —
    less a fifth of its configurations (:func:`posterior_split`), held out; it reads each image's
-   head outputs and :func:`agglib.stem.acquisition.acquisition_statistics`;
+   head outputs and :func:`agglib.stem.acquisition.acquisition_statistics`. A profile may give
+   it more configurations (``posterior_datasets``: further continuous datasets, seeds ``seed + 1``
+   …) and the sample's intensity scale and WO3/TiO2 contrast as inputs where a user knows them
+   (``posterior_acquisition_input``: every training configuration is read twice, with its
+   recorded acquisition and with it marked unknown — one network for both uses;
+   :func:`agglib.estimate.known_acquisition_columns`);
 4. its recalibration (:func:`agglib.sets_training.recalibration.fit_widening`) on the held-out
-   configurations and the continuous dataset's E — configurations no gradient step saw.
-   Calibration is checked on fresh simulations (notebook 6).
+   configurations and the continuous datasets' E — configurations no gradient step saw; one
+   law for each use (acquisition unknown, given). Calibration is checked on fresh simulations
+   (notebook 6).
+
+:func:`train_set_posterior` does steps 2–4 on a trained encoder (``agglib train-estimator
+--encoder``: a posterior retrained on a shipped estimator's encoder).
 
 The result is written to ``<run_dir>/sets/`` (``encoder.pt``, ``posterior.pt``) and loads with
 :meth:`agglib.estimate.SampleEstimator.load`.
@@ -42,8 +51,8 @@ from agglib.sets_training.encoder import train_encoder
 from agglib.sets_training.posterior import train_posterior_ensemble
 from agglib.sets_training.recalibration import SETS_PER_CONFIG, WIDENING_SIZES, WIDTH_OBJECTIVE, fit_widening
 
-__all__ = ["train_sample_estimator", "encoder_config", "posterior_config", "cached_summaries", "OUT_OF_MODEL",
-           "RECALIBRATION", "HELD_OUT_SHARE", "posterior_split", "recalibrate"]
+__all__ = ["train_sample_estimator", "train_set_posterior", "continuous_stores", "encoder_config", "posterior_config",
+           "cached_summaries", "OUT_OF_MODEL", "RECALIBRATION", "HELD_OUT_SHARE", "posterior_split", "recalibrate"]
 
 #: The out-of-model check fitted with every posterior (:class:`agglib.misspecification.SummaryReference`
 #: on the encoder's head outputs of the posterior's training images: in-model samples of the
@@ -82,8 +91,9 @@ def cached_summaries(source, store: DatasetStore, cache_dir, *, statistics: bool
 
     ``source`` is a :class:`~agglib.estimate.SampleEstimator` (its encoder's head outputs, and the
     images' :meth:`~agglib.encoder.TrainedEncoder.acquisition_statistics` after them if its
-    posterior reads them) or a :class:`~agglib.encoder.TrainedEncoder` (head outputs;
-    ``statistics=True`` adds the statistics).
+    posterior reads them, and the known-acquisition columns marked unknown if it reads those:
+    :meth:`~agglib.estimate.SampleEstimator.with_acquisition` sets them) or a
+    :class:`~agglib.encoder.TrainedEncoder` (head outputs; ``statistics=True`` adds the statistics).
 
     Rows the encoder trained on (the ``encoder`` role of a continuous dataset) are not encoded
     and hold NaN. Two cache files in ``cache_dir``: ``summaries-<store>.npz`` (keyed by the
@@ -110,7 +120,12 @@ def cached_summaries(source, store: DatasetStore, cache_dir, *, statistics: bool
             with atomic_open(paths[name], "wb") as fh:
                 np.savez(fh, **{name: values}, **entries[name])
             found[name] = values
-    return np.concatenate([found["summaries"], found["statistics"]], axis=1) if statistics else found["summaries"]
+    out = np.concatenate([found["summaries"], found["statistics"]], axis=1) if statistics else found["summaries"]
+    if getattr(source, "reads_acquisition", False):     # as SampleEstimator.summaries: the acquisition unknown
+        from agglib.estimate import known_acquisition_columns
+
+        out = np.concatenate([out, known_acquisition_columns(None, out.shape[0])], axis=1)
+    return out
 
 
 def _read_cached(path: Path, name: str, key: dict) -> np.ndarray | None:
@@ -152,15 +167,19 @@ def _progress(iterable, show, desc):
 
 def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed: int = 0, *,
                            show_progress_bars: bool | None = None, encoder_changes: dict | None = None,
-                           posterior_changes: dict | None = None, train: bool = True) -> SampleEstimator:
+                           posterior_changes: dict | None = None, train: bool = True,
+                           encoder=None) -> SampleEstimator:
     """Train (or finish, or load) the new method's estimator of a profile.
 
     Parameters
     ----------
     profile : Profile
-    grid_store, continuous_store : path-like or DatasetStore
-        The profile's grid dataset (the encoder trains on its T) and continuous dataset (the
-        posterior trains on its T; held-out configurations of it and its E recalibrate the posterior).
+    grid_store : path-like or DatasetStore
+        The profile's grid dataset (the encoder trains on its T).
+    continuous_store : path-like or DatasetStore, or a sequence of them
+        The profile's continuous dataset (the posterior trains on its T; held-out configurations
+        of it and its E recalibrate the posterior) — ``profile.posterior_datasets`` of them (seeds
+        ``seed``, ``seed + 1`` …), the encoder reading the first's ``encoder`` role.
     run_dir : path-like
         Receives ``encoder/`` (training checkpoints), the cached summaries and ``sets/``.
     seed : int
@@ -169,6 +188,10 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
     train : bool
         False: only load a finished estimator of exactly these settings; raise
         :class:`agglib.sets_training.NotTrainedError` rather than train (or retrain) anything.
+    encoder : path-like, optional
+        A trained encoder (``encoder.pt`` of an estimator) to train the posterior on instead of
+        training one (``grid_store`` is then not read): a posterior retrained on the encoder of a
+        shipped estimator.
 
     Returns
     -------
@@ -177,36 +200,91 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
         all of them (:func:`agglib.sets_training.train_encoder`), the posterior on rank 0 alone.
     """
     run_dir = Path(run_dir)
-    grid_store = grid_store if isinstance(grid_store, DatasetStore) else DatasetStore(grid_store)
-    continuous_store = continuous_store if isinstance(continuous_store, DatasetStore) else DatasetStore(continuous_store)
-    if continuous_store.identity.get("design") != "continuous":
-        raise ValueError(f"{continuous_store.path} is a {continuous_store.identity.get('design', 'grid')} dataset; "
-                         "the posterior trains on a continuous one (build_dataset(..., design='continuous'))")
-    enc_config = encoder_config(profile, seed, **(encoder_changes or {}))
-    if train and profile.encoder_bf16 and not enc_config.bf16 and "bf16" not in (encoder_changes or {}) \
-            and not (run_dir / "encoder" / "encoder.pt").is_file() and DistEnv.from_env().is_main:
-        print(f"agglib: the {profile.name} profile trains the encoder under bfloat16 autocast where it is fast; this "
-              f"device ({pick_device(enc_config.device)}) has no fast bf16, so it trains in float32 (its weights "
-              "are not those of a bf16 run: not the shipped estimator's)", file=sys.stderr)
-    post_config = posterior_config(profile, seed, **(posterior_changes or {}))
-    roles = continuous_store.continuous_roles()
-    extra = [(continuous_store, roles["encoder"])] if roles["encoder"].size else []
-    train_encoder(grid_store.path, enc_config, run_dir / "encoder", show_progress_bars=show_progress_bars,
-                  extra_training=extra, train=train)
-    if not DistEnv.from_env().is_main:          # under torchrun the encoder trains on every process; rank 0 goes on
+    stores = continuous_stores(profile, continuous_store)
+    if encoder is None:
+        grid_store = grid_store if isinstance(grid_store, DatasetStore) else DatasetStore(grid_store)
+        enc_config = encoder_config(profile, seed, **(encoder_changes or {}))
+        if train and profile.encoder_bf16 and not enc_config.bf16 and "bf16" not in (encoder_changes or {}) \
+                and not (run_dir / "encoder" / "encoder.pt").is_file() and DistEnv.from_env().is_main:
+            print(f"agglib: the {profile.name} profile trains the encoder under bfloat16 autocast where it is fast; "
+                  f"this device ({pick_device(enc_config.device)}) has no fast bf16, so it trains in float32 (its "
+                  "weights are not those of a bf16 run: not the shipped estimator's)", file=sys.stderr)
+        roles = stores[0].continuous_roles()
+        extra = [(stores[0], roles["encoder"])] if roles["encoder"].size else []
+        train_encoder(grid_store.path, enc_config, run_dir / "encoder", show_progress_bars=show_progress_bars,
+                      extra_training=extra, train=train)
+        if not DistEnv.from_env().is_main:      # under torchrun the encoder trains on every process; rank 0 goes on
+            return None
+        encoder = run_dir / "encoder" / "encoder.pt"
+    if not DistEnv.from_env().is_main:          # the posterior trains on rank 0 alone
         return None
-    encoder = TrainedEncoder.load(run_dir / "encoder" / "encoder.pt")
-    grid = ThetaGrid.from_profile(profile)
-    from agglib.estimate import INPUTS_WITH_STATISTICS, POSTERIOR_FAMILY
+    encoder = encoder if isinstance(encoder, TrainedEncoder) else TrainedEncoder.load(encoder)
+    return train_set_posterior(profile, encoder, stores, run_dir, seed, show_progress_bars=show_progress_bars,
+                               posterior_changes=posterior_changes, train=train)
+
+
+def continuous_stores(profile, continuous_store) -> list:
+    """The continuous datasets the posterior trains on, opened: ``continuous_store`` (one, or a
+    sequence of ``profile.posterior_datasets``) checked for design and number."""
+    given = [continuous_store] if isinstance(continuous_store, (str, Path, DatasetStore)) else list(continuous_store)
+    stores = [s if isinstance(s, DatasetStore) else DatasetStore(s) for s in given]
+    for store in stores:
+        if store.identity.get("design") != "continuous":
+            raise ValueError(f"{store.path} is a {store.identity.get('design', 'grid')} dataset; "
+                             "the posterior trains on a continuous one (build_dataset(..., design='continuous'))")
+    if len(stores) != profile.posterior_datasets:
+        raise ValueError(f"{len(stores)} continuous datasets given ({', '.join(str(s.path) for s in stores)}); the "
+                         f"{profile.name} profile's posterior trains on posterior_datasets={profile.posterior_datasets} "
+                         "(seeds seed, seed + 1, …)")
+    if len({s.identity_sha256() for s in stores}) != len(stores):
+        raise ValueError("the continuous datasets given are the same dataset twice: build them with different seeds")
+    return stores
+
+
+def _posterior_metadata(profile, encoder: TrainedEncoder, stores, post_config: PosteriorConfig, grid) -> dict:
+    """What defines a trained posterior (a finished one with other values is trained again)."""
+    from agglib.estimate import INPUTS_WITH_ACQUISITION, INPUTS_WITH_STATISTICS, POSTERIOR_FAMILY
     from agglib.stem.acquisition import ACQUISITION_STATISTICS
 
-    n_heads = int(encoder.model.heads.out_features)
-    meta = {"kind": "set_posterior", "agglib": agglib.__version__, "in_dim": n_heads + len(ACQUISITION_STATISTICS),
+    known = bool(profile.posterior_acquisition_input)
+    meta = {"kind": "set_posterior", "agglib": agglib.__version__,
+            "in_dim": int(encoder.model.heads.out_features) + len(ACQUISITION_STATISTICS) + (3 if known else 0),
             "hidden": post_config.hidden, "components": post_config.components, "members": post_config.members,
-            "family": POSTERIOR_FAMILY, "inputs": INPUTS_WITH_STATISTICS, "held_out_for_recalibration": HELD_OUT_SHARE,
+            "family": POSTERIOR_FAMILY, "inputs": INPUTS_WITH_ACQUISITION if known else INPUTS_WITH_STATISTICS,
+            "held_out_for_recalibration": HELD_OUT_SHARE,
             "grid": grid.to_dict(), "out_of_model": OUT_OF_MODEL,
-            "train_config": asdict(post_config), "continuous_dataset_sha256": continuous_store.identity_sha256(),
+            "train_config": asdict(post_config), "continuous_dataset_sha256": stores[0].identity_sha256(),
             "profile": profile.name, "method": "sets"}
+    if len(stores) > 1:
+        meta["continuous_datasets_sha256"] = [s.identity_sha256() for s in stores]
+    if known:                                   # the values a user may give: those the training samples had
+        ranges = [s.identity.get("acquisition_ranges") for s in stores]
+        if ranges[0] is None or any(r != ranges[0] for r in ranges):
+            raise ValueError(f"a posterior that reads the known acquisition trains on randomised acquisitions of one "
+                             f"set of ranges; the continuous datasets have {ranges}")
+        meta["acquisition_ranges"] = ranges[0]
+    return meta
+
+
+def train_set_posterior(profile, encoder: TrainedEncoder, stores, run_dir, seed: int = 0, *,
+                        show_progress_bars: bool | None = None, posterior_changes: dict | None = None,
+                        train: bool = True) -> SampleEstimator:
+    """Steps 2–4 of :func:`train_sample_estimator` on a trained ``encoder``: the cached summaries
+    of the continuous datasets ``stores`` (:func:`continuous_stores`), the set posterior on their
+    training configurations (each configuration twice — acquisition given, and marked unknown —
+    for a profile with ``posterior_acquisition_input``), the out-of-model reference and the
+    recalibration; saved to ``<run_dir>/sets/`` (or loaded from there when it holds exactly
+    this estimator)."""
+    run_dir = Path(run_dir)
+    stores = continuous_stores(profile, stores)
+    images = stores[0].stem_settings
+    if (encoder.image_size_px, encoder.pixel_size_nm) != (images.image_size_px, images.pixel_size_nm):
+        raise ValueError(f"the encoder reads {encoder.image_size_px}² px images at {encoder.pixel_size_nm:g} nm/px; "
+                         f"{stores[0].path} holds {images.image_size_px}² px at {images.pixel_size_nm:g} nm/px: train "
+                         "the posterior on datasets of the encoder's images")
+    post_config = posterior_config(profile, seed, **(posterior_changes or {}))
+    grid = ThetaGrid.from_profile(profile)
+    meta = _posterior_metadata(profile, encoder, stores, post_config, grid)
     out = run_dir / "sets"
     if (out / "posterior.pt").is_file():
         try:
@@ -215,28 +293,80 @@ def train_sample_estimator(profile, grid_store, continuous_store, run_dir, seed:
             raise CheckpointError(f"{out} holds an estimator that cannot be read ({err}); it is left as it is: "
                                   "move it away (or delete it) to train again") from None
         if found is not None and all(found.metadata.get(k) == v for k, v in meta.items() if k != "agglib") \
+                and found.metadata.get("continuous_datasets_sha256") == meta.get("continuous_datasets_sha256") \
                 and weights_digest(found.encoder.model.state_dict()) == weights_digest(encoder.model.state_dict()):
-            if found.metadata.get("recalibration") == RECALIBRATION:
+            if found.metadata.get("recalibration") == RECALIBRATION and \
+                    (not found.reads_acquisition or "widening_known_acquisition" in found.metadata):
                 return found
             # trained before this recalibration: recalibrate only (no gradient step: also with train=False)
-            return recalibrate(found, continuous_store, run_dir, seed, out, show_progress_bars=show_progress_bars)
+            return recalibrate(found, stores, run_dir, seed, out, show_progress_bars=show_progress_bars)
     if not train:
         from agglib.sets_training._contracts import NotTrainedError
 
         raise NotTrainedError(f"no set-level posterior of these settings in {out}")
-    summaries = cached_summaries(encoder, continuous_store, run_dir, statistics=True,
-                                 show_progress_bars=show_progress_bars)
-    t_idx, _ = posterior_split(continuous_store, seed)
-    model, history = train_posterior_ensemble(summaries[t_idx], continuous_store.theta[t_idx], continuous_store.config_id[t_idx],
-                                     grid, post_config, show_progress_bars=show_progress_bars)
-    all_t = roles["posterior"]                  # the out-of-model reference: every posterior configuration
-    largest = int(np.unique(continuous_store.config_id[all_t], return_counts=True)[1].max())
-    reference = SummaryReference.fit(summaries[all_t, :n_heads], continuous_store.config_id[all_t], seed=seed,
+    n_heads = int(encoder.model.heads.out_features)
+    parts = [_posterior_rows(encoder, store, k, run_dir, seed, meta, show_progress_bars)
+             for k, store in enumerate(stores)]
+    summaries, theta, config_id, group = (np.concatenate([p[key] for p in parts])
+                                          for key in ("summaries", "theta", "config_id", "group"))
+    model, history = train_posterior_ensemble(summaries, theta, config_id, grid, post_config, groups=group,
+                                              show_progress_bars=show_progress_bars)
+    first = stores[0]                           # the out-of-model reference: every posterior configuration of the first
+    all_t = first.continuous_roles()["posterior"]
+    largest = int(np.unique(first.config_id[all_t], return_counts=True)[1].max())
+    heads = cached_summaries(encoder, first, run_dir, show_progress_bars=show_progress_bars)
+    reference = SummaryReference.fit(heads[all_t, :n_heads], first.config_id[all_t], seed=seed,
                                      max_images=min(post_config.max_images, largest), level=OUT_OF_MODEL["level"],
                                      feature_name=OUT_OF_MODEL["features"])
     estimator = SampleEstimator(encoder, model, grid, {**meta, "history": history,
                                                        "out_of_model_reference": reference.to_dict()})
-    return recalibrate(estimator, continuous_store, run_dir, seed, out, show_progress_bars=show_progress_bars)
+    return recalibrate(estimator, stores, run_dir, seed, out, show_progress_bars=show_progress_bars)
+
+
+#: Configuration ids of the k-th dataset (and of the copies with the acquisition marked unknown) are
+#: offset by multiples of this, so that no two datasets' (or copies') configurations share an id.
+_CONFIG_ID_OFFSET = 10 ** 7
+
+
+def _posterior_rows(encoder, store: DatasetStore, k: int, run_dir, seed: int, meta: dict, show) -> dict:
+    """The training rows of dataset ``k`` (``summaries``, ``theta``, ``config_id``, ``group``): its
+    posterior configurations less those :func:`posterior_split` holds out; read with the acquisition
+    known and again marked unknown where the posterior reads it — two configurations of one
+    ``group``, held out of the gradient steps together (the same images and θ)."""
+    from agglib.estimate import INPUTS_WITH_ACQUISITION
+
+    summaries = cached_summaries(encoder, store, run_dir, statistics=True, show_progress_bars=show)
+    rows, _ = posterior_split(store, seed)
+    ids = store.config_id[rows].astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= _CONFIG_ID_OFFSET):
+        raise ValueError(f"{store.path}: configuration ids {ids.min()} … {ids.max()} outside 0 … {_CONFIG_ID_OFFSET - 1}")
+    ids = ids + 2 * k * _CONFIG_ID_OFFSET
+    base = {"summaries": summaries[rows], "theta": store.theta[rows], "config_id": ids, "group": ids}
+    if meta["inputs"] != INPUTS_WITH_ACQUISITION:
+        return base
+    known = _with_known(summaries, store, rows, known=True)
+    unknown = _with_known(summaries, store, rows, known=False)
+    return {"summaries": np.concatenate([known, unknown]), "theta": np.concatenate([base["theta"]] * 2),
+            "config_id": np.concatenate([ids, ids + _CONFIG_ID_OFFSET]), "group": np.concatenate([ids, ids])}
+
+
+def _with_known(summaries: np.ndarray, store: DatasetStore, rows: np.ndarray, known: bool) -> np.ndarray:
+    """``summaries[rows]`` with the known-acquisition columns: the store's recorded acquisition of
+    each row (``known``) or marked unknown."""
+    from agglib.estimate import KNOWN_ACQUISITION, known_acquisition_columns
+    from agglib.stem.acquisition import ACQUISITION_KEYS
+
+    acquisition = None
+    if known:
+        recorded = store.acquisition
+        if recorded is None:
+            raise ValueError(f"{store.path} records no acquisitions (the paper's fixed acquisition): a posterior that "
+                             "reads the known acquisition trains on a randomised one")
+        if store.identity.get("acquisition_scope") != "configuration":
+            raise ValueError(f"{store.path} draws an acquisition per image, not per sample: a sample's known "
+                             "acquisition needs one shared by its images (build the dataset again with this agglib)")
+        acquisition = {key: recorded[rows, ACQUISITION_KEYS.index(key)] for key in KNOWN_ACQUISITION}
+    return np.concatenate([summaries[rows], known_acquisition_columns(acquisition, rows.size)], axis=1)
 
 
 def posterior_split(continuous_store: DatasetStore, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -256,19 +386,32 @@ def posterior_split(continuous_store: DatasetStore, seed: int) -> tuple[np.ndarr
     return rows[~out], rows[out]
 
 
-def recalibrate(estimator: SampleEstimator, continuous_store: DatasetStore, run_dir, seed: int, out, *,
+def recalibrate(estimator: SampleEstimator, continuous_store, run_dir, seed: int, out, *,
                 show_progress_bars: bool | None = None) -> SampleEstimator:
-    """Fit ``estimator``'s widening on configurations of ``continuous_store`` that no gradient step
-    saw (those :func:`posterior_split` holds out and E), record it (``widening``,
-    ``recalibration``, ``widening_fit``: the fitted factors per M) and save the estimator to
-    ``out``; returns it as loaded from there."""
-    summaries = cached_summaries(estimator, continuous_store, run_dir, show_progress_bars=show_progress_bars)
-    held = np.concatenate([posterior_split(continuous_store, seed)[1], continuous_store.continuous_roles()["E"]])
-    law, table = fit_widening(estimator, summaries[held], continuous_store.theta[held],
-                              continuous_store.config_id[held], seed=seed)
-    fit = table.reset_index().round(4).to_dict(orient="records")
+    """Fit ``estimator``'s widening on configurations of the continuous dataset(s)
+    ``continuous_store`` that no gradient step saw (those :func:`posterior_split` holds out and
+    E), record it (``widening``, ``recalibration``, ``widening_fit``: the fitted factors per M; for
+    a posterior that reads the known acquisition also ``widening_known_acquisition`` and
+    ``widening_fit_known_acquisition``, fitted on the same configurations with it given) and save
+    the estimator to ``out``; returns it as loaded from there."""
+    stores = [continuous_store] if isinstance(continuous_store, DatasetStore) else list(continuous_store)
+    parts = []
+    for k, store in enumerate(stores):
+        found = cached_summaries(estimator.encoder, store, run_dir, statistics=estimator.reads_statistics,
+                                 show_progress_bars=show_progress_bars)
+        parts.append((found, store, np.concatenate([posterior_split(store, seed)[1], store.continuous_roles()["E"]]), k))
+    theta = np.concatenate([store.theta[held] for _, store, held, _ in parts])
+    config_id = np.concatenate([store.config_id[held].astype(np.int64) + 2 * k * _CONFIG_ID_OFFSET
+                                for _, store, held, k in parts])
+    modes = {"": False, "_known_acquisition": True} if estimator.reads_acquisition else {"": None}
+    fitted = {}
+    for suffix, known in modes.items():
+        summaries = np.concatenate([found[held] if known is None else _with_known(found, store, held, known)
+                                    for found, store, held, _ in parts])
+        law, table = fit_widening(estimator, summaries, theta, config_id, seed=seed)
+        fitted[f"widening{suffix}"] = law.to_dict()
+        fitted[f"widening_fit{suffix}"] = table.reset_index().round(4).to_dict(orient="records")
     done = SampleEstimator(estimator.encoder, estimator.posterior, estimator.grid,
-                           {**estimator.metadata, "widening": law.to_dict(), "recalibration": RECALIBRATION,
-                            "widening_fit": fit})
+                           {**estimator.metadata, **fitted, "recalibration": RECALIBRATION})
     done.save(out, overwrite=True)
     return SampleEstimator.load(out)

@@ -28,7 +28,8 @@ from agglib.lr_schedule import one_cycle_lr, set_hyperparameters
 from agglib.posterior import SetPosterior, ThetaGrid
 from agglib.sets_training._contracts import PosteriorConfig
 
-__all__ = ["train_posterior", "train_posterior_ensemble", "config_members", "draw_sets", "set_size"]
+__all__ = ["train_posterior", "train_posterior_ensemble", "config_members", "draw_sets", "set_size",
+           "validation_configurations"]
 
 
 def set_size(rng, max_m: int, law: str) -> int:
@@ -61,9 +62,34 @@ def draw_sets(members: np.ndarray, counts: np.ndarray, rows: np.ndarray, m: int,
     return np.where(mask, picked, 0), mask
 
 
+def validation_configurations(config_id: np.ndarray, share: float, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Which configurations (in the order of ``np.unique(config_id)``) :func:`train_posterior` holds
+    out of its gradient steps: a share ``share`` of the ``groups`` (rows (n,), constant within a
+    configuration; None: each configuration its own group), drawn with ``seed`` — at least one,
+    never all, where ``share`` > 0. All configurations of a group are held out together."""
+    ids, first = np.unique(config_id, return_index=True)
+    if groups is None:                                   # each configuration its own group
+        group_of = np.arange(ids.size)
+    else:
+        groups = np.asarray(groups)
+        if len(set(zip(groups.tolist(), np.asarray(config_id).tolist()))) != ids.size:
+            raise ValueError("groups must be constant within each configuration")
+        group_of = np.unique(groups[first], return_inverse=True)[1].reshape(-1)
+    held_group = np.random.default_rng([seed, 10**6]).random(group_of.max() + 1) < share
+    if share > 0 and (held_group.all() or not held_group.any()):
+        held_group[:] = False
+        held_group[: max(1, int(round(share * held_group.size)))] = True
+    return held_group[group_of]
+
+
 def train_posterior(summaries: np.ndarray, theta: np.ndarray, config_id: np.ndarray, grid: ThetaGrid,
-                    config: PosteriorConfig, *, show_progress_bars: bool | None = None) -> tuple[SetPosterior, list]:
+                    config: PosteriorConfig, *, groups: np.ndarray | None = None,
+                    show_progress_bars: bool | None = None) -> tuple[SetPosterior, list]:
     """Fit a :class:`SetPosterior` to per-image summaries (n, K) with their θ (n, 4) and configuration ids.
+
+    ``groups`` (n,), optional: configurations of one group are held out of the gradient steps
+    together (the copies of one configuration read with and without its acquisition, whose images
+    and θ are the same); None: each configuration is its own group.
 
     Returns the trained module (in eval mode, the weights of the best validation step) and the
     history (one record per ``validate_every`` steps: training loss, validation loss).
@@ -76,10 +102,7 @@ def train_posterior(summaries: np.ndarray, theta: np.ndarray, config_id: np.ndar
     pair = torch.as_tensor(grid.discrete_index(theta), dtype=torch.long)
     u = torch.as_tensor(grid.to_unbounded(theta), dtype=torch.float32)
     all_members, all_counts = config_members(config_id)
-    held = np.random.default_rng([config.seed, 10**6]).random(all_members.shape[0]) < config.validation_share
-    if config.validation_share > 0 and (held.all() or not held.any()):
-        held[:] = False
-        held[: max(1, int(round(config.validation_share * held.size)))] = True
+    held = validation_configurations(config_id, config.validation_share, config.seed, groups)
     members, counts = all_members[~held], all_counts[~held]
     max_m = int(min(config.max_images, counts.max()))
     val_sets = _validation_sets(all_members[held], all_counts[held], max_m, config.seed) if held.any() else []
@@ -118,10 +141,11 @@ def train_posterior(summaries: np.ndarray, theta: np.ndarray, config_id: np.ndar
 
 
 def train_posterior_ensemble(summaries: np.ndarray, theta: np.ndarray, config_id: np.ndarray, grid: ThetaGrid,
-                             config: PosteriorConfig, *, show_progress_bars: bool | None = None):
+                             config: PosteriorConfig, *, groups: np.ndarray | None = None,
+                             show_progress_bars: bool | None = None):
     """``config.members`` posteriors (:func:`train_posterior`, seeds ``seed · 1000 + k``, each with its
-    own held-out configurations) as one :class:`agglib.posterior.PosteriorEnsemble`; returns it and
-    the members' histories (``member`` added to each record)."""
+    own held-out configurations, or ``groups`` of them) as one :class:`agglib.posterior.PosteriorEnsemble`;
+    returns it and the members' histories (``member`` added to each record)."""
     from dataclasses import replace
 
     from agglib.posterior import PosteriorEnsemble
@@ -129,7 +153,7 @@ def train_posterior_ensemble(summaries: np.ndarray, theta: np.ndarray, config_id
     members, history = [], []
     for k in range(config.members):
         model, hist = train_posterior(summaries, theta, config_id, grid, replace(config, seed=config.seed * 1000 + k),
-                                      show_progress_bars=show_progress_bars)
+                                      groups=groups, show_progress_bars=show_progress_bars)
         members.append(model)
         history += [{**h, "member": k} for h in hist]
     return PosteriorEnsemble(members).eval(), history

@@ -91,7 +91,8 @@ def resample_mean(data: np.ndarray, zoom: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AcquisitionRanges:
-    """Ranges of a randomised acquisition (each image draws its own values).
+    """Ranges of a randomised acquisition (values drawn per image in grid datasets, per sample —
+    shared by its images — in continuous ones).
 
     Attributes
     ----------
