@@ -179,3 +179,17 @@ def test_fit_help_states_the_coarsest_pixel_size_the_default_accepts(capsys):
     text = " ".join(capsys.readouterr().out.split())
     pixel = SampleEstimator.load(shipped_models_dir("robust")).pixel_size_nm
     assert f"{MAX_UPSAMPLING * pixel:g} nm for the shipped default's {pixel:g} nm" in text
+
+
+def test_train_estimator_refuses_a_wrong_number_of_datasets_and_a_missing_encoder(tmp_path, capsys):
+    """Refused before any dataset is built or anything trained: the error names the value and what to give."""
+    base = ["train-estimator", "--profile", "tiny", "--out", str(tmp_path / "out")]
+    assert main([*base, "--continuous-store", str(tmp_path / "a.zarr"), "--continuous-store", str(tmp_path / "b.zarr")]) == 2
+    assert "--continuous-store given 2 times; the tiny profile's posterior trains on posterior_datasets=1" \
+        in capsys.readouterr().err
+    assert main([*base, "--encoder", str(tmp_path / "missing.pt"), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "missing.pt: no such file" in capsys.readouterr().err
+    (tmp_path / "encoder.pt").write_bytes(b"")
+    assert main([*base, "--encoder", str(tmp_path / "encoder.pt")]) == 2
+    assert "needs --run-dir" in capsys.readouterr().err
+    assert not any(tmp_path.glob("*.zarr")) and not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
