@@ -229,6 +229,17 @@ def given_acquisition(fresh: dict) -> dict:
     return {key: np.array([float(per_config[c].get(key, 1.0)) for c in fresh["config_id"]]) for key in KNOWN_ACQUISITION}
 
 
+def _fit_accepts(estimator, known: dict) -> bool:
+    """Whether ``agglib fit`` accepts every sample's given acquisition (per-image arrays of
+    :func:`given_acquisition`): :meth:`~agglib.estimate.SampleEstimator.check_known_acquisition`."""
+    try:
+        for values in set(zip(*(known[k] for k in known))):
+            estimator.check_known_acquisition(dict(zip(known, values)))
+    except ValueError:
+        return False
+    return True
+
+
 def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_configs: int, sizes=(1, 4, 12, 24),
                                    seed: int = 0, *, level: float = 0.9, draws: int = 500,
                                    acquisition_given=(False,),
@@ -273,7 +284,6 @@ def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_con
         raise ValueError("acquisition_given=(): give at least one of False (unknown), True (given)")
     if any(given_modes) and not estimator.reads_acquisition:
         raise ValueError("acquisition_given=True: this estimator does not read a known acquisition")
-    ranges = estimator.known_acquisition_ranges if any(given_modes) else {}
     tables = []
     for name, acquisition in tqdm(acquisitions.items(), desc="acquisitions", disable=not show):
         fresh = fresh_configurations(profile, n_configs, sizes[-1], seed, prior="continuous",
@@ -289,9 +299,7 @@ def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_con
                 [fresh["acquisitions"][c] for c in np.flatnonzero(accepted)]}
         summaries = estimator.summaries(kept["images"]) if accepted.mean() >= 0.5 else None
         for given in given_modes:
-            known = given_acquisition(kept) if given and kept["images"].shape[0] else {}
-            outside = any(not ranges[k][0] - 1e-9 <= v <= ranges[k][1] + 1e-9
-                          for k, values in known.items() for v in np.unique(values))
+            outside = given and kept["images"].shape[0] > 0 and not _fit_accepts(estimator, given_acquisition(kept))
             if summaries is None or outside:             # fit refuses given values outside the training ranges
                 tables.append(pd.DataFrame([{"acquisition": name, "acquisition given": given, "M": m,
                                              "refused": 1.0 if outside else refused} for m in sizes]))

@@ -305,8 +305,12 @@ def train_set_posterior(profile, encoder: TrainedEncoder, stores, run_dir, seed:
 
         raise NotTrainedError(f"no set-level posterior of these settings in {out}")
     n_heads = int(encoder.model.heads.out_features)
-    parts = [_posterior_rows(encoder, store, k, run_dir, seed, meta, show_progress_bars)
-             for k, store in enumerate(stores)]
+    read = [cached_summaries(encoder, store, run_dir, statistics=True, show_progress_bars=show_progress_bars)
+            for store in stores]
+    from agglib.estimate import INPUTS_WITH_ACQUISITION
+
+    parts = [_posterior_rows(found, store, k, seed, meta["inputs"] == INPUTS_WITH_ACQUISITION)
+             for k, (found, store) in enumerate(zip(read, stores))]
     summaries, theta, config_id, group = (np.concatenate([p[key] for p in parts])
                                           for key in ("summaries", "theta", "config_id", "group"))
     model, history = train_posterior_ensemble(summaries, theta, config_id, grid, post_config, groups=group,
@@ -314,8 +318,7 @@ def train_set_posterior(profile, encoder: TrainedEncoder, stores, run_dir, seed:
     first = stores[0]                           # the out-of-model reference: every posterior configuration of the first
     all_t = first.continuous_roles()["posterior"]
     largest = int(np.unique(first.config_id[all_t], return_counts=True)[1].max())
-    heads = cached_summaries(encoder, first, run_dir, show_progress_bars=show_progress_bars)
-    reference = SummaryReference.fit(heads[all_t, :n_heads], first.config_id[all_t], seed=seed,
+    reference = SummaryReference.fit(read[0][all_t, :n_heads], first.config_id[all_t], seed=seed,
                                      max_images=min(post_config.max_images, largest), level=OUT_OF_MODEL["level"],
                                      feature_name=OUT_OF_MODEL["features"])
     estimator = SampleEstimator(encoder, model, grid, {**meta, "history": history,
@@ -328,21 +331,25 @@ def train_set_posterior(profile, encoder: TrainedEncoder, stores, run_dir, seed:
 _CONFIG_ID_OFFSET = 10 ** 7
 
 
-def _posterior_rows(encoder, store: DatasetStore, k: int, run_dir, seed: int, meta: dict, show) -> dict:
-    """The training rows of dataset ``k`` (``summaries``, ``theta``, ``config_id``, ``group``): its
-    posterior configurations less those :func:`posterior_split` holds out; read with the acquisition
-    known and again marked unknown where the posterior reads it — two configurations of one
-    ``group``, held out of the gradient steps together (the same images and θ)."""
-    from agglib.estimate import INPUTS_WITH_ACQUISITION
-
-    summaries = cached_summaries(encoder, store, run_dir, statistics=True, show_progress_bars=show)
-    rows, _ = posterior_split(store, seed)
+def _dataset_ids(store: DatasetStore, rows: np.ndarray, k: int) -> np.ndarray:
+    """Configuration ids of ``rows`` of the ``k``-th dataset, offset so that no two datasets (nor
+    the copies of :func:`_posterior_rows`) share one."""
     ids = store.config_id[rows].astype(np.int64)
     if ids.size and (ids.min() < 0 or ids.max() >= _CONFIG_ID_OFFSET):
         raise ValueError(f"{store.path}: configuration ids {ids.min()} … {ids.max()} outside 0 … {_CONFIG_ID_OFFSET - 1}")
-    ids = ids + 2 * k * _CONFIG_ID_OFFSET
+    return ids + 2 * k * _CONFIG_ID_OFFSET
+
+
+def _posterior_rows(summaries: np.ndarray, store: DatasetStore, k: int, seed: int, reads_acquisition: bool) -> dict:
+    """The training rows of dataset ``k`` (``summaries``, ``theta``, ``config_id``, ``group``) from
+    its cached ``summaries``: its posterior configurations less those :func:`posterior_split` holds
+    out; read with the acquisition known and again marked unknown where the posterior reads it —
+    two configurations of one ``group``, held out of the gradient steps together (the same images
+    and θ)."""
+    rows, _ = posterior_split(store, seed)
+    ids = _dataset_ids(store, rows, k)
     base = {"summaries": summaries[rows], "theta": store.theta[rows], "config_id": ids, "group": ids}
-    if meta["inputs"] != INPUTS_WITH_ACQUISITION:
+    if not reads_acquisition:
         return base
     known = _with_known(summaries, store, rows, known=True)
     unknown = _with_known(summaries, store, rows, known=False)
@@ -401,8 +408,7 @@ def recalibrate(estimator: SampleEstimator, continuous_store, run_dir, seed: int
                                  show_progress_bars=show_progress_bars)
         parts.append((found, store, np.concatenate([posterior_split(store, seed)[1], store.continuous_roles()["E"]]), k))
     theta = np.concatenate([store.theta[held] for _, store, held, _ in parts])
-    config_id = np.concatenate([store.config_id[held].astype(np.int64) + 2 * k * _CONFIG_ID_OFFSET
-                                for _, store, held, k in parts])
+    config_id = np.concatenate([_dataset_ids(store, held, k) for _, store, held, k in parts])
     modes = {"": False, "_known_acquisition": True} if estimator.reads_acquisition else {"": None}
     fitted = {}
     for suffix, known in modes.items():
