@@ -226,7 +226,7 @@ def _cmd_estimator(args) -> int:
 
 
 def _cmd_fit(args) -> int:
-    from agglib.estimate import ParameterEstimator, SampleEstimator
+    from agglib.estimate import ParameterEstimator, SampleEstimator, missing_known_acquisition
     from agglib.core.files import check_output_dir
     from agglib.fit import SUPPORTED_SUFFIXES, characterise, draw_shadows, export_shadows
     from agglib.fit.characterise import SHADOW_FILES
@@ -258,12 +258,13 @@ def _cmd_fit(args) -> int:
                          "beam; images already in fractions need none (leave --dose out, or give --units counts)")
     if args.pixel_size is not None and not 0 < args.pixel_size <= 1000:
         raise ValueError(f"--pixel-size {args.pixel_size:g}: out of range; accepted range (0, 1000] nm")
-    if (args.intensity_scale is None) != (args.wo3_contrast is None):
-        given = "--intensity-scale" if args.intensity_scale is not None else "--wo3-contrast"
+    acquisition = {"intensity_scale": args.intensity_scale, "wo3_contrast": args.wo3_contrast}
+    missing = missing_known_acquisition(acquisition)
+    if len(missing) == 1:
+        given = next("--" + key.replace("_", "-") for key in acquisition if key not in missing)
         raise ValueError(f"{given} given alone: give both --intensity-scale and --wo3-contrast (notebook 2 measures "
                          "both against published particles: 0.72 and 0.69), or neither")
-    acquisition = None if args.intensity_scale is None else {"intensity_scale": args.intensity_scale,
-                                                             "wo3_contrast": args.wo3_contrast}
+    acquisition = None if missing else acquisition
     _compiling("model")                            # the shadows; fit renders nothing with shipped estimators
     models = None if args.models is None else Path(args.models)
     if models is not None and not (models / "posterior.pt").is_file() and not any(models.glob("*/best.pt")):

@@ -23,7 +23,7 @@ from agglib.preprocess import Preprocess
 __all__ = ["TrainedNetwork", "load_estimator", "ParameterEstimator", "NETWORK_NAMES", "export_estimators",
            "SampleReading", "INTERVAL_KINDS",
            "shipped_models_dir", "SampleEstimator", "combine_per_image", "combine_groups", "load_default_estimator",
-           "KNOWN_ACQUISITION", "known_acquisition_columns"]
+           "KNOWN_ACQUISITION", "known_acquisition_columns", "missing_known_acquisition"]
 
 NETWORK_NAMES = ("df", "rho_reg", "rho_class", "theta0", "theta1")
 
@@ -402,6 +402,13 @@ INPUTS_WITH_ACQUISITION = ("encoder head outputs + acquisition statistics + the 
 KNOWN_ACQUISITION = ("intensity_scale", "wo3_contrast")
 
 
+def missing_known_acquisition(acquisition) -> list[str]:
+    """The keys of :data:`KNOWN_ACQUISITION` that ``acquisition`` (a mapping) lacks or leaves None:
+    a known acquisition has both or is not given at all (the one rule ``fit``, the CLI and
+    :func:`known_acquisition_columns` apply)."""
+    return [key for key in KNOWN_ACQUISITION if acquisition.get(key) is None]
+
+
 def known_acquisition_columns(acquisition, n: int) -> np.ndarray:
     """The columns (n, 3) a posterior reading :data:`INPUTS_WITH_ACQUISITION` gets beside each of
     n images' summaries: log intensity scale, WO3/TiO2 contrast factor and 1 where the sample's
@@ -413,7 +420,7 @@ def known_acquisition_columns(acquisition, n: int) -> np.ndarray:
     out = np.zeros((int(n), 3), dtype=np.float32)
     if acquisition is None:
         return out
-    missing = [k for k in KNOWN_ACQUISITION if k not in acquisition]
+    missing = missing_known_acquisition(acquisition)
     if missing:
         raise ValueError(f"the known acquisition {dict(acquisition)} lacks {', '.join(missing)}: give both "
                          f"{' and '.join(KNOWN_ACQUISITION)} (notebook 2 measures both), or neither")
@@ -543,10 +550,12 @@ class SampleEstimator(_TrainedOnImages):
                              "posterior_acquisition_input=true, or leave both out")
         ranges = self.known_acquisition_ranges
         out = {}
+        missing = missing_known_acquisition(acquisition)
+        if missing:
+            raise ValueError(f"the known acquisition lacks {', '.join(missing)}: give both "
+                             f"{' and '.join(KNOWN_ACQUISITION)} (notebook 2 measures both against published "
+                             "particles), or neither")
         for key in KNOWN_ACQUISITION:
-            if key not in acquisition or acquisition[key] is None:
-                raise ValueError(f"the known acquisition lacks {key}: give both {' and '.join(KNOWN_ACQUISITION)} "
-                                 "(notebook 2 measures both against published particles), or neither")
             lo, hi = ranges[key]
             try:
                 out[key] = float(check_range(key, float(acquisition[key]), low=lo, high=hi))

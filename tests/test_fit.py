@@ -228,6 +228,8 @@ def test_cli_fit_on_the_shipped_sample_prints_intervals_and_writes_shadows(tmp_p
     given = ["fit", str(sample), "--pixel-size", "2.9", "--bootstrap", "100", "--shadows", "20"]
     assert main([*given, "--out", str(tmp_path / "alone"), "--intensity-scale", "0.72"]) == 2
     assert "--intensity-scale given alone: give both" in capsys.readouterr().err
+    assert main([*given, "--out", str(tmp_path / "alone"), "--wo3-contrast", "0.69"]) == 2
+    assert "--wo3-contrast given alone: give both" in capsys.readouterr().err
     assert main([*given, "--out", str(tmp_path / "far"), "--intensity-scale", "3", "--wo3-contrast", "1"]) == 2
     assert "intensity_scale=3.0 is out of range; accepted range [0.45, 1.6]" in capsys.readouterr().err
     assert not (tmp_path / "alone").exists() and not (tmp_path / "far").exists()

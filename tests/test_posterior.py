@@ -593,6 +593,20 @@ def test_known_acquisition_is_checked_against_the_training_ranges(known_acquisit
         tiny_estimator[0].estimate(images, {"intensity_scale": 0.8, "wo3_contrast": 0.8})
 
 
+def test_a_known_acquisition_has_both_or_is_not_given():
+    from agglib.estimate import known_acquisition_columns, missing_known_acquisition
+
+    assert missing_known_acquisition({"intensity_scale": 0.7, "wo3_contrast": 0.7}) == []
+    assert missing_known_acquisition({"intensity_scale": 0.7, "wo3_contrast": None}) == ["wo3_contrast"]
+    assert missing_known_acquisition({}) == ["intensity_scale", "wo3_contrast"]
+    # a None value is a missing value, not "a number expected", where the columns are made
+    with pytest.raises(ValueError, match="lacks intensity_scale: give both"):
+        known_acquisition_columns({"intensity_scale": None, "wo3_contrast": 0.7}, 2)
+    np.testing.assert_array_equal(known_acquisition_columns(None, 2), np.zeros((2, 3)))
+    np.testing.assert_allclose(known_acquisition_columns({"intensity_scale": 0.5, "wo3_contrast": 0.7}, 1),
+                               [[np.log(0.5), 0.7, 1.0]], rtol=1e-6)
+
+
 def test_posterior_datasets_are_counted_and_distinct(known_acquisition_estimator, tmp_path):
     from agglib.sets_training.pipeline import continuous_stores
 
