@@ -518,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("train-estimator", help="train (or resume) the new method for a profile: the image encoder "
-                                               "and the set-level posterior over θ (builds the two datasets if missing; under "
+                                               "and the set-level posterior over θ (builds its datasets if missing; under "
                                                "torchrun build them first)")
     e.add_argument("--profile", default="quick", help="tiny, quick, paper, bremen2023 or a profile file (*.yaml, "
                                                       "`agglib profiles write`)")

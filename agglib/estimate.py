@@ -406,7 +406,24 @@ def missing_known_acquisition(acquisition) -> list[str]:
     """The keys of :data:`KNOWN_ACQUISITION` that ``acquisition`` (a mapping) lacks or leaves None:
     a known acquisition has both or is not given at all (the one rule ``fit``, the CLI and
     :func:`known_acquisition_columns` apply)."""
+    from collections.abc import Mapping
+
+    if not isinstance(acquisition, Mapping):
+        raise ValueError(f"acquisition={acquisition!r}: a mapping {{'intensity_scale': …, 'wo3_contrast': …}} "
+                         "or None (unknown) expected")
     return [key for key in KNOWN_ACQUISITION if acquisition.get(key) is None]
+
+
+def _require_both(acquisition) -> None:
+    """Raise unless ``acquisition`` (a mapping) gives both keys of :data:`KNOWN_ACQUISITION`."""
+    missing = missing_known_acquisition(acquisition)
+    if len(missing) == len(KNOWN_ACQUISITION):
+        raise ValueError(f"acquisition={dict(acquisition)!r} gives neither {' nor '.join(KNOWN_ACQUISITION)}: pass "
+                         "acquisition=None to leave the acquisition unknown")
+    if missing:
+        raise ValueError(f"the known acquisition {dict(acquisition)} lacks {', '.join(missing)}: give both "
+                         f"{' and '.join(KNOWN_ACQUISITION)} (notebook 2 measures both against published particles), "
+                         "or neither")
 
 
 def known_acquisition_columns(acquisition, n: int) -> np.ndarray:
@@ -420,10 +437,7 @@ def known_acquisition_columns(acquisition, n: int) -> np.ndarray:
     out = np.zeros((int(n), 3), dtype=np.float32)
     if acquisition is None:
         return out
-    missing = missing_known_acquisition(acquisition)
-    if missing:
-        raise ValueError(f"the known acquisition {dict(acquisition)} lacks {', '.join(missing)}: give both "
-                         f"{' and '.join(KNOWN_ACQUISITION)} (notebook 2 measures both), or neither")
+    _require_both(acquisition)
     values = {}
     for key in KNOWN_ACQUISITION:
         try:
@@ -548,17 +562,18 @@ class SampleEstimator(_TrainedOnImages):
                              "acquisition (intensity scale, WO3/TiO2 contrast): use the shipped default "
                              "(--models agglib/data/models/sets-quick-robust) or one trained with "
                              "posterior_acquisition_input=true, or leave both out")
+        _require_both(acquisition)
         ranges = self.known_acquisition_ranges
         out = {}
-        missing = missing_known_acquisition(acquisition)
-        if missing:
-            raise ValueError(f"the known acquisition lacks {', '.join(missing)}: give both "
-                             f"{' and '.join(KNOWN_ACQUISITION)} (notebook 2 measures both against published "
-                             "particles), or neither")
         for key in KNOWN_ACQUISITION:
+            try:
+                value = float(acquisition[key])
+            except (TypeError, ValueError):
+                raise ValueError(f"{key}={acquisition[key]!r}: a number (a factor on the simulator's signal) is "
+                                 "expected") from None
             lo, hi = ranges[key]
             try:
-                out[key] = float(check_range(key, float(acquisition[key]), low=lo, high=hi))
+                out[key] = float(check_range(key, value, low=lo, high=hi))
             except ValueError as err:
                 raise ValueError(f"{err}: the range this estimator's training samples were drawn from (a factor on "
                                  "the simulator's signal); outside it the posterior would extrapolate. Leave both "

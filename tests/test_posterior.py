@@ -589,6 +589,8 @@ def test_known_acquisition_is_checked_against_the_training_ranges(known_acquisit
         est.estimate(images, {"intensity_scale": 10.0, "wo3_contrast": 0.8})
     with pytest.raises(ValueError, match="lacks wo3_contrast: give both"):
         est.estimate(images, {"intensity_scale": 0.8})
+    with pytest.raises(ValueError, match="wo3_contrast='0.8x': a number"):
+        est.estimate(images, {"intensity_scale": 0.8, "wo3_contrast": "0.8x"})
     with pytest.raises(ValueError, match="does not read a known acquisition"):
         tiny_estimator[0].estimate(images, {"intensity_scale": 0.8, "wo3_contrast": 0.8})
 
@@ -602,6 +604,12 @@ def test_a_known_acquisition_has_both_or_is_not_given():
     # a None value is a missing value, not "a number expected", where the columns are made
     with pytest.raises(ValueError, match="lacks intensity_scale: give both"):
         known_acquisition_columns({"intensity_scale": None, "wo3_contrast": 0.7}, 2)
+    with pytest.raises(ValueError, match="gives neither intensity_scale nor wo3_contrast: pass acquisition=None"):
+        known_acquisition_columns({}, 2)
+    with pytest.raises(ValueError, match=r"acquisition=\(0.7, 0.7\): a mapping"):
+        known_acquisition_columns((0.7, 0.7), 2)
+    with pytest.raises(ValueError, match="wo3_contrast='high': a number"):
+        known_acquisition_columns({"intensity_scale": 0.7, "wo3_contrast": "high"}, 2)
     np.testing.assert_array_equal(known_acquisition_columns(None, 2), np.zeros((2, 3)))
     np.testing.assert_allclose(known_acquisition_columns({"intensity_scale": 0.5, "wo3_contrast": 0.7}, 1),
                                [[np.log(0.5), 0.7, 1.0]], rtol=1e-6)
