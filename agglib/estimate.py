@@ -400,6 +400,7 @@ INPUTS_WITH_ACQUISITION = ("encoder head outputs + acquisition statistics + the 
 #: sensitivity; notebook 2 measures 0.72 against published particles) and the extra factor on
 #: WO3's (``wo3_contrast``: notebook 2 measures 0.69). Both or neither.
 KNOWN_ACQUISITION = ("intensity_scale", "wo3_contrast")
+_KNOWN_COLUMNS = len(KNOWN_ACQUISITION) + 1          # their values and a flag, last of a summary's columns
 
 
 def missing_known_acquisition(acquisition) -> list[str]:
@@ -434,7 +435,7 @@ def known_acquisition_columns(acquisition, n: int) -> np.ndarray:
     ``acquisition``: None or a mapping with both keys of :data:`KNOWN_ACQUISITION`, each a number
     or an array of n (one per image). The one place where a known acquisition becomes the
     posterior's input (training, recalibration, checks and ``fit`` all call it)."""
-    out = np.zeros((int(n), 3), dtype=np.float32)
+    out = np.zeros((int(n), _KNOWN_COLUMNS), dtype=np.float32)
     if acquisition is None:
         return out
     _require_both(acquisition)
@@ -589,7 +590,7 @@ class SampleEstimator(_TrainedOnImages):
             raise ValueError("this estimator does not read a known acquisition (metadata inputs: "
                              f"{self.metadata.get('inputs', INPUTS_HEADS)!r})")
         out = np.array(summaries, dtype=np.float32, copy=True)
-        out[:, -3:] = known_acquisition_columns(acquisition, out.shape[0])
+        out[:, -_KNOWN_COLUMNS:] = known_acquisition_columns(acquisition, out.shape[0])
         return out
 
     @torch.no_grad()

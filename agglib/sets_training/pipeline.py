@@ -243,12 +243,14 @@ def continuous_stores(profile, continuous_store) -> list:
 
 def _posterior_metadata(profile, encoder: TrainedEncoder, stores, post_config: PosteriorConfig, grid) -> dict:
     """What defines a trained posterior (a finished one with other values is trained again)."""
-    from agglib.estimate import INPUTS_WITH_ACQUISITION, INPUTS_WITH_STATISTICS, POSTERIOR_FAMILY
+    from agglib.estimate import (INPUTS_WITH_ACQUISITION, INPUTS_WITH_STATISTICS, POSTERIOR_FAMILY,
+                                 known_acquisition_columns)
     from agglib.stem.acquisition import ACQUISITION_STATISTICS
 
     known = bool(profile.posterior_acquisition_input)
     meta = {"kind": "set_posterior", "agglib": agglib.__version__,
-            "in_dim": int(encoder.model.heads.out_features) + len(ACQUISITION_STATISTICS) + (3 if known else 0),
+            "in_dim": int(encoder.model.heads.out_features) + len(ACQUISITION_STATISTICS)
+                  + (known_acquisition_columns(None, 0).shape[1] if known else 0),
             "hidden": post_config.hidden, "components": post_config.components, "members": post_config.members,
             "family": POSTERIOR_FAMILY, "inputs": INPUTS_WITH_ACQUISITION if known else INPUTS_WITH_STATISTICS,
             "held_out_for_recalibration": HELD_OUT_SHARE,
