@@ -29,7 +29,7 @@ import numpy as np
 from agglib.core.seeding import as_generator
 
 __all__ = ["INTENSITY_UNITS", "beam_fraction", "area_rebin", "resample_mean", "AcquisitionRanges",
-           "ACQUISITION_KEYS", "draw_acquisition", "acquire_image", "intensity_statistics", "ACQUISITION_STATISTICS",
+           "ACQUISITION_KEYS", "LOG_UNIFORM_KEYS", "draw_acquisition", "acquire_image", "intensity_statistics", "ACQUISITION_STATISTICS",
            "STATISTICS_VERSION", "acquisition_statistics"]
 
 INTENSITY_UNITS = ("counts", "fraction")
@@ -135,7 +135,8 @@ class AcquisitionRanges:
 #: The values of one acquisition, in this order in a store's ``acquisition`` array.
 ACQUISITION_KEYS = ("intensity_scale", "wo3_contrast", "dose_e_per_A2", "offset_fraction", "extra_blur_nm",
                     "pixel_zoom")
-_LOG_UNIFORM = ("intensity_scale", "dose_e_per_A2")
+#: The settings of :class:`AcquisitionRanges` drawn log-uniformly (the others uniformly).
+LOG_UNIFORM_KEYS = ("intensity_scale", "dose_e_per_A2")
 
 
 def draw_acquisition(rng, ranges: AcquisitionRanges | None = None) -> dict:
@@ -145,7 +146,7 @@ def draw_acquisition(rng, ranges: AcquisitionRanges | None = None) -> dict:
     out = {}
     for key in ACQUISITION_KEYS:
         lo, hi = getattr(ranges, key)
-        out[key] = float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) if key in _LOG_UNIFORM \
+        out[key] = float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) if key in LOG_UNIFORM_KEYS \
             else float(rng.uniform(lo, hi))
     if rng.random() < ranges.at_pixel_size:
         out["pixel_zoom"] = 1.0

@@ -1,0 +1,196 @@
+"""What a sample's images tell about their acquisition, and what the acquisition does to θ̂.
+
+A posterior trained with the acquisition drawn per sample from
+:class:`agglib.stem.acquisition.AcquisitionRanges` is calibrated *on average* over those
+acquisitions. It is calibrated under each fixed acquisition only as far as the images identify
+it: where they do not, the posterior must allow for every acquisition they are compatible with,
+and its width is the average over them — too wide for a sample recorded under an easy
+acquisition, too narrow under a hard one (notebook 6). Two measurements say which settings are
+at stake, on fresh samples with one acquisition drawn per sample (θ from the continuous prior):
+
+* :func:`acquisition_identifiability` — how much of each acquisition setting a regression can
+  read from what the posterior reads (the set means and SDs of the encoder's outputs and the
+  images' :func:`agglib.stem.acquisition.acquisition_statistics`): the cross-validated R² of a
+  ridge regression on those pooled summaries and their squares (:func:`cross_validated_r2`).
+  R² near 1: the images fix the setting; near 0: they do not show it. It is what a quadratic
+  reader gets, a lower bound on what a more flexible one could;
+* :func:`error_by_acquisition` — the posterior's error, bias and claimed spread of θ_Df and
+  θ_ρ in bins of one setting: where the error changes with a setting the spread does not follow,
+  conditional calibration fails in that direction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: Ridge penalties tried by :func:`cross_validated_r2`, per training row (on standardised features).
+RIDGE_PENALTIES = np.logspace(-4.0, 2.0, 13)
+
+__all__ = ["RIDGE_PENALTIES", "cross_validated_r2", "pooled_summaries", "acquisition_identifiability", "error_by_acquisition"]
+
+
+def cross_validated_r2(features, target, folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated R² of a ridge regression of ``target`` (n,) on ``features`` (n, k), their
+    squares and an intercept.
+
+    R² = 1 − Σ(y − ŷ)² / Σ(y − ȳ)² over the held-out predictions of ``folds`` folds (rows assigned
+    at random with ``seed``): 1 when the features determine the target, about 0 (or below) when
+    they say nothing about it. On each training fold the features are standardised and the ridge
+    penalty is chosen among :data:`RIDGE_PENALTIES` (× the fold's rows) by its leave-one-out error
+    (closed form), so the held-out fold plays no part in the fit.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64).reshape(-1)
+    if x.ndim != 2 or x.shape[0] != y.size:
+        raise ValueError(f"features {x.shape} and target {y.shape}: one row of features per target value expected")
+    if not 2 <= int(folds) <= y.size:
+        raise ValueError(f"folds={folds}: between 2 and the number of rows ({y.size}) expected")
+    fold = np.random.default_rng(seed).permutation(y.size) % int(folds)
+    predicted = np.empty_like(y)
+    for k in range(int(folds)):
+        train, test = fold != k, fold == k
+        mu, sd = x[train].mean(axis=0), x[train].std(axis=0)
+        sd = np.where(sd > 1e-12, sd, 1.0)
+
+        def design(rows):
+            z = (x[rows] - mu) / sd
+            return np.concatenate([z, z ** 2 - 1.0], axis=1)
+
+        a = design(train)
+        a_mean, centre = a.mean(axis=0), y[train].mean()
+        a, b = a - a_mean, y[train] - centre
+        u, s, vt = np.linalg.svd(a, full_matrices=False)
+        ub = u.T @ b
+        best = None
+        for penalty in RIDGE_PENALTIES * b.size:
+            shrink = s ** 2 / (s ** 2 + penalty)
+            leverage = (u ** 2) @ shrink
+            loo = np.sum(((b - u @ (shrink * ub)) / (1.0 - leverage)) ** 2)
+            if best is None or loo < best[0]:
+                best = (loo, vt.T @ (s / (s ** 2 + penalty) * ub))
+        predicted[test] = (design(test) - a_mean) @ best[1] + centre
+    total = np.sum((y - y.mean()) ** 2)
+    return float(1.0 - np.sum((y - predicted) ** 2) / total) if total > 0 else float("nan")
+
+
+def pooled_summaries(values: np.ndarray, groups) -> np.ndarray:
+    """Mean and SD over each group's rows of ``values`` (n, k) → (groups, 2k): the pooling of
+    :class:`agglib.posterior.SetPosterior` before its networks."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.stack([np.concatenate([values[g].mean(axis=0), values[g].std(axis=0)]) for g in groups])
+
+
+def _groups(fresh: dict, images: int) -> list[np.ndarray]:
+    config_id = np.asarray(fresh["config_id"])
+    groups = [np.flatnonzero(config_id == c)[:images] for c in np.unique(config_id)]
+    if any(g.size < images for g in groups):
+        raise ValueError(f"images={images}: every configuration of the fresh samples needs that many images "
+                         f"(the smallest has {min(g.size for g in groups)})")
+    return groups
+
+
+def _acquisition_table(fresh: dict) -> pd.DataFrame:
+    from agglib.stem.acquisition import ACQUISITION_KEYS
+
+    if not fresh.get("acquisitions"):
+        raise ValueError("the fresh samples have no drawn acquisitions: make them with "
+                         "fresh_configurations(..., acquisition=AcquisitionRanges(...))")
+    return pd.DataFrame([[float(a[k]) for k in ACQUISITION_KEYS] for a in fresh["acquisitions"]],
+                        columns=list(ACQUISITION_KEYS))
+
+
+def acquisition_identifiability(estimator, fresh: dict, images: int = 24, folds: int = 5, seed: int = 0,
+                                encoded=None) -> pd.DataFrame:
+    """How well ``images`` images of a sample identify each setting of its acquisition.
+
+    Parameters
+    ----------
+    estimator : agglib.estimate.SampleEstimator
+        One that reads acquisition statistics (the default, ``sets-quick-robust``).
+    fresh : dict
+        :func:`agglib.evaluate.sets.fresh_configurations` made with ``acquisition=`` an
+        :class:`~agglib.stem.acquisition.AcquisitionRanges` (one acquisition per sample).
+    images : int
+        Images M per sample pooled (the first M of each configuration).
+    folds, seed : int
+        Of :func:`cross_validated_r2`.
+    encoded : optional
+        ``estimator.encoder.encode(fresh["images"])`` if already computed.
+
+    Returns
+    -------
+    DataFrame
+        One row per setting of :data:`~agglib.stem.acquisition.ACQUISITION_KEYS` (intensity scale
+        and dose as logarithms, their prior being log-uniform); columns ``R² (acquisition
+        statistics)`` (the set means and SDs of the nine statistics alone) and ``R² (all
+        summaries)`` (with the encoder's outputs), ``range`` (the training range).
+    """
+    from agglib.stem.acquisition import AcquisitionRanges, LOG_UNIFORM_KEYS
+
+    if not estimator.reads_statistics:
+        raise ValueError("the estimator reads no acquisition statistics (metadata 'inputs'); use one trained with "
+                         "a randomised acquisition, e.g. the default sets-quick-robust")
+    groups = _groups(fresh, images)
+    acquisition = _acquisition_table(fresh)
+    encoded = estimator.encoder.encode(fresh["images"]) if encoded is None else encoded
+    statistics = estimator.encoder.acquisition_statistics(fresh["images"])
+    pooled_stats = pooled_summaries(statistics, groups)
+    pooled_all = np.concatenate([pooled_summaries(encoded.outputs, groups), pooled_stats], axis=1)
+    ranges = AcquisitionRanges.from_dict(estimator.training_metadata["acquisition_ranges"])
+    rows = []
+    for key in acquisition.columns:
+        target = acquisition[key].to_numpy()
+        name = key
+        if key in LOG_UNIFORM_KEYS:
+            target, name = np.log(target), f"log {key}"
+        rows.append({"setting": name, "range": "–".join(f"{v:g}" for v in getattr(ranges, key)),
+                     "R² (acquisition statistics)": cross_validated_r2(pooled_stats, target, folds, seed),
+                     "R² (all summaries)": cross_validated_r2(pooled_all, target, folds, seed)})
+    return pd.DataFrame(rows).set_index("setting")
+
+
+def error_by_acquisition(estimator, fresh: dict, key: str, edges, images: int = 24, summaries=None) -> pd.DataFrame:
+    """The posterior's error against its claimed spread in bins of one acquisition setting.
+
+    Parameters
+    ----------
+    estimator : agglib.estimate.SampleEstimator
+    fresh : dict
+        As for :func:`acquisition_identifiability`.
+    key : str
+        A setting of :data:`~agglib.stem.acquisition.ACQUISITION_KEYS` (e.g. ``"extra_blur_nm"``
+        [nm], ``"pixel_zoom"``).
+    edges : sequence of float
+        Bin edges of the setting (bins closed on the right, the first also on the left).
+    images : int
+        Images M per sample (the posterior of the first M of each configuration, acquisition
+        unknown).
+    summaries : ndarray, optional
+        ``estimator.summaries(fresh["images"])`` if already computed.
+
+    Returns
+    -------
+    DataFrame
+        One row per bin: ``samples`` and, for θ_Df and θ_ρ, ``RMSE``, ``bias`` and ``spread`` of
+        :func:`agglib.evaluate.calibration.spread_and_error` (the parameter's units).
+    """
+    from agglib.evaluate.calibration import spread_and_error
+    from agglib.stem.acquisition import ACQUISITION_KEYS
+
+    if key not in ACQUISITION_KEYS:
+        raise ValueError(f"key={key!r}; accepted: {', '.join(ACQUISITION_KEYS)}")
+    groups = _groups(fresh, images)
+    value = _acquisition_table(fresh)[key].to_numpy()
+    summaries = estimator.summaries(fresh["images"]) if summaries is None else summaries
+    estimate = estimator.from_summaries(summaries, groups)
+    theta = np.asarray(fresh["theta"])[[g[0] for g in groups]]
+    bins = pd.cut(value, np.asarray(edges, dtype=np.float64), include_lowest=True)
+    rows = []
+    for interval in bins.categories:
+        chosen = np.flatnonzero(np.asarray(bins == interval))
+        if chosen.size == 0:
+            continue
+        part = spread_and_error(estimate.select(chosen), theta[chosen])
+        rows.append({key: str(interval), "samples": int(chosen.size), **part})
+    return pd.DataFrame(rows).set_index(key)

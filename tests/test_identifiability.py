@@ -1,0 +1,89 @@
+"""What a sample's images tell about their acquisition (agglib.evaluate.identifiability)."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import agglib
+from agglib.estimate import SampleEstimator, shipped_models_dir
+from agglib.evaluate.identifiability import (acquisition_identifiability, cross_validated_r2, error_by_acquisition,
+                                             pooled_summaries)
+from agglib.evaluate.sets import fresh_configurations
+from agglib.stem.acquisition import ACQUISITION_KEYS, AcquisitionRanges
+
+
+def test_r2_is_near_one_for_a_target_the_features_determine_and_near_zero_for_noise():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5))
+    determined = 2.0 * x[:, 0] - x[:, 1] ** 2 + 0.05 * rng.normal(size=400)
+    assert cross_validated_r2(x, determined) > 0.98
+    noise = rng.normal(size=400)                      # the negative control: nothing to read
+    assert abs(cross_validated_r2(x, noise)) < 0.1
+    half = x[:, 0] + rng.normal(size=400)             # half of the variance explained
+    assert 0.35 < cross_validated_r2(x, half) < 0.65
+
+
+@settings(max_examples=25, deadline=None)
+@given(scale=st.floats(0.01, 100.0), shift=st.floats(-100.0, 100.0), seed=st.integers(0, 1000))
+def test_r2_does_not_depend_on_the_units_of_the_features(scale, shift, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(120, 3))
+    y = x[:, 0] + 0.5 * rng.normal(size=120)
+    assert cross_validated_r2(x * scale + shift, y, seed=seed) == pytest.approx(cross_validated_r2(x, y, seed=seed),
+                                                                                 abs=1e-6)
+
+
+def test_r2_names_bad_shapes_and_folds():
+    with pytest.raises(ValueError, match=r"features \(10, 2\) and target \(9,\)"):
+        cross_validated_r2(np.zeros((10, 2)), np.zeros(9))
+    with pytest.raises(ValueError, match="folds=1"):
+        cross_validated_r2(np.zeros((10, 2)), np.zeros(10), folds=1)
+
+
+def test_pooled_summaries_are_each_groups_mean_then_sd():
+    values = np.arange(12.0).reshape(6, 2)
+    out = pooled_summaries(values, [np.array([0, 1, 2]), np.array([3, 5])])
+    assert out.shape == (2, 4)
+    np.testing.assert_allclose(out[0], [2.0, 3.0, np.std([0.0, 2, 4]), np.std([1.0, 3, 5])])
+    np.testing.assert_allclose(out[1], [8.0, 9.0, 2.0, 2.0])
+
+
+@pytest.fixture(scope="module")
+def robust_on_fresh():
+    estimator = SampleEstimator.load(shipped_models_dir("robust"))
+    fresh = fresh_configurations(agglib.load_profile("quick"), 40, 2, seed=61, prior="continuous",
+                                 acquisition=AcquisitionRanges(), workers=1, show_progress_bars=False)
+    return estimator, fresh
+
+
+def test_identifiability_has_a_row_per_acquisition_setting_and_reads_the_offset(robust_on_fresh):
+    estimator, fresh = robust_on_fresh
+    table = acquisition_identifiability(estimator, fresh, images=2, folds=3)
+    assert len(table) == len(ACQUISITION_KEYS)
+    assert {"log intensity_scale", "log dose_e_per_A2", "extra_blur_nm"} <= set(table.index)
+    assert table.loc["extra_blur_nm", "range"] == "0–1.5"
+    # the vacuum offset is the median of every image: read from 40 samples of 2 images almost exactly
+    assert table.loc["offset_fraction", "R² (acquisition statistics)"] > 0.9
+
+
+def test_error_by_acquisition_bins_every_sample_once(robust_on_fresh):
+    estimator, fresh = robust_on_fresh
+    table = error_by_acquisition(estimator, fresh, "pixel_zoom", (1.0, 1.0001, 1.3, 1.6), images=2)
+    assert table["samples"].sum() == 40
+    assert {"df RMSE", "df bias", "df spread", "rho RMSE"} <= set(table.columns)
+    assert (table["df spread"] > 0).all()
+
+
+def test_identifiability_names_what_it_cannot_use(robust_on_fresh):
+    estimator, fresh = robust_on_fresh
+    with pytest.raises(ValueError, match="images=3"):
+        acquisition_identifiability(estimator, fresh, images=3)
+    with pytest.raises(ValueError, match="no drawn acquisitions"):
+        acquisition_identifiability(estimator, {**fresh, "acquisitions": None}, images=2)
+    with pytest.raises(ValueError, match="key='blur'"):
+        error_by_acquisition(estimator, fresh, "blur", (0, 1), images=2)
+    heads_only = SimpleNamespace(reads_statistics=False)      # an estimator of head outputs alone
+    with pytest.raises(ValueError, match="reads no acquisition statistics"):
+        acquisition_identifiability(heads_only, fresh, images=2)
