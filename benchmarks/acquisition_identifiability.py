@@ -37,7 +37,7 @@ from agglib.stem.acquisition import AcquisitionRanges
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Bin edges of the settings whose effect on the error is written.
-BINS = {"extra_blur_nm": (0.0, 0.3, 0.6, 0.9, 1.2, 1.5), "pixel_zoom": (1.0, 1.0001, 1.2, 1.4, 1.6),
+BINS = {"extra_blur_nm": (0.0, 0.3, 0.6, 0.9, 1.2, 1.5), "pixel_zoom": (1.0, 1.0, 1.2, 1.4, 1.6),
         "wo3_contrast": (0.65, 0.8, 0.95, 1.1)}
 
 

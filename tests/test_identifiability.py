@@ -70,7 +70,10 @@ def test_identifiability_has_a_row_per_acquisition_setting_and_reads_the_offset(
 
 def test_error_by_acquisition_bins_every_sample_once(robust_on_fresh):
     estimator, fresh = robust_on_fresh
-    table = error_by_acquisition(estimator, fresh, "pixel_zoom", (1.0, 1.0001, 1.3, 1.6), images=2)
+    table = error_by_acquisition(estimator, fresh, "pixel_zoom", (1.0, 1.0, 1.3, 1.6), images=2)
+    zoom = np.array([a["pixel_zoom"] for a in fresh["acquisitions"]])
+    assert table["samples"].to_dict() == {"1": int(np.sum(zoom == 1.0)), "1–1.3": int(np.sum((zoom > 1) & (zoom <= 1.3))),
+                                          "1.3–1.6": int(np.sum(zoom > 1.3))}
     assert table["samples"].sum() == 40
     assert {"df RMSE", "df bias", "df spread", "rho RMSE"} <= set(table.columns)
     assert (table["df spread"] > 0).all()
@@ -82,6 +85,8 @@ def test_identifiability_names_what_it_cannot_use(robust_on_fresh):
         acquisition_identifiability(estimator, fresh, images=3)
     with pytest.raises(ValueError, match="no drawn acquisitions"):
         acquisition_identifiability(estimator, {**fresh, "acquisitions": None}, images=2)
+    with pytest.raises(ValueError, match=r"edges=\[1.0, 0.5\]"):
+        error_by_acquisition(estimator, fresh, "pixel_zoom", (1.0, 0.5), images=2)
     with pytest.raises(ValueError, match="key='blur'"):
         error_by_acquisition(estimator, fresh, "blur", (0, 1), images=2)
     heads_only = SimpleNamespace(reads_statistics=False)      # an estimator of head outputs alone

@@ -162,7 +162,9 @@ def error_by_acquisition(estimator, fresh: dict, key: str, edges, images: int = 
         A setting of :data:`~agglib.stem.acquisition.ACQUISITION_KEYS` (e.g. ``"extra_blur_nm"``
         [nm], ``"pixel_zoom"``).
     edges : sequence of float
-        Bin edges of the setting (bins closed on the right, the first also on the left).
+        Bin edges of the setting, increasing: bin k holds the values in (edges[k], edges[k + 1]]
+        (the first also its left edge); a bin of zero width (two equal edges) holds that value
+        alone (e.g. ``(1.0, 1.0, 1.3, 1.6)`` for the pixel zoom: exactly 1, then 1–1.3, 1.3–1.6).
     images : int
         Images M per sample (the posterior of the first M of each configuration, acquisition
         unknown).
@@ -185,12 +187,17 @@ def error_by_acquisition(estimator, fresh: dict, key: str, edges, images: int = 
     summaries = estimator.summaries(fresh["images"]) if summaries is None else summaries
     estimate = estimator.from_summaries(summaries, groups)
     theta = np.asarray(fresh["theta"])[[g[0] for g in groups]]
-    bins = pd.cut(value, np.asarray(edges, dtype=np.float64), include_lowest=True)
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) < 0):
+        raise ValueError(f"edges={edges.tolist()}: at least two increasing bin edges expected")
     rows = []
-    for interval in bins.categories:
-        chosen = np.flatnonzero(np.asarray(bins == interval))
-        if chosen.size == 0:
-            continue
-        part = spread_and_error(estimate.select(chosen), theta[chosen])
-        rows.append({key: str(interval), "samples": int(chosen.size), **part})
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        if lo == hi:
+            chosen, label = np.flatnonzero(value == lo), f"{lo:g}"
+        else:
+            inside = (value > lo) | ((value == lo) & (k == 0))
+            chosen, label = np.flatnonzero(inside & (value <= hi)), f"{lo:g}–{hi:g}"
+        if chosen.size:
+            rows.append({key: label, "samples": int(chosen.size),
+                         **spread_and_error(estimate.select(chosen), theta[chosen])})
     return pd.DataFrame(rows).set_index(key)
