@@ -13,7 +13,7 @@ by its images. For M images per sample it writes (:mod:`agglib.evaluate.identifi
   zoom and the WO3/TiO2 contrast (:func:`~agglib.evaluate.identifiability.error_by_acquisition`).
 
 The JSON is shipped in ``agglib/data/runs/`` and shown by notebook 6
-(:func:`agglib.evaluate.recorded_run`). About 7 minutes on 2 CPU cores at the defaults.
+(:func:`agglib.evaluate.recorded_run`). About 5 minutes on 2 CPU cores at the defaults.
 """
 
 from __future__ import annotations
