@@ -19,14 +19,9 @@ The JSON is shipped in ``agglib/data/runs/`` and shown by notebook 6
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 import agglib
 from agglib.core.files import atomic_write_text
@@ -34,16 +29,12 @@ from agglib.estimate import SampleEstimator, shipped_models_dir
 from agglib.evaluate.identifiability import acquisition_identifiability, error_by_acquisition
 from agglib.evaluate.sets import fresh_configurations
 from agglib.stem.acquisition import AcquisitionRanges
+from run_records import json_rows, run_header
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Bin edges of the settings whose effect on the error is written.
 BINS = {"extra_blur_nm": (0.0, 0.3, 0.6, 0.9, 1.2, 1.5), "pixel_zoom": (1.0, 1.0, 1.2, 1.4, 1.6),
         "wo3_contrast": (0.65, 0.8, 0.95, 1.1)}
-
-
-def _records(table) -> list[dict]:
-    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-            for r in table.reset_index().to_dict(orient="records")]
 
 
 def main(argv=None) -> int:
@@ -65,13 +56,11 @@ def main(argv=None) -> int:
     identifiability = acquisition_identifiability(estimator, fresh, args.images, encoded=encoded)
     errors = {key: error_by_acquisition(estimator, fresh, key, edges, args.images, summaries=summaries)
               for key, edges in BINS.items()}
-    record = {"command": "python benchmarks/acquisition_identifiability.py " + " ".join(
-                  sys.argv[1:] if argv is None else argv),
+    record = {**run_header("acquisition_identifiability.py", argv),
               "estimator": "sets-quick-robust" if args.models is None else Path(args.models).name,
-              "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {platform.processor()}",
-              "agglib": agglib.__version__, "configs": args.configs, "images": args.images, "seed": args.seed,
-              "seconds": round(time.perf_counter() - t0, 1), "identifiability": _records(identifiability),
-              "error_by": {key: _records(table) for key, table in errors.items()}}
+              "configs": args.configs, "images": args.images, "seed": args.seed,
+              "seconds": round(time.perf_counter() - t0, 1), "identifiability": json_rows(identifiability),
+              "error_by": {key: json_rows(table) for key, table in errors.items()}}
     atomic_write_text(Path(args.out), json.dumps(record, indent=1, ensure_ascii=False))
     print(identifiability.round(3).to_string())
     for table in errors.values():

@@ -20,10 +20,7 @@ own fresh rows with that file (:func:`agglib.evaluate.recorded_scores`).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +31,7 @@ from agglib.estimate import SampleEstimator
 from agglib.evaluate import error_by_set_size, fresh_configurations
 from agglib.evaluate.calibration import calibration_report
 from agglib.stem.acquisition import AcquisitionRanges
+from run_records import run_header
 
 MEASURED = {"intensity_scale": 0.72, "wo3_contrast": 0.69}
 
@@ -93,9 +91,7 @@ def main(argv=None) -> int:
     print(tables)
     if args.write:
         folder = Path(args.models or shipped_models_dir("sets"))
-        record = {"command": "python benchmarks/estimator_scores.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                  "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {platform.processor()}",
-                  "agglib": agglib.__version__, "configs": args.configs, "images": args.images,
+        record = {**run_header("estimator_scores.py", argv), "configs": args.configs, "images": args.images,
                   "error_seed": args.error_seed, "coverage_seed": args.coverage_seed,
                   "errors": {name: table.to_dict(orient="records") for name, table in errors.items()},
                   "trivial": trivial,

@@ -16,20 +16,16 @@ About 15 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 import agglib
 from agglib.core.files import atomic_write_text
 from agglib.estimate import SampleEstimator, shipped_models_dir
 from agglib.evaluate.calibration import calibration_under_acquisitions
 from agglib.evaluate.robustness import PERTURBATIONS
+from run_records import json_rows, run_header
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,13 +46,10 @@ def main(argv=None) -> int:
     given = (False, True) if estimator.reads_acquisition else (False,)
     table = calibration_under_acquisitions(estimator, prof, PERTURBATIONS, args.configs, sizes, seed=args.seed,
                                            acquisition_given=given)
-    rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-            for r in table.reset_index().to_dict(orient="records")]
-    record = {"command": "python benchmarks/robust_calibration.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    record = {**run_header("robust_calibration.py", argv),
               "estimator": "sets-quick-robust" if args.models is None else Path(args.models).name,
-              "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {platform.processor()}",
-              "agglib": agglib.__version__, "configs": args.configs, "images": args.images, "seed": args.seed,
-              "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+              "configs": args.configs, "images": args.images, "seed": args.seed,
+              "seconds": round(time.perf_counter() - t0, 1), "rows": json_rows(table)}
     atomic_write_text(Path(args.out), json.dumps(record, indent=1, ensure_ascii=False))
     print(table.round(3).to_string())
     return 0
