@@ -691,6 +691,29 @@ class SampleEstimator(_TrainedOnImages):
             parts.append(known_acquisition_columns(acquisition, images.shape[0]))
         return np.concatenate(parts, axis=1).astype(np.float32)
 
+    def summary_parts(self, summaries: np.ndarray) -> dict:
+        """The columns of :meth:`summaries` (N, K) by what they hold: ``heads`` (the encoder's
+        outputs), ``statistics`` (the acquisition statistics, for estimators that
+        :attr:`reads_statistics`) and ``known`` (the known-acquisition columns, for those that
+        :attr:`reads_acquisition`) — in the order :meth:`summaries` writes them."""
+        from agglib.stem.acquisition import ACQUISITION_STATISTICS
+
+        summaries = np.asarray(summaries)
+        widths = {"statistics": len(ACQUISITION_STATISTICS) if self.reads_statistics else 0,
+                  "known": _KNOWN_COLUMNS if self.reads_acquisition else 0}
+        heads = summaries.shape[1] - sum(widths.values())
+        if summaries.ndim != 2 or heads < 1:
+            raise ValueError(f"summaries of shape {summaries.shape}: (N, K) rows of this estimator's summaries "
+                             f"expected ({widths['statistics']} statistics and {widths['known']} known-acquisition "
+                             "columns after the encoder's outputs)")
+        out = {"heads": summaries[:, :heads]}
+        start = heads
+        for name, width in widths.items():
+            if width:
+                out[name] = summaries[:, start:start + width]
+                start += width
+        return out
+
     def read_sample(self, images, resamples, acquisition: dict | None = None) -> SampleReading:
         """The posterior of M ≥ 1 images [counts] of one sample: θ̂ (posterior mean of θ_Df, θ_ρ,
         median of θ0, θ1), 95 % central credible intervals, θ̂ of ``resamples`` (index arrays into

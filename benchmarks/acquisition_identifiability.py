@@ -51,9 +51,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     fresh = fresh_configurations(agglib.load_profile("quick"), args.configs, args.images, args.seed,
                                  prior="continuous", acquisition=ranges, workers=args.workers)
-    encoded = estimator.encoder.encode(fresh["images"])
-    summaries = estimator.summaries(fresh["images"], encoded=encoded)
-    identifiability = acquisition_identifiability(estimator, fresh, args.images, encoded=encoded)
+    summaries = estimator.summaries(fresh["images"])
+    identifiability = acquisition_identifiability(estimator, fresh, args.images, summaries=summaries)
     errors = {key: error_by_acquisition(estimator, fresh, key, edges, args.images, summaries=summaries)
               for key, edges in BINS.items()}
     record = {**run_header("acquisition_identifiability.py", argv),

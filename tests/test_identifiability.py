@@ -104,6 +104,18 @@ def test_identifiability_has_a_row_per_acquisition_setting_and_reads_the_offset(
     assert table.loc["offset_fraction", "R² (acquisition statistics)"] > 0.9
 
 
+def test_summary_parts_are_the_columns_summaries_writes(robust_on_fresh):
+    estimator, fresh = robust_on_fresh
+    images = fresh["images"][:3]
+    parts = estimator.summary_parts(estimator.summaries(images, acquisition={"intensity_scale": 0.8,
+                                                                            "wo3_contrast": 0.9}))
+    np.testing.assert_allclose(parts["heads"], estimator.encoder.encode(images).outputs, rtol=1e-6)
+    np.testing.assert_allclose(parts["statistics"], estimator.encoder.acquisition_statistics(images), rtol=1e-6)
+    np.testing.assert_allclose(parts["known"], [[np.log(0.8), 0.9, 1.0]] * 3, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"summaries of shape \(3, 12\)"):
+        estimator.summary_parts(np.zeros((3, 12)))
+
+
 def test_error_by_acquisition_bins_every_sample_once(robust_on_fresh):
     estimator, fresh = robust_on_fresh
     table = error_by_acquisition(estimator, fresh, "pixel_zoom", (1.0, 1.0, 1.3, 1.6), images=2)

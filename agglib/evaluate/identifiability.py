@@ -186,7 +186,7 @@ def _acquisition_table(fresh: dict) -> pd.DataFrame:
 
 
 def acquisition_identifiability(estimator, fresh: dict, images: int = 24, folds: int = 5, seed: int = 0,
-                                encoded=None) -> pd.DataFrame:
+                                summaries=None) -> pd.DataFrame:
     """How well ``images`` images of a sample identify each setting of its acquisition.
 
     Parameters
@@ -201,9 +201,9 @@ def acquisition_identifiability(estimator, fresh: dict, images: int = 24, folds:
         Images M per sample pooled (the first M of each configuration).
     folds, seed : int
         Of :func:`cross_validated_r2`.
-    encoded : optional
-        ``estimator.encoder.encode(fresh["images"])`` (the encoder's outputs for every image) if
-        already computed.
+    summaries : ndarray, optional
+        ``estimator.summaries(fresh["images"])`` if already computed (its encoder outputs and
+        acquisition statistics are read: :meth:`~agglib.estimate.SampleEstimator.summary_parts`).
 
     Returns
     -------
@@ -221,10 +221,9 @@ def acquisition_identifiability(estimator, fresh: dict, images: int = 24, folds:
                          "a randomised acquisition, e.g. the default sets-quick-robust")
     groups = _groups(fresh, images)
     acquisition = _acquisition_table(fresh)
-    encoded = estimator.encoder.encode(fresh["images"]) if encoded is None else encoded
-    statistics = estimator.encoder.acquisition_statistics(fresh["images"])
-    pooled_stats = pooled_summaries(statistics, groups)
-    pooled_all = np.concatenate([pooled_summaries(encoded.outputs, groups), pooled_stats], axis=1)
+    parts = estimator.summary_parts(estimator.summaries(fresh["images"]) if summaries is None else summaries)
+    pooled_stats = pooled_summaries(parts["statistics"], groups)
+    pooled_all = np.concatenate([pooled_summaries(parts["heads"], groups), pooled_stats], axis=1)
     ranges = AcquisitionRanges.from_dict(estimator.training_metadata["acquisition_ranges"])
     rows = []
     for key in acquisition.columns:
