@@ -225,6 +225,46 @@ def _cmd_estimator(args) -> int:
     return 0
 
 
+def _cmd_calibrate(args) -> int:
+    from agglib.estimate import SampleEstimator, load_default_estimator
+    from agglib.fit.acquisition_calibration import AcquisitionCalibration, calibrate_for_acquisition
+
+    out = AcquisitionCalibration.check_writable(args.out, args.overwrite)       # before the simulation, not after
+    if args.models is None:
+        estimator = load_default_estimator()
+    elif (Path(args.models) / "posterior.pt").is_file():
+        estimator = SampleEstimator.load(args.models)
+    else:
+        raise FileNotFoundError(f"--models {args.models}: no posterior.pt there; agglib calibrate calibrates a "
+                                "new-method estimator (encoder.pt + posterior.pt)")
+    stated = {key: value for key, value in (("intensity_scale", args.intensity_scale),
+                                             ("wo3_contrast", args.wo3_contrast), ("dose_e_per_A2", args.dose),
+                                             ("offset_fraction", args.offset), ("extra_blur_nm", args.extra_blur))
+              if value is not None}
+    if args.pixel_size is not None:
+        if not estimator.pixel_size_nm / 8 <= args.pixel_size <= 2 * estimator.pixel_size_nm:
+            raise ValueError(f"--pixel-size {args.pixel_size:g}: accepted range [{estimator.pixel_size_nm / 8:g}, "
+                             f"{2 * estimator.pixel_size_nm:g}] nm for this estimator ({estimator.pixel_size_nm:g} nm/px; "
+                             "fit resamples images to it and refuses coarser than twice)")
+        stated["pixel_zoom"] = estimator.pixel_size_nm / args.pixel_size
+    calibration = calibrate_for_acquisition(estimator, stated, configs=args.configs, images=args.images, seed=args.seed,
+                                            workers=args.workers)
+    calibration.save(out, overwrite=args.overwrite)
+    m = [1, 12, args.images] if args.images > 12 else [1, args.images]
+    print(f"calibrated for {', '.join(f'{k} {v:g}' for k, v in stated.items()) or 'nothing stated'} "
+          f"({args.configs} simulated samples of {args.images} images); width factors at M = {m}:")
+    for label, own, law in (("acquisition unknown", estimator.widening, calibration.widening),
+                            ("acquisition given", estimator.widening_known_acquisition,
+                             calibration.widening_known_acquisition)):
+        if law is None:
+            continue
+        for name, k in (("θ_Df", 0), ("θ_ρ", 1)):
+            print(f"  {label}, {name}: {' / '.join(f'{w:.2f}' for w in law.factors(m)[0][:, k])} "
+                  f"(the estimator's own: {' / '.join(f'{w:.2f}' for w in own.factors(m)[0][:, k])})")
+    print(f"written to {out}; use it with agglib fit ... --calibration {out}")
+    return 0
+
+
 def _cmd_fit(args) -> int:
     from agglib.estimate import ParameterEstimator, SampleEstimator, missing_known_acquisition
     from agglib.core.files import check_output_dir
@@ -282,7 +322,11 @@ def _cmd_fit(args) -> int:
         estimator = ParameterEstimator.load(models)
     result = characterise(files, estimator, pixel_size_nm=args.pixel_size, dose_e_per_A2=args.dose,
                           n_bootstrap=args.bootstrap, seed=args.seed, skip_bad=args.skip_bad, units=args.units,
-                          check_intensity_scale=not args.skip_intensity_check, acquisition=acquisition)
+                          check_intensity_scale=not args.skip_intensity_check, acquisition=acquisition,
+                          calibration=args.calibration)
+    if args.calibration is not None:
+        stated = ", ".join(f"{k} {v:g}" for k, v in result.settings["acquisition_calibration"]["stated"].items())
+        print(f"intervals calibrated for the acquisition stated in {args.calibration} ({stated})")
     if result.settings.get("estimator_chosen_by_field_of_view"):
         print(f"estimator: the shipped {result.settings['estimator_chosen_by_field_of_view']} one, made for "
               f"{result.settings['estimator_field_of_view_nm']:.0f} nm fields of view (--models to choose another)")
@@ -567,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "0.69; None: unknown; the default estimator's training range is 0.65-1.1)")
     f.add_argument("--skip-intensity-check", action="store_true",
                    help="estimate even when the intensity scale is far from the training images' (warns)")
+    f.add_argument("--calibration", default=None,
+                   help="a calibration of the estimator for how these images were recorded, written by agglib "
+                        "calibrate (None: the estimator's own, on average over its training acquisitions)")
     f.add_argument("--models", default=None, help="folder of a trained estimator: encoder.pt + posterior.pt "
                                                   "(new method) or the five networks of the paper method "
                                                   "(default: the shipped new-method estimator trained on a randomised acquisition, "
@@ -584,6 +631,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "each, instead of stopping at the first")
     f.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     f.set_defaults(func=_cmd_fit)
+
+    c = sub.add_parser("calibrate", help="calibrate an estimator's intervals for how your images were recorded "
+                                         "(simulates samples with that acquisition; for agglib fit --calibration)")
+    c.add_argument("--models", default=None, help="folder of a new-method estimator (encoder.pt + posterior.pt; "
+                                                  "None: the shipped default, sets-quick-robust)")
+    c.add_argument("--intensity-scale", type=float, default=None,
+                   help="HAADF signal ÷ the simulator's (notebook 2 measures 0.72; None: unknown, drawn from the "
+                        "estimator's training range)")
+    c.add_argument("--wo3-contrast", type=float, default=None,
+                   help="WO3/TiO2 signal ratio ÷ the simulator's (notebook 2: 0.69; None: unknown). With "
+                        "--intensity-scale, fit may also be told both (the calibration covers both uses)")
+    c.add_argument("--dose", type=float, default=None, help="electron dose [e/Å²] (None: unknown)")
+    c.add_argument("--offset", type=float, default=None,
+                   help="vacuum level left after normalisation [fraction of the beam] (None: unknown)")
+    c.add_argument("--extra-blur", type=float, default=None,
+                   help="σ of the blur beyond the simulator's probe [nm] (0: none; None: unknown)")
+    c.add_argument("--pixel-size", type=float, default=None,
+                   help="pixel size the images were recorded at [nm], at most twice the estimator's (fit resamples "
+                        "them to it; None: unknown)")
+    c.add_argument("--configs", type=int, default=200, help="simulated samples (at least 20)")
+    c.add_argument("--images", type=int, default=24, help="images per simulated sample (1-24)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the simulated samples")
+    c.add_argument("--workers", type=int, default=None, help="processes (None: all cores)")
+    c.add_argument("--out", required=True, help="calibration file to write (JSON)")
+    c.add_argument("--overwrite", action="store_true", help="replace --out if agglib calibrate wrote it")
+    c.set_defaults(func=_cmd_calibrate)
 
     s = sub.add_parser("sweep", help="run a notebook with papermill over a grid of parameters, in parallel, "
                                      "one folder per parameter set; collect what it records into one table")

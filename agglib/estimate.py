@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -580,6 +581,19 @@ class SampleEstimator(_TrainedOnImages):
                                  "the simulator's signal); outside it the posterior would extrapolate. Leave both "
                                  "out (--intensity-scale and --wo3-contrast) to treat the acquisition as unknown, or "
                                  "train an estimator on wider ranges") from None
+        calibrated = self.metadata.get("acquisition_calibration")       # agglib calibrate's, applied by fit
+        if calibrated is not None:
+            if not calibrated.get("known_law"):
+                raise ValueError("this estimator's intervals are calibrated for an acquisition unknown to the posterior "
+                                 "(agglib calibrate without both --intensity-scale and --wo3-contrast in the training "
+                                 "ranges): leave both out, or calibrate with them")
+            stated = calibrated["stated"]
+            if any(not math.isclose(out[key], float(stated[key]), rel_tol=1e-6) for key in KNOWN_ACQUISITION):
+                raise ValueError(f"this estimator's intervals are calibrated for intensity_scale "
+                                 f"{stated['intensity_scale']:g} and wo3_contrast {stated['wo3_contrast']:g} (agglib "
+                                 f"calibrate); it was told intensity_scale {out['intensity_scale']:g} and wo3_contrast "
+                                 f"{out['wo3_contrast']:g}: give the stated values, or none (the acquisition unknown "
+                                 "to the posterior)")
         return out
 
     def with_acquisition(self, summaries: np.ndarray, acquisition) -> np.ndarray:

@@ -678,8 +678,8 @@ def test_the_recorded_paper_profile_run_is_complete_and_plots_both_validation_cu
     best, last = (s["epoch"] + 1 for s in run["scores"])
     assert list(scores.columns) == ["paper", f"best epoch ({best})", f"last epoch ({last})", "trivial predictor"]
     assert scores.loc["θ̂_Df MAE (ν = 12)", "paper"] == 0.041 and scores["paper"].isna().sum() == 1
-    with pytest.raises(ValueError, match=r"recorded: \['acquisition_identifiability', 'out_of_model', "
-                                         r"'paper_df_h100', 'robust_calibration'\]"):
+    with pytest.raises(ValueError, match=r"recorded: \['acquisition_calibration', 'acquisition_identifiability', "
+                                         r"'out_of_model', 'paper_df_h100', 'robust_calibration'\]"):
         recorded_run("missing")
 
 

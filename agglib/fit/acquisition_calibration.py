@@ -26,32 +26,49 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["AcquisitionCalibration", "calibrate_for_acquisition", "stated_acquisition_ranges",
-           "CALIBRATION_KIND"]
+from agglib.posterior import Widening
+
+__all__ = ["AcquisitionCalibration", "calibrate_for_acquisition", "stated_acquisition_ranges", "estimator_profile",
+           "STATED_LIMITS", "CALIBRATION_KIND"]
 
 #: The ``kind`` of an acquisition calibration's JSON file (what ``load`` and ``save`` recognise).
 CALIBRATION_KIND = "agglib acquisition calibration"
 
-_LIMITS = {  # key: (low, high, unit, what it is)
+#: Setting → (lowest, highest, unit, what it is): the values a user may state (physically possible
+#: ones; the estimator's training ranges are narrower, and ``fit``'s intensity check refuses samples
+#: far from them).
+STATED_LIMITS = {
     "intensity_scale": (0.05, 20.0, "", "factor on the HAADF signal of both materials"),
     "wo3_contrast": (0.2, 5.0, "", "extra factor on WO3's signal"),
     "dose_e_per_A2": (1.0, 1e5, "e/Å²", "electron dose"),
     "offset_fraction": (-0.05, 0.05, "of the beam", "vacuum level left after normalisation"),
     "extra_blur_nm": (0.0, 10.0, "nm", "σ of an extra Gaussian blur"),
-    "pixel_zoom": (1.0, 8.0, "", "recorded pixel size ÷ the estimator's is 1 / pixel_zoom"),
+    "pixel_zoom": (0.5, 8.0, "", "the estimator's pixel size ÷ the recorded one: fit resamples images by it"),
 }
 
 
 def stated_acquisition_ranges(estimator, stated: dict):
-    """The :class:`agglib.stem.acquisition.AcquisitionRanges` of samples recorded with ``stated``
-    (keys of :data:`agglib.stem.acquisition.ACQUISITION_KEYS`, one value each): those values fixed,
-    the other settings over ``estimator``'s training ranges (the simulator's own values for an
-    estimator trained on the paper's acquisition).
+    """How samples recorded with ``stated`` are drawn.
+
+    Parameters
+    ----------
+    estimator : agglib.estimate.SampleEstimator
+    stated : dict
+        Setting (a key of :data:`agglib.stem.acquisition.ACQUISITION_KEYS`) → its value, within
+        :data:`STATED_LIMITS`.
+
+    Returns
+    -------
+    AcquisitionRanges
+        The stated settings fixed (a range of one value; a stated pixel zoom is every image's),
+        the others over ``estimator``'s training ranges (the simulator's own values for an
+        estimator trained on the paper's acquisition).
 
     Raises
     ------
     ValueError
-        For an unknown key or a value outside its physical range (named, with the range).
+        For an unknown setting or a value that is not a number within :data:`STATED_LIMITS`
+        (named, with the range).
     """
     from agglib.core.validation import check_range
     from agglib.stem.acquisition import ACQUISITION_KEYS, AcquisitionRanges
@@ -61,11 +78,13 @@ def stated_acquisition_ranges(estimator, stated: dict):
         raise ValueError(f"unknown acquisition settings {bad}; accepted: {', '.join(ACQUISITION_KEYS)}")
     values = {}
     for key, value in stated.items():
-        low, high, unit, what = _LIMITS[key]
+        low, high, unit, what = STATED_LIMITS[key]
         try:
             values[key] = float(check_range(key, float(value), low=low, high=high, unit=unit))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{err} ({what})") from None
+            detail = str(err) if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else \
+                f"{key}={value!r} is not a number; accepted range [{low:g}, {high:g}]{' ' + unit if unit else ''}"
+            raise ValueError(f"{detail} ({what})") from None
     trained = estimator.training_metadata.get("acquisition_ranges")
     if trained:
         base = AcquisitionRanges.from_dict(trained)
@@ -80,9 +99,15 @@ def stated_acquisition_ranges(estimator, stated: dict):
     return ranges
 
 
-def _estimator_profile(estimator):
-    """A profile whose fresh configurations are what ``estimator`` was trained on: its θ grid and
-    prior, image size, pixel size, dose and particles."""
+def estimator_profile(estimator):
+    """A profile whose fresh configurations are made as ``estimator``'s training images: its θ
+    grid and prior, image size [px], pixel size [nm], dose [e/Å²] and particles.
+
+    Raises
+    ------
+    ValueError
+        Where its STEM settings cannot be rebuilt from its metadata.
+    """
     from dataclasses import fields as dc_fields
 
     import agglib
@@ -90,7 +115,7 @@ def _estimator_profile(estimator):
 
     known = {f.name for f in dc_fields(agglib.Profile)}
     recorded = {k: v for k, v in estimator.training_metadata.get("profile_fields", {}).items()
-                if k in known and k != "acquisition"}
+                if k in known and k not in ("acquisition", "particles", "dose_e_per_A2")}
     profile = agglib.load_profile("quick", **recorded, dose_e_per_A2=float(estimator.stem_settings.dose_e_per_A2),
                                   particles=estimator.particles)
     if stem_settings_for(profile).to_dict() != estimator.stem_settings.to_dict():
@@ -107,7 +132,7 @@ def _posterior_digest(estimator) -> str:
 
 @dataclass(frozen=True)
 class AcquisitionCalibration:
-    """The width law of an estimator's posterior for samples recorded with a stated acquisition.
+    """The width laws of an estimator's posterior for samples recorded with a stated acquisition.
 
     Attributes
     ----------
@@ -125,12 +150,20 @@ class AcquisitionCalibration:
     widening_known_acquisition : Widening or None
         The law for these samples with their intensity scale and WO3/TiO2 contrast told to the
         posterior (``agglib fit --intensity-scale … --wo3-contrast …``, the stated values); None
-        where they were not both stated or the estimator does not read them.
+        where they were not both stated within the estimator's training ranges, or the estimator
+        does not read them.
     fit_table : list of dict
         :func:`agglib.sets_training.recalibration.fit_widening`'s rows (per M and ``acquisition
-        given``: factors, coverage before and after).
-    configs, images, seed : int
-        Calibration samples, images per sample, and their seed.
+        given``: factors, and coverage before and after on the calibration samples themselves).
+    configs : int
+        Calibration samples simulated.
+    refused : float
+        Share of them ``fit``'s intensity check refuses (left out of the fit, as ``fit`` leaves
+        such samples out).
+    images : int
+        Images per sample: the largest M the laws were fitted at (held constant beyond).
+    seed : int
+        Seed of the calibration samples.
     posterior_sha256 : str
         The posterior's weights (:func:`agglib.checkpoint.weights_digest`): a calibration belongs
         to one trained estimator.
@@ -138,97 +171,152 @@ class AcquisitionCalibration:
 
     stated: dict
     ranges: dict
-    widening: object
-    widening_known_acquisition: object = None
+    widening: Widening
+    widening_known_acquisition: Widening | None = None
     fit_table: list = field(default_factory=list)
     configs: int = 0
+    refused: float = 0.0
     images: int = 0
     seed: int = 0
     posterior_sha256: str = ""
 
     def to_dict(self) -> dict:
+        """The calibration as JSON-ready data (with ``kind`` :data:`CALIBRATION_KIND`)."""
         import agglib
 
         return {"kind": CALIBRATION_KIND, "agglib": agglib.__version__, "stated": dict(self.stated),
                 "ranges": dict(self.ranges), "widening": self.widening.to_dict(),
                 "widening_known_acquisition": None if self.widening_known_acquisition is None
-                else self.widening_known_acquisition.to_dict(), "fit_table": list(self.fit_table), "configs": int(self.configs),
-                "images": int(self.images), "seed": int(self.seed), "posterior_sha256": self.posterior_sha256}
+                else self.widening_known_acquisition.to_dict(), "fit_table": list(self.fit_table),
+                "configs": int(self.configs), "refused": float(self.refused), "images": int(self.images),
+                "seed": int(self.seed), "posterior_sha256": self.posterior_sha256}
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "the calibration") -> "AcquisitionCalibration":
-        from agglib.posterior import Widening
-
+        """The calibration of :meth:`to_dict`; ``source`` names it in errors (ValueError)."""
         if not isinstance(d, dict) or d.get("kind") != CALIBRATION_KIND:
             raise ValueError(f"{source} is not an acquisition calibration (kind {CALIBRATION_KIND!r}; made by "
                              "agglib calibrate)")
-        known = d.get("widening_known_acquisition")
-        return cls(dict(d["stated"]), dict(d["ranges"]), Widening.from_dict(d["widening"]),
-                   None if known is None else Widening.from_dict(known), list(d.get("fit_table", [])), int(d["configs"]), int(d["images"]), int(d["seed"]),
-                   str(d["posterior_sha256"]))
+        try:
+            known = d.get("widening_known_acquisition")
+            return cls(dict(d["stated"]), dict(d["ranges"]), Widening.from_dict(d["widening"]),
+                       None if known is None else Widening.from_dict(known), list(d.get("fit_table", [])),
+                       int(d["configs"]), float(d.get("refused", 0.0)), int(d["images"]), int(d["seed"]),
+                       str(d["posterior_sha256"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{source}: a field of an acquisition calibration is missing or garbled ({err!r}); "
+                             "make it again with agglib calibrate") from None
 
     def save(self, path, overwrite: bool = False) -> Path:
-        """Write the calibration as JSON to ``path``; an existing file is replaced only with
-        ``overwrite=True`` and only where it is itself an acquisition calibration."""
+        """Write the calibration as JSON to ``path`` (:meth:`check_writable`); returns the path."""
         from agglib.core.files import atomic_write_text
 
+        path = self.check_writable(path, overwrite)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+        return path
+
+    @classmethod
+    def check_writable(cls, path, overwrite: bool = False) -> Path:
+        """``path`` if a calibration may be written there: a new file, or — with ``overwrite=True``
+        only — one that is itself an acquisition calibration (agglib never replaces a file it did
+        not write).
+
+        Raises
+        ------
+        FileExistsError
+            Otherwise, naming the file.
+        """
         path = Path(path)
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
             try:
-                self.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                cls.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
+            except (ValueError, UnicodeDecodeError, IsADirectoryError):
                 raise FileExistsError(f"{path} exists and was not written by agglib calibrate: not replaced") from None
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
         return path
 
     @classmethod
     def load(cls, path) -> "AcquisitionCalibration":
-        """The calibration saved at ``path`` (:meth:`save`)."""
+        """The calibration saved at ``path`` (:meth:`save`).
+
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            Naming the file: missing, not JSON, not a calibration, or a field garbled.
+        """
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no such calibration file (agglib calibrate --out writes one)") from None
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, IsADirectoryError) as err:
             raise ValueError(f"{path} is not a JSON acquisition calibration ({err})") from None
-        try:
-            return cls.from_dict(d, str(path))
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{path} lacks a field of an acquisition calibration ({err})") from None
+        return cls.from_dict(d, str(path))
 
-    def check_acquisition(self, acquisition) -> None:
-        """Raise unless this calibration has a law for ``acquisition`` (what ``fit`` tells the
-        posterior: None, unknown, or the known intensity scale and WO3/TiO2 contrast — then the
-        stated ones)."""
-        from agglib.estimate import KNOWN_ACQUISITION
+    def mismatch_warnings(self, pixel_sizes_nm, estimator_pixel_size_nm: float, dose_e_per_A2: float | None,
+                          n_images: int) -> list:
+        """What ``fit`` warns of where a sample was not recorded as this calibration states.
 
-        if acquisition is None:
-            return
-        if self.widening_known_acquisition is None:
-            raise ValueError("this calibration was made without the intensity scale and WO3/TiO2 contrast told to the "
-                             "posterior (state both when calibrating); fit without --intensity-scale/--wo3-contrast")
-        expected = {key: float(self.stated[key]) for key in KNOWN_ACQUISITION}
-        if any(acquisition.get(k) is None or not math.isclose(float(acquisition[k]), v, rel_tol=1e-6)
-               for k, v in expected.items()):
-            raise ValueError(f"this calibration was made for intensity_scale {expected['intensity_scale']:g} and "
-                             f"wo3_contrast {expected['wo3_contrast']:g}; the fit was told {dict(acquisition)}: give "
-                             "the stated values, or none (the acquisition unknown to the posterior)")
+        Parameters
+        ----------
+        pixel_sizes_nm : sequence of float
+            The images' pixel sizes [nm]: each × the stated pixel zoom should be the estimator's.
+        estimator_pixel_size_nm : float
+            The estimator's pixel size [nm].
+        dose_e_per_A2 : float or None
+            The dose the images were read at [e/Å²] (None: images in fractions of the beam).
+        n_images : int
+            The sample's images M: above :attr:`images` the laws are held at their largest M.
+
+        Returns
+        -------
+        list of str
+        """
+        out = []
+        zoom = self.stated.get("pixel_zoom")
+        if zoom is not None:
+            sizes = np.asarray(pixel_sizes_nm, dtype=np.float64)
+            off = sizes[np.abs(estimator_pixel_size_nm / sizes / zoom - 1.0) > 0.01]
+            if off.size:
+                out.append(f"{off.size} of {sizes.size} images have a pixel size ({off[0]:g} nm, …) other than the "
+                           f"calibration's {estimator_pixel_size_nm / zoom:g} nm: their intervals are calibrated for "
+                           "another resampling")
+        dose = self.stated.get("dose_e_per_A2")
+        if dose is not None and dose_e_per_A2 is not None and not math.isclose(dose, dose_e_per_A2, rel_tol=0.01):
+            out.append(f"the images were read at {dose_e_per_A2:g} e/Å² but the calibration states {dose:g} e/Å²: "
+                       "their intervals are calibrated for another dose")
+        if n_images > self.images:
+            out.append(f"the calibration was fitted on samples of up to {self.images} images; for these {n_images} "
+                       f"its law at {self.images} is used (agglib calibrate --images {min(n_images, 24)} fits it "
+                       "further)")
+        return out
 
     def applied_to(self, estimator):
-        """A copy of ``estimator`` whose posterior is widened by this calibration's laws."""
+        """A copy of ``estimator`` whose posterior is widened by this calibration's laws, and which
+        accepts a known acquisition only as stated (and only where a law was fitted for it).
+
+        Raises
+        ------
+        ValueError
+            For the paper method's networks, or an estimator whose posterior weights are not
+            those the calibration was made for.
+        """
         from agglib.estimate import SampleEstimator
 
         if not isinstance(estimator, SampleEstimator):
-            raise TypeError("an acquisition calibration applies to a SampleEstimator (the new method)")
+            raise ValueError("an acquisition calibration applies to the new method's estimators (encoder.pt + "
+                             "posterior.pt); the paper method's networks give bootstrap intervals")
         if _posterior_digest(estimator) != self.posterior_sha256:
-            raise ValueError("this calibration was made for another estimator (its posterior weights differ); "
-                             "calibrate the estimator you fit with")
+            raise ValueError(f"this calibration was made for another estimator than the one used (profile "
+                             f"{estimator.metadata.get('profile', '?')}: its posterior weights differ); calibrate that "
+                             "one (agglib calibrate --models <its folder>), or fit with the estimator the calibration "
+                             "was made for (--models)")
         laws = {"widening": self.widening.to_dict()}
         if self.widening_known_acquisition is not None:
             laws["widening_known_acquisition"] = self.widening_known_acquisition.to_dict()
-        about = {k: v for k, v in self.to_dict().items() if k not in ("fit_table", "widening", "widening_known_acquisition")}
+        about = {"stated": dict(self.stated), "configs": self.configs, "images": self.images, "seed": self.seed,
+                 "known_law": self.widening_known_acquisition is not None}
         return SampleEstimator(estimator.encoder, estimator.posterior, estimator.grid,
                                {**estimator.metadata, **laws, "acquisition_calibration": about})
 
@@ -242,48 +330,80 @@ def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 200, im
     estimator : agglib.estimate.SampleEstimator
     stated : dict
         What the user knows of how the sample was recorded, one value per setting (keys of
-        :data:`agglib.stem.acquisition.ACQUISITION_KEYS`): ``intensity_scale`` and ``wo3_contrast``
-        (factors on the simulator's signal), ``dose_e_per_A2`` [e/Å²], ``offset_fraction`` [fraction
-        of the beam], ``extra_blur_nm`` [nm], ``pixel_zoom`` (the estimator's pixel size ÷ the
-        recorded one, ≥ 1). Settings left out are drawn per sample from the training ranges.
+        :data:`agglib.stem.acquisition.ACQUISITION_KEYS`, within :data:`STATED_LIMITS`):
+        ``intensity_scale`` and ``wo3_contrast`` (factors on the simulator's signal),
+        ``dose_e_per_A2`` [e/Å²], ``offset_fraction`` [fraction of the beam], ``extra_blur_nm``
+        [nm], ``pixel_zoom`` (the estimator's pixel size ÷ the recorded one). Settings left out are
+        drawn per sample from the training ranges.
     configs : int
-        Calibration samples (θ from the continuous prior) [≥ 20], ``images`` each [1–24].
+        Calibration samples, θ from the estimator's continuous prior [≥ 20].
+    images : int
+        Images per sample [1–24]: the laws are fitted at M = 1 … ``images``.
     seed : int
         Seeds θ, the aggregates and the images.
+    workers : int, optional
+        Processes simulating the samples (None: ``agglib.config``'s).
+    show_progress_bars : bool, optional
+        (None: ``agglib.config``'s.)
 
     Returns
     -------
     AcquisitionCalibration
         With a law for the acquisition unknown to the posterior and, where the estimator reads a
-        known acquisition and ``stated`` has both its intensity scale and WO3/TiO2 contrast
-        (within the training ranges), one for them told to it.
+        known acquisition and ``stated`` has both its intensity scale and WO3/TiO2 contrast within
+        its training ranges (``fit`` refuses to tell it others; a warning says so), one for them
+        told to it. Fitted on the samples ``fit``'s intensity check accepts.
+
+    Raises
+    ------
+    ValueError
+        For a stated value out of :data:`STATED_LIMITS`, or an acquisition whose samples the
+        intensity check mostly refuses (``fit`` would refuse such images).
     """
+    import warnings
+
     from agglib.core.validation import check_range
     from agglib.estimate import KNOWN_ACQUISITION, SampleEstimator
     from agglib.evaluate.calibration import given_acquisition
     from agglib.evaluate.sets import fresh_configurations
+    from agglib.fit.intensity import intensity_reference, sample_statistics, samples_accepted
     from agglib.sets_training.recalibration import WIDENING_SIZES, fit_widening
 
     if not isinstance(estimator, SampleEstimator):
-        raise TypeError("calibrate_for_acquisition needs a SampleEstimator (the new method); the paper's networks "
-                        "give bootstrap intervals")
+        raise ValueError("calibrate_for_acquisition needs a new-method estimator (encoder.pt + posterior.pt); the "
+                         "paper method's networks give bootstrap intervals")
     check_range("configs", configs, low=20, integer=True)
     check_range("images", images, low=1, high=max(WIDENING_SIZES), integer=True)
     ranges = stated_acquisition_ranges(estimator, stated)
     known = estimator.reads_acquisition and all(key in stated for key in KNOWN_ACQUISITION)
-    if known:
-        estimator.check_known_acquisition({key: stated[key] for key in KNOWN_ACQUISITION})
-    fresh = fresh_configurations(_estimator_profile(estimator), int(configs), int(images), int(seed), prior="continuous",
+    if known:                   # outside the training ranges fit refuses to tell the posterior: no law for it
+        try:
+            estimator.check_known_acquisition({key: stated[key] for key in KNOWN_ACQUISITION})
+        except ValueError as err:
+            warnings.warn(f"no law for the acquisition given to the posterior: {str(err).split(':')[0]} of the "
+                          "training ranges; fit uses this calibration with the acquisition unknown", stacklevel=2)
+            known = False
+    fresh = fresh_configurations(estimator_profile(estimator), int(configs), int(images), int(seed), prior="continuous",
                                  acquisition=ranges, workers=workers, show_progress_bars=show_progress_bars)
-    summaries = estimator.summaries(fresh["images"])
+    groups = [np.flatnonzero(fresh["config_id"] == c) for c in range(int(configs))]
+    stats = sample_statistics(fresh["images"] / estimator.stem_settings.electrons_per_pixel, estimator.pixel_size_nm)
+    accepted = samples_accepted(stats, groups, intensity_reference(estimator))
+    if accepted.mean() < 0.5:
+        raise ValueError(f"fit's intensity check refuses {1 - accepted.mean():.0%} of samples recorded with "
+                         f"{ {k: float(v) for k, v in stated.items()} }: images recorded so are too far from the "
+                         "estimator's training images for it (notebook 10)")
+    keep = np.concatenate([groups[c] for c in np.flatnonzero(accepted)])
+    summaries = estimator.summaries(fresh["images"][keep])
+    theta, config_id = fresh["theta"][keep], fresh["config_id"][keep]
     sizes = [m for m in WIDENING_SIZES if m <= images]
     laws, rows = [], []
     for given in (False, True) if known else (False,):
-        s = estimator.with_acquisition(summaries, given_acquisition(fresh)) if given else summaries
-        law, table = fit_widening(estimator, s, fresh["theta"], fresh["config_id"], seed=int(seed), sizes=sizes)
+        s = estimator.with_acquisition(summaries, {k: v[keep] for k, v in given_acquisition(fresh).items()}) \
+            if given else summaries
+        law, table = fit_widening(estimator, s, theta, config_id, seed=int(seed), sizes=sizes)
         laws.append(law)
         rows += [{"M": int(m), "acquisition given": given, **{k: float(v) for k, v in row.items()}}
                  for m, row in table.iterrows()]
     return AcquisitionCalibration({k: float(v) for k, v in stated.items()}, ranges.to_dict(), laws[0],
-                                  laws[1] if known else None, rows, int(configs), int(images), int(seed),
-                                  _posterior_digest(estimator))
+                                  laws[1] if known else None, rows, int(configs), float(1.0 - accepted.mean()),
+                                  int(images), int(seed), _posterior_digest(estimator))

@@ -148,7 +148,7 @@ class FitResult:
 def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = None,
                  dose_e_per_A2: float | None = None, n_bootstrap: int = 200, seed=None,
                  skip_bad: bool = False, units: str = "counts", check_intensity_scale: bool = True,
-                 acquisition: dict | None = None) -> FitResult:
+                 acquisition: dict | None = None, calibration=None) -> FitResult:
     """θ̂ with 95 % intervals from the images of one sample.
 
     Parameters
@@ -185,6 +185,11 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         For estimators that read them (:attr:`agglib.estimate.SampleEstimator.reads_acquisition`:
         the shipped default); None: unknown, the posterior accounts for any value in its training
         ranges.
+    calibration : AcquisitionCalibration or path-like, optional
+        The estimator's intervals calibrated for how the sample was recorded
+        (:func:`agglib.fit.acquisition_calibration.calibrate_for_acquisition`, ``agglib calibrate``;
+        made for this estimator; with ``acquisition`` given, for the same values). None: the
+        estimator's own calibration, on average over its training acquisitions.
     """
     from agglib.estimate import SampleEstimator, load_default_estimator
 
@@ -216,6 +221,12 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         else:
             estimator = SampleEstimator.load(shipped_models_dir(best))
             chosen = estimator.metadata.get("profile")
+    if calibration is not None:             # first: the calibrated estimator accepts a known acquisition as stated
+        from agglib.fit.acquisition_calibration import AcquisitionCalibration
+
+        if not isinstance(calibration, AcquisitionCalibration):
+            calibration = AcquisitionCalibration.load(calibration)
+        estimator = calibration.applied_to(estimator)
     if acquisition is not None:
         if not isinstance(estimator, SampleEstimator):
             raise ValueError("a known acquisition is read by the new method's estimators only; the paper method "
@@ -256,6 +267,9 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
                         "anyway: they assume the training images' intensity scale and are likely wrong")
     warnings += refusals + scale_warnings
     warnings += _resampling_warnings(items, estimator)
+    if calibration is not None:
+        warnings += calibration.mismatch_warnings([it.pixel_size_nm for it in items], estimator.pixel_size_nm,
+                                                  dose if units == "counts" else None, len(items))
     warnings += border_warnings(fractions, [it.path for it in items], estimator.field_of_view_nm)
     warnings += particle_scale_warnings(stats["scale_nm"], reference["scale_nm"])
     images = (fractions * estimator.stem_settings.electrons_per_pixel).astype(np.float32)
@@ -277,7 +291,9 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
                 "estimator_field_of_view_nm": estimator.field_of_view_nm,
                 "estimator_chosen_by_field_of_view": chosen,
                 "particles": None if estimator.particles.is_paper else estimator.particles.to_dict(),
-                "known_acquisition": acquisition}
+                "known_acquisition": acquisition,
+                "acquisition_calibration": None if calibration is None else
+                {"stated": calibration.stated, "configs": calibration.configs, "seed": calibration.seed}}
     base = {"path": [it.path for it in items], "pixel_size_nm": [it.pixel_size_nm for it in items],
             "pixel_size_source": [it.pixel_size_source for it in items]}
     reading = estimator.read_sample(images, resamples, **({} if acquisition is None else {"acquisition": acquisition}))
