@@ -2,6 +2,7 @@
 construction and fail an over-confident and a shifted one (negative controls)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import agglib
@@ -108,6 +109,9 @@ def test_negative_controls_table(known):
     assert any(line.startswith("shifted (1 SD, θ0/θ1 + 1): joint HPD ") for line in lines), lines
     expected = sum(not ok for _, row in table.iterrows() for ok in within_accepted(row).values())
     assert len(lines) == expected
+    # rows keyed by (acquisition given, acquisition, M): only the number of images reads "M = …"
+    keyed = table.iloc[[1]].set_axis(pd.MultiIndex.from_tuples([(False, "paper settings", 4)]))
+    assert all(line.startswith("False, paper settings, M = 4: ") for line in outside_band(keyed)), outside_band(keyed)
 
 
 def test_spread_matches_error_only_where_calibrated():

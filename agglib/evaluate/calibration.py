@@ -159,7 +159,8 @@ def outside_band(report: pd.DataFrame) -> list[str]:
     for key, row in report.iterrows():
         if pd.isna(row.get("joint HPD", np.nan)):
             continue
-        label = ", ".join(f"M = {k}" if isinstance(k, (int, np.integer)) else str(k)
+        label = ", ".join(f"M = {k}" if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+                          else str(k)
                           for k in (key if isinstance(key, tuple) else (key,)))
         out += [f"{label}: {col} {row[col]:.3f}" for col, ok in within_accepted(row).items() if not ok]
     return out
