@@ -226,10 +226,22 @@ def _cmd_estimator(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
+    from agglib.core.validation import check_range
     from agglib.estimate import SampleEstimator, load_default_estimator
-    from agglib.fit.acquisition_calibration import AcquisitionCalibration, calibrate_for_acquisition
+    from agglib.fit.acquisition_calibration import STATED_LIMITS, AcquisitionCalibration, calibrate_for_acquisition
+    from agglib.stem.acquisition import ACQUISITION_KEYS
 
     out = AcquisitionCalibration.check_writable(args.out, args.overwrite)       # before the simulation, not after
+    check_range("--configs", args.configs, low=20, integer=True)
+    check_range("--images", args.images, low=1, high=24, integer=True)
+    options = {"intensity_scale": "--intensity-scale", "wo3_contrast": "--wo3-contrast", "dose_e_per_A2": "--dose",
+               "offset_fraction": "--offset", "extra_blur_nm": "--extra-blur"}
+    stated = {}
+    for key, option in options.items():
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            low, high, unit, _ = STATED_LIMITS[key]
+            stated[key] = check_range(option, value, low=low, high=high, unit=unit)
     if args.models is None:
         estimator = load_default_estimator()
     elif (Path(args.models) / "posterior.pt").is_file():
@@ -237,22 +249,25 @@ def _cmd_calibrate(args) -> int:
     else:
         raise FileNotFoundError(f"--models {args.models}: no posterior.pt there; agglib calibrate calibrates a "
                                 "new-method estimator (encoder.pt + posterior.pt)")
-    stated = {key: value for key, value in (("intensity_scale", args.intensity_scale),
-                                             ("wo3_contrast", args.wo3_contrast), ("dose_e_per_A2", args.dose),
-                                             ("offset_fraction", args.offset), ("extra_blur_nm", args.extra_blur))
-              if value is not None}
     if args.pixel_size is not None:
         if not estimator.pixel_size_nm / 8 <= args.pixel_size <= 2 * estimator.pixel_size_nm:
             raise ValueError(f"--pixel-size {args.pixel_size:g}: accepted range [{estimator.pixel_size_nm / 8:g}, "
                              f"{2 * estimator.pixel_size_nm:g}] nm for this estimator ({estimator.pixel_size_nm:g} nm/px; "
                              "fit resamples images to it and refuses coarser than twice)")
         stated["pixel_zoom"] = estimator.pixel_size_nm / args.pixel_size
+    if args.configs < 100:
+        print(f"note: {args.configs} simulated samples give noisy widths (200, the default, for use)")
     calibration = calibrate_for_acquisition(estimator, stated, configs=args.configs, images=args.images, seed=args.seed,
                                             workers=args.workers)
     calibration.save(out, overwrite=args.overwrite)
+    shown = {**{options[k]: f"{v:g}" for k, v in stated.items() if k in options},
+             **({"--pixel-size": f"{args.pixel_size:g} nm"} if args.pixel_size is not None else {})}
+    drawn = [k for k in ACQUISITION_KEYS if k not in stated]
+    print(f"calibrated for {', '.join(f'{k} {v}' for k, v in shown.items()) or 'nothing stated'}; drawn per sample "
+          f"from the training ranges: {', '.join(drawn) or 'nothing'} ({args.configs} simulated samples of "
+          f"{args.images} images, {calibration.refused:.0%} of them refused by fit's intensity check and left out)")
     m = [1, 12, args.images] if args.images > 12 else [1, args.images]
-    print(f"calibrated for {', '.join(f'{k} {v:g}' for k, v in stated.items()) or 'nothing stated'} "
-          f"({args.configs} simulated samples of {args.images} images); width factors at M = {m}:")
+    print(f"width factors at M = {', '.join(map(str, m))} images:")
     for label, own, law in (("acquisition unknown", estimator.widening, calibration.widening),
                             ("acquisition given", estimator.widening_known_acquisition,
                              calibration.widening_known_acquisition)):
@@ -261,7 +276,9 @@ def _cmd_calibrate(args) -> int:
         for name, k in (("θ_Df", 0), ("θ_ρ", 1)):
             print(f"  {label}, {name}: {' / '.join(f'{w:.2f}' for w in law.factors(m)[0][:, k])} "
                   f"(the estimator's own: {' / '.join(f'{w:.2f}' for w in own.factors(m)[0][:, k])})")
-    print(f"written to {out}; use it with agglib fit ... --calibration {out}")
+    given = " --intensity-scale … --wo3-contrast … (as stated) or without them" \
+        if calibration.widening_known_acquisition is not None else " (without --intensity-scale/--wo3-contrast)"
+    print(f"written to {out}; use it with agglib fit ... --calibration {out}{given}")
     return 0
 
 
@@ -325,8 +342,10 @@ def _cmd_fit(args) -> int:
                           check_intensity_scale=not args.skip_intensity_check, acquisition=acquisition,
                           calibration=args.calibration)
     if args.calibration is not None:
-        stated = ", ".join(f"{k} {v:g}" for k, v in result.settings["acquisition_calibration"]["stated"].items())
-        print(f"intervals calibrated for the acquisition stated in {args.calibration} ({stated})")
+        used = result.settings["acquisition_calibration"]
+        stated = ", ".join(f"{k} {v:g}" for k, v in used["stated"].items())
+        print(f"intervals calibrated for the acquisition stated in {args.calibration} ({stated}; its law for the "
+              f"{used['law']})")
     if result.settings.get("estimator_chosen_by_field_of_view"):
         print(f"estimator: the shipped {result.settings['estimator_chosen_by_field_of_view']} one, made for "
               f"{result.settings['estimator_field_of_view_nm']:.0f} nm fields of view (--models to choose another)")

@@ -98,6 +98,14 @@ def test_save_load_and_what_a_calibration_refuses(robust, calibration, tmp_path)
         AcquisitionCalibration.load(foreign)
     with pytest.raises(FileNotFoundError, match="no such calibration file"):
         AcquisitionCalibration.load(tmp_path / "missing.json")
+    # a calibration with a field removed, or stating the known acquisition in part, is refused by name
+    whole = json.loads(path.read_text())
+    for broken, match in (({k: v for k, v in whole.items() if k != "configs"}, "field 'configs' missing"),
+                          ({**whole, "stated": {"intensity_scale": 0.72}}, r"garbled: stated \['intensity_scale'\]"),
+                          ({**whole, "stated": {**whole["stated"], "blur": 1}}, "garbled: stated")):
+        (tmp_path / "broken.json").write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=rf"broken.json: not a whole acquisition calibration \({match}"):
+            AcquisitionCalibration.load(tmp_path / "broken.json")
     # another estimator's posterior, the paper's networks
     with pytest.raises(ValueError, match=r"made for another estimator than the one used \(profile quick"):
         calibration.applied_to(SampleEstimator.load(shipped_models_dir("sets")))
@@ -114,10 +122,14 @@ def test_a_calibrated_estimator_is_told_only_the_stated_acquisition(robust, cali
     robust.check_known_acquisition({"intensity_scale": 1.0, "wo3_contrast": 0.69})        # the estimator itself: any
     with pytest.raises(ValueError, match="calibrated for intensity_scale 0.72 and wo3_contrast 0.69"):
         calibrated.check_known_acquisition({"intensity_scale": 1.0, "wo3_contrast": 0.69})
-    with pytest.warns(UserWarning, match="no law for the acquisition given to the posterior: intensity_scale=0.3 is "
-                                         "out of range"):
+    with pytest.warns(UserWarning) as said:
         outside = calibrate_for_acquisition(robust, {"intensity_scale": 0.3, "wo3_contrast": 0.69}, configs=20,
                                             images=1, seed=2)
+    said = [str(w.message) for w in said]
+    assert any(w.startswith("stated outside the estimator's training ranges: intensity_scale 0.3 (trained on "
+                            "0.45–1.6)") for w in said), said
+    assert any(w.startswith("no law for the acquisition given to the posterior: intensity_scale=0.3 is out of range")
+               for w in said), said
     unknown_only = calibrate_for_acquisition(robust, {"extra_blur_nm": 0.0}, configs=20, images=2, seed=1)
     for cal in (outside, unknown_only):
         assert cal.widening_known_acquisition is None
@@ -137,7 +149,8 @@ def test_calibration_simulates_the_stated_acquisition_and_leaves_out_refused_sam
     # an acquisition fit refuses (counts ten times too bright) cannot be calibrated for
     with pytest.raises(ValueError, match=r"fit.s intensity check refuses 9\d% of samples recorded with "
                                          r"\{'intensity_scale': 10.0\}"):
-        calibrate_for_acquisition(robust, {"intensity_scale": 10.0}, configs=20, images=1, seed=4)
+        with pytest.warns(UserWarning, match=r"training ranges: intensity_scale 10 \(trained on 0.45–1.6\)"):
+            calibrate_for_acquisition(robust, {"intensity_scale": 10.0}, configs=20, images=1, seed=4)
 
 
 def test_cli_calibrate_then_fit_with_the_calibration(tmp_path, capsys, monkeypatch):
@@ -157,14 +170,19 @@ def test_cli_calibrate_then_fit_with_the_calibration(tmp_path, capsys, monkeypat
     assert "was not written by agglib calibrate: not replaced" in capsys.readouterr().err
     assert (tmp_path / "mine.json").read_text() == "{}"
     monkeypatch.setattr(module, "calibrate_for_acquisition", real)
+    assert main(["calibrate", "--dose", "-3", "--out", str(tmp_path / "c2.json")]) == 2
+    assert "--dose=-3.0 e/Å² is out of range; accepted range [1, 100000] e/Å²" in capsys.readouterr().err
     assert main(["calibrate", "--pixel-size", "9", "--out", str(tmp_path / "c2.json")]) == 2
     assert "--pixel-size 9: accepted range [0.425, 6.8] nm" in capsys.readouterr().err
     assert not (tmp_path / "c2.json").exists()
     fit = ["fit", str(SAMPLE), "--pixel-size", "2.9", "--bootstrap", "20", "--shadows", "2", "--calibration", str(cal)]
     assert main([*fit, "--out", str(tmp_path / "a")]) == 0
-    assert "intervals calibrated for the acquisition stated in" in capsys.readouterr().out
-    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert summary["settings"]["acquisition_calibration"]["stated"]["wo3_contrast"] == 0.69
+    assert "its law for the acquisition unknown" in capsys.readouterr().out
+    used = json.loads((tmp_path / "a" / "summary.json").read_text())["settings"]["acquisition_calibration"]
+    assert used["stated"]["wo3_contrast"] == 0.69 and used["file"] == str(cal) and used["images"] == 4
+    assert used["law"] == "acquisition unknown"
+    assert main([*fit, "--out", str(tmp_path / "c"), "--intensity-scale", "0.72", "--wo3-contrast", "0.69"]) == 0
+    assert "its law for the acquisition given" in capsys.readouterr().out
     assert main([*fit, "--out", str(tmp_path / "b"), "--intensity-scale", "1", "--wo3-contrast", "1"]) == 2
     assert "calibrated for intensity_scale 0.72 and wo3_contrast 0.69" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()

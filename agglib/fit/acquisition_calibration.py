@@ -194,18 +194,26 @@ class AcquisitionCalibration:
     @classmethod
     def from_dict(cls, d: dict, source: str = "the calibration") -> "AcquisitionCalibration":
         """The calibration of :meth:`to_dict`; ``source`` names it in errors (ValueError)."""
+        from agglib.estimate import KNOWN_ACQUISITION
+        from agglib.stem.acquisition import ACQUISITION_KEYS
+
         if not isinstance(d, dict) or d.get("kind") != CALIBRATION_KIND:
-            raise ValueError(f"{source} is not an acquisition calibration (kind {CALIBRATION_KIND!r}; made by "
-                             "agglib calibrate)")
+            raise ValueError(f"{source} is not an acquisition calibration written by agglib calibrate (its \"kind\" "
+                             f"is not {CALIBRATION_KIND!r})")
         try:
             known = d.get("widening_known_acquisition")
-            return cls(dict(d["stated"]), dict(d["ranges"]), Widening.from_dict(d["widening"]),
-                       None if known is None else Widening.from_dict(known), list(d.get("fit_table", [])),
-                       int(d["configs"]), float(d.get("refused", 0.0)), int(d["images"]), int(d["seed"]),
+            stated = {str(k): float(v) for k, v in dict(d["stated"]).items()}
+            bad = sorted(set(stated) - set(ACQUISITION_KEYS))
+            if bad or (known is not None and any(k not in stated for k in KNOWN_ACQUISITION)):
+                raise ValueError(f"stated {sorted(stated)}")
+            return cls(stated, dict(d["ranges"]), Widening.from_dict(d["widening"]),
+                       None if known is None else Widening.from_dict(known), list(d["fit_table"]),
+                       int(d["configs"]), float(d["refused"]), int(d["images"]), int(d["seed"]),
                        str(d["posterior_sha256"]))
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{source}: a field of an acquisition calibration is missing or garbled ({err!r}); "
-                             "make it again with agglib calibrate") from None
+            what = f"field {err.args[0]!r} missing" if isinstance(err, KeyError) else f"garbled: {err}"
+            raise ValueError(f"{source}: not a whole acquisition calibration ({what}); make it again with agglib "
+                             "calibrate") from None
 
     def save(self, path, overwrite: bool = False) -> Path:
         """Write the calibration as JSON to ``path`` (:meth:`check_writable`); returns the path."""
@@ -375,6 +383,13 @@ def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 200, im
     check_range("configs", configs, low=20, integer=True)
     check_range("images", images, low=1, high=max(WIDENING_SIZES), integer=True)
     ranges = stated_acquisition_ranges(estimator, stated)
+    trained = estimator.training_metadata.get("acquisition_ranges") or {}
+    outside = [f"{key} {float(stated[key]):g} (trained on {lo:g}–{hi:g})" for key, (lo, hi) in
+               ((k, trained[k]) for k in stated if k in trained) if not lo <= float(stated[key]) <= hi]
+    if outside:
+        warnings.warn(f"stated outside the estimator's training ranges: {', '.join(outside)}; it never saw such "
+                      "images, so its posterior extrapolates there (the calibration widens or narrows it, it does not "
+                      "make it right)", stacklevel=2)
     known = estimator.reads_acquisition and all(key in stated for key in KNOWN_ACQUISITION)
     if known:                   # outside the training ranges fit refuses to tell the posterior: no law for it
         try:
@@ -404,6 +419,7 @@ def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 200, im
         laws.append(law)
         rows += [{"M": int(m), "acquisition given": given, **{k: float(v) for k, v in row.items()}}
                  for m, row in table.iterrows()]
+    refused = round(float(1.0 - accepted.mean()), 6)
     return AcquisitionCalibration({k: float(v) for k, v in stated.items()}, ranges.to_dict(), laws[0],
-                                  laws[1] if known else None, rows, int(configs), float(1.0 - accepted.mean()),
-                                  int(images), int(seed), _posterior_digest(estimator))
+                                  laws[1] if known else None, rows, int(configs), refused, int(images), int(seed),
+                                  _posterior_digest(estimator))

@@ -224,7 +224,8 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     if calibration is not None:             # first: the calibrated estimator accepts a known acquisition as stated
         from agglib.fit.acquisition_calibration import AcquisitionCalibration
 
-        if not isinstance(calibration, AcquisitionCalibration):
+        calibration_file = None if isinstance(calibration, AcquisitionCalibration) else str(calibration)
+        if calibration_file is not None:
             calibration = AcquisitionCalibration.load(calibration)
         estimator = calibration.applied_to(estimator)
     if acquisition is not None:
@@ -293,7 +294,9 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
                 "particles": None if estimator.particles.is_paper else estimator.particles.to_dict(),
                 "known_acquisition": acquisition,
                 "acquisition_calibration": None if calibration is None else
-                {"stated": calibration.stated, "configs": calibration.configs, "seed": calibration.seed}}
+                {"file": calibration_file, "stated": calibration.stated, "configs": calibration.configs,
+                 "images": calibration.images, "seed": calibration.seed,
+                 "law": "acquisition unknown" if acquisition is None else "acquisition given"}}
     base = {"path": [it.path for it in items], "pixel_size_nm": [it.pixel_size_nm for it in items],
             "pixel_size_source": [it.pixel_size_source for it in items]}
     reading = estimator.read_sample(images, resamples, **({} if acquisition is None else {"acquisition": acquisition}))
