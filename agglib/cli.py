@@ -228,7 +228,8 @@ def _cmd_estimator(args) -> int:
 def _cmd_calibrate(args) -> int:
     from agglib.core.validation import check_range
     from agglib.estimate import SampleEstimator, load_default_estimator
-    from agglib.fit.acquisition_calibration import STATED_LIMITS, AcquisitionCalibration, calibrate_for_acquisition
+    from agglib.fit.acquisition_calibration import (AcquisitionCalibration, calibrate_for_acquisition,
+                                                    check_stated_acquisition)
     from agglib.stem.acquisition import ACQUISITION_KEYS
 
     out = AcquisitionCalibration.check_writable(args.out, args.overwrite)       # before the simulation, not after
@@ -236,12 +237,8 @@ def _cmd_calibrate(args) -> int:
     check_range("--images", args.images, low=1, high=24, integer=True)
     options = {"intensity_scale": "--intensity-scale", "wo3_contrast": "--wo3-contrast", "dose_e_per_A2": "--dose",
                "offset_fraction": "--offset", "extra_blur_nm": "--extra-blur"}
-    stated = {}
-    for key, option in options.items():
-        value = getattr(args, option[2:].replace("-", "_"))
-        if value is not None:
-            low, high, unit, _ = STATED_LIMITS[key]
-            stated[key] = check_range(option, value, low=low, high=high, unit=unit)
+    stated = check_stated_acquisition({key: value for key, option in options.items()
+                                       if (value := getattr(args, option[2:].replace("-", "_"))) is not None}, options)
     if args.models is None:
         estimator = load_default_estimator()
     elif (Path(args.models) / "posterior.pt").is_file():

@@ -32,6 +32,7 @@ from agglib.estimate import SampleEstimator, shipped_models_dir
 from agglib.evaluate.calibration import calibration_under_acquisitions
 from agglib.evaluate.robustness import PERTURBATIONS
 from agglib.fit.acquisition_calibration import calibrate_for_acquisition, estimator_profile, stated_acquisition_ranges
+from agglib.stem.acquisition import simulator_acquisition
 from run_records import json_rows, run_header
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +61,7 @@ def main(argv=None) -> int:
     if args.seed is None:
         args.seed = int(json.loads((ROOT / "agglib" / "data" / "runs" / "robust_calibration.json").read_text())["seed"])
     sizes = [m for m in (1, 4, 12, 24) if m <= args.images]
-    simulator = {"intensity_scale": 1.0, "wo3_contrast": 1.0, "dose_e_per_A2": float(estimator.stem_settings.dose_e_per_A2),
-                 "offset_fraction": 0.0, "extra_blur_nm": 0.0, "pixel_zoom": 1.0}
+    simulator = simulator_acquisition(estimator.stem_settings)
     given = (False, True) if estimator.reads_acquisition else (False,)
     t0 = time.perf_counter()
     cases = [(name, {**simulator, **acquisition}, acquisition) for name, acquisition in PERTURBATIONS.items()

@@ -274,11 +274,9 @@ def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_con
 
     import agglib
     from agglib.evaluate.sets import fresh_configurations
-    from agglib.fit.intensity import intensity_reference, sample_statistics, samples_accepted
+    from agglib.fit.intensity import simulated_samples_accepted
 
     sizes = sorted(int(m) for m in sizes)
-    reference = intensity_reference(estimator)
-    epp = estimator.stem_settings.electrons_per_pixel
     show = agglib.config.get("progress_bars") if show_progress_bars is None else show_progress_bars
     given_modes = [bool(g) for g in acquisition_given]
     if not given_modes:
@@ -289,9 +287,7 @@ def calibration_under_acquisitions(estimator, profile, acquisitions: dict, n_con
     for name, acquisition in tqdm(acquisitions.items(), desc="acquisitions", disable=not show):
         fresh = fresh_configurations(profile, n_configs, sizes[-1], seed, prior="continuous",
                                      acquisition=acquisition or None, show_progress_bars=False)
-        groups = [np.flatnonzero(fresh["config_id"] == c) for c in range(n_configs)]
-        stats = sample_statistics(fresh["images"] / epp, estimator.pixel_size_nm)
-        accepted = samples_accepted(stats, groups, reference)
+        accepted, groups = simulated_samples_accepted(estimator, fresh)
         refused = float(1.0 - accepted.mean())
         keep = np.concatenate([groups[c] for c in np.flatnonzero(accepted)]) if accepted.any() else np.zeros(0, int)
         kept = {"images": fresh["images"][keep], "theta": fresh["theta"][keep],

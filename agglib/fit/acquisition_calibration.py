@@ -28,8 +28,8 @@ import numpy as np
 
 from agglib.posterior import Widening
 
-__all__ = ["AcquisitionCalibration", "calibrate_for_acquisition", "stated_acquisition_ranges", "estimator_profile",
-           "STATED_LIMITS", "CALIBRATION_KIND"]
+__all__ = ["AcquisitionCalibration", "calibrate_for_acquisition", "stated_acquisition_ranges", "check_stated_acquisition",
+           "estimator_profile", "STATED_LIMITS", "CALIBRATION_KIND"]
 
 #: The ``kind`` of an acquisition calibration's JSON file (what ``load`` and ``save`` recognise).
 CALIBRATION_KIND = "agglib acquisition calibration"
@@ -45,6 +45,41 @@ STATED_LIMITS = {
     "extra_blur_nm": (0.0, 10.0, "nm", "σ of an extra Gaussian blur"),
     "pixel_zoom": (0.5, 8.0, "", "the estimator's pixel size ÷ the recorded one: fit resamples images by it"),
 }
+
+
+def check_stated_acquisition(stated: dict, names: dict | None = None) -> dict:
+    """``stated`` as floats, each checked against :data:`STATED_LIMITS`.
+
+    Parameters
+    ----------
+    stated : dict
+        Setting (a key of :data:`agglib.stem.acquisition.ACQUISITION_KEYS`) → its value.
+    names : dict, optional
+        Setting → the name the user gave it by (a command-line option), for the errors.
+
+    Raises
+    ------
+    ValueError
+        For an unknown setting or a value that is not a number within :data:`STATED_LIMITS`
+        (named, with the range and what the setting is).
+    """
+    from agglib.core.validation import check_range
+    from agglib.stem.acquisition import ACQUISITION_KEYS
+
+    bad = sorted(set(stated) - set(ACQUISITION_KEYS))
+    if bad:
+        raise ValueError(f"unknown acquisition settings {bad}; accepted: {', '.join(ACQUISITION_KEYS)}")
+    values = {}
+    for key, value in stated.items():
+        low, high, unit, what = STATED_LIMITS[key]
+        name = (names or {}).get(key, key)
+        try:
+            values[key] = float(check_range(name, float(value), low=low, high=high, unit=unit))
+        except (TypeError, ValueError) as err:
+            detail = str(err) if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else \
+                f"{name}={value!r} is not a number; accepted range [{low:g}, {high:g}]{' ' + unit if unit else ''}"
+            raise ValueError(f"{detail} ({what})") from None
+    return values
 
 
 def stated_acquisition_ranges(estimator, stated: dict):
@@ -70,28 +105,14 @@ def stated_acquisition_ranges(estimator, stated: dict):
         For an unknown setting or a value that is not a number within :data:`STATED_LIMITS`
         (named, with the range).
     """
-    from agglib.core.validation import check_range
-    from agglib.stem.acquisition import ACQUISITION_KEYS, AcquisitionRanges
+    from agglib.stem.acquisition import AcquisitionRanges, simulator_acquisition
 
-    bad = sorted(set(stated) - set(ACQUISITION_KEYS))
-    if bad:
-        raise ValueError(f"unknown acquisition settings {bad}; accepted: {', '.join(ACQUISITION_KEYS)}")
-    values = {}
-    for key, value in stated.items():
-        low, high, unit, what = STATED_LIMITS[key]
-        try:
-            values[key] = float(check_range(key, float(value), low=low, high=high, unit=unit))
-        except (TypeError, ValueError) as err:
-            detail = str(err) if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else \
-                f"{key}={value!r} is not a number; accepted range [{low:g}, {high:g}]{' ' + unit if unit else ''}"
-            raise ValueError(f"{detail} ({what})") from None
+    values = check_stated_acquisition(stated)
     trained = estimator.training_metadata.get("acquisition_ranges")
     if trained:
         base = AcquisitionRanges.from_dict(trained)
     else:
-        dose = float(estimator.stem_settings.dose_e_per_A2)
-        base = AcquisitionRanges(intensity_scale=(1.0, 1.0), wo3_contrast=(1.0, 1.0), dose_e_per_A2=(dose, dose),
-                                 offset_fraction=(0.0, 0.0), extra_blur_nm=(0.0, 0.0), pixel_zoom=(1.0, 1.0),
+        base = AcquisitionRanges(**{key: (v, v) for key, v in simulator_acquisition(estimator.stem_settings).items()},
                                  at_pixel_size=1.0)
     ranges = replace(base, **{key: (v, v) for key, v in values.items()})
     if "pixel_zoom" in values:            # a stated zoom is the zoom of every image
@@ -374,7 +395,7 @@ def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 200, im
     from agglib.estimate import KNOWN_ACQUISITION, SampleEstimator
     from agglib.evaluate.calibration import given_acquisition
     from agglib.evaluate.sets import fresh_configurations
-    from agglib.fit.intensity import intensity_reference, sample_statistics, samples_accepted
+    from agglib.fit.intensity import simulated_samples_accepted
     from agglib.sets_training.recalibration import WIDENING_SIZES, fit_widening
 
     if not isinstance(estimator, SampleEstimator):
@@ -400,9 +421,7 @@ def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 200, im
             known = False
     fresh = fresh_configurations(estimator_profile(estimator), int(configs), int(images), int(seed), prior="continuous",
                                  acquisition=ranges, workers=workers, show_progress_bars=show_progress_bars)
-    groups = [np.flatnonzero(fresh["config_id"] == c) for c in range(int(configs))]
-    stats = sample_statistics(fresh["images"] / estimator.stem_settings.electrons_per_pixel, estimator.pixel_size_nm)
-    accepted = samples_accepted(stats, groups, intensity_reference(estimator))
+    accepted, groups = simulated_samples_accepted(estimator, fresh)
     if accepted.mean() < 0.5:
         raise ValueError(f"fit's intensity check refuses {1 - accepted.mean():.0%} of samples recorded with "
                          f"{ {k: float(v) for k, v in stated.items()} }: images recorded so are too far from the "

@@ -46,7 +46,7 @@ from agglib.core.wording import counted
 from agglib.stem.acquisition import intensity_statistics
 
 __all__ = ["intensity_reference", "reference_key", "simulate_reference", "reference_file_name", "check_intensity",
-           "sample_statistics", "samples_accepted", "BACKGROUND_TOLERANCE", "SIGNAL_MARGIN",
+           "sample_statistics", "samples_accepted", "simulated_samples_accepted", "BACKGROUND_TOLERANCE", "SIGNAL_MARGIN",
            "BRIGHTNESS_PERCENTILE", "REFERENCE_IMAGES"]
 
 #: Vacuum level accepted beyond the training images' [fraction of the beam].
@@ -177,6 +177,22 @@ def samples_accepted(stats: dict, groups, reference: dict) -> np.ndarray:
     """For simulated samples: which of ``groups`` (index arrays into the images of ``stats``, one
     per sample) :func:`check_intensity` accepts against ``reference`` (bool, one per group)."""
     return np.array([not check_intensity({k: v[g] for k, v in stats.items()}, reference)[0] for g in groups], dtype=bool)
+
+
+def simulated_samples_accepted(estimator, fresh: dict) -> tuple[np.ndarray, list]:
+    """For samples simulated as ``estimator``'s training images (the dict of
+    :func:`agglib.evaluate.sets.fresh_configurations`: images in counts at the estimator's dose,
+    configurations numbered 0 … n − 1): which of them ``fit``'s intensity check accepts.
+
+    Returns
+    -------
+    (ndarray of bool (n,), list of ndarray)
+        One flag per configuration, and each configuration's image indices.
+    """
+    n = int(np.max(fresh["config_id"])) + 1 if len(fresh["config_id"]) else 0
+    groups = [np.flatnonzero(fresh["config_id"] == c) for c in range(n)]
+    stats = sample_statistics(fresh["images"] / estimator.stem_settings.electrons_per_pixel, estimator.pixel_size_nm)
+    return samples_accepted(stats, groups, intensity_reference(estimator)), groups
 
 
 def check_intensity(stats: dict, reference: dict, dose_e_per_A2: float | None = None,

@@ -29,7 +29,7 @@ import numpy as np
 from agglib.core.seeding import as_generator
 
 __all__ = ["INTENSITY_UNITS", "beam_fraction", "area_rebin", "resample_mean", "AcquisitionRanges",
-           "ACQUISITION_KEYS", "LOG_UNIFORM_KEYS", "draw_acquisition", "acquire_image", "intensity_statistics", "ACQUISITION_STATISTICS",
+           "ACQUISITION_KEYS", "LOG_UNIFORM_KEYS", "draw_acquisition", "simulator_acquisition", "acquire_image", "intensity_statistics", "ACQUISITION_STATISTICS",
            "STATISTICS_VERSION", "acquisition_statistics"]
 
 INTENSITY_UNITS = ("counts", "fraction")
@@ -153,6 +153,14 @@ def draw_acquisition(rng, ranges: AcquisitionRanges | None = None) -> dict:
     return out
 
 
+def simulator_acquisition(settings) -> dict:
+    """The acquisition the simulator records with, one value per :data:`ACQUISITION_KEYS`: the
+    table's signals (intensity scale and WO3/TiO2 contrast 1), the dose of ``settings`` [e/Å²],
+    no vacuum offset, no extra blur [nm], images at the pixel size of ``settings`` (zoom 1).
+    :func:`acquire_image` fills the settings an acquisition leaves out with these."""
+    return dict(zip(ACQUISITION_KEYS, (1.0, 1.0, float(settings.dose_e_per_A2), 0.0, 0.0, 1.0)))
+
+
 def acquire_image(aggregate, settings, acquisition: dict | None = None, seed=None) -> np.ndarray:
     """A HAADF-STEM image of ``aggregate`` as a microscope with ``acquisition`` records it,
     in counts at the dose of ``settings`` (as the estimators read images) [counts].
@@ -170,7 +178,7 @@ def acquire_image(aggregate, settings, acquisition: dict | None = None, seed=Non
     rng = as_generator(seed)
     if acquisition is None:
         return render_stem(aggregate, seed=rng, settings=settings)
-    a = {**dict(zip(ACQUISITION_KEYS, (1.0, 1.0, settings.dose_e_per_A2, 0.0, 0.0, 1.0))), **acquisition}
+    a = {**simulator_acquisition(settings), **acquisition}
     zoom = float(a["pixel_zoom"])
     fine_px = settings.pixel_size_nm / zoom
     n_fine = settings.image_size_px if zoom == 1.0 else int(math.ceil(settings.image_size_px * zoom)) + 1
