@@ -237,8 +237,8 @@ def _cmd_calibrate(args) -> int:
     check_range("--images", args.images, low=1, high=24, integer=True)
     options = {"intensity_scale": "--intensity-scale", "wo3_contrast": "--wo3-contrast", "dose_e_per_A2": "--dose",
                "offset_fraction": "--offset", "extra_blur_nm": "--extra-blur"}
-    stated = check_stated_acquisition({key: value for key, option in options.items()
-                                       if (value := getattr(args, option[2:].replace("-", "_"))) is not None}, options)
+    given = {key: getattr(args, option[2:].replace("-", "_")) for key, option in options.items()}
+    stated = check_stated_acquisition({key: value for key, value in given.items() if value is not None}, options)
     if args.models is None:
         estimator = load_default_estimator()
     elif (Path(args.models) / "posterior.pt").is_file():
@@ -253,7 +253,7 @@ def _cmd_calibrate(args) -> int:
                              "fit resamples images to it and refuses coarser than twice)")
         stated["pixel_zoom"] = estimator.pixel_size_nm / args.pixel_size
     if args.configs < 100:
-        print(f"note: {args.configs} simulated samples give noisy widths (200, the default, for use)")
+        print(f"note: {args.configs} simulated samples give noisy widths (400, the default, for use)")
     calibration = calibrate_for_acquisition(estimator, stated, configs=args.configs, images=args.images, seed=args.seed,
                                             workers=args.workers)
     calibration.save(out, overwrite=args.overwrite)
@@ -666,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pixel-size", type=float, default=None,
                    help="pixel size the images were recorded at [nm], at most twice the estimator's (fit resamples "
                         "them to it; None: unknown)")
-    c.add_argument("--configs", type=int, default=200, help="simulated samples (at least 20)")
+    c.add_argument("--configs", type=int, default=400, help="simulated samples (at least 20)")
     c.add_argument("--images", type=int, default=24, help="images per simulated sample (1-24)")
     c.add_argument("--seed", type=int, default=0, help="seed of the simulated samples")
     c.add_argument("--workers", type=int, default=None, help="processes (None: all cores)")

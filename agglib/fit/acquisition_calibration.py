@@ -28,8 +28,8 @@ import numpy as np
 
 from agglib.posterior import Widening
 
-__all__ = ["AcquisitionCalibration", "calibrate_for_acquisition", "stated_acquisition_ranges", "check_stated_acquisition",
-           "estimator_profile", "STATED_LIMITS", "CALIBRATION_KIND"]
+__all__ = ["AcquisitionCalibration", "calibrate_for_acquisition", "stated_acquisition_ranges",
+           "check_stated_acquisition", "estimator_profile", "STATED_LIMITS", "CALIBRATION_KIND"]
 
 #: The ``kind`` of an acquisition calibration's JSON file (what ``load`` and ``save`` recognise).
 CALIBRATION_KIND = "agglib acquisition calibration"
@@ -48,21 +48,30 @@ STATED_LIMITS = {
 
 
 def check_stated_acquisition(stated: dict, names: dict | None = None) -> dict:
-    """``stated`` as floats, each checked against :data:`STATED_LIMITS`.
+    """``stated`` checked against :data:`STATED_LIMITS`.
 
     Parameters
     ----------
     stated : dict
-        Setting (a key of :data:`agglib.stem.acquisition.ACQUISITION_KEYS`) → its value.
+        Setting (a key of :data:`agglib.stem.acquisition.ACQUISITION_KEYS`) → its value, in the
+        units of :data:`STATED_LIMITS`.
     names : dict, optional
-        Setting → the name the user gave it by (a command-line option), for the errors.
+        Setting → the name the user gave it by (a command-line option such as ``--dose``), used
+        in the errors in place of the setting's.
+
+    Returns
+    -------
+    dict
+        Setting → its value as a float.
 
     Raises
     ------
     ValueError
-        For an unknown setting or a value that is not a number within :data:`STATED_LIMITS`
-        (named, with the range and what the setting is).
+        For an unknown setting, or a value that is not a real number within :data:`STATED_LIMITS`
+        (named, with the accepted range, its unit and what the setting is).
     """
+    import numbers
+
     from agglib.core.validation import check_range
     from agglib.stem.acquisition import ACQUISITION_KEYS
 
@@ -72,13 +81,11 @@ def check_stated_acquisition(stated: dict, names: dict | None = None) -> dict:
     values = {}
     for key, value in stated.items():
         low, high, unit, what = STATED_LIMITS[key]
-        name = (names or {}).get(key, key)
+        number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else value
         try:
-            values[key] = float(check_range(name, float(value), low=low, high=high, unit=unit))
-        except (TypeError, ValueError) as err:
-            detail = str(err) if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else \
-                f"{name}={value!r} is not a number; accepted range [{low:g}, {high:g}]{' ' + unit if unit else ''}"
-            raise ValueError(f"{detail} ({what})") from None
+            values[key] = float(check_range((names or {}).get(key, key), number, low=low, high=high, unit=unit))
+        except ValueError as err:
+            raise ValueError(f"{err} ({what})") from None
     return values
 
 
@@ -350,7 +357,7 @@ class AcquisitionCalibration:
                                {**estimator.metadata, **laws, "acquisition_calibration": about})
 
 
-def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 200, images: int = 24, seed: int = 0,
+def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 400, images: int = 24, seed: int = 0,
                               workers: int | None = None, show_progress_bars: bool | None = None) -> AcquisitionCalibration:
     """Fit ``estimator``'s width laws on fresh samples recorded with the ``stated`` acquisition.
 
@@ -403,9 +410,10 @@ def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 200, im
                          "paper method's networks give bootstrap intervals")
     check_range("configs", configs, low=20, integer=True)
     check_range("images", images, low=1, high=max(WIDENING_SIZES), integer=True)
+    stated = check_stated_acquisition(stated)
     ranges = stated_acquisition_ranges(estimator, stated)
     trained = estimator.training_metadata.get("acquisition_ranges") or {}
-    outside = [f"{key} {float(stated[key]):g} (trained on {lo:g}–{hi:g})" for key, (lo, hi) in
+    outside = [f"{key} {stated[key]:g} (trained on {lo:g}–{hi:g})" for key, (lo, hi) in
                ((k, trained[k]) for k in stated if k in trained) if not lo <= float(stated[key]) <= hi]
     if outside:
         warnings.warn(f"stated outside the estimator's training ranges: {', '.join(outside)}; it never saw such "
@@ -424,7 +432,7 @@ def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 200, im
     accepted, groups = simulated_samples_accepted(estimator, fresh)
     if accepted.mean() < 0.5:
         raise ValueError(f"fit's intensity check refuses {1 - accepted.mean():.0%} of samples recorded with "
-                         f"{ {k: float(v) for k, v in stated.items()} }: images recorded so are too far from the "
+                         f"{stated}: images recorded so are too far from the "
                          "estimator's training images for it (notebook 10)")
     keep = np.concatenate([groups[c] for c in np.flatnonzero(accepted)])
     summaries = estimator.summaries(fresh["images"][keep])
@@ -439,6 +447,6 @@ def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 200, im
         rows += [{"M": int(m), "acquisition given": given, **{k: float(v) for k, v in row.items()}}
                  for m, row in table.iterrows()]
     refused = round(float(1.0 - accepted.mean()), 6)
-    return AcquisitionCalibration({k: float(v) for k, v in stated.items()}, ranges.to_dict(), laws[0],
+    return AcquisitionCalibration(stated, ranges.to_dict(), laws[0],
                                   laws[1] if known else None, rows, int(configs), refused, int(images), int(seed),
                                   _posterior_digest(estimator))

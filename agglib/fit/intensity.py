@@ -46,7 +46,8 @@ from agglib.core.wording import counted
 from agglib.stem.acquisition import intensity_statistics
 
 __all__ = ["intensity_reference", "reference_key", "simulate_reference", "reference_file_name", "check_intensity",
-           "sample_statistics", "samples_accepted", "simulated_samples_accepted", "BACKGROUND_TOLERANCE", "SIGNAL_MARGIN",
+           "sample_statistics", "samples_accepted", "simulated_samples_accepted", "BACKGROUND_TOLERANCE",
+           "SIGNAL_MARGIN",
            "BRIGHTNESS_PERCENTILE", "REFERENCE_IMAGES"]
 
 #: Vacuum level accepted beyond the training images' [fraction of the beam].
@@ -180,17 +181,30 @@ def samples_accepted(stats: dict, groups, reference: dict) -> np.ndarray:
 
 
 def simulated_samples_accepted(estimator, fresh: dict) -> tuple[np.ndarray, list]:
-    """For samples simulated as ``estimator``'s training images (the dict of
-    :func:`agglib.evaluate.sets.fresh_configurations`: images in counts at the estimator's dose,
-    configurations numbered 0 … n − 1): which of them ``fit``'s intensity check accepts.
+    """Which simulated samples ``fit``'s intensity check accepts.
+
+    Parameters
+    ----------
+    estimator : agglib.estimate.SampleEstimator or agglib.estimate.ParameterEstimator
+        Its STEM settings (dose, pixel size [nm]) and intensity reference
+        (:func:`intensity_reference`).
+    fresh : dict
+        Samples simulated as ``estimator``'s training images
+        (:func:`agglib.evaluate.sets.fresh_configurations`): ``images`` [counts] at the
+        estimator's dose, ``config_id`` numbering the samples 0 … n − 1.
 
     Returns
     -------
-    (ndarray of bool (n,), list of ndarray)
-        One flag per configuration, and each configuration's image indices.
+    accepted : ndarray of bool (n,)
+        Per sample: the check accepts its images.
+    groups : list of ndarray
+        Per sample: the indices of its images.
     """
-    n = int(np.max(fresh["config_id"])) + 1 if len(fresh["config_id"]) else 0
-    groups = [np.flatnonzero(fresh["config_id"] == c) for c in range(n)]
+    config_id = np.asarray(fresh["config_id"])
+    n = int(config_id.max()) + 1 if config_id.size else 0
+    if not np.array_equal(np.unique(config_id), np.arange(n)):
+        raise ValueError("fresh['config_id'] must number the samples 0 … n − 1 (as fresh_configurations does)")
+    groups = [np.flatnonzero(config_id == c) for c in range(n)]
     stats = sample_statistics(fresh["images"] / estimator.stem_settings.electrons_per_pixel, estimator.pixel_size_nm)
     return samples_accepted(stats, groups, intensity_reference(estimator)), groups
 

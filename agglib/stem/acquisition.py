@@ -29,8 +29,8 @@ import numpy as np
 from agglib.core.seeding import as_generator
 
 __all__ = ["INTENSITY_UNITS", "beam_fraction", "area_rebin", "resample_mean", "AcquisitionRanges",
-           "ACQUISITION_KEYS", "LOG_UNIFORM_KEYS", "draw_acquisition", "simulator_acquisition", "acquire_image", "intensity_statistics", "ACQUISITION_STATISTICS",
-           "STATISTICS_VERSION", "acquisition_statistics"]
+           "ACQUISITION_KEYS", "LOG_UNIFORM_KEYS", "draw_acquisition", "simulator_acquisition", "acquire_image",
+           "intensity_statistics", "ACQUISITION_STATISTICS", "STATISTICS_VERSION", "acquisition_statistics"]
 
 INTENSITY_UNITS = ("counts", "fraction")
 
@@ -154,10 +154,21 @@ def draw_acquisition(rng, ranges: AcquisitionRanges | None = None) -> dict:
 
 
 def simulator_acquisition(settings) -> dict:
-    """The acquisition the simulator records with, one value per :data:`ACQUISITION_KEYS`: the
-    table's signals (intensity scale and WO3/TiO2 contrast 1), the dose of ``settings`` [e/Å²],
-    no vacuum offset, no extra blur [nm], images at the pixel size of ``settings`` (zoom 1).
-    :func:`acquire_image` fills the settings an acquisition leaves out with these."""
+    """The acquisition the simulator records with.
+
+    Parameters
+    ----------
+    settings : agglib.stem.StemSettings
+        Its dose [e/Å²].
+
+    Returns
+    -------
+    dict
+        One value per :data:`ACQUISITION_KEYS`: the table's signals (intensity scale and WO3/TiO2
+        contrast 1), the dose of ``settings`` [e/Å²], no vacuum offset [fraction of the beam], no
+        extra blur [nm], images at the pixel size of ``settings`` (zoom 1). :func:`acquire_image`
+        fills the settings an acquisition leaves out with these.
+    """
     return dict(zip(ACQUISITION_KEYS, (1.0, 1.0, float(settings.dose_e_per_A2), 0.0, 0.0, 1.0)))
 
 
