@@ -5,7 +5,7 @@ Python blocks run as they stand (the blocks of one page in one interpreter, in o
 blocks run line by line with the substitutions the pages announce for a test — the quick
 profile's long jobs at the tiny profile (``--profile quick`` → ``--profile tiny``, 12 training
 epochs → 1, 100 aggregates → 4, a profile file written with ``--base tiny``, 20 calibration samples of 4
-images instead of 200 of 24) — and without the lines that set up a machine (``make``, ``pip``,
+images instead of 400 of 24) — and without the lines that set up a machine (``make``, ``pip``,
 ``git``, ``conda``) or take hours (``agglib haadf-table``: abTEM multislice); blocks marked
 ``<!-- agglib:not-run … -->`` (a SLURM cluster, several GPUs) are not run. The quick start's
 printed θ̂ is compared with what ``agglib fit`` prints.
@@ -30,7 +30,7 @@ SMALL = [("--profile quick", "--profile tiny"), ("quick-seed0", "tiny-seed0"), (
          ("--bn-batches 200", "--bn-batches 2"), ("--checkpoint-every 400", "--checkpoint-every 40"),
          (" --profile quick --out sweeps/fit", " --profile tiny --out sweeps/fit"),
          ("agglib profiles write my_sample.yaml", "agglib profiles write my_sample.yaml --base tiny"),
-         ("--configs 200", "--configs 20 --images 4")]
+         ("--configs 400", "--configs 20 --images 4")]
 
 pytestmark = pytest.mark.slow
 
