@@ -24,13 +24,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-#: Units of the acquisition settings (:data:`agglib.stem.acquisition.ACQUISITION_KEYS`; "": a factor).
-SETTING_UNITS = {"intensity_scale": "", "wo3_contrast": "", "dose_e_per_A2": "e/Å²", "offset_fraction": "of the beam",
-                 "extra_blur_nm": "nm", "pixel_zoom": ""}
 #: Ridge penalties tried by :func:`cross_validated_r2`, per training row (on standardised features).
 RIDGE_PENALTIES = np.logspace(-4.0, 2.0, 13)
 
-__all__ = ["SETTING_UNITS", "RIDGE_PENALTIES", "ridge_leave_one_out", "cross_validated_r2", "pooled_summaries", "bins_of",
+__all__ = ["RIDGE_PENALTIES", "ridge_leave_one_out", "cross_validated_r2", "pooled_summaries", "bins_of",
            "acquisition_identifiability", "error_by_acquisition"]
 
 
@@ -212,9 +209,9 @@ def acquisition_identifiability(estimator, fresh: dict, images: int = 24, folds:
         and dose as logarithms, their prior being log-uniform); columns ``R² (acquisition
         statistics)`` (the set means and SDs of the nine statistics alone) and ``R² (all
         summaries)`` (with the encoder's outputs), ``range`` (the training range, with its unit:
-        :data:`SETTING_UNITS`).
+        :data:`agglib.stem.acquisition.ACQUISITION_UNITS`).
     """
-    from agglib.stem.acquisition import AcquisitionRanges, LOG_UNIFORM_KEYS
+    from agglib.stem.acquisition import ACQUISITION_UNITS, AcquisitionRanges, LOG_UNIFORM_KEYS
 
     if not estimator.reads_statistics:
         raise ValueError("the estimator reads no acquisition statistics (metadata 'inputs'); use one trained with "
@@ -232,7 +229,7 @@ def acquisition_identifiability(estimator, fresh: dict, images: int = 24, folds:
         if key in LOG_UNIFORM_KEYS:
             target, name = np.log(target), f"log {key}"
         span = "–".join(f"{v:g}" for v in getattr(ranges, key))
-        rows.append({"setting": name, "range": f"{span} {SETTING_UNITS[key]}".strip(),
+        rows.append({"setting": name, "range": f"{span} {ACQUISITION_UNITS[key]}".strip(),
                      "R² (acquisition statistics)": cross_validated_r2(pooled_stats, target, folds, seed),
                      "R² (all summaries)": cross_validated_r2(pooled_all, target, folds, seed)})
     return pd.DataFrame(rows).set_index("setting")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from agglib.posterior import Widening
+from agglib.stem.acquisition import ACQUISITION_UNITS
 
 __all__ = ["AcquisitionCalibration", "calibrate_for_acquisition", "stated_acquisition_ranges",
            "check_stated_acquisition", "estimator_profile", "STATED_LIMITS", "CALIBRATION_KIND"]
@@ -36,15 +37,15 @@ CALIBRATION_KIND = "agglib acquisition calibration"
 
 #: Setting → (lowest, highest, unit, what it is): the values a user may state (physically possible
 #: ones; the estimator's training ranges are narrower, and ``fit``'s intensity check refuses samples
-#: far from them).
-STATED_LIMITS = {
-    "intensity_scale": (0.05, 20.0, "", "factor on the HAADF signal of both materials"),
-    "wo3_contrast": (0.2, 5.0, "", "extra factor on WO3's signal"),
-    "dose_e_per_A2": (1.0, 1e5, "e/Å²", "electron dose"),
-    "offset_fraction": (-0.05, 0.05, "of the beam", "vacuum level left after normalisation"),
-    "extra_blur_nm": (0.0, 10.0, "nm", "σ of an extra Gaussian blur"),
-    "pixel_zoom": (0.5, 8.0, "", "the estimator's pixel size ÷ the recorded one: fit resamples images by it"),
-}
+#: far from them). Units: :data:`agglib.stem.acquisition.ACQUISITION_UNITS`.
+STATED_LIMITS = {key: (low, high, ACQUISITION_UNITS[key], what) for key, (low, high, what) in {
+    "intensity_scale": (0.05, 20.0, "factor on the HAADF signal of both materials"),
+    "wo3_contrast": (0.2, 5.0, "extra factor on WO3's signal"),
+    "dose_e_per_A2": (1.0, 1e5, "electron dose"),
+    "offset_fraction": (-0.05, 0.05, "vacuum level left after normalisation"),
+    "extra_blur_nm": (0.0, 10.0, "σ of an extra Gaussian blur"),
+    "pixel_zoom": (0.5, 8.0, "the estimator's pixel size ÷ the recorded one: fit resamples images by it"),
+}.items()}
 
 
 def check_stated_acquisition(stated: dict, names: dict | None = None) -> dict:

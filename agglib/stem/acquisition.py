@@ -29,7 +29,7 @@ import numpy as np
 from agglib.core.seeding import as_generator
 
 __all__ = ["INTENSITY_UNITS", "beam_fraction", "area_rebin", "resample_mean", "AcquisitionRanges",
-           "ACQUISITION_KEYS", "LOG_UNIFORM_KEYS", "draw_acquisition", "simulator_acquisition", "acquire_image",
+           "ACQUISITION_KEYS", "ACQUISITION_UNITS", "LOG_UNIFORM_KEYS", "draw_acquisition", "simulator_acquisition", "acquire_image",
            "intensity_statistics", "ACQUISITION_STATISTICS", "STATISTICS_VERSION", "acquisition_statistics"]
 
 INTENSITY_UNITS = ("counts", "fraction")
@@ -135,6 +135,9 @@ class AcquisitionRanges:
 #: The values of one acquisition, in this order in a store's ``acquisition`` array.
 ACQUISITION_KEYS = ("intensity_scale", "wo3_contrast", "dose_e_per_A2", "offset_fraction", "extra_blur_nm",
                     "pixel_zoom")
+#: Units of the acquisition settings ("": a factor).
+ACQUISITION_UNITS = {"intensity_scale": "", "wo3_contrast": "", "dose_e_per_A2": "e/Å²",
+                     "offset_fraction": "of the beam", "extra_blur_nm": "nm", "pixel_zoom": ""}
 #: The settings of :class:`AcquisitionRanges` drawn log-uniformly (the others uniformly).
 LOG_UNIFORM_KEYS = ("intensity_scale", "dose_e_per_A2")
 
