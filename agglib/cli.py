@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import sys
+import warnings
 from pathlib import Path
 
 import agglib
@@ -235,6 +237,9 @@ def _cmd_calibrate(args) -> int:
     out = AcquisitionCalibration.check_writable(args.out, args.overwrite)       # before the simulation, not after
     check_range("--configs", args.configs, low=20, integer=True)
     check_range("--images", args.images, low=1, high=24, integer=True)
+    check_range("--seed", args.seed, low=0, integer=True)
+    if args.workers is not None:
+        check_range("--workers", args.workers, low=1, integer=True)
     options = {"intensity_scale": "--intensity-scale", "wo3_contrast": "--wo3-contrast", "dose_e_per_A2": "--dose",
                "offset_fraction": "--offset", "extra_blur_nm": "--extra-blur"}
     given = {key: getattr(args, option[2:].replace("-", "_")) for key, option in options.items()}
@@ -273,8 +278,9 @@ def _cmd_calibrate(args) -> int:
         for name, k in (("θ_Df", 0), ("θ_ρ", 1)):
             print(f"  {label}, {name}: {' / '.join(f'{w:.2f}' for w in law.factors(m)[0][:, k])} "
                   f"(the estimator's own: {' / '.join(f'{w:.2f}' for w in own.factors(m)[0][:, k])})")
-    given = " --intensity-scale … --wo3-contrast … (as stated) or without them" \
-        if calibration.widening_known_acquisition is not None else " (without --intensity-scale/--wo3-contrast)"
+    given = (f" --intensity-scale {stated['intensity_scale']:g} --wo3-contrast {stated['wo3_contrast']:g} (as stated) "
+             "or without them") if calibration.widening_known_acquisition is not None else \
+        " (without --intensity-scale/--wo3-contrast)"
     print(f"written to {out}; use it with agglib fit ... --calibration {out}{given}")
     return 0
 
@@ -374,7 +380,6 @@ def _cmd_sweep(args) -> int:
         if len(item) < 2:
             raise ValueError(f"-p {' '.join(item)}: give a parameter name and at least one value")
         grid[item[0]] = [yaml.safe_load(v) for v in item[1:]]
-    import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -718,13 +723,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, *, others):
+    """agglib's own warnings as ``agglib: warning: …`` lines on stderr (not Python's source-line format);
+    others by ``others`` (the ``warnings.showwarning`` in place before)."""
+    if Path(filename).resolve().is_relative_to(Path(agglib.__file__).resolve().parent):
+        print(f"agglib: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        others(message, category, filename, lineno, file, line)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, agglib.AggregationError) as err:
-        print(f"agglib: error: {err}", file=sys.stderr)
-        return 2
+    command = " ".join(v for v in (args.command, getattr(args, "dataset_command", None)) if isinstance(v, str))
+    with warnings.catch_warnings():
+        warnings.showwarning = functools.partial(_show_warning, others=warnings.showwarning)
+        try:
+            return args.func(args)
+        except (ValueError, FileNotFoundError, FileExistsError, agglib.AggregationError) as err:
+            print(f"agglib {command}: error: {err}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

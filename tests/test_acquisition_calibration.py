@@ -93,8 +93,9 @@ def test_save_load_and_what_a_calibration_refuses(robust, calibration, tmp_path)
     assert calibration.save(path, overwrite=True) == path            # its own file may be replaced
     foreign = tmp_path / "notes.json"
     foreign.write_text('{"mine": 1}')
-    with pytest.raises(FileExistsError, match="was not written by agglib calibrate: not replaced"):
-        calibration.save(foreign, overwrite=True)
+    for overwrite in (False, True):      # never replaced, and --overwrite is not what to try
+        with pytest.raises(FileExistsError, match=r"was not written by agglib calibrate: not replaced \(choose another"):
+            calibration.save(foreign, overwrite=overwrite)
     assert foreign.read_text() == '{"mine": 1}'
     with pytest.raises(ValueError, match="is not an acquisition calibration"):
         AcquisitionCalibration.load(foreign)
@@ -103,6 +104,8 @@ def test_save_load_and_what_a_calibration_refuses(robust, calibration, tmp_path)
     # a calibration with a field removed, or stating the known acquisition in part, is refused by name
     whole = json.loads(path.read_text())
     for broken, match in (({k: v for k, v in whole.items() if k != "configs"}, "field 'configs' missing"),
+                          ({k: v for k, v in whole.items() if k != "widening_known_acquisition"},
+                           "field 'widening_known_acquisition' missing"),
                           ({**whole, "stated": {"intensity_scale": 0.72}}, r"garbled: stated \['intensity_scale'\]"),
                           ({**whole, "stated": {**whole["stated"], "blur": 1}}, "garbled: stated")):
         (tmp_path / "broken.json").write_text(json.dumps(broken))
@@ -150,7 +153,7 @@ def test_calibration_simulates_the_stated_acquisition_and_leaves_out_refused_sam
     assert cal.ranges == seen[0].to_dict() and 0.0 <= cal.refused < 0.5
     # an acquisition fit refuses (counts ten times too bright) cannot be calibrated for
     with pytest.raises(ValueError, match=r"fit.s intensity check refuses 9\d% of samples recorded with "
-                                         r"\{'intensity_scale': 10.0\}"):
+                                         r"intensity_scale 10: images recorded so are too far"):
         with pytest.warns(UserWarning, match=r"training ranges: intensity_scale 10 \(trained on 0.45–1.6\)"):
             calibrate_for_acquisition(robust, {"intensity_scale": 10.0}, configs=20, images=1, seed=4)
 
@@ -176,6 +179,8 @@ def test_cli_calibrate_then_fit_with_the_calibration(tmp_path, capsys, monkeypat
     assert "--dose=-3.0 e/Å² is out of range; accepted range [1, 100000] e/Å²" in capsys.readouterr().err
     assert main(["calibrate", "--pixel-size", "9", "--out", str(tmp_path / "c2.json")]) == 2
     assert "--pixel-size 9: accepted range [0.425, 6.8] nm" in capsys.readouterr().err
+    assert main(["calibrate", "--seed", "-1", "--out", str(tmp_path / "c2.json")]) == 2
+    assert "agglib calibrate: error: --seed=-1 is out of range; accepted range [0, inf)" in capsys.readouterr().err
     assert not (tmp_path / "c2.json").exists()
     fit = ["fit", str(SAMPLE), "--pixel-size", "2.9", "--bootstrap", "20", "--shadows", "2", "--calibration", str(cal)]
     assert main([*fit, "--out", str(tmp_path / "a")]) == 0
@@ -218,3 +223,15 @@ def test_calibration_samples_are_made_as_the_estimators_training_images(name):
     assert stem_settings_for(profile).to_dict() == estimator.stem_settings.to_dict()
     fields = estimator.training_metadata["profile_fields"]
     assert list(profile.df_values) == list(fields["df_values"]) and list(profile.theta0_values) == list(fields["theta0_values"])
+
+
+def test_the_cli_shows_agglibs_warnings_as_plain_lines(capsys):
+    import agglib.cli as cli
+    import numpy
+
+    others = []
+    cli._show_warning(UserWarning("stated outside the estimator's training ranges"), UserWarning, cli.__file__, 9,
+                      others=lambda *a: others.append(a))
+    assert capsys.readouterr().err == "agglib: warning: stated outside the estimator's training ranges\n" and not others
+    cli._show_warning(UserWarning("not ours"), UserWarning, numpy.__file__, 9, others=lambda *a: others.append(a))
+    assert str(others[0][0]) == "not ours" and capsys.readouterr().err == ""      # others as shown before

@@ -230,7 +230,7 @@ class AcquisitionCalibration:
             raise ValueError(f"{source} is not an acquisition calibration written by agglib calibrate (its \"kind\" "
                              f"is not {CALIBRATION_KIND!r})")
         try:
-            known = d.get("widening_known_acquisition")
+            known = d["widening_known_acquisition"]                     # null where there is none
             stated = {str(k): float(v) for k, v in dict(d["stated"]).items()}
             bad = sorted(set(stated) - set(ACQUISITION_KEYS))
             if bad or (known is not None and any(k not in stated for k in KNOWN_ACQUISITION)):
@@ -265,12 +265,13 @@ class AcquisitionCalibration:
         """
         path = Path(path)
         if path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
             try:
                 cls.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
             except (ValueError, UnicodeDecodeError, IsADirectoryError):
-                raise FileExistsError(f"{path} exists and was not written by agglib calibrate: not replaced") from None
+                raise FileExistsError(f"{path} exists and was not written by agglib calibrate: not replaced (choose "
+                                      "another output file)") from None
+            if not overwrite:
+                raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
         return path
 
     @classmethod
@@ -433,7 +434,7 @@ def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 400, im
     accepted, groups = simulated_samples_accepted(estimator, fresh)
     if accepted.mean() < 0.5:
         raise ValueError(f"fit's intensity check refuses {1 - accepted.mean():.0%} of samples recorded with "
-                         f"{stated}: images recorded so are too far from the "
+                         f"{', '.join(f'{k} {v:g}' for k, v in stated.items())}: images recorded so are too far from the "
                          "estimator's training images for it (notebook 10)")
     keep = np.concatenate([groups[c] for c in np.flatnonzero(accepted)])
     summaries = estimator.summaries(fresh["images"][keep])
