@@ -230,7 +230,7 @@ def _cmd_estimator(args) -> int:
 def _cmd_calibrate(args) -> int:
     from agglib.core.validation import check_range
     from agglib.estimate import SampleEstimator, load_default_estimator
-    from agglib.fit.acquisition_calibration import (AcquisitionCalibration, calibrate_for_acquisition,
+    from agglib.fit.acquisition_calibration import (CLI_OPTIONS, AcquisitionCalibration, calibrate_for_acquisition,
                                                     check_stated_acquisition)
     from agglib.stem.acquisition import ACQUISITION_KEYS
 
@@ -240,8 +240,7 @@ def _cmd_calibrate(args) -> int:
     check_range("--seed", args.seed, low=0, integer=True)
     if args.workers is not None:
         check_range("--workers", args.workers, low=1, integer=True)
-    options = {"intensity_scale": "--intensity-scale", "wo3_contrast": "--wo3-contrast", "dose_e_per_A2": "--dose",
-               "offset_fraction": "--offset", "extra_blur_nm": "--extra-blur"}
+    options = {key: option for key, option in CLI_OPTIONS.items() if key != "pixel_zoom"}     # --pixel-size: below
     given = {key: getattr(args, option[2:].replace("-", "_")) for key, option in options.items()}
     stated = check_stated_acquisition({key: value for key, value in given.items() if value is not None}, options)
     if args.models is None:
@@ -262,10 +261,8 @@ def _cmd_calibrate(args) -> int:
     calibration = calibrate_for_acquisition(estimator, stated, configs=args.configs, images=args.images, seed=args.seed,
                                             workers=args.workers)
     calibration.save(out, overwrite=args.overwrite)
-    shown = {**{options[k]: f"{v:g}" for k, v in stated.items() if k in options},
-             **({"--pixel-size": f"{args.pixel_size:g} nm"} if args.pixel_size is not None else {})}
     drawn = [k for k in ACQUISITION_KEYS if k not in stated]
-    print(f"calibrated for {', '.join(f'{k} {v}' for k, v in shown.items()) or 'nothing stated'}; drawn per sample "
+    print(f"calibrated for {calibration.stated_in_words(estimator.pixel_size_nm)}; drawn per sample "
           f"from the training ranges: {', '.join(drawn) or 'nothing'} ({args.configs} simulated samples of "
           f"{args.images} images, {calibration.refused:.0%} of them refused by fit's intensity check and left out)")
     m = [1, 12, args.images] if args.images > 12 else [1, args.images]
@@ -346,9 +343,8 @@ def _cmd_fit(args) -> int:
                           calibration=args.calibration)
     if args.calibration is not None:
         used = result.settings["acquisition_calibration"]
-        stated = ", ".join(f"{k} {v:g}" for k, v in used["stated"].items())
-        print(f"intervals calibrated for the acquisition stated in {args.calibration} ({stated}; its law for the "
-              f"{used['law']})")
+        print(f"intervals calibrated for the acquisition stated in {args.calibration} ({used['stated in words']}; its "
+              f"law for the {used['law']})")
     if result.settings.get("estimator_chosen_by_field_of_view"):
         print(f"estimator: the shipped {result.settings['estimator_chosen_by_field_of_view']} one, made for "
               f"{result.settings['estimator_field_of_view_nm']:.0f} nm fields of view (--models to choose another)")

@@ -164,6 +164,8 @@ def test_cli_calibrate_then_fit_with_the_calibration(tmp_path, capsys, monkeypat
                  "--configs", "20", "--images", "4", "--out", str(cal)]) == 0
     printed = capsys.readouterr().out
     assert "acquisition given, θ_Df:" in printed and f"agglib fit ... --calibration {cal}" in printed
+    assert "calibrated for --intensity-scale 0.72, --wo3-contrast 0.69, --extra-blur 0 nm; drawn per sample" in printed
+    assert "--intensity-scale 0.72 --wo3-contrast 0.69 (as stated) or without them" in printed
     assert main(["calibrate", "--configs", "20", "--out", str(cal)]) == 2
     assert "exists; pass overwrite=True (--overwrite) to replace it" in capsys.readouterr().err
     (tmp_path / "mine.json").write_text("{}")
@@ -184,9 +186,11 @@ def test_cli_calibrate_then_fit_with_the_calibration(tmp_path, capsys, monkeypat
     assert not (tmp_path / "c2.json").exists()
     fit = ["fit", str(SAMPLE), "--pixel-size", "2.9", "--bootstrap", "20", "--shadows", "2", "--calibration", str(cal)]
     assert main([*fit, "--out", str(tmp_path / "a")]) == 0
-    assert "its law for the acquisition unknown" in capsys.readouterr().out
+    assert "(--intensity-scale 0.72, --wo3-contrast 0.69, --extra-blur 0 nm; its law for the acquisition unknown)" in \
+        capsys.readouterr().out
     used = json.loads((tmp_path / "a" / "summary.json").read_text())["settings"]["acquisition_calibration"]
-    assert used["stated"]["wo3_contrast"] == 0.69 and used["file"] == str(cal) and used["images"] == 4
+    assert used["stated"]["wo3_contrast"] == 0.69 and used["file"] == str(cal.resolve()) and used["images"] == 4
+    assert used["stated in words"] == "--intensity-scale 0.72, --wo3-contrast 0.69, --extra-blur 0 nm"
     assert used["law"] == "acquisition unknown"
     assert main([*fit, "--out", str(tmp_path / "c"), "--intensity-scale", "0.72", "--wo3-contrast", "0.69"]) == 0
     assert "its law for the acquisition given" in capsys.readouterr().out
@@ -235,3 +239,12 @@ def test_the_cli_shows_agglibs_warnings_as_plain_lines(capsys):
     assert capsys.readouterr().err == "agglib: warning: stated outside the estimator's training ranges\n" and not others
     cli._show_warning(UserWarning("not ours"), UserWarning, numpy.__file__, 9, others=lambda *a: others.append(a))
     assert str(others[0][0]) == "not ours" and capsys.readouterr().err == ""      # others as shown before
+
+
+def test_a_stated_acquisition_is_told_back_in_the_options_terms():
+    from agglib.posterior import Widening
+
+    stated = {"pixel_zoom": 3.4 / 2.9, "dose_e_per_A2": 150.0, "offset_fraction": 0.003, "intensity_scale": 0.72}
+    assert AcquisitionCalibration(stated, {}, Widening()).stated_in_words(3.4) == \
+        "--pixel-size 2.9 nm, --dose 150 e/Å², --offset 0.003 of the beam, --intensity-scale 0.72"
+    assert AcquisitionCalibration({}, {}, Widening()).stated_in_words(3.4) == "nothing stated"

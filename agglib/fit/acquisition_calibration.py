@@ -30,7 +30,7 @@ from agglib.posterior import Widening
 from agglib.stem.acquisition import ACQUISITION_UNITS
 
 __all__ = ["AcquisitionCalibration", "calibrate_for_acquisition", "stated_acquisition_ranges",
-           "check_stated_acquisition", "estimator_profile", "STATED_LIMITS", "CALIBRATION_KIND"]
+           "check_stated_acquisition", "estimator_profile", "STATED_LIMITS", "CLI_OPTIONS", "CALIBRATION_KIND"]
 
 #: The ``kind`` of an acquisition calibration's JSON file (what ``load`` and ``save`` recognise).
 CALIBRATION_KIND = "agglib acquisition calibration"
@@ -46,6 +46,12 @@ STATED_LIMITS = {key: (low, high, ACQUISITION_UNITS[key], what) for key, (low, h
     "extra_blur_nm": (0.0, 10.0, "σ of an extra Gaussian blur"),
     "pixel_zoom": (0.5, 8.0, "the estimator's pixel size ÷ the recorded one: fit resamples images by it"),
 }.items()}
+
+
+#: The ``agglib calibrate`` option of each stated setting (the pixel zoom is stated as ``--pixel-size``
+#: [nm]).
+CLI_OPTIONS = {"intensity_scale": "--intensity-scale", "wo3_contrast": "--wo3-contrast", "dose_e_per_A2": "--dose",
+               "offset_fraction": "--offset", "extra_blur_nm": "--extra-blur", "pixel_zoom": "--pixel-size"}
 
 
 def check_stated_acquisition(stated: dict, names: dict | None = None) -> dict:
@@ -208,6 +214,19 @@ class AcquisitionCalibration:
     images: int = 0
     seed: int = 0
     posterior_sha256: str = ""
+
+    def stated_in_words(self, estimator_pixel_size_nm: float) -> str:
+        """The stated acquisition as ``agglib calibrate``'s options give it, e.g. ``--intensity-scale
+        0.72, --extra-blur 0 nm, --pixel-size 2.9 nm`` (the pixel size [nm] from the stated zoom and
+        the estimator's pixel size [nm])."""
+        parts = []
+        for key, value in self.stated.items():
+            if key == "pixel_zoom":
+                parts.append(f"--pixel-size {estimator_pixel_size_nm / value:.4g} nm")
+            else:
+                unit = STATED_LIMITS[key][2]
+                parts.append(f"{CLI_OPTIONS[key]} {value:g}{' ' + unit if unit else ''}")
+        return ", ".join(parts) or "nothing stated"
 
     def to_dict(self) -> dict:
         """The calibration as JSON-ready data (with ``kind`` :data:`CALIBRATION_KIND`)."""

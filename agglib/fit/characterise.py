@@ -224,7 +224,7 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
     if calibration is not None:             # first: the calibrated estimator accepts a known acquisition as stated
         from agglib.fit.acquisition_calibration import AcquisitionCalibration
 
-        calibration_file = None if isinstance(calibration, AcquisitionCalibration) else str(calibration)
+        calibration_file = None if isinstance(calibration, AcquisitionCalibration) else str(Path(calibration).resolve())
         if calibration_file is not None:
             calibration = AcquisitionCalibration.load(calibration)
         estimator = calibration.applied_to(estimator)
@@ -294,7 +294,8 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
                 "particles": None if estimator.particles.is_paper else estimator.particles.to_dict(),
                 "known_acquisition": acquisition,
                 "acquisition_calibration": None if calibration is None else
-                {"file": calibration_file, "stated": calibration.stated, "configs": calibration.configs,
+                {"file": calibration_file, "stated": calibration.stated,
+                 "stated in words": calibration.stated_in_words(estimator.pixel_size_nm), "configs": calibration.configs,
                  "images": calibration.images, "seed": calibration.seed,
                  "law": "acquisition unknown" if acquisition is None else "acquisition given"}}
     base = {"path": [it.path for it in items], "pixel_size_nm": [it.pixel_size_nm for it in items],
