@@ -449,6 +449,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agglib.stem.acquisition import AcquisitionRanges
+
+    trained = AcquisitionRanges()                  # the ranges of a randomised acquisition (the default estimator's)
     ap = _Parser(prog="agglib", description=agglib.__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"agglib {agglib.__version__}")
     commands = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -622,10 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your microscope's HAADF signal ÷ the simulator's for the same particles, where you know it "
                         "(notebook 2 measures 0.72 against published particles), with --wo3-contrast; the default "
                         "estimator then reads it, its intervals calibrated for a known acquisition (None: unknown; "
-                        "the default estimator's training range is 0.45-1.6)")
+                        f"the default estimator's training range is {trained.intensity_scale[0]:g}-{trained.intensity_scale[1]:g})")
     f.add_argument("--wo3-contrast", type=float, default=None,
                    help="your WO3/TiO2 signal ratio ÷ the simulator's, with --intensity-scale (notebook 2 measures "
-                        "0.69; None: unknown; the default estimator's training range is 0.65-1.1)")
+                        f"0.69; None: unknown; the default estimator's training range is {trained.wo3_contrast[0]:g}-"
+                        f"{trained.wo3_contrast[1]:g})")
     f.add_argument("--skip-intensity-check", action="store_true",
                    help="estimate even when the intensity scale is far from the training images' (warns)")
     f.add_argument("--calibration", default=None,
@@ -655,9 +659,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "None: the shipped default, sets-quick-robust)")
     c.add_argument("--intensity-scale", type=float, default=None,
                    help="HAADF signal ÷ the simulator's (notebook 2 measures 0.72; None: unknown, drawn from the "
-                        "estimator's training range)")
+                        f"estimator's training range, {trained.intensity_scale[0]:g}-{trained.intensity_scale[1]:g} "
+                        "for the default)")
     c.add_argument("--wo3-contrast", type=float, default=None,
-                   help="WO3/TiO2 signal ratio ÷ the simulator's (notebook 2: 0.69; None: unknown). With "
+                   help="WO3/TiO2 signal ratio ÷ the simulator's (notebook 2: 0.69; None: unknown; the default's "
+                        f"training range {trained.wo3_contrast[0]:g}-{trained.wo3_contrast[1]:g}). With "
                         "--intensity-scale, fit may also be told both (the calibration covers both uses)")
     c.add_argument("--dose", type=float, default=None, help="electron dose [e/Å²] (None: unknown)")
     c.add_argument("--offset", type=float, default=None,
