@@ -191,6 +191,7 @@ def test_cli_calibrate_then_fit_with_the_calibration(tmp_path, capsys, monkeypat
     used = json.loads((tmp_path / "a" / "summary.json").read_text())["settings"]["acquisition_calibration"]
     assert used["stated"]["wo3_contrast"] == 0.69 and used["file"] == str(cal.resolve()) and used["images"] == 4
     assert used["stated in words"] == "--intensity-scale 0.72, --wo3-contrast 0.69, --extra-blur 0 nm"
+    assert used["file_sha256"] == __import__("hashlib").sha256(cal.read_bytes()).hexdigest()
     assert used["law"] == "acquisition unknown"
     assert main([*fit, "--out", str(tmp_path / "c"), "--intensity-scale", "0.72", "--wo3-contrast", "0.69"]) == 0
     assert "its law for the acquisition given" in capsys.readouterr().out

@@ -22,6 +22,7 @@ Steps of :func:`characterise`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import hashlib
 import json
 from pathlib import Path
 
@@ -189,7 +190,10 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         The estimator's intervals calibrated for how the sample was recorded
         (:func:`agglib.fit.acquisition_calibration.calibrate_for_acquisition`, ``agglib calibrate``;
         made for this estimator; with ``acquisition`` given, for the same values). None: the
-        estimator's own calibration, on average over its training acquisitions.
+        estimator's own calibration, on average over its training acquisitions. The result's
+        ``settings["acquisition_calibration"]`` (``summary.json``) records the file (absolute path
+        and SHA-256), the stated acquisition (as values and in the options' terms), the number and
+        size of its samples, its seed and which law was used.
     """
     from agglib.estimate import SampleEstimator, load_default_estimator
 
@@ -225,8 +229,10 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
         from agglib.fit.acquisition_calibration import AcquisitionCalibration
 
         calibration_file = None if isinstance(calibration, AcquisitionCalibration) else str(Path(calibration).resolve())
+        calibration_sha256 = None
         if calibration_file is not None:
             calibration = AcquisitionCalibration.load(calibration)
+            calibration_sha256 = hashlib.sha256(Path(calibration_file).read_bytes()).hexdigest()
         estimator = calibration.applied_to(estimator)
     if acquisition is not None:
         if not isinstance(estimator, SampleEstimator):
@@ -294,7 +300,7 @@ def characterise(paths_or_images, estimator=None, pixel_size_nm: float | None = 
                 "particles": None if estimator.particles.is_paper else estimator.particles.to_dict(),
                 "known_acquisition": acquisition,
                 "acquisition_calibration": None if calibration is None else
-                {"file": calibration_file, "stated": calibration.stated,
+                {"file": calibration_file, "file_sha256": calibration_sha256, "stated": calibration.stated,
                  "stated in words": calibration.stated_in_words(estimator.pixel_size_nm), "configs": calibration.configs,
                  "images": calibration.images, "seed": calibration.seed,
                  "law": "acquisition unknown" if acquisition is None else "acquisition given"}}
