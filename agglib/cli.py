@@ -241,8 +241,8 @@ def _cmd_calibrate(args) -> int:
     if args.workers is not None:
         check_range("--workers", args.workers, low=1, integer=True)
     options = {key: option for key, option in CLI_OPTIONS.items() if key != "pixel_zoom"}     # --pixel-size: below
-    given = {key: getattr(args, option[2:].replace("-", "_")) for key, option in options.items()}
-    stated = check_stated_acquisition({key: value for key, value in given.items() if value is not None}, options)
+    typed = {key: getattr(args, option[2:].replace("-", "_")) for key, option in options.items()}
+    stated = check_stated_acquisition({key: value for key, value in typed.items() if value is not None}, options)
     if args.models is None:
         estimator = load_default_estimator()
     elif (Path(args.models) / "posterior.pt").is_file():
@@ -275,10 +275,10 @@ def _cmd_calibrate(args) -> int:
         for name, k in (("θ_Df", 0), ("θ_ρ", 1)):
             print(f"  {label}, {name}: {' / '.join(f'{w:.2f}' for w in law.factors(m)[0][:, k])} "
                   f"(the estimator's own: {' / '.join(f'{w:.2f}' for w in own.factors(m)[0][:, k])})")
-    given = (f" --intensity-scale {stated['intensity_scale']:g} --wo3-contrast {stated['wo3_contrast']:g} (as stated) "
-             "or without them") if calibration.widening_known_acquisition is not None else \
+    fit_options = (f" --intensity-scale {stated['intensity_scale']:g} --wo3-contrast {stated['wo3_contrast']:g} "
+                   "(as stated) or without them") if calibration.widening_known_acquisition is not None else \
         " (without --intensity-scale/--wo3-contrast)"
-    print(f"written to {out}; use it with agglib fit ... --calibration {out}{given}")
+    print(f"written to {out}; use it with agglib fit ... --calibration {out}{fit_options}")
     return 0
 
 
@@ -625,7 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your microscope's HAADF signal ÷ the simulator's for the same particles, where you know it "
                         "(notebook 2 measures 0.72 against published particles), with --wo3-contrast; the default "
                         "estimator then reads it, its intervals calibrated for a known acquisition (None: unknown; "
-                        f"the default estimator's training range is {trained.intensity_scale[0]:g}-{trained.intensity_scale[1]:g})")
+                        "the default estimator's training range is "
+                        f"{trained.intensity_scale[0]:g}-{trained.intensity_scale[1]:g})")
     f.add_argument("--wo3-contrast", type=float, default=None,
                    help="your WO3/TiO2 signal ratio ÷ the simulator's, with --intensity-scale (notebook 2 measures "
                         f"0.69; None: unknown; the default estimator's training range is {trained.wo3_contrast[0]:g}-"

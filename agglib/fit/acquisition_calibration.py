@@ -224,7 +224,7 @@ class AcquisitionCalibration:
             if key == "pixel_zoom":
                 parts.append(f"--pixel-size {estimator_pixel_size_nm / value:.4g} nm")
             else:
-                unit = STATED_LIMITS[key][2]
+                unit = ACQUISITION_UNITS[key]
                 parts.append(f"{CLI_OPTIONS[key]} {value:g}{' ' + unit if unit else ''}")
         return ", ".join(parts) or "nothing stated"
 
@@ -435,7 +435,7 @@ def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 400, im
     ranges = stated_acquisition_ranges(estimator, stated)
     trained = estimator.training_metadata.get("acquisition_ranges") or {}
     outside = [f"{key} {stated[key]:g} (trained on {lo:g}–{hi:g})" for key, (lo, hi) in
-               ((k, trained[k]) for k in stated if k in trained) if not lo <= float(stated[key]) <= hi]
+               ((k, trained[k]) for k in stated if k in trained) if not lo <= stated[key] <= hi]
     if outside:
         warnings.warn(f"stated outside the estimator's training ranges: {', '.join(outside)}; it never saw such "
                       "images, so its posterior extrapolates there (the calibration widens or narrows it, it does not "
@@ -453,8 +453,8 @@ def calibrate_for_acquisition(estimator, stated: dict, *, configs: int = 400, im
     accepted, groups = simulated_samples_accepted(estimator, fresh)
     if accepted.mean() < 0.5:
         raise ValueError(f"fit's intensity check refuses {1 - accepted.mean():.0%} of samples recorded with "
-                         f"{', '.join(f'{k} {v:g}' for k, v in stated.items())}: images recorded so are too far from the "
-                         "estimator's training images for it (notebook 10)")
+                         f"{', '.join(f'{k} {v:g}' for k, v in stated.items())}: images recorded so are too far "
+                         "from the estimator's training images for it (notebook 10)")
     keep = np.concatenate([groups[c] for c in np.flatnonzero(accepted)])
     summaries = estimator.summaries(fresh["images"][keep])
     theta, config_id = fresh["theta"][keep], fresh["config_id"][keep]

@@ -47,8 +47,7 @@ from agglib.stem.acquisition import intensity_statistics
 
 __all__ = ["intensity_reference", "reference_key", "simulate_reference", "reference_file_name", "check_intensity",
            "sample_statistics", "samples_accepted", "simulated_samples_accepted", "BACKGROUND_TOLERANCE",
-           "SIGNAL_MARGIN",
-           "BRIGHTNESS_PERCENTILE", "REFERENCE_IMAGES"]
+           "SIGNAL_MARGIN", "BRIGHTNESS_PERCENTILE", "REFERENCE_IMAGES"]
 
 #: Vacuum level accepted beyond the training images' [fraction of the beam].
 BACKGROUND_TOLERANCE = 0.002

@@ -29,8 +29,9 @@ import numpy as np
 from agglib.core.seeding import as_generator
 
 __all__ = ["INTENSITY_UNITS", "beam_fraction", "area_rebin", "resample_mean", "AcquisitionRanges",
-           "ACQUISITION_KEYS", "ACQUISITION_UNITS", "LOG_UNIFORM_KEYS", "draw_acquisition", "simulator_acquisition", "acquire_image",
-           "intensity_statistics", "ACQUISITION_STATISTICS", "STATISTICS_VERSION", "acquisition_statistics"]
+           "ACQUISITION_KEYS", "ACQUISITION_UNITS", "LOG_UNIFORM_KEYS", "draw_acquisition", "simulator_acquisition",
+           "acquire_image", "intensity_statistics", "ACQUISITION_STATISTICS", "STATISTICS_VERSION",
+           "acquisition_statistics"]
 
 INTENSITY_UNITS = ("counts", "fraction")
 
